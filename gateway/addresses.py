@@ -1,0 +1,65 @@
+"""Canonical e-mail addresses (RELIABILITY items 58-61).
+
+Only the addr-spec counts. The domain is lower-cased and IDNA-encoded; an ASCII local part is
+case-folded; a non-ASCII local part is compared exactly, so a homoglyph never matches.
+Anything ambiguous (quotes, several @, route syntax, control characters) is refused (None).
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import getaddresses
+
+_LOCAL_ATOM = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
+_DOMAIN_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def canonical(address: str | None) -> str | None:
+    """The comparable form of one bare address, or None when it is not a plain addr-spec."""
+    if not address:
+        return None
+    address = address.strip().strip("<>").strip()
+    if address.count("@") != 1 or any(ch in address for ch in ' \t\r\n"\\,;:<>()[]\x00'):
+        return None
+    local, domain = address.split("@")
+    if not local or not domain or local.startswith(".") or local.endswith(".") or ".." in local:
+        return None
+    if local.isascii():
+        if not _LOCAL_ATOM.match(local):
+            return None
+        local = local.lower()
+    elif any(not ch.isprintable() for ch in local):
+        return None
+    domain = _canonical_domain(domain)
+    return f"{local}@{domain}" if domain else None
+
+
+def _canonical_domain(domain: str) -> str | None:
+    domain = domain.rstrip(".")
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
+    labels = ascii_domain.split(".")
+    if len(labels) < 2 or not all(_DOMAIN_LABEL.match(label) for label in labels):
+        return None
+    return ascii_domain
+
+
+def mailboxes(values: list[str], limit: int = 100) -> list[tuple[str, str | None]]:
+    """(display name, canonical address or None) for each mailbox in header values, capped."""
+    out: list[tuple[str, str | None]] = []
+    for name, addr in getaddresses([v[:20000] for v in values]):
+        if not name and not addr:
+            continue
+        out.append((name, canonical(addr)))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def local_and_tag(address: str) -> tuple[str, str | None, str]:
+    """Split `base+tag@domain` into (base, tag, domain); tag None when there is none."""
+    local, _, domain = address.rpartition("@")
+    base, plus, tag = local.partition("+")
+    return base, (tag if plus else None), domain

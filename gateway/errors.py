@@ -1,0 +1,48 @@
+"""The project's own exception tree. Library errors are translated once, at the seam.
+
+    GatewayError
+    ├── ConfigError          bad configuration; names the key
+    ├── UnusableMail         input that can never be processed (sysexits 65)
+    ├── TemporaryFailure     try again later (sysexits 75; SMTP 451)
+    │   └── StoreUnavailable the database could not commit
+    ├── NotFound             unknown case or user
+    ├── Refused              an action the rules do not allow (illegal transition, outsider)
+    └── DeliveryError        outbound relay problem
+        └── PermanentDeliveryError   5xx: do not retry
+"""
+
+
+class GatewayError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    pass
+
+
+class UnusableMail(GatewayError):
+    pass
+
+
+class TemporaryFailure(GatewayError):
+    pass
+
+
+class StoreUnavailable(TemporaryFailure):
+    pass
+
+
+class NotFound(GatewayError):
+    pass
+
+
+class Refused(GatewayError):
+    pass
+
+
+class DeliveryError(GatewayError):
+    pass
+
+
+class PermanentDeliveryError(DeliveryError):
+    pass

@@ -1,0 +1,318 @@
+"""Frozen domain values shared by every layer.
+
+Nothing here does I/O. The pipeline steps (`gateway.pipeline.*`) take and return these
+values; the store translates them to and from rows; the edges never see rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    REGISTRERET = "registreret"
+    PAABEGYNDT = "paabegyndt"
+    TILDELT = "tildelt"
+    AFVENTER_INTERNT = "afventer_internt"
+    AFVENTER_REKVIRENT = "afventer_rekvirent"
+    UDFOERT = "udfoert"
+    LUKKET = "lukket"
+
+    @property
+    def label_da(self) -> str:
+        return STATUS_LABELS_DA[self]
+
+    @property
+    def label_en(self) -> str:
+        return STATUS_LABELS_EN[self]
+
+    @property
+    def is_active(self) -> bool:
+        return self not in DONE_STATUSES
+
+
+STATUS_LABELS_DA = {
+    Status.REGISTRERET: "Registreret",
+    Status.PAABEGYNDT: "Påbegyndt",
+    Status.TILDELT: "Tildelt",
+    Status.AFVENTER_INTERNT: "Afventer internt",
+    Status.AFVENTER_REKVIRENT: "Afventer rekvirent",
+    Status.UDFOERT: "Udført",
+    Status.LUKKET: "Lukket",
+}
+STATUS_LABELS_EN = {
+    Status.REGISTRERET: "Registered",
+    Status.PAABEGYNDT: "In progress",
+    Status.TILDELT: "Assigned",
+    Status.AFVENTER_INTERNT: "Awaiting internal reply",
+    Status.AFVENTER_REKVIRENT: "Awaiting your reply",
+    Status.UDFOERT: "Done",
+    Status.LUKKET: "Closed",
+}
+DONE_STATUSES = frozenset({Status.UDFOERT, Status.LUKKET})
+ACTIVE_STATUSES = frozenset(set(Status) - DONE_STATUSES)
+
+
+class UserKind(StrEnum):
+    PERSON = "person"
+    SHARED_MAILBOX = "shared_mailbox"
+
+
+class Role(StrEnum):
+    CUSTOMER = "customer"
+    AGENT = "agent"
+
+
+class Source(StrEnum):
+    EMAIL = "email"
+    AGENT = "agent"
+    API = "api"
+
+
+class Outcome(StrEnum):
+    """What was done with one inbound mail (SPEC §2)."""
+
+    CREATED = "created"
+    COMMENTED = "commented"
+    REOPENED = "reopened"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    QUARANTINED = "quarantined"
+    REJECTED = "rejected"
+
+
+class Event(StrEnum):
+    """Notification events (SPEC §7)."""
+
+    RECEIPT = "receipt"
+    REPLY = "reply"
+    STATUS = "status"
+    REOPENED = "reopened"
+    SHARED = "shared"
+    FOLLOWUP = "followup"  # new case because the old one is closed
+    REJECTED = "rejected"  # unknown sender under policy `reject`
+
+
+# --- parsed mail ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAttachment:
+    """An attachment already written to the blob store (content-addressed)."""
+
+    name: str
+    size: int
+    sha256: str
+    content_type: str
+    inline: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What a DSN (RFC 3464) says about one recipient."""
+
+    recipient: str
+    action: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMail:
+    """Everything the pipeline needs from one raw mail, decoded once."""
+
+    message_id: str | None
+    subject: str
+    from_addr: str | None  # canonical addr-spec of the single From mailbox, else None
+    from_name: str
+    from_count: int  # how many mailboxes the From header(s) named
+    reply_to: tuple[str, ...]
+    to: tuple[str, ...]
+    cc: tuple[str, ...]
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    date: datetime | None
+    headers: tuple[tuple[str, str], ...]  # (lower-cased name, value), capped
+    content_type: str
+    text: str  # readable body text (HTML-only mails converted)
+    html: str | None  # sanitised HTML, for display only
+    attachments: tuple[StoredAttachment, ...] = ()
+    defects: tuple[str, ...] = ()
+    report_type: str | None = None  # multipart/report; report-type=…
+    delivery_reports: tuple[DeliveryReport, ...] = ()
+    original_message_id: str | None = None  # of the mail a report is about
+    envelope_from: str | None = None
+    envelope_to: tuple[str, ...] = ()
+
+    def header(self, name: str) -> str | None:
+        name = name.lower()
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        name = name.lower()
+        return [value for key, value in self.headers if key == name]
+
+
+# --- classification --------------------------------------------------------------------
+
+
+class MailKind(StrEnum):
+    NORMAL = "normal"
+    AUTO_REPLY = "auto_reply"
+    BOUNCE = "bounce"
+    REPORT = "report"  # MDN and other reports: never a case
+    BULK = "bulk"
+    OWN = "own"  # from one of our own addresses: a loop
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    kind: MailKind
+    reason: str = ""
+    bounced_recipients: tuple[str, ...] = ()
+
+    @property
+    def is_automated(self) -> bool:
+        return self.kind is not MailKind.NORMAL
+
+
+# --- facts loaded from the store for planning -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserRef:
+    id: int
+    email: str
+    name: str
+    kind: UserKind
+    role: Role
+    organisation_id: int | None = None
+    language: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CaseRef:
+    id: int
+    number: str
+    subject: str
+    status: Status
+    requester_id: int
+    assignee_id: int | None
+    party_ids: frozenset[int] = frozenset()
+    requester_org_id: int | None = None
+
+    def admits(self, user_id: int) -> bool:
+        """Who may add to a case (SPEC §5): the requester and its parties."""
+        return user_id == self.requester_id or user_id in self.party_ids
+
+
+class ThreadVia(StrEnum):
+    MESSAGE_ID = "message_id"
+    TOKEN = "token"
+    SUBJECT = "subject"
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadKeys:
+    """Candidate references to an existing case, pulled from a mail (pure)."""
+
+    message_ids: tuple[str, ...] = ()
+    token_case_numbers: tuple[str, ...] = ()
+    subject_number: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThreadMatch:
+    case: CaseRef
+    via: ThreadVia
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What the store knows that the plan depends on."""
+
+    sender: UserRef | None
+    by_message_id: CaseRef | None = None
+    by_token: CaseRef | None = None
+    by_subject: CaseRef | None = None
+    cc_users: tuple[UserRef, ...] = ()
+    authenticated: bool | None = None  # None: policy off / not evaluated
+
+
+# --- plans: what to do with one mail ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewUser:
+    email: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommentDraft:
+    visible_text: str
+    full_text: str
+    html: str | None
+    attachments: tuple[StoredAttachment, ...]
+    public: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class OpenCase:
+    requester: UserRef | NewUser
+    subject: str
+    comment: CommentDraft
+    follows: CaseRef | None = None
+    parties: tuple[UserRef, ...] = ()
+    receipt: bool = True
+    note: str = ""  # e.g. why a thread reference was not honoured
+
+
+@dataclass(frozen=True, slots=True)
+class AppendComment:
+    case: CaseRef
+    author: UserRef
+    comment: CommentDraft
+    new_status: Status | None = None
+    reopened: bool = False
+    parties: tuple[UserRef, ...] = ()
+    notify: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Ignore:
+    reason: str
+    case: CaseRef | None = None  # a courtesy reply kept on the case's record
+    author: UserRef | None = None
+    comment: CommentDraft | None = None
+    bounced_recipients: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    reason: str
+    reply_to: str | None  # where the templated answer goes (None: nobody)
+
+
+Plan = OpenCase | AppendComment | Ignore | Quarantine | Reject
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The answer of processing one inbound mail."""
+
+    action: Outcome
+    case: str | None = None
+    reason: str = ""
+    inbound_id: int | None = None
+    notifications: tuple[str, ...] = field(default=())
+    retry: bool = False  # processing failed this time; the mail is pending again

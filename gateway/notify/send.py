@@ -1,0 +1,119 @@
+"""The sender loop: claim due outbox rows, render, deliver, mark (SPEC §7).
+
+Once only, as far as the protocol allows: a row is claimed under a lease before it is sent
+and marked `sent` right after the relay's 250. A crash between the 250 and that mark is the
+one window where a message can go out twice (RELIABILITY 29); it is resent with the same
+Message-ID, so mail clients fold the copies. Transient failures retry with capped
+exponential back-off and jitter; 5xx and too many tries end as `failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from datetime import timedelta
+from pathlib import Path
+
+from gateway.clock import Clock
+from gateway.errors import DeliveryError, PermanentDeliveryError
+from gateway.model import Event, Status
+from gateway.notify.compose import Notice, Renderer
+from gateway.notify.transport import Mailer, mailer_from_settings
+from gateway.settings import OutboundSettings, Settings
+from store.outbox import DueNotification, OutboxQueue
+
+log = logging.getLogger("gateway.sender")
+TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
+
+
+def notice_of(due: DueNotification) -> Notice:
+    ctx = due.context
+    previous = ctx.get("previous_status")
+    return Notice(
+        event=Event(due.event), language=due.language, case_number=ctx.get("case_number", ""),
+        case_subject=ctx.get("case_subject", ""), status=Status(ctx.get("status", Status.REGISTRERET.value)),
+        previous_status=Status(previous) if previous else None, recipient_email=due.recipient,
+        recipient_name=due.recipient_name, message_id=due.message_id,
+        thread_ids=tuple(ctx.get("thread_ids", ())), follows_number=ctx.get("follows_number"),
+        actor_name=ctx.get("actor_name"), reason=ctx.get("reason"),
+    )
+
+
+def backoff(attempts: int, cfg: OutboundSettings) -> float:
+    base = min(cfg.backoff_max_s, cfg.backoff_initial_s * (2 ** max(0, attempts - 1)))
+    return base * random.uniform(0.8, 1.2)
+
+
+class Sender:
+    def __init__(self, queue: OutboxQueue, renderer: Renderer, mailer: Mailer, cfg: OutboundSettings,
+                 clock: Clock, lease_s: float = 300.0) -> None:
+        self._queue = queue
+        self._renderer = renderer
+        self._mailer = mailer
+        self._cfg = cfg
+        self._clock = clock
+        self._lease_s = lease_s
+        self.sent = 0
+        self.failed = 0
+        self.wakeup = asyncio.Event()
+
+    async def run_once(self, limit: int = 100) -> int:
+        due = await self._queue.claim(limit, self._clock.now(), self._lease_s)
+        if not due:
+            return 0
+        gate = asyncio.Semaphore(max(1, self._cfg.concurrency))
+
+        async def one(item: DueNotification) -> None:
+            async with gate:
+                await self._deliver(item)
+
+        await asyncio.gather(*(one(item) for item in due))
+        return len(due)
+
+    async def _deliver(self, due: DueNotification) -> None:
+        try:
+            message = self._renderer.compose(notice_of(due))
+            reply = await self._mailer.send(message, self._renderer.envelope_from(), (due.recipient,))
+        except PermanentDeliveryError as exc:
+            await self._fail(due, str(exc))
+            return
+        except DeliveryError as exc:
+            if due.attempts >= self._cfg.max_attempts:
+                await self._fail(due, f"gave up after {due.attempts} tries: {exc}")
+                return
+            at = self._clock.now() + timedelta(seconds=backoff(due.attempts, self._cfg))
+            await self._queue.mark_retry(due.id, str(exc), at)
+            log.warning("notify.retry", extra={"outbox_id": due.id, "attempts": due.attempts, "error": str(exc)[:200]})
+            return
+        except (ValueError, KeyError) as exc:  # a row we cannot render: an operator must look
+            await self._fail(due, f"cannot render: {exc}")
+            return
+        await self._queue.mark_sent([due.id], self._clock.now())
+        self.sent += 1
+        log.info("notify.sent", extra={"outbox_id": due.id, "event": due.event, "reply": reply[:80]})
+
+    async def _fail(self, due: DueNotification, error: str) -> None:
+        await self._queue.mark_failed(due.id, error)
+        self.failed += 1
+        log.error("notify.failed", extra={"outbox_id": due.id, "event": due.event, "error": error[:200]})
+
+    async def run(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
+        while not stop.is_set():
+            try:
+                if await self.run_once():
+                    continue
+            except Exception as exc:  # the store hiccuped: keep the loop alive
+                log.warning("notify.loop_error", extra={"error": type(exc).__name__})
+            self.wakeup.clear()
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), interval_s)
+            except TimeoutError:
+                pass
+
+
+def make_sender(settings: Settings, queue: OutboxQueue, clock: Clock) -> Sender:
+    renderer = Renderer(TEMPLATES, settings, clock=clock.now)
+    return Sender(queue, renderer, mailer_from_settings(settings), settings.outbound, clock)
+
+

@@ -1,0 +1,285 @@
+"""Parse one raw mail into a `ParsedMail`, once (SPEC §5).
+
+mail-parser on the standard library does the decoding. Attachments are written to the blob
+store one at a time while the message is walked and their payloads dropped before mail-parser
+sees the message, so a 25 MB attachment is never held in several decoded copies.
+
+`precheck` runs on the bytes *before* any parsing: parser bombs (RELIABILITY 38–41) are
+refused for the price of a few `bytes.count` calls.
+"""
+
+from __future__ import annotations
+
+import email
+import email.message
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from email.header import decode_header, make_header
+from email.utils import parsedate_to_datetime
+
+import mailparser
+
+from gateway.addresses import canonical, mailboxes
+from gateway.errors import UnusableMail
+from gateway.model import DeliveryReport, ParsedMail, StoredAttachment
+from gateway.pipeline.htmltext import html_to_text, sanitize_html
+from gateway.pipeline.names import attachment_display_name
+
+BlobSink = Callable[[bytes], str]  # stores bytes, returns their sha256
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029\u0085]")
+_BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]{1,200})', re.IGNORECASE)
+_MSGID = re.compile(r"<[^<>\s]{1,500}>")
+_MAX_HEADERS = 300
+_MAX_HEADER_VALUE = 4000
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_header_bytes: int = 65536
+    max_header_line_bytes: int = 8192
+    max_mime_parts: int = 500
+    max_mime_depth: int = 100
+
+
+def normalise(raw: bytes) -> bytes:
+    """Tolerate what real stores hand us: leading blank lines, classic-Mac CR-only endings."""
+    raw = raw.lstrip(b"\r\n")
+    if b"\n" not in raw[:65536] and b"\r" in raw:
+        raw = raw.replace(b"\r", b"\n")
+    return raw
+
+
+def header_block(raw: bytes) -> bytes:
+    ends = [i for i in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if i >= 0]
+    return raw[: min(ends)] if ends else raw
+
+
+def precheck(raw: bytes, limits: Limits) -> str | None:
+    """Why a mail is too dangerous to parse, or None. Cheap: byte scans only."""
+    head = header_block(raw)
+    if len(head) > limits.max_header_bytes:
+        return f"header block over {limits.max_header_bytes} bytes"
+    if _longest_header(head) > limits.max_header_line_bytes:
+        return f"a header over {limits.max_header_line_bytes} bytes"
+    boundaries = set(_BOUNDARY.findall(raw))
+    if len(boundaries) > limits.max_mime_depth:
+        return f"more than {limits.max_mime_depth} nested or distinct MIME boundaries"
+    parts = sum(raw.count(b"\n--" + b) for b in boundaries)
+    if parts > limits.max_mime_parts:
+        return f"more than {limits.max_mime_parts} MIME parts"
+    return None
+
+
+def _longest_header(head: bytes) -> int:
+    longest = current = 0
+    for line in head.splitlines():
+        current = current + len(line) if line[:1] in (b" ", b"\t") else len(line)
+        longest = max(longest, current)
+    return longest
+
+
+def parse_mail(raw: bytes, blobs: BlobSink | None = None, limits: Limits | None = None,
+               envelope_from: str | None = None, envelope_to: tuple[str, ...] = ()) -> ParsedMail:
+    """Decode a raw mail. Raises UnusableMail for input that can never be understood."""
+    raw = normalise(raw)
+    reason = precheck(raw, limits or Limits())
+    if reason:
+        raise UnusableMail(reason)
+    try:
+        message = email.message_from_bytes(raw)
+        attachments, report = _extract_parts(message, blobs)
+        parsed = mailparser.MailParser(message)
+    except (RecursionError, mailparser.exceptions.MailParserError) as exc:
+        raise UnusableMail(f"MIME structure cannot be parsed: {type(exc).__name__}") from exc
+    return _build(message, parsed, attachments, report, envelope_from, envelope_to)
+
+
+def _build(message: email.message.Message, parsed: mailparser.MailParser,
+           attachments: list[StoredAttachment], report: _Report,
+           envelope_from: str | None, envelope_to: tuple[str, ...]) -> ParsedMail:
+    headers = _decoded_headers(message)
+    senders = mailboxes(message.get_all("From", []) or [])
+    html = "\n".join(parsed.text_html) or None
+    text = "\n".join(parsed.text_plain)
+    if not text.strip() and html:
+        text = html_to_text(html)
+    return ParsedMail(
+        message_id=_first_id(message.get("Message-ID")),
+        subject=clean_line(_header(message, "Subject")),
+        from_addr=senders[0][1] if len(senders) == 1 else None,
+        from_name=clean_line(senders[0][0]) if senders else "",
+        from_count=len(senders),
+        reply_to=_addresses(message, "Reply-To"),
+        to=_addresses(message, "To"),
+        cc=_addresses(message, "Cc"),
+        in_reply_to=_ids(message.get_all("In-Reply-To", [])),
+        references=_ids(message.get_all("References", [])),
+        date=_date(message.get("Date")),
+        headers=headers,
+        content_type=message.get_content_type(),
+        text=text.replace("\x00", ""),
+        html=sanitize_html(html) if html else None,
+        attachments=tuple(attachments),
+        defects=tuple(sorted({d for d in getattr(parsed, "defects_categories", set())})),
+        report_type=report.report_type,
+        delivery_reports=tuple(report.deliveries),
+        original_message_id=report.original_message_id,
+        envelope_from=envelope_from,
+        envelope_to=envelope_to,
+    )
+
+
+# --- headers -----------------------------------------------------------------------------
+
+
+def clean_line(value: str, limit: int = 998) -> str:
+    """One display line: no control or line-separator characters, collapsed, capped."""
+    return " ".join(_CONTROL.sub(" ", value).split())[:limit]
+
+
+def _header(message: email.message.Message, name: str) -> str:
+    value = message.get(name)
+    return _decode(value) if value is not None else ""
+
+
+def _decode(value: object) -> str:
+    text = str(value)[:_MAX_HEADER_VALUE * 4]
+    try:
+        return str(make_header(decode_header(text)))[:_MAX_HEADER_VALUE]
+    except (ValueError, LookupError, UnicodeError, AssertionError):
+        return text.encode("ascii", "replace").decode("ascii")[:_MAX_HEADER_VALUE]
+
+
+def _decoded_headers(message: email.message.Message) -> tuple[tuple[str, str], ...]:
+    out = []
+    for name, value in message.items()[:_MAX_HEADERS]:
+        out.append((name.lower(), _decode(value).replace("\x00", "")))
+    return tuple(out)
+
+
+def _addresses(message: email.message.Message, name: str) -> tuple[str, ...]:
+    values = [str(v) for v in message.get_all(name, []) or []]
+    return tuple(addr for _, addr in mailboxes(values) if addr)
+
+
+def _ids(values: list[object]) -> tuple[str, ...]:
+    found: list[str] = []
+    for value in values:
+        for mid in _MSGID.findall(str(value)[:20000]):
+            if mid not in found:
+                found.append(mid)
+    return tuple(found[-100:])
+
+
+def _first_id(value: object) -> str | None:
+    if value is None:
+        return None
+    ids = _MSGID.findall(str(value)[:2000])
+    return ids[0] if ids else None
+
+
+def _date(value: object) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+# --- parts -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Report:
+    report_type: str | None = None
+    deliveries: list[DeliveryReport] | None = None
+    original_message_id: str | None = None
+
+    def __post_init__(self) -> None:
+        self.deliveries = self.deliveries or []
+
+
+def _extract_parts(message: email.message.Message, blobs: BlobSink | None
+                   ) -> tuple[list[StoredAttachment], _Report]:
+    report = _Report()
+    if message.get_content_type() == "multipart/report":
+        report.report_type = (message.get_param("report-type") or "").lower() or None  # type: ignore[union-attr]
+    attachments: list[StoredAttachment] = []
+    for part in message.walk():
+        ctype = part.get_content_type()
+        if ctype in ("message/delivery-status", "message/global-delivery-status"):
+            report.deliveries = _delivery_status(part)
+        if ctype in ("message/rfc822", "text/rfc822-headers") and report.report_type:
+            report.original_message_id = report.original_message_id or _inner_message_id(part)
+        if _is_attachment(part):
+            stored = _store(part, blobs, len(attachments) + 1)
+            if stored is not None:
+                attachments.append(stored)
+    return attachments, report
+
+
+def _is_attachment(part: email.message.Message) -> bool:
+    if part.is_multipart() and part.get_content_type() != "message/rfc822":
+        return False
+    disposition = (part.get_content_disposition() or "").lower()
+    ctype = part.get_content_type()
+    if ctype in ("text/plain", "text/html") and disposition != "attachment":
+        return False
+    if ctype in ("message/delivery-status", "message/disposition-notification", "text/rfc822-headers"):
+        return False
+    return disposition == "attachment" or bool(part.get_filename()) or ctype.split("/")[0] in (
+        "image", "application", "audio", "video", "message", "model", "font") or ctype == "text/calendar"
+
+
+def _store(part: email.message.Message, blobs: BlobSink | None, index: int) -> StoredAttachment | None:
+    if part.get_content_type() == "message/rfc822":
+        inner = part.get_payload(0) if part.is_multipart() else None
+        data = inner.as_bytes() if isinstance(inner, email.message.Message) else b""
+        fallback = _decode(inner.get("Subject", "")) if isinstance(inner, email.message.Message) else ""
+        name = f"{fallback or 'message'}.eml"
+    else:
+        data = part.get_payload(decode=True) or b""
+        name = ""
+    try:
+        filename = part.get_filename()
+    except (ValueError, LookupError, UnicodeError):
+        filename = None
+    display = attachment_display_name(_decode(filename) if filename else name, part.get_content_type(), index)
+    sha = blobs(data) if blobs is not None else _sha256(data)
+    if not part.is_multipart():
+        part.set_payload("")  # drop the encoded copy: the blob store has the bytes now
+    inline = (part.get_content_disposition() or "") == "inline" and bool(part.get("Content-ID"))
+    return StoredAttachment(display, len(data), sha, part.get_content_type(), inline)
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _delivery_status(part: email.message.Message) -> list[DeliveryReport]:
+    blocks = part.get_payload()
+    if not isinstance(blocks, list):
+        blocks = [email.message_from_string(str(blocks))]
+    out = []
+    for block in blocks[1:] if len(blocks) > 1 else blocks:
+        if not isinstance(block, email.message.Message):
+            continue
+        recipient = str(block.get("Final-Recipient") or block.get("Original-Recipient") or "")
+        address = canonical(recipient.split(";", 1)[-1].strip())
+        if address:
+            out.append(DeliveryReport(address, str(block.get("Action", "")).strip().lower(),
+                                      str(block.get("Status", "")).strip().split(" ")[0]))
+    return out[:100]
+
+
+def _inner_message_id(part: email.message.Message) -> str | None:
+    if part.get_content_type() == "message/rfc822":
+        inner = part.get_payload(0) if part.is_multipart() else None
+        return _first_id(inner.get("Message-ID")) if isinstance(inner, email.message.Message) else None
+    headers = email.message_from_string(str(part.get_payload())[:65536])
+    return _first_id(headers.get("Message-ID"))

@@ -1,0 +1,312 @@
+"""One validated settings object, built at start-up from a TOML file and the environment.
+
+Every key can be overridden by `GATEWAY_<SECTION>__<KEY>` (for example
+`GATEWAY_DATABASE__URL`, `GATEWAY_SMTP__PORT`). Lists and tables in the environment are
+given as JSON (`GATEWAY_MAIL__ADDRESSES='["a@x", "b@x"]'`). Errors name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.errors import ConfigError
+
+ENV_PREFIX = "GATEWAY_"
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    url: str = "sqlite+aiosqlite:///var/gateway.db"
+    busy_timeout_ms: int = 5000
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    blob_dir: str = "var/blobs"
+    raw_retention_days: int = 365  # after a case closes (SPEC §10)
+
+
+@dataclass(frozen=True)
+class MailSettings:
+    addresses: tuple[str, ...] = ("kundebetjening@statens-adm.example",)
+    from_address: str = "kundebetjening@statens-adm.example"
+    from_name: str = "Kundebetjening, Statens Administration"
+    message_id_domain: str = "gateway.statens-adm.example"
+    reply_token_secret: str = "change-me-in-production"
+    case_prefix: str = "SAG-"
+    case_digits: int = 6
+
+
+@dataclass(frozen=True)
+class PortalSettings:
+    url: str = "https://serviceportal.statens-adm.example"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 2525
+    max_message_size: int = 35_000_000
+    max_recipients: int = 100
+    max_connections: int = 100
+    max_connections_per_ip: int = 20
+    command_call_limit: int = 100
+    session_deadline_s: int = 600
+    store_timeout_s: float = 60.0
+    max_received_headers: int = 50
+    lmtp: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    hostname: str = "gateway.statens-adm.example"
+
+
+@dataclass(frozen=True)
+class ImapAccount:
+    name: str
+    host: str
+    username: str
+    password: str = ""
+    port: int = 993
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    folder: str = "INBOX"
+    after: Literal["move", "flag", "delete"] = "move"
+    move_to: str = "Processed"
+    failed_folder: str = "Failed"
+    max_tries: int = 3
+    poll_interval_s: float = 30.0
+    idle: bool = True
+    max_message_size: int = 35_000_000
+
+
+@dataclass(frozen=True)
+class ImapSettings:
+    accounts: tuple[ImapAccount, ...] = ()
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class OutboundSettings:
+    transport: str = "maildir:var/outbound"
+    tls: Literal["none", "starttls", "implicit"] = "none"
+    username: str = ""
+    password: str = ""
+    timeout_s: float = 30.0
+    concurrency: int = 10
+    max_attempts: int = 8
+    backoff_initial_s: float = 30.0
+    backoff_max_s: float = 3600.0
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    unknown_sender: Literal["register", "reject", "quarantine"] = "register"
+    language: Literal["da", "en"] = "da"
+    close_after_days: int = 7
+    cc_sharing: bool = False
+    sender_authentication: Literal["off", "mark", "enforce"] = "off"
+    authserv_id: str = ""
+    courtesy_replies: bool = True
+    max_auto_answers_per_day: int = 40
+    notify_per_10_minutes: int = 10
+    notify_per_hour: int = 25
+    bounce_hold_days: int = 60
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    batch_size: int = 32
+    max_attempts: int = 3
+    lease_s: float = 300.0
+    poll_interval_s: float = 0.5
+    parse_in_subprocess: bool = True
+    parse_timeout_s: float = 30.0
+    parse_memory_mb: int = 1024
+    max_header_bytes: int = 65536
+    max_header_line_bytes: int = 8192
+    max_mime_parts: int = 500
+    max_mime_depth: int = 100
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8025
+    agent_tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    grace_s: float = 20.0
+    maintenance_interval_s: float = 300.0
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Settings:
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    mail: MailSettings = field(default_factory=MailSettings)
+    portal: PortalSettings = field(default_factory=PortalSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    imap: ImapSettings = field(default_factory=ImapSettings)
+    outbound: OutboundSettings = field(default_factory=OutboundSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    base_dir: str = "."
+
+    def path(self, value: str) -> Path:
+        """A configured path, relative to the base directory when not absolute."""
+        p = Path(value)
+        return p if p.is_absolute() else Path(self.base_dir) / p
+
+    def replace(self, **sections: Any) -> Settings:
+        return dataclasses.replace(self, **sections)
+
+
+def load_settings(path: str | Path | None = None, env: typing.Mapping[str, str] | None = None) -> Settings:
+    """Read the TOML file (if any), apply environment overrides, validate."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    base_dir = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        try:
+            raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"configuration file not found: {p}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: {exc}") from exc
+        base_dir = p.resolve().parent.parent if p.resolve().parent.name == "config" else p.resolve().parent
+    _apply_env(raw, env)
+    base_dir_value = raw.pop("base_dir", None) or env.get(ENV_PREFIX + "BASE_DIR") or str(base_dir)
+    return _build(Settings, raw, "", extra={"base_dir": str(base_dir_value)})
+
+
+def _apply_env(raw: dict[str, Any], env: typing.Mapping[str, str]) -> None:
+    sections = {f.name for f in dataclasses.fields(Settings)}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
+        if section not in sections:
+            continue
+        table = raw.setdefault(section, {})
+        if isinstance(table, dict):
+            table[key] = _EnvValue(value)
+
+
+class _EnvValue(str):
+    """A string from the environment, converted to the field's type when built."""
+
+
+def _build(cls: type, data: Any, prefix: str, extra: dict[str, Any] | None = None) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'configuration'}: expected a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{sorted(unknown)[0]}")
+    kwargs: dict[str, Any] = dict(extra or {})
+    for key, value in data.items():
+        kwargs[key] = _convert(hints[key], value, f"{prefix}{key}")
+    try:
+        obj = cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{prefix.rstrip('.') or 'configuration'}: {exc}") from exc
+    _validate(obj, prefix)
+    return obj
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if isinstance(value, _EnvValue) and tp is not str and origin is not Literal:
+        value = _parse_env(tp, str(value), key)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key + ".")  # type: ignore[arg-type]
+    if origin is tuple:
+        (item_tp, _) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list")
+        return tuple(_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, allowed))}, not {value!r}")
+        return str(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected a whole number")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string")
+        return str(value)
+    return value
+
+
+def _parse_env(tp: Any, text: str, key: str) -> Any:
+    if tp is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key} (environment): expected true or false, not {text!r}")
+    if tp in (int, float):
+        try:
+            return tp(text)
+        except ValueError as exc:
+            raise ConfigError(f"{key} (environment): expected a number, not {text!r}") from exc
+    stripped = text.strip()
+    if stripped.startswith(("[", "{")):
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{key} (environment): invalid JSON: {exc}") from exc
+    if typing.get_origin(tp) is tuple:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return text
+
+
+def _validate(obj: Any, prefix: str) -> None:
+    if isinstance(obj, MailSettings):
+        if not obj.addresses:
+            raise ConfigError("mail.addresses: at least one address is required")
+        for address in (*obj.addresses, obj.from_address):
+            if address.count("@") != 1:
+                raise ConfigError(f"mail.addresses: not an e-mail address: {address!r}")
+        if len(obj.reply_token_secret) < 16:
+            raise ConfigError("mail.reply_token_secret: must be at least 16 characters")
+    if isinstance(obj, SmtpSettings | ApiSettings) and not 0 <= obj.port <= 65535:
+        raise ConfigError(f"{prefix}port: must be 0-65535")
+    if isinstance(obj, PolicySettings) and obj.close_after_days < 0:
+        raise ConfigError("policy.close_after_days: must not be negative")
+    if isinstance(obj, OutboundSettings) and not obj.transport.startswith(("maildir:", "smtp://")):
+        raise ConfigError("outbound.transport: must be maildir:PATH or smtp://host:port")
+    if isinstance(obj, WorkerSettings) and obj.max_attempts < 1:
+        raise ConfigError("worker.max_attempts: must be at least 1")

@@ -1,0 +1,57 @@
+"""Signed reply tokens: `kundebetjening+<token>@domain` (SPEC §5, §7).
+
+The token is the case number plus a truncated HMAC-SHA256 over it with the configured secret.
+Case numbers alone are guessable; the MAC is not. Verification is constant-time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+
+from gateway.addresses import local_and_tag
+
+_MAC_BYTES = 12  # 96 bits: unguessable, and the address stays short
+_TOKEN = re.compile(r"^([A-Za-z0-9-]{1,40})\.([A-Za-z0-9_-]{16})$")
+
+
+def _mac(secret: str, number: str) -> str:
+    digest = hmac.new(secret.encode(), number.lower().encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest[:_MAC_BYTES]).decode("ascii").rstrip("=")
+
+
+def make_token(secret: str, number: str) -> str:
+    return f"{number.lower()}.{_mac(secret, number)}"
+
+
+def verify_token(secret: str, token: str) -> str | None:
+    """The case number a token was made for, or None if it is forged or malformed."""
+    match = _TOKEN.match(token)
+    if not match:
+        return None
+    number, mac = match.groups()
+    if not hmac.compare_digest(mac, _mac(secret, number)):
+        return None
+    return number.upper()
+
+
+def reply_address(secret: str, base_address: str, number: str) -> str:
+    local, _, domain = base_address.partition("@")
+    return f"{local}+{make_token(secret, number)}@{domain}"
+
+
+def numbers_from_recipients(secret: str, recipients: tuple[str, ...] | list[str],
+                            our_addresses: tuple[str, ...]) -> tuple[str, ...]:
+    """Case numbers named by valid tokens in recipients that are ours (`base+token@domain`)."""
+    ours = {(base.lower(), domain.lower()) for base, _, domain in map(local_and_tag, our_addresses)}
+    found: list[str] = []
+    for recipient in recipients:
+        base, tag, domain = local_and_tag(recipient)
+        if tag is None or (base.lower(), domain.lower()) not in ours:
+            continue
+        number = verify_token(secret, tag)
+        if number and number not in found:
+            found.append(number)
+    return tuple(found)

@@ -1,0 +1,179 @@
+"""The inbox worker: claim → parse → classify → identify → thread → plan → apply (one transaction).
+
+Failures are recorded and retried; after `max_attempts` a mail is quarantined with its error,
+never deleted (`gateway reprocess` puts it back). A mail that can never be understood
+(`UnusableMail`) is quarantined at once with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway.apply import ApplySettings, apply_plan
+from gateway.clock import Clock
+from gateway.errors import UnusableMail
+from gateway.model import Classification, Context, Outcome, ParsedMail, Result
+from gateway.parsing import ParseRunner
+from gateway.pipeline.classify import classify
+from gateway.pipeline.identify import authenticated
+from gateway.pipeline.plan import PlanPolicy, make_plan
+from gateway.pipeline.thread import thread_keys
+from gateway.settings import Settings
+from store import queries
+from store.inbox import ClaimedMail, Inbox
+
+log = logging.getLogger("gateway.worker")
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The small parts of the settings each step needs."""
+
+    policy: PlanPolicy
+    apply: ApplySettings
+    own_addresses: frozenset[str]
+    message_id_domain: str
+    token_secret: str
+    addresses: tuple[str, ...]
+    authserv_id: str
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Steps:
+        return cls(
+            policy=PlanPolicy(s.policy.unknown_sender, s.policy.sender_authentication, s.policy.cc_sharing,
+                              s.policy.courtesy_replies, s.mail.case_prefix),
+            apply=ApplySettings(s.mail.case_prefix, s.mail.case_digits, s.mail.message_id_domain, s.policy.language),
+            own_addresses=frozenset(a.lower() for a in (*s.mail.addresses, s.mail.from_address)),
+            message_id_domain=s.mail.message_id_domain, token_secret=s.mail.reply_token_secret,
+            addresses=s.mail.addresses, authserv_id=s.policy.authserv_id,
+        )
+
+
+class InboxWorker:
+    def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], inbox: Inbox,
+                 parser: ParseRunner, settings: Settings, clock: Clock) -> None:
+        self._engine = engine
+        self._sessions = sessions
+        self._inbox = inbox
+        self._parser = parser
+        self._settings = settings
+        self._steps = Steps.from_settings(settings)
+        self._clock = clock
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.wakeup = asyncio.Event()
+        self.processed = 0
+        self.on_processed: Callable[[], None] = lambda: None
+
+    async def run_once(self, limit: int | None = None, only_id: int | None = None) -> list[Result]:
+        cfg = self._settings.worker
+        claimed = await self._inbox.claim(limit or cfg.batch_size, self.holder, self._clock.now(), cfg.lease_s,
+                                          only_id=only_id)
+        if not claimed:
+            return []
+        # Parse ahead (in the child process) while earlier mails are being applied.
+        parses = [asyncio.ensure_future(self._parse(mail)) for mail in claimed]
+        results = []
+        for mail, parsed in zip(claimed, parses, strict=True):
+            results.append(await self._process(mail, parsed))
+        return results
+
+    async def _parse(self, mail: ClaimedMail) -> ParsedMail | Exception:
+        try:
+            return await self._parser.parse(mail.raw, mail.envelope_from, mail.envelope_to)
+        except Exception as exc:  # reported per mail in _process
+            return exc
+
+    async def _process(self, mail: ClaimedMail, parsed: asyncio.Future[ParsedMail | Exception]) -> Result:
+        result_or_error = await parsed
+        try:
+            if isinstance(result_or_error, UnusableMail):
+                return await self._quarantine(mail, str(result_or_error))
+            if isinstance(result_or_error, Exception):
+                raise result_or_error
+            result = await self._handle(mail, result_or_error)
+        except (OperationalError, DBAPIError) as exc:
+            return await self._failed(mail, f"store: {type(exc).__name__}")
+        except Exception as exc:
+            log.exception("mail.failed", extra={"inbound_id": mail.id})
+            return await self._failed(mail, f"{type(exc).__name__}: {exc}")
+        self.processed += 1
+        if result.notifications:
+            self.on_processed()
+        log.info("mail.processed", extra={"inbound_id": mail.id, "outcome": result.action.value,
+                                          "case": result.case, "reason": result.reason})
+        return result
+
+    async def _handle(self, claimed: ClaimedMail, mail: ParsedMail) -> Result:
+        steps = self._steps
+        kind = classify(mail, steps.own_addresses, steps.message_id_domain)
+        async with self._sessions() as session, session.begin():
+            ctx = await self._context(session, mail, kind)
+            plan = make_plan(mail, kind, ctx, steps.policy)
+            return await apply_plan(session, plan, mail, claimed.id, self._clock.now(), steps.apply)
+
+    async def _context(self, session: AsyncSession, mail: ParsedMail, kind: Classification) -> Context:
+        steps = self._steps
+        keys = thread_keys(mail, steps.token_secret, steps.addresses, steps.policy.case_prefix)
+        sender = await queries.user_by_email(session, mail.from_addr) if mail.from_addr else None
+        by_mid = await queries.case_by_message_ids(session, keys.message_ids)
+        by_token = None
+        for number in keys.token_case_numbers:
+            by_token = await queries.case_by_number(session, number)
+            if by_token:
+                break
+        by_subject = await queries.case_by_number(session, keys.subject_number) if keys.subject_number else None
+        cc_users: tuple = ()
+        if steps.policy.cc_sharing and sender is not None:
+            cc_users = tuple(queries.user_ref(u) for u in await queries.users_by_email(session, list(mail.cc)))
+        return Context(
+            sender=queries.user_ref(sender) if sender else None,
+            by_message_id=await queries.case_ref(session, by_mid) if by_mid else None,
+            by_token=await queries.case_ref(session, by_token) if by_token else None,
+            by_subject=await queries.case_ref(session, by_subject) if by_subject else None,
+            cc_users=cc_users,
+            authenticated=authenticated(mail, steps.authserv_id, steps.policy.sender_authentication),
+        )
+
+    async def _quarantine(self, mail: ClaimedMail, reason: str) -> Result:
+        await self._inbox.failed(mail.id, reason, attempts=1, max_attempts=1, now=self._clock.now())
+        log.warning("mail.quarantined", extra={"inbound_id": mail.id, "reason": reason})
+        return Result(Outcome.QUARANTINED, None, reason, mail.id)
+
+    async def _failed(self, mail: ClaimedMail, error: str) -> Result:
+        state = await self._inbox.failed(mail.id, error, mail.attempts, self._settings.worker.max_attempts,
+                                         self._clock.now())
+        log.warning("mail.retry" if state == "pending" else "mail.quarantined",
+                    extra={"inbound_id": mail.id, "attempts": mail.attempts, "error": error[:200]})
+        if state == "quarantined":
+            return Result(Outcome.QUARANTINED, None, error, mail.id)
+        return Result(Outcome.QUARANTINED, None, error, mail.id, retry=True)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process the inbox until `stop` is set; finishes the batch in hand first."""
+        interval = self._settings.worker.poll_interval_s
+        while not stop.is_set():
+            try:
+                results = await self.run_once()
+                if results and all(r.retry for r in results):
+                    await asyncio.sleep(min(interval * 4, 5.0))  # only failures: don't spin
+            except (OperationalError, DBAPIError, OSError) as exc:
+                log.warning("worker.store_error", extra={"error": type(exc).__name__})
+                results = []
+                await asyncio.sleep(1.0)
+            if results:
+                continue
+            self.wakeup.clear()
+            wait_stop = asyncio.ensure_future(stop.wait())
+            wait_wake = asyncio.ensure_future(self.wakeup.wait())
+            await asyncio.wait({wait_stop, wait_wake}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+            for fut in (wait_stop, wait_wake):
+                fut.cancel()

@@ -1,0 +1,74 @@
+"""The async engine: SQLite through aiosqlite by default, PostgreSQL through asyncpg.
+
+SQLite runs in WAL mode with synchronous=FULL, so a commit is durable (RELIABILITY 31), with
+foreign keys on and a busy timeout; `check_durability` verifies that at start-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway.errors import ConfigError
+
+
+def is_sqlite(url: str) -> bool:
+    return url.startswith("sqlite")
+
+
+def resolve_url(url: str, base_dir: str | Path) -> str:
+    """Make a relative SQLite path relative to the base directory and create its folder."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return url
+    path = Path(parsed.database)
+    if not path.is_absolute():
+        path = Path(base_dir) / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return parsed.set(database=str(path)).render_as_string(hide_password=False)
+
+
+def make_engine(url: str, busy_timeout_ms: int = 5000, echo: bool = False) -> AsyncEngine:
+    kwargs: dict[str, Any] = {"echo": echo}
+    if is_sqlite(url):
+        kwargs["connect_args"] = {"timeout": busy_timeout_ms / 1000}
+    else:
+        kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+    engine = create_async_engine(url, **kwargs)
+    if is_sqlite(url):
+        _sqlite_pragmas(engine, busy_timeout_ms)
+    return engine
+
+
+def _sqlite_pragmas(engine: AsyncEngine, busy_timeout_ms: int) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        cursor.close()
+
+
+async def check_durability(engine: AsyncEngine) -> None:
+    """Refuse to run when a commit would not survive a power loss."""
+    async with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            journal = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
+            sync = (await conn.execute(text("PRAGMA synchronous"))).scalar()
+            if str(journal).lower() not in ("wal", "delete") or int(sync or 0) < 2:
+                raise ConfigError(f"SQLite is not durable: journal_mode={journal}, synchronous={sync}")
+        elif engine.dialect.name == "postgresql":
+            value = (await conn.execute(text("SHOW synchronous_commit"))).scalar()
+            if str(value).lower() not in ("on", "remote_write", "remote_apply"):
+                raise ConfigError(f"PostgreSQL synchronous_commit={value}: commits are not durable")
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)

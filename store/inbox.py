@@ -1,0 +1,236 @@
+"""The durable inbox (SPEC §4): raw bytes are committed here before any edge acknowledges.
+
+States: pending → processing (claimed with a lease) → done | pending again (attempts < max)
+| quarantined. A claim whose lease ran out (its node died) is taken back by the next claim.
+The hot path (insert, claim) is SQLAlchemy Core, not ORM sessions (PERFORMANCE.md).
+
+Dedup key: SHA-256 over the header block minus trace headers that relays and stores add, plus
+the body with line endings normalised. The same mail by SMTP and IMAP, or delivered twice,
+has one key; the same Message-ID with other content (pre-emption, RELIABILITY 34) does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from gateway.errors import StoreUnavailable
+from store.models import InboundMail
+
+T = InboundMail.__table__  # type: ignore[attr-defined]
+
+_TRACE = re.compile(
+    rb"^(received|return-path|delivered-to|x-original-to|authentication-results|arc-[a-z-]+|"
+    rb"x-gateway-[a-z-]+|x-spam-[a-z-]+|status|x-status|x-uid|x-keywords|content-length|lines|"
+    rb"x-rcpt-to|x-envelope-[a-z-]+)\s*:", re.IGNORECASE)
+_MSGID = re.compile(rb"^message-id\s*:\s*(<[^<>\s]{1,500}>)", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    inbound_id: int
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMail:
+    raw: bytes
+    source: str
+    envelope_from: str | None = None
+    envelope_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMail:
+    id: int
+    raw: bytes
+    source: str
+    envelope_from: str | None
+    envelope_to: tuple[str, ...]
+    attempts: int
+
+
+def dedup_key(raw: bytes) -> str:
+    data = raw.replace(b"\r\n", b"\n").lstrip(b"\n")
+    head, sep, body = data.partition(b"\n\n")
+    kept: list[bytes] = []
+    skipping = False
+    for line in head.split(b"\n"):
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = bool(_TRACE.match(line))
+        if not skipping:
+            kept.append(line)
+    digest = hashlib.sha256(b"\n".join(kept))
+    digest.update(sep + body.rstrip(b"\n"))
+    return digest.hexdigest()
+
+
+def message_id_of(raw: bytes) -> str | None:
+    head = raw[: raw.find(b"\n\n") if b"\n\n" in raw[:262144] else 262144]
+    match = _MSGID.search(head)
+    return match.group(1).decode("ascii", "replace") if match else None
+
+
+def _row(mail: IncomingMail, now: datetime) -> dict[str, Any]:
+    return {
+        "received_at": now, "source": mail.source[:100],
+        "envelope_from": (mail.envelope_from or "")[:320] or None,
+        "envelope_to": list(mail.envelope_to)[:100], "raw": mail.raw, "size": len(mail.raw),
+        "sha256": hashlib.sha256(mail.raw).hexdigest(), "message_id": message_id_of(mail.raw),
+        "dedup_key": dedup_key(mail.raw), "state": "pending", "attempts": 0,
+    }
+
+
+class Inbox:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+
+    def _insert(self) -> Any:
+        module = postgresql if self._dialect == "postgresql" else sqlite
+        return module.insert(T).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(T.c.id)
+
+    async def accept(self, mail: IncomingMail, now: datetime) -> Accepted:
+        return (await self.accept_many([mail], now))[0]
+
+    async def accept_many(self, mails: Sequence[IncomingMail], now: datetime) -> list[Accepted]:
+        """Commit many mails in one durable transaction (group commit)."""
+        try:
+            async with self._engine.begin() as conn:
+                return [await self._accept_one(conn, mail, now) for mail in mails]
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise StoreUnavailable(f"inbox commit failed: {type(exc).__name__}") from exc
+
+    async def _accept_one(self, conn: AsyncConnection, mail: IncomingMail, now: datetime) -> Accepted:
+        row = _row(mail, now)
+        new_id = (await conn.execute(self._insert().values(**row))).scalar()
+        if new_id is not None:
+            return Accepted(int(new_id), False)
+        existing = (await conn.execute(select(T.c.id).where(T.c.dedup_key == row["dedup_key"]))).scalar_one()
+        return Accepted(int(existing), True)
+
+    async def claim(self, limit: int, holder: str, now: datetime, lease_s: float,
+                    only_id: int | None = None) -> list[ClaimedMail]:
+        """Take up to `limit` pending (or abandoned) mails, oldest first, under a lease."""
+        due = or_(T.c.state == "pending", and_(T.c.state == "processing", T.c.claimed_until < now))
+        pick = select(T.c.id).where(due).order_by(T.c.id).limit(limit)
+        if only_id is not None:
+            pick = pick.where(T.c.id == only_id)
+        if self._dialect == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        stmt = (update(T).where(T.c.id.in_(pick.scalar_subquery()))
+                .values(state="processing", claimed_until=now + timedelta(seconds=lease_s),
+                        claimed_by=holder[:100], attempts=T.c.attempts + 1)
+                .returning(T.c.id, T.c.raw, T.c.source, T.c.envelope_from, T.c.envelope_to, T.c.attempts))
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return sorted((ClaimedMail(r.id, r.raw or b"", r.source, r.envelope_from,
+                                   tuple(r.envelope_to or ()), r.attempts) for r in rows),
+                      key=lambda m: m.id)
+
+    async def failed(self, inbound_id: int, error: str, attempts: int, max_attempts: int,
+                     now: datetime) -> str:
+        """Record a processing failure: back to pending, or quarantined after the last try."""
+        state = "quarantined" if attempts >= max_attempts else "pending"
+        values: dict[str, Any] = {"state": state, "last_error": error[:2000], "claimed_until": None}
+        if state == "quarantined":
+            values.update(outcome="quarantined", reason=f"processing failed {attempts} times: {error[:500]}",
+                          processed_at=now)
+        async with self._engine.begin() as conn:
+            await conn.execute(update(T).where(T.c.id == inbound_id).values(**values))
+        return state
+
+    async def release(self, ids: Sequence[int]) -> None:
+        """Give back claims not started (graceful shutdown), without counting an attempt."""
+        if not ids:
+            return
+        async with self._engine.begin() as conn:
+            await conn.execute(update(T).where(T.c.id.in_(list(ids)), T.c.state == "processing")
+                               .values(state="pending", claimed_until=None, attempts=T.c.attempts - 1))
+
+    async def reprocess(self, inbound_id: int | None = None, quarantined: bool = False) -> int:
+        """Put mails back in the queue (`gateway reprocess ID|--quarantined`)."""
+        cond = T.c.id == inbound_id if inbound_id is not None else T.c.state == "quarantined"
+        if inbound_id is None and not quarantined:
+            return 0
+        async with self._engine.begin() as conn:
+            result = await conn.execute(update(T).where(cond).values(
+                state="pending", attempts=0, claimed_until=None, outcome=None, processed_at=None))
+        return int(result.rowcount or 0)
+
+    async def depth(self) -> dict[str, int]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(T.c.state, func.count()).group_by(T.c.state))).all()
+        return {str(state): int(count) for state, count in rows}
+
+    async def wait_for_store(self, attempts: int = 3) -> None:
+        for i in range(attempts):
+            try:
+                async with self._engine.connect() as conn:
+                    await conn.execute(select(1))
+                return
+            except (OperationalError, DBAPIError, OSError):
+                await asyncio.sleep(0.2 * (i + 1))
+        raise StoreUnavailable("the store does not answer")
+
+
+class GroupCommitter:
+    """Share one durable commit between the mails that arrive together (PERFORMANCE.md).
+
+    Each caller awaits its own `Accepted`; a batch is whatever queued up while the previous
+    commit ran, so a lone mail is committed at once and a burst pays one fsync per batch.
+    """
+
+    def __init__(self, inbox: Inbox, now: Any, max_batch: int = 64) -> None:
+        self._inbox = inbox
+        self._now = now
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[IncomingMail, asyncio.Future[Accepted]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+
+    async def accept(self, mail: IncomingMail) -> Accepted:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="inbox-group-commit")
+        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+        await self._queue.put((mail, future))
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < self._max_batch:
+                batch.append(self._queue.get_nowait())
+            live = [(m, f) for m, f in batch if not f.done()]
+            if not live:
+                continue
+            try:
+                results = await self._inbox.accept_many([m for m, _ in live], self._now())
+            except Exception as exc:  # every waiter of this batch gets the failure (451)
+                for _, fut in live:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            for (_, fut), result in zip(live, results, strict=True):
+                if not fut.done():
+                    fut.set_result(result)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass

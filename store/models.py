@@ -1,0 +1,181 @@
+"""SQLModel tables (SPEC §2). The schema itself is created by the alembic migrations.
+
+Text columns never hold NUL (PostgreSQL refuses it) and long values are capped before insert
+by `store.writes`; raw mail bytes live in a binary column.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Organisation(SQLModel, table=True):
+    __tablename__ = "organisation"
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(max_length=200, unique=True)
+
+
+class AppUser(SQLModel, table=True):
+    __tablename__ = "app_user"
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(max_length=320, unique=True)  # canonical form (gateway.addresses)
+    name: str = Field(max_length=200, default="")
+    organisation_id: int | None = Field(default=None, foreign_key="organisation.id", index=True)
+    kind: str = Field(max_length=20, default="person")
+    role: str = Field(max_length=20, default="customer")
+    language: str | None = Field(default=None, max_length=5)
+    bouncing_since: datetime | None = None
+    bounce_reason: str | None = Field(default=None, max_length=500)
+    created_at: datetime
+
+
+class SupportCase(SQLModel, table=True):
+    __tablename__ = "support_case"
+    id: int | None = Field(default=None, primary_key=True)
+    number: str = Field(max_length=40, unique=True)
+    subject: str = Field(max_length=500, default="")
+    requester_id: int = Field(foreign_key="app_user.id", index=True)
+    assignee_id: int | None = Field(default=None, foreign_key="app_user.id")
+    status: str = Field(max_length=30, index=True)
+    follows_id: int | None = Field(default=None, foreign_key="support_case.id")
+    close_reason: str | None = Field(default=None, max_length=1000)
+    created_at: datetime
+    updated_at: datetime
+    status_changed_at: datetime
+
+
+class CaseParty(SQLModel, table=True):
+    __tablename__ = "case_party"
+    case_id: int = Field(foreign_key="support_case.id", primary_key=True)
+    user_id: int = Field(foreign_key="app_user.id", primary_key=True, index=True)
+    added_at: datetime
+    added_by_id: int | None = Field(default=None, foreign_key="app_user.id")
+
+
+class Comment(SQLModel, table=True):
+    __tablename__ = "comment"
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="support_case.id", index=True)
+    author_id: int | None = Field(default=None, foreign_key="app_user.id")
+    created_at: datetime
+    source: str = Field(max_length=10)
+    public: bool = True
+    visible_text: str = ""
+    full_text: str = ""
+    html: str | None = None
+    inbound_id: int | None = Field(default=None, foreign_key="inbound_mail.id")
+    kind: str = Field(default="comment", max_length=20)  # comment | courtesy | auto_reply
+
+
+class Attachment(SQLModel, table=True):
+    __tablename__ = "attachment"
+    id: int | None = Field(default=None, primary_key=True)
+    comment_id: int = Field(foreign_key="comment.id", index=True)
+    name: str = Field(max_length=255)
+    size: int
+    sha256: str = Field(max_length=64, index=True)
+    content_type: str = Field(max_length=200)
+    inline: bool = False
+
+
+class StatusChange(SQLModel, table=True):
+    __tablename__ = "status_change"
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: int = Field(foreign_key="support_case.id", index=True)
+    at: datetime
+    by_id: int | None = Field(default=None, foreign_key="app_user.id")
+    by_label: str = Field(default="", max_length=100)  # "system", "mail", an agent's address
+    from_status: str | None = Field(default=None, max_length=30)
+    to_status: str = Field(max_length=30)
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class InboundMail(SQLModel, table=True):
+    """The durable inbox: every mail received, raw bytes first (SPEC §4)."""
+
+    __tablename__ = "inbound_mail"
+    __table_args__ = (Index("ix_inbound_claim", "state", "claimed_until"),)
+    id: int | None = Field(default=None, primary_key=True)
+    received_at: datetime
+    source: str = Field(max_length=100)
+    envelope_from: str | None = Field(default=None, max_length=320)
+    envelope_to: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
+    size: int = 0
+    sha256: str = Field(max_length=64)
+    message_id: str | None = Field(default=None, max_length=998, index=True)
+    dedup_key: str = Field(max_length=64, unique=True)
+    state: str = Field(default="pending", max_length=20)
+    attempts: int = 0
+    claimed_until: datetime | None = None
+    claimed_by: str | None = Field(default=None, max_length=100)
+    last_error: str | None = None
+    outcome: str | None = Field(default=None, max_length=20)
+    reason: str | None = None
+    case_id: int | None = Field(default=None, foreign_key="support_case.id", index=True)
+    processed_at: datetime | None = None
+    subject: str | None = Field(default=None, max_length=500)
+    from_addr: str | None = Field(default=None, max_length=320, index=True)
+
+
+class MessageIndex(SQLModel, table=True):
+    """Message-IDs that belong to a case, for threading (ours and the customers')."""
+
+    __tablename__ = "message_index"
+    message_id: str = Field(primary_key=True, max_length=998)
+    case_id: int = Field(foreign_key="support_case.id", index=True)
+    ours: bool = False
+
+
+class Outbox(SQLModel, table=True):
+    """Every notification, queued in the transaction that caused it (SPEC §2, §7)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime
+    event: str = Field(max_length=20)
+    case_id: int | None = Field(default=None, foreign_key="support_case.id", index=True)
+    recipient: str = Field(max_length=320, index=True)
+    recipient_name: str = Field(default="", max_length=200)
+    language: str = Field(default="da", max_length=5)
+    message_id: str = Field(max_length=998, unique=True)
+    context: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # type: ignore[type-arg]
+    state: str = Field(default="pending", max_length=20)  # pending|sending|sent|failed|held
+    attempts: int = 0
+    next_attempt_at: datetime
+    claimed_until: datetime | None = None
+    last_error: str | None = None
+    sent_at: datetime | None = None
+
+
+class Counter(SQLModel, table=True):
+    """Named counters (case numbers on SQLite; PostgreSQL uses a sequence)."""
+
+    __tablename__ = "counter"
+    name: str = Field(primary_key=True, max_length=40)
+    value: int = 0
+
+
+class JobLease(SQLModel, table=True):
+    """Leases that let one node at a time run a timed job or read an IMAP account."""
+
+    __tablename__ = "job_lease"
+    name: str = Field(primary_key=True, max_length=200)
+    holder: str = Field(max_length=100)
+    until: datetime
+
+
+class ImapFolderState(SQLModel, table=True):
+    __tablename__ = "imap_folder_state"
+    __table_args__ = (UniqueConstraint("account", "folder"),)
+    id: int | None = Field(default=None, primary_key=True)
+    account: str = Field(max_length=200)
+    folder: str = Field(max_length=500)
+    uidvalidity: int | None = None
+    last_uid: int = 0
+    failures: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # type: ignore[type-arg]
+    last_fetch_at: datetime | None = None

@@ -1,0 +1,153 @@
+"""The outbox: notifications queued in the same transaction as the change (SPEC §2, §7).
+
+Every row is one message to one recipient, with its final Message-ID (indexed for threading).
+The sender loop claims due rows under a lease; `sending` rows whose lease ran out were
+abandoned by a node that died and are claimed again (the at-least-once window, RELIABILITY 29).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col
+from sqlmodel import select as model_select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway.model import Event
+from store.models import AppUser, CaseParty, MessageIndex, Outbox, SupportCase
+from store.writes import index_message_id
+
+T = Outbox.__table__  # type: ignore[attr-defined]
+
+
+def new_message_id(domain: str) -> str:
+    return f"<{uuid.uuid4().hex}@{domain}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    email: str
+    name: str
+    language: str
+    user_id: int | None = None
+    bouncing: bool = False
+
+
+def recipient_of(user: AppUser, default_language: str) -> Recipient:
+    return Recipient(user.email, user.name, user.language or default_language, user.id,
+                     user.bouncing_since is not None)
+
+
+async def thread_ids(session: AsyncSession, case_id: int) -> list[str]:
+    """The first Message-IDs of a case (its opening mail, our receipt), oldest first."""
+    rows = await session.exec(model_select(MessageIndex.message_id).where(MessageIndex.case_id == case_id)
+                              .order_by(col(MessageIndex.ours)).limit(3))
+    return list(rows.all())
+
+
+async def enqueue(session: AsyncSession, case: SupportCase, event: Event, recipients: Sequence[Recipient],
+                  now: datetime, message_id_domain: str, context: dict[str, Any] | None = None) -> list[str]:
+    """Queue one message per recipient; returns their Message-IDs."""
+    assert case.id is not None
+    refs = await thread_ids(session, case.id)
+    ids: list[str] = []
+    seen: set[str] = set()
+    for rcpt in recipients:
+        if rcpt.email in seen or not rcpt.email:
+            continue
+        seen.add(rcpt.email)
+        mid = new_message_id(message_id_domain)
+        ctx = {"case_number": case.number, "case_subject": case.subject, "status": case.status,
+               "thread_ids": refs, **(context or {})}
+        session.add(Outbox(created_at=now, event=event.value, case_id=case.id, recipient=rcpt.email,
+                           recipient_name=rcpt.name, language=rcpt.language, message_id=mid, context=ctx,
+                           state="held" if rcpt.bouncing else "pending", next_attempt_at=now,
+                           last_error="recipient is bouncing" if rcpt.bouncing else None))
+        await index_message_id(session, mid, case.id, ours=True)
+        ids.append(mid)
+    return ids
+
+
+async def enqueue_without_case(session: AsyncSession, event: Event, recipient: Recipient, now: datetime,
+                               message_id_domain: str, context: dict[str, Any]) -> str:
+    mid = new_message_id(message_id_domain)
+    session.add(Outbox(created_at=now, event=event.value, case_id=None, recipient=recipient.email,
+                       recipient_name=recipient.name, language=recipient.language, message_id=mid,
+                       context=context, state="held" if recipient.bouncing else "pending", next_attempt_at=now))
+    return mid
+
+
+@dataclass(frozen=True, slots=True)
+class DueNotification:
+    id: int
+    event: str
+    recipient: str
+    recipient_name: str
+    language: str
+    message_id: str
+    context: dict[str, Any]
+    attempts: int
+
+
+class OutboxQueue:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def claim(self, limit: int, now: datetime, lease_s: float) -> list[DueNotification]:
+        due = or_(and_(T.c.state == "pending", T.c.next_attempt_at <= now),
+                  and_(T.c.state == "sending", T.c.claimed_until < now))
+        pick = select(T.c.id).where(due).order_by(T.c.id).limit(limit)
+        if self._engine.dialect.name == "postgresql":
+            pick = pick.with_for_update(skip_locked=True)
+        stmt = (update(T).where(T.c.id.in_(pick.scalar_subquery()))
+                .values(state="sending", claimed_until=now + timedelta(seconds=lease_s), attempts=T.c.attempts + 1)
+                .returning(T.c.id, T.c.event, T.c.recipient, T.c.recipient_name, T.c.language, T.c.message_id,
+                           T.c.context, T.c.attempts))
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return sorted((DueNotification(r.id, r.event, r.recipient, r.recipient_name, r.language, r.message_id,
+                                       dict(r.context or {}), r.attempts) for r in rows), key=lambda d: d.id)
+
+    async def mark_sent(self, ids: Sequence[int], now: datetime) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(T).where(T.c.id.in_(list(ids)))
+                               .values(state="sent", sent_at=now, claimed_until=None, last_error=None))
+
+    async def mark_retry(self, row_id: int, error: str, at: datetime) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(T).where(T.c.id == row_id).values(
+                state="pending", next_attempt_at=at, claimed_until=None, last_error=error[:2000]))
+
+    async def mark_failed(self, row_id: int, error: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(T).where(T.c.id == row_id).values(
+                state="failed", claimed_until=None, last_error=error[:2000]))
+
+    async def retry(self, row_id: int | None, now: datetime) -> int:
+        cond = T.c.id == row_id if row_id is not None else T.c.state == "failed"
+        async with self._engine.begin() as conn:
+            result = await conn.execute(update(T).where(cond, T.c.state.in_(["failed", "held"]))
+                                        .values(state="pending", next_attempt_at=now, attempts=0))
+        return int(result.rowcount or 0)
+
+    async def depth(self) -> dict[str, int]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(T.c.state, func.count()).group_by(T.c.state))).all()
+        return {str(s): int(n) for s, n in rows}
+
+
+async def recipients_for(session: AsyncSession, case: SupportCase, exclude_user_id: int | None,
+                         default_language: str) -> list[Recipient]:
+    """The requester and every party, never the one who caused the event (SPEC §7)."""
+    parties = (await session.exec(model_select(CaseParty.user_id).where(CaseParty.case_id == case.id))).all()
+    ids = [case.requester_id, *parties]
+    users = (await session.exec(model_select(AppUser).where(col(AppUser.id).in_(ids)))).all()
+    by_id = {u.id: u for u in users}
+    return [recipient_of(by_id[i], default_language) for i in dict.fromkeys(ids)
+            if i in by_id and i != exclude_user_id]

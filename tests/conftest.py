@@ -1,0 +1,118 @@
+"""Shared fixtures: settings on a temporary SQLite file (or PostgreSQL), an opened App, mail builders."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.app import App, open_app
+from gateway.clock import FrozenClock
+from gateway.model import Role, UserKind
+from gateway.settings import Settings, load_settings
+from store import writes
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+CORPUS = SHARED / "corpus"
+ADDRESS = "kundebetjening@statens-adm.example"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def database_url(tmp_path: Path) -> str:
+    """SQLite in the test's folder, or a fresh schema on PostgreSQL when the suite runs there."""
+    pg = os.environ.get("GATEWAY_TEST_DATABASE_URL")
+    if pg:
+        from tests.pg import fresh_database
+
+        return fresh_database(pg)
+    return f"sqlite+aiosqlite:///{tmp_path}/gateway.db"
+
+
+def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
+    env = {"GATEWAY_BASE_DIR": str(tmp_path)}
+    base = load_settings(ROOT / "config" / "gateway.toml", env=env)
+    base = dataclasses.replace(base, base_dir=str(tmp_path))
+    changes: dict[str, Any] = {
+        "database": dataclasses.replace(base.database, url=database_url(tmp_path)),
+        "storage": dataclasses.replace(base.storage, blob_dir=str(tmp_path / "blobs")),
+        "outbound": dataclasses.replace(base.outbound, transport=f"maildir:{tmp_path}/outbound"),
+        "smtp": dataclasses.replace(base.smtp, port=0),
+        "api": dataclasses.replace(base.api, port=0),
+        "worker": dataclasses.replace(base.worker, parse_in_subprocess=False),
+        "daemon": dataclasses.replace(base.daemon, log_format="text"),
+    }
+    for name, values in sections.items():
+        changes[name] = dataclasses.replace(changes.get(name, getattr(base, name)), **values)
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock()
+
+
+@pytest.fixture
+async def app(settings: Settings, clock: FrozenClock) -> AsyncIterator[App]:
+    async with open_app(settings, clock=clock) as opened:
+        yield opened
+
+
+async def add_user(app: App, email: str, name: str = "", org: str | None = None,
+                   shared: bool = False, agent: bool = False) -> None:
+    async with app.sessions() as session, session.begin():
+        await writes.add_user(session, email, name or email.split("@")[0].title(), org,
+                              UserKind.SHARED_MAILBOX if shared else UserKind.PERSON,
+                              Role.AGENT if agent else Role.CUSTOMER, app.clock.now())
+
+
+def build_mail(sender: str = "jens@borger.example", subject: str = "Spørgsmål om min faktura",
+               body: str = "Hej Kundebetjening,\n\nJeg har et spørgsmål om min faktura.\n\nMvh Jens",
+               to: str = ADDRESS, message_id: str | None = None, in_reply_to: str | None = None,
+               headers: dict[str, str] | None = None, attachments: list[tuple[str, bytes, str]] | None = None,
+               cc: str | None = None) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    if cc:
+        msg["Cc"] = cc
+    msg["Subject"] = subject
+    msg["Message-ID"] = message_id or f"<{uuid.uuid4().hex}@borger.example>"
+    msg["Date"] = format_datetime(datetime(2026, 1, 5, 10, 0, tzinfo=UTC))
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+        msg["References"] = in_reply_to
+    for key, value in (headers or {}).items():
+        msg[key] = value
+    msg.set_content(body)
+    for name, data, ctype in attachments or []:
+        maintype, subtype = ctype.split("/")
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+    return msg.as_bytes()
+
+
+MailBuilder = Callable[..., bytes]
+
+
+@pytest.fixture
+def mail() -> MailBuilder:
+    return build_mail

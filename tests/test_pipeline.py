@@ -1,0 +1,234 @@
+"""The inbox worker end to end against a real SQLite file: cases, comments, threading, rules."""
+
+from __future__ import annotations
+
+from gateway.app import App
+from gateway.model import Outcome, Status
+from store import queries, writes
+from store.inbox import IncomingMail
+from tests.conftest import ADDRESS, MailBuilder, add_user
+
+
+async def ingest(app: App, raw: bytes, to: tuple[str, ...] = (ADDRESS,)):
+    accepted, result = await app.ingest_now(IncomingMail(raw, "test", "sender@borger.example", to))
+    return result
+
+
+async def detail(app: App, number: str) -> dict:
+    async with app.sessions() as session:
+        return await queries.case_detail(session, number)
+
+
+async def outbox(app: App) -> list[dict]:
+    async with app.sessions() as session:
+        return await queries.list_outbox(session)
+
+
+async def set_status(app: App, number: str, status: Status, assignee: str | None = None) -> None:
+    async with app.sessions() as session, session.begin():
+        case = await queries.require_case(session, number)
+        if assignee:
+            case.assignee_id = (await queries.require_user(session, assignee)).id
+        await writes.change_status(session, case, status, app.clock.now(), None, "test")
+
+
+async def test_new_mail_opens_case_with_receipt(app: App, mail: MailBuilder) -> None:
+    result = await ingest(app, mail(attachments=[("faktura.pdf", b"%PDF-1.4 data", "application/pdf")]))
+    assert result.action is Outcome.CREATED and result.case == "SAG-000001"
+    case = await detail(app, "SAG-000001")
+    assert case["status"] == "registreret"
+    assert case["requester"]["email"] == "jens@borger.example"
+    assert case["subject"] == "Spørgsmål om min faktura"
+    [comment] = case["comments"]
+    assert "spørgsmål om min faktura" in comment["visible_text"]
+    assert comment["attachments"][0]["name"] == "faktura.pdf"
+    assert app.blobs.get(comment["attachments"][0]["sha256"]) == b"%PDF-1.4 data"
+    [receipt] = await outbox(app)
+    assert receipt["event"] == "receipt" and receipt["recipients"] == ["jens@borger.example"]
+    assert case["history"][0]["to"] == "registreret"
+
+
+async def test_same_mail_twice_is_one_case(app: App, mail: MailBuilder) -> None:
+    raw = mail()
+    first = await ingest(app, raw)
+    accepted, second = await app.ingest_now(IncomingMail(raw, "imap:other", None, (ADDRESS,)))
+    assert first.action is Outcome.CREATED
+    assert accepted.duplicate and second is None
+    # the same mail delivered via another path with trace headers added is still the same mail
+    relayed = b"Received: from mx by gw; Mon, 5 Jan 2026 10:00:00 +0000\r\n" + raw
+    accepted, _ = await app.ingest_now(IncomingMail(relayed, "imap:x", None, (ADDRESS,)))
+    assert accepted.duplicate
+    async with app.sessions() as session:
+        assert len(await queries.list_cases(session, "all")) == 1
+
+
+async def test_same_message_id_other_content_is_another_mail(app: App, mail: MailBuilder) -> None:
+    await ingest(app, mail(message_id="<fixed@borger.example>", body="Første"))
+    result = await ingest(app, mail(message_id="<fixed@borger.example>", body="Anden, legitim"))
+    assert result is not None and result.action is Outcome.CREATED
+
+
+async def test_reply_to_receipt_threads_by_message_id(app: App, mail: MailBuilder) -> None:
+    await ingest(app, mail())
+    receipt_id = (await outbox(app))[0]["message_id"]
+    result = await ingest(app, mail(subject="Re: noget helt andet", in_reply_to=receipt_id,
+                                    body="Her er mere information.\n\nDen 5. jan. 2026 kl. 10.00 skrev "
+                                         "Kundebetjening <kundebetjening@statens-adm.example>:\n> Tak for din henvendelse"))
+    assert result.action is Outcome.COMMENTED and result.case == "SAG-000001"
+    case = await detail(app, "SAG-000001")
+    assert case["comments"][1]["visible_text"] == "Her er mere information."
+    assert "Tak for din henvendelse" in case["comments"][1]["full_text"]
+
+
+async def test_subject_tag_from_requester_threads(app: App, mail: MailBuilder) -> None:
+    await ingest(app, mail())
+    result = await ingest(app, mail(subject="SV: VS: Re: [SAG-000001] Spørgsmål om min faktura", body="Ny info"))
+    assert result.action is Outcome.COMMENTED and result.case == "SAG-000001"
+
+
+async def test_subject_tag_from_outsider_opens_own_case(app: App, mail: MailBuilder) -> None:
+    await ingest(app, mail())
+    receipt_id = (await outbox(app))[0]["message_id"]
+    result = await ingest(app, mail(sender="mallory@angriber.example", in_reply_to=receipt_id,
+                                    subject="Re: [SAG-000001] Spørgsmål om min faktura", body="Lad mig se sagen"))
+    assert result.action is Outcome.CREATED and result.case == "SAG-000002"
+    assert "not a party" in result.reason
+    first = await detail(app, "SAG-000001")
+    assert len(first["comments"]) == 1
+    second = await detail(app, "SAG-000002")
+    assert second["requester"]["email"] == "mallory@angriber.example"
+
+
+async def test_reply_token_threads_and_forged_token_does_not(app: App, mail: MailBuilder) -> None:
+    from gateway.tokens import reply_address
+
+    await ingest(app, mail())
+    secret = app.settings.mail.reply_token_secret
+    good = reply_address(secret, ADDRESS, "SAG-000001")
+    result = await ingest(app, mail(subject="Svar", to=good, body="Svar via token"), to=(good,))
+    assert result.action is Outcome.COMMENTED and result.case == "SAG-000001"
+    forged = good[:-30] + "x" + good[-29:]
+    result = await ingest(app, mail(subject="Svar", to=forged, body="Forfalsket"), to=(forged,))
+    assert result.action is Outcome.CREATED
+
+
+async def test_danish_outlook_quote_is_stripped(app: App, mail: MailBuilder) -> None:
+    await ingest(app, mail())
+    body = ("Jeg har nu vedhæftet kvitteringen.\n\nMed venlig hilsen\nJens\n\n"
+            "Fra: Kundebetjening <kundebetjening@statens-adm.example>\nSendt: 5. januar 2026 10:00\n"
+            "Til: Jens <jens@borger.example>\nEmne: [SAG-000001] Spørgsmål om min faktura\n\n"
+            "Tak for din henvendelse.")
+    await ingest(app, mail(subject="SV: [SAG-000001] Spørgsmål om min faktura", body=body))
+    comment = (await detail(app, "SAG-000001"))["comments"][1]
+    assert comment["visible_text"].startswith("Jeg har nu vedhæftet kvitteringen.")
+    assert "Tak for din henvendelse" not in comment["visible_text"]
+    assert "Tak for din henvendelse" in comment["full_text"]
+
+
+async def test_reply_while_waiting_for_requester_goes_back(app: App, mail: MailBuilder) -> None:
+    await add_user(app, "agent@statens-adm.example", agent=True)
+    await ingest(app, mail())
+    await set_status(app, "SAG-000001", Status.AFVENTER_REKVIRENT, assignee="agent@statens-adm.example")
+    await ingest(app, mail(subject="Re: [SAG-000001] x", body="Her er svaret"))
+    case = await detail(app, "SAG-000001")
+    assert case["status"] == "tildelt"
+    assert case["history"][-1] == {**case["history"][-1], "from": "afventer_rekvirent", "to": "tildelt"}
+
+
+async def test_reply_to_done_case_reopens_and_courtesy_does_not(app: App, mail: MailBuilder) -> None:
+    await ingest(app, mail())
+    await set_status(app, "SAG-000001", Status.UDFOERT)
+    thanks = await ingest(app, mail(subject="Re: [SAG-000001] x", body="Mange tak!\n\nMvh Jens"))
+    assert thanks.action is Outcome.IGNORED and thanks.case == "SAG-000001"
+    assert (await detail(app, "SAG-000001"))["status"] == "udfoert"
+    result = await ingest(app, mail(subject="Re: [SAG-000001] x", body="Det virker stadig ikke."))
+    assert result.action is Outcome.REOPENED
+    case = await detail(app, "SAG-000001")
+    assert case["status"] == "paabegyndt"
+    assert [c["kind"] for c in case["comments"]] == ["comment", "courtesy", "comment"]
+
+
+async def test_reply_to_closed_case_opens_linked_case(app: App, mail: MailBuilder) -> None:
+    await ingest(app, mail())
+    await set_status(app, "SAG-000001", Status.LUKKET)
+    result = await ingest(app, mail(subject="Re: [SAG-000001] Spørgsmål om min faktura", body="Nyt problem"))
+    assert result.action is Outcome.CREATED and result.case == "SAG-000002"
+    new = await detail(app, "SAG-000002")
+    assert new["follows"] == "SAG-000001"
+    assert (await detail(app, "SAG-000001"))["status"] == "lukket"
+    events = [o["event"] for o in await outbox(app)]
+    assert events == ["receipt", "followup"]
+
+
+async def test_auto_reply_and_bounce_never_open_cases(app: App, mail: MailBuilder) -> None:
+    ooo = await ingest(app, mail(subject="Fraværende: Spørgsmål", headers={"Auto-Submitted": "auto-replied"}))
+    assert ooo.action is Outcome.IGNORED
+    own = await ingest(app, mail(sender=ADDRESS, subject="loop"))
+    assert own.action is Outcome.IGNORED
+    async with app.sessions() as session:
+        assert await queries.list_cases(session, "all") == []
+    assert await outbox(app) == []
+
+
+async def test_shared_mailbox_is_requester(app: App, mail: MailBuilder) -> None:
+    await add_user(app, "okonomi@kommune.example", "Økonomiafdelingen", org="Kommunen", shared=True)
+    result = await ingest(app, mail(sender="okonomi@kommune.example"))
+    case = await detail(app, result.case)
+    assert case["requester"] == {"email": "okonomi@kommune.example", "name": "Økonomiafdelingen",
+                                 "kind": "shared_mailbox", "role": "customer"}
+    assert (await outbox(app))[0]["recipients"] == ["okonomi@kommune.example"]
+
+
+async def test_unknown_sender_policies(tmp_path, clock, mail: MailBuilder) -> None:
+    from gateway.app import open_app
+    from tests.conftest import make_settings
+
+    for policy, action in (("reject", Outcome.REJECTED), ("quarantine", Outcome.QUARANTINED)):
+        settings = make_settings(tmp_path / policy, policy={"unknown_sender": policy})
+        async with open_app(settings, clock=clock) as app:
+            result = await ingest(app, mail())
+            assert result.action is action
+            async with app.sessions() as session:
+                assert await queries.list_cases(session, "all") == []
+                inbox = await queries.list_inbox(session)
+            assert inbox[0]["outcome"] == action.value
+            events = [o["event"] for o in await outbox(app)]
+            assert events == (["rejected"] if policy == "reject" else [])
+
+
+async def test_unparseable_mail_is_quarantined_not_lost(app: App) -> None:
+    nested = b"From: a@b.example\r\nSubject: bomb\r\n" + b"".join(
+        f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'.encode() for i in range(300))
+    result = await ingest(app, nested)
+    assert result.action is Outcome.QUARANTINED and "boundaries" in result.reason
+    async with app.sessions() as session:
+        [row] = await queries.list_inbox(session, "quarantined")
+    assert row["size"] == len(nested)
+
+
+async def test_processing_failure_retries_then_quarantines(app: App, mail: MailBuilder, monkeypatch) -> None:
+    import gateway.worker as worker_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(worker_module, "make_plan", broken)
+    results = [await ingest(app, mail())]
+    results += await app.worker.run_once()
+    results += await app.worker.run_once()
+    assert [r.retry for r in results] == [True, True, False]
+    assert results[-1].action is Outcome.QUARANTINED
+    monkeypatch.undo()
+    assert await app.inbox.reprocess(quarantined=True) == 1
+    [again] = await app.worker.run_once()
+    assert again.action is Outcome.CREATED
+
+
+async def test_stale_claim_is_taken_back(app: App, mail: MailBuilder, clock) -> None:
+    accepted = await app.accept(IncomingMail(mail(), "test"))
+    claimed = await app.inbox.claim(10, "dead-node", clock.now(), lease_s=60)
+    assert [c.id for c in claimed] == [accepted.inbound_id]
+    assert await app.worker.run_once() == []  # still leased to the dead node
+    clock.advance(seconds=61)
+    [result] = await app.worker.run_once()
+    assert result.action is Outcome.CREATED
