@@ -41,7 +41,7 @@ def _canonical_domain(domain: str) -> str | None:
     except UnicodeError:
         return None
     labels = ascii_domain.split(".")
-    if len(labels) < 2 or not all(_DOMAIN_LABEL.match(label) for label in labels):
+    if not all(_DOMAIN_LABEL.match(label) for label in labels):
         return None
     return ascii_domain
 

@@ -38,20 +38,17 @@ class ApplySettings:
 
 async def apply_plan(session: AsyncSession, plan: Plan, mail: ParsedMail, inbound_id: int, now: datetime,
                      cfg: ApplySettings) -> Result:
+    case_id: int | None = None
     if isinstance(plan, OpenCase):
-        result = await _open_case(session, plan, mail, inbound_id, now, cfg)
+        result, case_id = await _open_case(session, plan, mail, inbound_id, now, cfg)
     elif isinstance(plan, AppendComment):
-        result = await _append(session, plan, mail, inbound_id, now, cfg)
+        result, case_id = await _append(session, plan, mail, inbound_id, now, cfg), plan.case.id
     elif isinstance(plan, Ignore):
-        result = await _ignore(session, plan, mail, inbound_id, now)
+        result, case_id = await _ignore(session, plan, mail, inbound_id, now), plan.case.id if plan.case else None
     elif isinstance(plan, Reject):
         result = await _reject(session, plan, now, cfg)
     else:
         result = Result(Outcome.QUARANTINED, reason=plan.reason)
-    case_id = None
-    if result.case:
-        case = await _case(session, result.case)
-        case_id = case.id
     await writes.finish_inbound(session, inbound_id, result.action.value, result.reason, case_id, now,
                                 subject=mail.subject, from_addr=mail.from_addr)
     if isinstance(plan, Quarantine):
@@ -59,14 +56,8 @@ async def apply_plan(session: AsyncSession, plan: Plan, mail: ParsedMail, inboun
     return Result(result.action, result.case, result.reason, inbound_id, result.notifications)
 
 
-async def _case(session: AsyncSession, number: str) -> SupportCase:
-    from store.queries import require_case
-
-    return await require_case(session, number)
-
-
 async def _open_case(session: AsyncSession, plan: OpenCase, mail: ParsedMail, inbound_id: int, now: datetime,
-                     cfg: ApplySettings) -> Result:
+                     cfg: ApplySettings) -> tuple[Result, int]:
     requester = await writes.ensure_user(session, plan.requester, now)
     number = await writes.next_case_number(session, cfg.case_prefix, cfg.case_digits)
     follows_id = plan.follows.id if plan.follows else None
@@ -81,10 +72,10 @@ async def _open_case(session: AsyncSession, plan: OpenCase, mail: ParsedMail, in
     event = Event.FOLLOWUP if plan.follows else Event.RECEIPT
     context = {"follows_number": plan.follows.number} if plan.follows else {}
     ids = await outbox.enqueue(session, case, event, [outbox.recipient_of(user, cfg.language)], now,
-                               cfg.message_id_domain, context)
+                               cfg.message_id_domain, context, refs=[mail.message_id] if mail.message_id else [])
     ids += await _tell_new_parties(session, case, [p.id for p in plan.parties], requester.name, now, cfg)
     reason = "; ".join(filter(None, [f"follows {plan.follows.number}" if plan.follows else "", plan.note]))
-    return Result(Outcome.CREATED, number, reason, notifications=tuple(ids))
+    return Result(Outcome.CREATED, number, reason, notifications=tuple(ids)), case.id
 
 
 async def _append(session: AsyncSession, plan: AppendComment, mail: ParsedMail, inbound_id: int, now: datetime,

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,6 +60,7 @@ class Steps:
 
 
 class InboxWorker:
+    GROUP_MAX = 8  # mails per shared transaction; larger groups make every ORM flush slower
     def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], inbox: Inbox,
                  parser: ParseRunner, settings: Settings, clock: Clock) -> None:
         self._engine = engine
@@ -77,48 +79,69 @@ class InboxWorker:
         cfg = self._settings.worker
         claimed = await self._inbox.claim(limit or cfg.batch_size, self.holder, self._clock.now(), cfg.lease_s,
                                           only_id=only_id)
-        if not claimed:
-            return []
         # Parse ahead (in the child process) while earlier mails are being applied.
-        parses = [asyncio.ensure_future(self._parse(mail)) for mail in claimed]
-        results = []
-        for mail, parsed in zip(claimed, parses, strict=True):
-            results.append(await self._process(mail, parsed))
+        pending = deque((mail, asyncio.ensure_future(self._parse(mail))) for mail in claimed)
+        results: list[Result] = []
+        while pending:
+            mail, future = pending.popleft()
+            group = [(mail, await future)]  # wait with no transaction open
+            while pending and pending[0][1].done() and len(group) < self.GROUP_MAX:
+                ready, done = pending.popleft()
+                group.append((ready, done.result()))
+            results.extend(await self._apply_group(group))
         return results
 
     async def _parse(self, mail: ClaimedMail) -> ParsedMail | Exception:
         try:
             return await self._parser.parse(mail.raw, mail.envelope_from, mail.envelope_to)
-        except Exception as exc:  # reported per mail in _process
+        except Exception as exc:  # reported per mail
             return exc
 
-    async def _process(self, mail: ClaimedMail, parsed: asyncio.Future[ParsedMail | Exception]) -> Result:
-        result_or_error = await parsed
+    async def _apply_group(self, group: list[tuple[ClaimedMail, ParsedMail | Exception]]) -> list[Result]:
+        """The mails whose parse is ready share one transaction: one durable commit for them all.
+
+        If any of them fails, the group is rolled back and each mail is retried on its own, so
+        one poison mail never takes the others down with it.
+        """
+        if len(group) > 1 and all(isinstance(p, ParsedMail) for _, p in group):
+            try:
+                async with self._sessions() as session, session.begin():
+                    results = [await self._handle(session, mail, parsed) for mail, parsed in group]  # type: ignore[arg-type]
+            except Exception:
+                log.info("worker.group_retry_single", extra={"size": len(group)})
+            else:
+                return [self._done(result) for result in results]
+        return [await self._process(mail, parsed) for mail, parsed in group]
+
+    async def _process(self, mail: ClaimedMail, parsed: ParsedMail | Exception) -> Result:
         try:
-            if isinstance(result_or_error, UnusableMail):
-                return await self._quarantine(mail, str(result_or_error))
-            if isinstance(result_or_error, Exception):
-                raise result_or_error
-            result = await self._handle(mail, result_or_error)
+            if isinstance(parsed, UnusableMail):
+                return await self._quarantine(mail, str(parsed))
+            if isinstance(parsed, Exception):
+                raise parsed
+            async with self._sessions() as session, session.begin():
+                result = await self._handle(session, mail, parsed)
         except (OperationalError, DBAPIError) as exc:
             return await self._failed(mail, f"store: {type(exc).__name__}")
         except Exception as exc:
             log.exception("mail.failed", extra={"inbound_id": mail.id})
             return await self._failed(mail, f"{type(exc).__name__}: {exc}")
+        return self._done(result)
+
+    def _done(self, result: Result) -> Result:
         self.processed += 1
         if result.notifications:
             self.on_processed()
-        log.info("mail.processed", extra={"inbound_id": mail.id, "outcome": result.action.value,
+        log.info("mail.processed", extra={"inbound_id": result.inbound_id, "outcome": result.action.value,
                                           "case": result.case, "reason": result.reason})
         return result
 
-    async def _handle(self, claimed: ClaimedMail, mail: ParsedMail) -> Result:
+    async def _handle(self, session: AsyncSession, claimed: ClaimedMail, mail: ParsedMail) -> Result:
         steps = self._steps
         kind = classify(mail, steps.own_addresses, steps.message_id_domain)
-        async with self._sessions() as session, session.begin():
-            ctx = await self._context(session, mail, kind)
-            plan = make_plan(mail, kind, ctx, steps.policy)
-            return await apply_plan(session, plan, mail, claimed.id, self._clock.now(), steps.apply)
+        ctx = await self._context(session, mail, kind)
+        plan = make_plan(mail, kind, ctx, steps.policy)
+        return await apply_plan(session, plan, mail, claimed.id, self._clock.now(), steps.apply)
 
     async def _context(self, session: AsyncSession, mail: ParsedMail, kind: Classification) -> Context:
         steps = self._steps

@@ -21,7 +21,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.model import Event
 from store.models import AppUser, CaseParty, MessageIndex, Outbox, SupportCase
-from store.writes import index_message_id
 
 T = Outbox.__table__  # type: ignore[attr-defined]
 
@@ -52,10 +51,11 @@ async def thread_ids(session: AsyncSession, case_id: int) -> list[str]:
 
 
 async def enqueue(session: AsyncSession, case: SupportCase, event: Event, recipients: Sequence[Recipient],
-                  now: datetime, message_id_domain: str, context: dict[str, Any] | None = None) -> list[str]:
-    """Queue one message per recipient; returns their Message-IDs."""
+                  now: datetime, message_id_domain: str, context: dict[str, Any] | None = None,
+                  refs: list[str] | None = None) -> list[str]:
+    """Queue one message per recipient; returns their Message-IDs. `refs`: the thread, when known."""
     assert case.id is not None
-    refs = await thread_ids(session, case.id)
+    refs = refs if refs is not None else await thread_ids(session, case.id)
     ids: list[str] = []
     seen: set[str] = set()
     for rcpt in recipients:
@@ -69,7 +69,7 @@ async def enqueue(session: AsyncSession, case: SupportCase, event: Event, recipi
                            recipient_name=rcpt.name, language=rcpt.language, message_id=mid, context=ctx,
                            state="held" if rcpt.bouncing else "pending", next_attempt_at=now,
                            last_error="recipient is bouncing" if rcpt.bouncing else None))
-        await index_message_id(session, mid, case.id, ours=True)
+        session.add(MessageIndex(message_id=mid, case_id=case.id, ours=True))  # fresh uuid: no lookup
         ids.append(mid)
     return ids
 

@@ -10,7 +10,9 @@ refused for the price of a few `bytes.count` calls.
 
 from __future__ import annotations
 
+import binascii
 import email
+import email.header
 import email.message
 import re
 from collections.abc import Callable
@@ -19,6 +21,7 @@ from datetime import datetime
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
 
+import charset_normalizer
 import mailparser
 
 from gateway.addresses import canonical, mailboxes
@@ -32,6 +35,11 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029\u0085]")
 _BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]{1,200})', re.IGNORECASE)
 _MSGID = re.compile(r"<[^<>\s]{1,500}>")
 _MAX_HEADERS = 300
+# Machine-readable report parts are kept for staff as text files (nothing hidden, RELIABILITY 44).
+_REPORT_NAMES = {"message/delivery-status": "Delivery report.txt",
+                 "message/global-delivery-status": "Delivery report.txt",
+                 "message/disposition-notification": "Disposition notification.txt",
+                 "text/rfc822-headers": "Original headers.txt"}
 _MAX_HEADER_VALUE = 4000
 
 
@@ -93,23 +101,25 @@ def parse_mail(raw: bytes, blobs: BlobSink | None = None, limits: Limits | None 
         parsed = mailparser.MailParser(message)
     except (RecursionError, mailparser.exceptions.MailParserError) as exc:
         raise UnusableMail(f"MIME structure cannot be parsed: {type(exc).__name__}") from exc
-    return _build(message, parsed, attachments, report, envelope_from, envelope_to)
+    return _build(message, parsed, attachments, report, blobs, envelope_from, envelope_to)
 
 
 def _build(message: email.message.Message, parsed: mailparser.MailParser,
-           attachments: list[StoredAttachment], report: _Report,
+           attachments: list[StoredAttachment], report: _Report, blobs: BlobSink | None,
            envelope_from: str | None, envelope_to: tuple[str, ...]) -> ParsedMail:
     headers = _decoded_headers(message)
-    senders = mailboxes(message.get_all("From", []) or [])
-    html = "\n".join(parsed.text_html) or None
-    text = "\n".join(parsed.text_plain)
+    senders = _senders(message, parsed)
+    plain, htmls = _body_texts(message)
+    html = "\n".join(htmls) or None
+    text = "\n".join(plain)
     if not text.strip() and html:
         text = html_to_text(html)
+    text, uuencoded = extract_uuencoded(text, blobs, len(attachments))
     return ParsedMail(
         message_id=_first_id(message.get("Message-ID")),
-        subject=clean_line(_header(message, "Subject")),
+        subject=clean_line(_subject(message, parsed), _MAX_HEADER_VALUE),
         from_addr=senders[0][1] if len(senders) == 1 else None,
-        from_name=clean_line(senders[0][0]) if senders else "",
+        from_name=clean_line(senders[0][0], 200) if senders else "",
         from_count=len(senders),
         reply_to=_addresses(message, "Reply-To"),
         to=_addresses(message, "To"),
@@ -121,7 +131,7 @@ def _build(message: email.message.Message, parsed: mailparser.MailParser,
         content_type=message.get_content_type(),
         text=text.replace("\x00", ""),
         html=sanitize_html(html) if html else None,
-        attachments=tuple(attachments),
+        attachments=tuple(attachments + uuencoded),
         defects=tuple(sorted({d for d in getattr(parsed, "defects_categories", set())})),
         report_type=report.report_type,
         delivery_reports=tuple(report.deliveries),
@@ -134,6 +144,71 @@ def _build(message: email.message.Message, parsed: mailparser.MailParser,
 # --- headers -----------------------------------------------------------------------------
 
 
+def _declared(message: email.message.Message) -> str | None:
+    for part in message.walk():
+        if part.get_content_maintype() == "text" and part.get_content_charset():
+            return part.get_content_charset()
+    return None
+
+
+def _body_bytes(message: email.message.Message) -> bytes:
+    payload = message.get_payload() if not message.is_multipart() else ""
+    return str(payload)[:65536].encode("utf-8", "surrogateescape")
+
+
+def _senders(message: email.message.Message, parsed: mailparser.MailParser) -> list[tuple[str, str | None]]:
+    """(display name, canonical address) of every From mailbox; names decoded once."""
+    raw_from = [str(v) for k, v in message.raw_items() if k.lower() == "from"]
+    if any(not v.isascii() for v in raw_from):  # raw 8-bit bytes: mail-parser escapes them
+        return mailboxes([_guess_8bit(v, _body_bytes(message), _declared(message)) for v in raw_from])
+    found = [(_display(str(name)), canonical(str(addr))) for name, addr in (parsed.from_ or [])[:100]
+             if name or addr]
+    if found or not message.get_all("From"):
+        return found
+    return mailboxes([_decode(v) for v in message.get_all("From", [])])
+
+
+def _display(name: str) -> str:
+    if "=?" in name:
+        return _decode(name)
+    if any("\udc80" <= ch <= "\udcff" for ch in name):
+        return _guess_8bit(name)
+    return name
+
+
+def _subject(message: email.message.Message, parsed: mailparser.MailParser) -> str:
+    raw = next((str(v) for k, v in message.raw_items() if k.lower() == "subject"), None)
+    if raw is None:
+        return ""
+    if not raw.isascii():
+        return _guess_8bit(raw, _body_bytes(message), _declared(message))
+    return str(parsed.subject or "") or _decode(raw)
+
+
+_GUESSES = ["cp1252", "iso8859_15", "cp1250", "iso8859_2", "koi8_r", "cp1251", "iso8859_7"]
+
+
+def _guess_8bit(value: str, context: bytes = b"", declared: str | None = None) -> str:
+    """A header sent as raw 8-bit bytes with no charset of its own.
+
+    UTF-8 if it is; else the charset the body declares; else a statistical guess over the header
+    and the body together (a few header bytes alone are too little) among European and
+    Cyrillic charsets; else Windows-1252, the usual legacy charset of Danish mail.
+    """
+    data = value.encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if declared and declared not in ("us-ascii", "ascii", "utf-8"):
+        try:
+            return data.decode(declared, "replace")
+        except LookupError:
+            pass
+    best = charset_normalizer.from_bytes(data + b"\n" + context[:65536], cp_isolation=_GUESSES).best()
+    return data.decode(best.encoding if best is not None else "cp1252", "replace")
+
+
 def clean_line(value: str, limit: int = 998) -> str:
     """One display line: no control or line-separator characters, collapsed, capped."""
     return " ".join(_CONTROL.sub(" ", value).split())[:limit]
@@ -144,8 +219,17 @@ def _header(message: email.message.Message, name: str) -> str:
     return _decode(value) if value is not None else ""
 
 
+_B_WORD = re.compile(r"(=\?[^?\s]{1,40}\?[bB]\?)([A-Za-z0-9+/]*)=*(\?=)")
+
+
+def _repad(match: re.Match[str]) -> str:
+    """Some clients pad base64 encoded-words wrongly ("…==" after a full quantum)."""
+    data = match.group(2)
+    return match.group(1) + data + "=" * (-len(data) % 4) + match.group(3)
+
+
 def _decode(value: object) -> str:
-    text = str(value)[:_MAX_HEADER_VALUE * 4]
+    text = _B_WORD.sub(_repad, str(value)[:_MAX_HEADER_VALUE * 4])
     try:
         return str(make_header(decode_header(text)))[:_MAX_HEADER_VALUE]
     except (ValueError, LookupError, UnicodeError, AssertionError):
@@ -192,6 +276,57 @@ def _date(value: object) -> datetime | None:
 # --- parts -------------------------------------------------------------------------------
 
 
+def _body_texts(message: email.message.Message) -> tuple[list[str], list[str]]:
+    """The readable text/plain and text/html parts, decoded from bytes with their charset.
+
+    Parts inside an attachment (a forwarded message/rfc822 with a filename, a container marked
+    attachment) are not body text; a named inline text part is both body and attachment.
+    """
+    plain: list[str] = []
+    html: list[str] = []
+    blocked: set[int] = set()
+    for part in message.walk():
+        if id(part) in blocked:
+            if part.is_multipart():
+                blocked.update(id(p) for p in _children(part))
+            continue
+        disposition = (part.get_content_disposition() or "").lower()
+        if part.is_multipart():
+            if disposition == "attachment" or (part.get_content_type() == "message/rfc822" and _filename(part)):
+                blocked.update(id(p) for p in _children(part))
+            continue
+        ctype = part.get_content_type()
+        if ctype in ("text/plain", "text/html") and disposition != "attachment":
+            (plain if ctype == "text/plain" else html).append(_text_of(part))
+    return [t for t in plain if t.strip()], [t for t in html if t.strip()]
+
+
+def _children(part: email.message.Message) -> list[email.message.Message]:
+    payload = part.get_payload()
+    return [p for p in payload if isinstance(p, email.message.Message)] if isinstance(payload, list) else []
+
+
+def _text_of(part: email.message.Message) -> str:
+    data = part.get_payload(decode=True) or b""
+    if not isinstance(data, bytes):
+        return str(data)
+    charset = (part.get_content_charset() or "").strip().lower()
+    if charset:
+        try:
+            return data.decode(charset, "replace")
+        except LookupError:
+            pass  # an unknown charset name: guess as for an unlabelled part
+    return _guess_bytes(data)
+
+
+def _guess_bytes(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        best = charset_normalizer.from_bytes(data[:262144], cp_isolation=["utf_8", *_GUESSES]).best()
+        return data.decode(best.encoding, "replace") if best is not None else data.decode("latin-1")
+
+
 @dataclass
 class _Report:
     report_type: str | None = None
@@ -221,21 +356,34 @@ def _extract_parts(message: email.message.Message, blobs: BlobSink | None
     return attachments, report
 
 
+def _filename(part: email.message.Message) -> str | None:
+    try:
+        return part.get_filename()
+    except (ValueError, LookupError, UnicodeError):
+        return None
+
+
 def _is_attachment(part: email.message.Message) -> bool:
+    if part.get_content_type() in _REPORT_NAMES:
+        return True
     if part.is_multipart() and part.get_content_type() != "message/rfc822":
         return False
     disposition = (part.get_content_disposition() or "").lower()
     ctype = part.get_content_type()
     if ctype in ("text/plain", "text/html") and disposition != "attachment":
-        return False
-    if ctype in ("message/delivery-status", "message/disposition-notification", "text/rfc822-headers"):
-        return False
+        return bool(_filename(part))  # a named inline text part is both body and attachment
     return disposition == "attachment" or bool(part.get_filename()) or ctype.split("/")[0] in (
         "image", "application", "audio", "video", "message", "model", "font") or ctype == "text/calendar"
 
 
 def _store(part: email.message.Message, blobs: BlobSink | None, index: int) -> StoredAttachment | None:
-    if part.get_content_type() == "message/rfc822":
+    if part.get_content_type() in _REPORT_NAMES:
+        payload = part.get_payload()
+        blocks = payload if isinstance(payload, list) else [payload]
+        data = b"\n".join(b.as_bytes() if isinstance(b, email.message.Message) else str(b).encode("utf-8", "replace")
+                          for b in blocks)
+        name = _REPORT_NAMES[part.get_content_type()]
+    elif part.get_content_type() == "message/rfc822":
         inner = part.get_payload(0) if part.is_multipart() else None
         data = inner.as_bytes() if isinstance(inner, email.message.Message) else b""
         fallback = _decode(inner.get("Subject", "")) if isinstance(inner, email.message.Message) else ""
@@ -243,13 +391,10 @@ def _store(part: email.message.Message, blobs: BlobSink | None, index: int) -> S
     else:
         data = part.get_payload(decode=True) or b""
         name = ""
-    try:
-        filename = part.get_filename()
-    except (ValueError, LookupError, UnicodeError):
-        filename = None
+    filename = _filename(part)
     display = attachment_display_name(_decode(filename) if filename else name, part.get_content_type(), index)
     sha = blobs(data) if blobs is not None else _sha256(data)
-    if not part.is_multipart():
+    if not part.is_multipart() and part.get_content_maintype() != "text":
         part.set_payload("")  # drop the encoded copy: the blob store has the bytes now
     inline = (part.get_content_disposition() or "") == "inline" and bool(part.get("Content-ID"))
     return StoredAttachment(display, len(data), sha, part.get_content_type(), inline)
@@ -278,8 +423,38 @@ def _delivery_status(part: email.message.Message) -> list[DeliveryReport]:
 
 
 def _inner_message_id(part: email.message.Message) -> str | None:
-    if part.get_content_type() == "message/rfc822":
+    if part.get_content_type() in _REPORT_NAMES:
+        payload = part.get_payload()
+        blocks = payload if isinstance(payload, list) else [payload]
+        b"\n".join(b.as_bytes() if isinstance(b, email.message.Message) else str(b).encode("utf-8", "replace")
+                          for b in blocks)
+        _REPORT_NAMES[part.get_content_type()]
+    elif part.get_content_type() == "message/rfc822":
         inner = part.get_payload(0) if part.is_multipart() else None
         return _first_id(inner.get("Message-ID")) if isinstance(inner, email.message.Message) else None
     headers = email.message_from_string(str(part.get_payload())[:65536])
     return _first_id(headers.get("Message-ID"))
+
+
+_UU_BLOCK = re.compile(r"^begin [0-7]{3,4} ([^\n]{1,255})\n(.*?)^end$", re.MULTILINE | re.DOTALL)
+
+
+def extract_uuencoded(text: str, blobs: BlobSink | None, index: int) -> tuple[str, list[StoredAttachment]]:
+    """Files some clients (Lotus Notes) embed uuencoded in a text body become attachments."""
+    if "begin " not in text:
+        return text, []
+    found: list[StoredAttachment] = []
+
+    def take(match: re.Match[str]) -> str:
+        data = bytearray()
+        for line in match.group(2).splitlines():
+            try:
+                data += binascii.a2b_uu(line.encode("latin-1", "replace"))
+            except binascii.Error:
+                continue
+        name = attachment_display_name(match.group(1).strip(), "application/octet-stream", index + len(found) + 1)
+        sha = blobs(bytes(data)) if blobs is not None else _sha256(bytes(data))
+        found.append(StoredAttachment(name, len(data), sha, "application/octet-stream"))
+        return ""
+
+    return _UU_BLOCK.sub(take, text[:5_000_000]), found
