@@ -57,6 +57,8 @@ class Sender:
         self.sent = 0
         self.failed = 0
         self.wakeup = asyncio.Event()
+        self._to_mark: list[int] = []
+        self._marking: asyncio.Lock = asyncio.Lock()
 
     async def run_once(self, limit: int = 100) -> int:
         due = await self._queue.claim(limit, self._clock.now(), self._lease_s)
@@ -65,33 +67,45 @@ class Sender:
         gate = asyncio.Semaphore(max(1, self._cfg.concurrency))
 
         async def one(item: DueNotification) -> None:
-            async with gate:
-                await self._deliver(item)
+            async with gate:  # the slot is the relay connection; marking happens after it
+                reply = await self._deliver(item)
+            if reply is not None:
+                await self._mark_sent(item.id)
+                self.sent += 1
+                log.info("notify.sent", extra={"outbox_id": item.id, "event": item.event, "reply": reply[:80]})
 
         await asyncio.gather(*(one(item) for item in due))
         return len(due)
 
-    async def _deliver(self, due: DueNotification) -> None:
+    async def _deliver(self, due: DueNotification) -> str | None:
+        """The relay's reply when it accepted; None when the row was rescheduled or failed."""
         try:
             message = self._renderer.compose(notice_of(due))
             reply = await self._mailer.send(message, self._renderer.envelope_from(), (due.recipient,))
         except PermanentDeliveryError as exc:
             await self._fail(due, str(exc))
-            return
+            return None
         except DeliveryError as exc:
             if due.attempts >= self._cfg.max_attempts:
                 await self._fail(due, f"gave up after {due.attempts} tries: {exc}")
-                return
+                return None
             at = self._clock.now() + timedelta(seconds=backoff(due.attempts, self._cfg))
             await self._queue.mark_retry(due.id, str(exc), at)
             log.warning("notify.retry", extra={"outbox_id": due.id, "attempts": due.attempts, "error": str(exc)[:200]})
-            return
+            return None
         except (ValueError, KeyError) as exc:  # a row we cannot render: an operator must look
             await self._fail(due, f"cannot render: {exc}")
-            return
-        await self._queue.mark_sent([due.id], self._clock.now())
-        self.sent += 1
-        log.info("notify.sent", extra={"outbox_id": due.id, "event": due.event, "reply": reply[:80]})
+            return None
+        return reply
+
+    async def _mark_sent(self, row_id: int) -> None:
+        """Mark right after the relay's 250; rows sent while a mark commits share the next commit."""
+        self._to_mark.append(row_id)
+        async with self._marking:
+            if row_id not in self._to_mark:
+                return  # an earlier commit took it along
+            batch, self._to_mark = self._to_mark, []
+            await self._queue.mark_sent(batch, self._clock.now())
 
     async def _fail(self, due: DueNotification, error: str) -> None:
         await self._queue.mark_failed(due.id, error)
@@ -110,6 +124,9 @@ class Sender:
                 await asyncio.wait_for(self.wakeup.wait(), interval_s)
             except TimeoutError:
                 pass
+        close = getattr(self._mailer, "close", None)
+        if close is not None:
+            await close()
 
 
 def make_sender(settings: Settings, queue: OutboxQueue, clock: Clock) -> Sender:
