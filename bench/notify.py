@@ -34,7 +34,7 @@ def free_port() -> int:
 
 def start_sink(port: int) -> subprocess.Popen[bytes]:
     binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-    cmd = ["timeout", "600", binary, "-c", "127.0.0.1:%d" % port, "256"]
+    cmd = ["timeout", "600", binary, "-c", f"127.0.0.1:{port}", "256"]
     import os
 
     if os.geteuid() == 0:

@@ -30,8 +30,8 @@ def canonical(address: str | None) -> str | None:
         local = local.lower()
     elif any(not ch.isprintable() for ch in local):
         return None
-    domain = _canonical_domain(domain)
-    return f"{local}@{domain}" if domain else None
+    ascii_domain = _canonical_domain(domain)
+    return f"{local}@{ascii_domain}" if ascii_domain else None
 
 
 def _canonical_domain(domain: str) -> str | None:

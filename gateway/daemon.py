@@ -10,7 +10,8 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from gateway.app import App, open_app
 from gateway.ingest.smtp import InboxHandler, SmtpListener
@@ -19,7 +20,7 @@ from store.inbox import GroupCommitter
 
 log = logging.getLogger("gateway.daemon")
 
-Loop = Callable[[App, asyncio.Event], Awaitable[None]]
+Loop = Callable[[App, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 async def _worker_loop(app: App, stop: asyncio.Event) -> None:
@@ -83,10 +84,11 @@ async def run_daemon(settings: Settings) -> int:
             tasks.add(asyncio.create_task(run(app, stop), name=name))
         log.info("daemon.started", extra={"pid": os.getpid(), "loops": sorted(t.get_name() for t in tasks)})
         await _until_stopped(stop, tasks)
+        deadline = loop.time() + settings.daemon.grace_s  # one budget for the whole shutdown
         if smtp is not None:
             await smtp.close(settings.daemon.grace_s)
         stop.set()
-        done, pending = await asyncio.wait(tasks, timeout=settings.daemon.grace_s)
+        done, pending = await asyncio.wait(tasks, timeout=max(0.5, deadline - loop.time()))
         for task in pending:
             task.cancel()
         await committer.close()

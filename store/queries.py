@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import func, or_
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -116,7 +117,7 @@ async def list_cases(session: AsyncSession, status: str = "active", user: str | 
         if member is None:
             return []
         shared = select(CaseParty.case_id).where(CaseParty.user_id == member.id)
-        query = query.where(or_(SupportCase.requester_id == member.id, col(SupportCase.id).in_(shared)))
+        query = query.where(or_(col(SupportCase.requester_id) == member.id, col(SupportCase.id).in_(shared)))
     rows = (await session.exec(query.order_by(col(SupportCase.updated_at).desc(), col(SupportCase.id).desc()))).all()
     return [{"number": c.number, "subject": c.subject, "status": c.status, "requester": u.email,
              "updated_at": _iso(c.updated_at)} for c, u in rows]
@@ -179,13 +180,15 @@ async def list_outbox(session: AsyncSession, state: str | None = None) -> list[d
 
 
 async def list_inbox(session: AsyncSession, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    query = select(InboundMail.id, InboundMail.received_at, InboundMail.source, InboundMail.state,
-                   InboundMail.attempts, InboundMail.outcome, InboundMail.reason, InboundMail.message_id,
-                   InboundMail.size, InboundMail.last_error, SupportCase.number).join(
-        SupportCase, col(InboundMail.case_id) == SupportCase.id, isouter=True).order_by(col(InboundMail.id))
+    """Inbox rows without their raw bytes (which may be tens of megabytes each)."""
+    inbound = InboundMail.__table__  # type: ignore[attr-defined]
+    cases = SupportCase.__table__  # type: ignore[attr-defined]
+    columns = ("id", "received_at", "source", "state", "attempts", "outcome", "reason", "message_id", "size",
+               "last_error")
+    query = (sa_select(*(inbound.c[name] for name in columns), cases.c.number)
+             .select_from(inbound.outerjoin(cases, inbound.c.case_id == cases.c.id)).order_by(inbound.c.id))
     if state:
-        query = query.where(InboundMail.state == state)
-    rows = (await session.exec(query.limit(limit))).all()
-    return [{"id": r[0], "received_at": _iso(r[1]), "source": r[2], "state": r[3], "attempts": r[4],
-             "outcome": r[5], "reason": r[6], "message_id": r[7], "size": r[8], "last_error": r[9],
-             "case": r[10]} for r in rows]
+        query = query.where(inbound.c.state == state)
+    rows = (await session.execute(query.limit(limit))).all()
+    return [{**{name: (_iso(r[i]) if name == "received_at" else r[i]) for i, name in enumerate(columns)},
+             "case": r[-1]} for r in rows]

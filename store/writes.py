@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import text, update
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.model import CommentDraft, NewUser, Role, Source, Status, UserKind, UserRef
@@ -37,7 +37,7 @@ async def next_case_number(session: AsyncSession, prefix: str, digits: int) -> s
     if bind.dialect.name == "postgresql":
         value = (await session.exec(text("SELECT nextval('case_number_seq')"))).scalar_one()  # type: ignore[call-overload]
     else:
-        result = await session.exec(update(Counter).where(Counter.name == "case")  # type: ignore[call-overload]
+        result = await session.exec(update(Counter).where(col(Counter.name) == "case")  # type: ignore[call-overload]
                                     .values(value=Counter.value + 1).returning(Counter.value))
         value = result.scalar()
         if value is None:
@@ -86,6 +86,7 @@ async def create_case(session: AsyncSession, number: str, subject: str, requeste
                        status_changed_at=now)
     session.add(case)
     await session.flush()
+    assert case.id is not None
     session.add(StatusChange(case_id=case.id, at=now, by_id=requester_id, by_label="mail", from_status=None,
                              to_status=Status.REGISTRERET.value,
                              reason=f"follows {follows_id}" if follows_id else None))
@@ -99,6 +100,7 @@ async def change_status(session: AsyncSession, case: SupportCase, to: Status, no
     case.updated_at = now
     case.status_changed_at = now
     session.add(case)
+    assert case.id is not None
     session.add(StatusChange(case_id=case.id, at=now, by_id=by_id, by_label=by_label[:100],
                              from_status=previous.value, to_status=to.value,
                              reason=clean_text(reason, 1000) if reason else None))
@@ -114,6 +116,7 @@ async def add_comment(session: AsyncSession, case_id: int, author_id: int | None
                       inbound_id=inbound_id, kind=kind)
     session.add(comment)
     await session.flush()
+    assert comment.id is not None
     for att in draft.attachments:
         session.add(Attachment(comment_id=comment.id, name=clean_text(att.name, 255), size=att.size,
                                sha256=att.sha256, content_type=clean_text(att.content_type, 200),

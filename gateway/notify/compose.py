@@ -14,8 +14,8 @@ so the library never re-parses them. `EmailMessage` still builds the MIME body.
 from __future__ import annotations
 
 import re
-import uuid
 import unicodedata
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -275,8 +275,8 @@ class Renderer:
         msg["MIME-Version"] = "1.0"
         msg["Content-Type"] = f'multipart/alternative; boundary="{msg.get_boundary()}"'
         msg["Content-Language"] = language
-        msg.attach(MIMEText(rendered.text, "plain", _QP_UTF8))
-        msg.attach(MIMEText(rendered.html, "html", _QP_UTF8))
+        msg.attach(MIMEText(rendered.text, "plain", _QP_UTF8))  # type: ignore[arg-type]  # a Charset is allowed
+        msg.attach(MIMEText(rendered.html, "html", _QP_UTF8))  # type: ignore[arg-type]
         return msg.as_bytes(policy=_COMPAT_POLICY)
 
     def _headers(self, notice: Notice, rendered: RenderedMail, recipient: str) -> list[tuple[str, str]]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import charset_normalizer
 import mailparser
@@ -124,8 +125,8 @@ def _build(message: email.message.Message, parsed: mailparser.MailParser,
         reply_to=_addresses(message, "Reply-To"),
         to=_addresses(message, "To"),
         cc=_addresses(message, "Cc"),
-        in_reply_to=_ids(message.get_all("In-Reply-To", [])),
-        references=_ids(message.get_all("References", [])),
+        in_reply_to=_ids(list(message.get_all("In-Reply-To", []))),
+        references=_ids(list(message.get_all("References", []))),
         date=_date(message.get("Date")),
         headers=headers,
         content_type=message.get_content_type(),
@@ -134,7 +135,7 @@ def _build(message: email.message.Message, parsed: mailparser.MailParser,
         attachments=tuple(attachments + uuencoded),
         defects=tuple(sorted({d for d in getattr(parsed, "defects_categories", set())})),
         report_type=report.report_type,
-        delivery_reports=tuple(report.deliveries),
+        delivery_reports=tuple(report.deliveries or ()),
         original_message_id=report.original_message_id,
         envelope_from=envelope_from,
         envelope_to=envelope_to,
@@ -237,9 +238,18 @@ def _decode(value: object) -> str:
 
 
 def _decoded_headers(message: email.message.Message) -> tuple[tuple[str, str], ...]:
+    """Every header decoded, capped; a long Received chain cannot push the others out."""
     out = []
-    for name, value in message.items()[:_MAX_HEADERS]:
-        out.append((name.lower(), _decode(value).replace("\x00", "")))
+    received = 0
+    for name, value in message.items():
+        lower = name.lower()
+        if lower == "received":
+            received += 1
+            if received > 20:
+                continue
+        out.append((lower, _decode(value).replace("\x00", "")))
+        if len(out) >= _MAX_HEADERS:
+            break
     return tuple(out)
 
 
@@ -248,7 +258,7 @@ def _addresses(message: email.message.Message, name: str) -> tuple[str, ...]:
     return tuple(addr for _, addr in mailboxes(values) if addr)
 
 
-def _ids(values: list[object]) -> tuple[str, ...]:
+def _ids(values: list[Any]) -> tuple[str, ...]:
     found: list[str] = []
     for value in values:
         for mid in _MSGID.findall(str(value)[:20000]):
@@ -389,7 +399,8 @@ def _store(part: email.message.Message, blobs: BlobSink | None, index: int) -> S
         fallback = _decode(inner.get("Subject", "")) if isinstance(inner, email.message.Message) else ""
         name = f"{fallback or 'message'}.eml"
     else:
-        data = part.get_payload(decode=True) or b""
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
         name = ""
     filename = _filename(part)
     display = attachment_display_name(_decode(filename) if filename else name, part.get_content_type(), index)
@@ -414,7 +425,8 @@ def _delivery_status(part: email.message.Message) -> list[DeliveryReport]:
     for block in blocks[1:] if len(blocks) > 1 else blocks:
         if not isinstance(block, email.message.Message):
             continue
-        recipient = str(block.get("Final-Recipient") or block.get("Original-Recipient") or "")
+        # Original-Recipient is the address we sent to (our user); Final-Recipient may be a rewrite.
+        recipient = str(block.get("Original-Recipient") or block.get("Final-Recipient") or "")
         address = canonical(recipient.split(";", 1)[-1].strip())
         if address:
             out.append(DeliveryReport(address, str(block.get("Action", "")).strip().lower(),
