@@ -34,6 +34,7 @@ class ApplySettings:
     case_digits: int
     message_id_domain: str
     language: str
+    limits: outbox.RateLimits = outbox.RateLimits()
 
 
 async def apply_plan(session: AsyncSession, plan: Plan, mail: ParsedMail, inbound_id: int, now: datetime,
@@ -72,7 +73,8 @@ async def _open_case(session: AsyncSession, plan: OpenCase, mail: ParsedMail, in
     event = Event.FOLLOWUP if plan.follows else Event.RECEIPT
     context = {"follows_number": plan.follows.number} if plan.follows else {}
     ids = await outbox.enqueue(session, case, event, [outbox.recipient_of(user, cfg.language)], now,
-                               cfg.message_id_domain, context, refs=[mail.message_id] if mail.message_id else [])
+                               cfg.message_id_domain, context, refs=[mail.message_id] if mail.message_id else [],
+                               limits=cfg.limits)
     ids += await _tell_new_parties(session, case, [p.id for p in plan.parties], requester.name, now, cfg)
     reason = "; ".join(filter(None, [f"follows {plan.follows.number}" if plan.follows else "", plan.note]))
     return Result(Outcome.CREATED, number, reason, notifications=tuple(ids)), case.id
@@ -94,7 +96,8 @@ async def _append(session: AsyncSession, plan: AppendComment, mail: ParsedMail, 
         event = Event.REOPENED if plan.reopened else Event.STATUS
         recipients = await outbox.recipients_for(session, case, plan.author.id, cfg.language)
         ids += await outbox.enqueue(session, case, event, recipients, now, cfg.message_id_domain,
-                                    {"previous_status": previous.value, "actor_name": plan.author.name})
+                                    {"previous_status": previous.value, "actor_name": plan.author.name},
+                                    limits=cfg.limits)
     ids += await _tell_new_parties(session, case, added, plan.author.name, now, cfg)
     action = Outcome.REOPENED if plan.reopened else Outcome.COMMENTED
     return Result(action, case.number, "", notifications=tuple(ids))
@@ -110,7 +113,7 @@ async def _tell_new_parties(session: AsyncSession, case: SupportCase, user_ids: 
     if not recipients:
         return []
     return await outbox.enqueue(session, case, Event.SHARED, recipients, now, cfg.message_id_domain,
-                                {"actor_name": actor_name})
+                                {"actor_name": actor_name}, limits=cfg.limits)
 
 
 async def _ignore(session: AsyncSession, plan: Ignore, mail: ParsedMail, inbound_id: int, now: datetime) -> Result:
@@ -143,7 +146,7 @@ async def _reject(session: AsyncSession, plan: Reject, now: datetime, cfg: Apply
     if plan.reply_to:
         rcpt = outbox.Recipient(plan.reply_to, "", cfg.language)
         ids.append(await outbox.enqueue_without_case(session, Event.REJECTED, rcpt, now, cfg.message_id_domain,
-                                                     {"reason": plan.reason}))
+                                                     {"reason": plan.reason}, limits=cfg.limits))
     return Result(Outcome.REJECTED, None, plan.reason, notifications=tuple(ids))
 
 

@@ -241,6 +241,7 @@ class Context:
     by_subject: CaseRef | None = None
     cc_users: tuple[UserRef, ...] = ()
     authenticated: bool | None = None  # None: policy off / not evaluated
+    recent_from_sender: int = 0  # mails from this address that opened or touched a case in the last hour
 
 
 # --- plans: what to do with one mail ---------------------------------------------------------

@@ -31,6 +31,7 @@ from gateway.pipeline.thread import thread_keys
 from gateway.settings import Settings
 from store import queries
 from store.inbox import ClaimedMail, Inbox
+from store.outbox import RateLimits
 
 log = logging.getLogger("gateway.worker")
 
@@ -51,8 +52,10 @@ class Steps:
     def from_settings(cls, s: Settings) -> Steps:
         return cls(
             policy=PlanPolicy(s.policy.unknown_sender, s.policy.sender_authentication, s.policy.cc_sharing,
-                              s.policy.courtesy_replies, s.mail.case_prefix),
-            apply=ApplySettings(s.mail.case_prefix, s.mail.case_digits, s.mail.message_id_domain, s.policy.language),
+                              s.policy.courtesy_replies, s.mail.case_prefix, s.policy.max_mails_per_sender_per_hour),
+            apply=ApplySettings(s.mail.case_prefix, s.mail.case_digits, s.mail.message_id_domain, s.policy.language,
+                                RateLimits(s.policy.max_auto_answers_per_day, s.policy.notify_per_10_minutes,
+                                           s.policy.notify_per_hour)),
             own_addresses=frozenset(a.lower() for a in (*s.mail.addresses, s.mail.from_address)),
             message_id_domain=s.mail.message_id_domain, token_secret=s.mail.reply_token_secret,
             addresses=s.mail.addresses, authserv_id=s.policy.authserv_id,
@@ -164,6 +167,8 @@ class InboxWorker:
             by_subject=await queries.case_ref(session, by_subject) if by_subject else None,
             cc_users=cc_users,
             authenticated=authenticated(mail, steps.authserv_id, steps.policy.sender_authentication),
+            recent_from_sender=await queries.recent_from(session, mail.from_addr, self._clock.now())
+            if mail.from_addr and not kind.is_automated else 0,
         )
 
     async def _quarantine(self, mail: ClaimedMail, reason: str) -> Result:

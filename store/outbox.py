@@ -30,6 +30,38 @@ def new_message_id(domain: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimits:
+    """SPEC §6, with the anchors' defaults: Znuny's 40 automatic answers per address and day,
+    Zammad's 10 per 10 minutes and 25 per hour per case and recipient. Over a limit the row is
+    queued as `held` with the reason, visible and retryable, never silently dropped."""
+
+    auto_answers_per_day: int = 40
+    per_case_10_minutes: int = 10
+    per_case_hour: int = 25
+
+
+AUTOMATIC_ANSWERS = (Event.RECEIPT.value, Event.FOLLOWUP.value, Event.REJECTED.value)
+
+
+async def _over_limit(session: AsyncSession, event: Event, case_id: int | None, recipient: str,
+                      now: datetime, limits: RateLimits) -> str | None:
+    async def count(since: datetime, *conditions: Any) -> int:
+        query = select(func.count()).select_from(T).where(  # held rows were never sent: they don't count
+            T.c.recipient == recipient, T.c.created_at >= since, T.c.state != "held", *conditions)
+        return int((await session.execute(query)).scalar_one())
+
+    if event.value in AUTOMATIC_ANSWERS and await count(
+            now - timedelta(days=1), T.c.event.in_(AUTOMATIC_ANSWERS)) >= limits.auto_answers_per_day:
+        return f"rate limit: {limits.auto_answers_per_day} automatic answers a day to this address"
+    if case_id is not None:
+        if await count(now - timedelta(minutes=10), T.c.case_id == case_id) >= limits.per_case_10_minutes:
+            return f"rate limit: {limits.per_case_10_minutes} mails in 10 minutes on this case"
+        if await count(now - timedelta(hours=1), T.c.case_id == case_id) >= limits.per_case_hour:
+            return f"rate limit: {limits.per_case_hour} mails in an hour on this case"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class Recipient:
     email: str
     name: str
@@ -52,7 +84,7 @@ async def thread_ids(session: AsyncSession, case_id: int) -> list[str]:
 
 async def enqueue(session: AsyncSession, case: SupportCase, event: Event, recipients: Sequence[Recipient],
                   now: datetime, message_id_domain: str, context: dict[str, Any] | None = None,
-                  refs: list[str] | None = None) -> list[str]:
+                  refs: list[str] | None = None, limits: RateLimits = RateLimits()) -> list[str]:
     """Queue one message per recipient; returns their Message-IDs. `refs`: the thread, when known."""
     assert case.id is not None
     refs = refs if refs is not None else await thread_ids(session, case.id)
@@ -65,21 +97,25 @@ async def enqueue(session: AsyncSession, case: SupportCase, event: Event, recipi
         mid = new_message_id(message_id_domain)
         ctx = {"case_number": case.number, "case_subject": case.subject, "status": case.status,
                "thread_ids": refs, **(context or {})}
+        held = "recipient is bouncing" if rcpt.bouncing else await _over_limit(
+            session, event, case.id, rcpt.email, now, limits)
         session.add(Outbox(created_at=now, event=event.value, case_id=case.id, recipient=rcpt.email,
                            recipient_name=rcpt.name, language=rcpt.language, message_id=mid, context=ctx,
-                           state="held" if rcpt.bouncing else "pending", next_attempt_at=now,
-                           last_error="recipient is bouncing" if rcpt.bouncing else None))
+                           state="held" if held else "pending", next_attempt_at=now, last_error=held))
         session.add(MessageIndex(message_id=mid, case_id=case.id, ours=True))  # fresh uuid: no lookup
         ids.append(mid)
     return ids
 
 
 async def enqueue_without_case(session: AsyncSession, event: Event, recipient: Recipient, now: datetime,
-                               message_id_domain: str, context: dict[str, Any]) -> str:
+                               message_id_domain: str, context: dict[str, Any],
+                               limits: RateLimits = RateLimits()) -> str:
     mid = new_message_id(message_id_domain)
+    held = "recipient is bouncing" if recipient.bouncing else await _over_limit(
+        session, event, None, recipient.email, now, limits)
     session.add(Outbox(created_at=now, event=event.value, case_id=None, recipient=recipient.email,
                        recipient_name=recipient.name, language=recipient.language, message_id=mid,
-                       context=context, state="held" if recipient.bouncing else "pending", next_attempt_at=now))
+                       context=context, state="held" if held else "pending", next_attempt_at=now, last_error=held))
     return mid
 
 

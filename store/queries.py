@@ -192,3 +192,14 @@ async def list_inbox(session: AsyncSession, state: str | None = None, limit: int
     rows = (await session.execute(query.limit(limit))).all()
     return [{**{name: (_iso(r[i]) if name == "received_at" else r[i]) for i, name in enumerate(columns)},
              "case": r[-1]} for r in rows]
+
+
+async def recent_from(session: AsyncSession, address: str, now: Any) -> int:
+    """Mails from an address that opened or touched a case in the last hour (loop detection)."""
+    from datetime import timedelta
+
+    inbound = InboundMail.__table__  # type: ignore[attr-defined]
+    query = sa_select(func.count()).select_from(inbound).where(
+        inbound.c.from_addr == address, inbound.c.processed_at >= now - timedelta(hours=1),
+        inbound.c.outcome.in_(["created", "commented", "reopened"]))
+    return int((await session.execute(query)).scalar_one())

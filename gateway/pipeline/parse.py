@@ -403,7 +403,8 @@ def _store(part: email.message.Message, blobs: BlobSink | None, index: int) -> S
         data = payload if isinstance(payload, bytes) else b""
         name = ""
     filename = _filename(part)
-    display = attachment_display_name(_decode(filename) if filename else name, part.get_content_type(), index)
+    shown = (_decode(filename) if "=?" in filename else filename) if filename else name
+    display = attachment_display_name(shown, part.get_content_type(), index)
     sha = blobs(data) if blobs is not None else _sha256(data)
     if not part.is_multipart() and part.get_content_maintype() != "text":
         part.set_payload("")  # drop the encoded copy: the blob store has the bytes now

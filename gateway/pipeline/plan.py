@@ -39,6 +39,7 @@ class PlanPolicy:
     cc_sharing: bool = False
     courtesy_replies: bool = True
     case_prefix: str = "SAG-"
+    max_mails_per_sender_per_hour: int = 0
 
 
 def make_plan(mail: ParsedMail, kind: Classification, ctx: Context, policy: PlanPolicy) -> Plan:
@@ -47,6 +48,9 @@ def make_plan(mail: ParsedMail, kind: Classification, ctx: Context, policy: Plan
         return _automated(kind, match.case if match else None)
     if mail.from_addr is None:
         return Quarantine(f"no single valid From address ({mail.from_count} found)")
+    if 0 < policy.max_mails_per_sender_per_hour <= ctx.recent_from_sender:
+        return Ignore(f"mail loop: over {policy.max_mails_per_sender_per_hour} mails from this sender in an hour",
+                      case=match.case if match else None)
     if ctx.sender is not None and ctx.authenticated is False and policy.sender_authentication == "enforce":
         return Quarantine("unauthenticated mail claiming a registered address")
     if ctx.sender is None and policy.unknown_sender == "reject":
