@@ -308,7 +308,12 @@ def _body_texts(message: email.message.Message) -> tuple[list[str], list[str]]:
         ctype = part.get_content_type()
         if ctype in ("text/plain", "text/html") and disposition != "attachment":
             (plain if ctype == "text/plain" else html).append(_text_of(part))
-    return [t for t in plain if t.strip()], [t for t in html if t.strip()]
+        elif part.get_content_maintype() == "multipart":  # boundary never found: show what is there
+            plain.append(_text_of(part))
+    plain = [t for t in plain if t.strip()]
+    if not plain and isinstance(message.preamble, str) and message.preamble.strip():
+        plain.append(message.preamble)  # text before the first boundary, nothing hidden (item 44)
+    return plain, [t for t in html if t.strip()]
 
 
 def _children(part: email.message.Message) -> list[email.message.Message]:

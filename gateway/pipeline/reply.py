@@ -1,0 +1,265 @@
+"""Reply text (SPEC §5): the new part of a reply, without the quoted history.
+
+The quote headers of each language ("Fra:/Sendt:/Til:/Emne:", "Den … skrev …:", "On …
+wrote:", "-----Original Message-----") come from mail-parser-reply's header grammar. Around
+it we add what that library does not do:
+
+* `>` quote blocks are removed wherever they are, with the attribution line above them, so
+  inline and bottom-posted answers keep their text;
+* Gmail's wrapped attributions ("… <jens@x.dk" / ">:") are joined first, and any
+  "<date> … <address> <verb>:" line counts as an attribution whatever its language;
+* "-------- Oprindelig besked --------" and its relatives end the new text;
+* device footers ("Sent from my iPhone", "Sendt fra min iPhone") and dangling separators at
+  the end are dropped.
+
+Signatures are kept. The library's signature heuristic runs to the end of the text from
+any line that starts with "Tak", "Hilsen" or "- x", which would cut real content (and
+bullet lists) out of a case; "Med venlig hilsen\\nJens" is part of what the person wrote.
+
+All of it is line based and bounded: only the first `_SCAN_LINES` lines are searched for
+headers, and only short lines can be headers, since some library patterns are quadratic
+in the length of a line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+
+from mailparser_reply import EmailMessage, EmailReplyParser
+
+_SCAN_LINES = 2000
+_SCAN_CHARS = 64_000
+_HEADER_LINE = 200  # longer lines are never quote headers
+_LABEL_ONLY = 60  # a line that cannot be an attribution only needs its "Label:" start
+
+_QUOTED = re.compile(r"^\s*>")
+_ADDRESS = r"(?:mailto:)?[^\s<>()\[\]@\"']+@[^\s<>()\[\]\"']+"
+# "<date or time> … <address> [verb]:" in any language: Russian, Finnish, Yandex, Polish…
+_ATTRIBUTION = re.compile(
+    r"^(?=[^\n]*\d)[^\n]{0,200}?[<(\[]\s*" + _ADDRESS + r"\s*[>)\]][\s\"']*(?:[^\s:]+(?:\s+[^\s:]+)?)?\s*:$"
+)
+# Continuation lines of an attribution wrapped by the sender's client.
+_WRAPPED_TAIL = re.compile(
+    r"^\s*(?:[<(\[]?\s*" + _ADDRESS + r"\s*[>)\]]?\s*)?[>)\]]?\s*(?:[^\s:]+(?:\s+[^\s:]+){0,2})?\s*:?$"
+)
+_WRAPPED_TAIL_LEN = 120
+_SEPARATOR = re.compile(
+    r"^\s*-{2,}\s*(?:original message|oprindelig (?:meddelelse|besked|e-?mail)|opprinnelig melding"
+    r"|ursprungligt meddelande|urspr(?:ü|ue)ngliche nachricht|originalnachricht|message d'origine"
+    r"|alkuperäinen viesti)\s*-{2,}\s*$",
+    re.IGNORECASE,
+)
+_LABEL = re.compile(r"^[\s>*]*[^\W\d_][^\W\d_ ]{0,15}(?: [^\W\d_]{1,15})?[\s*]*:", re.MULTILINE)
+_RULE = re.compile(r"^\s*[-_=*~]{2,}\s*$")  # "--", "____…" left after a cut
+_FROM_LABEL = re.compile(r"^[\s>*]*(?:from|fra|från|von|de|da|van|od|afsender)[\s*]*:", re.IGNORECASE)
+_DEVICE_FOOTER = re.compile(
+    r"^\s*(?:sent from my|sent from (?:mail|outlook|yahoo)|sent with (?:sparrow|proton|spark|blackberry)"
+    r"|get outlook for|sendt fra min"
+    r"|sendt fra (?:mail|outlook|yahoo)|hent outlook til|skickat från min|von meinem|gesendet von)\b.{0,80}$",
+    re.IGNORECASE,
+)
+
+
+def visible_text(text: str, languages: tuple[str, ...] = ("da", "en")) -> str:
+    """The new text of a reply; the stripped input when nothing new is left."""
+    lines = _normalise(text)
+    if not any(line.strip() for line in lines):
+        return ""
+    headers = _header_regex(languages)
+    lines = _join_wrapped_attributions(lines, headers)
+    kept = _drop_quote_blocks(lines, headers)
+    kept = _drop_trailing_noise(kept[: _history_start(kept, headers)])
+    result = "\n".join(_squeeze_blank_lines(kept)).strip("\n")
+    return result if result.strip() else "\n".join(lines).strip()
+
+
+def _normalise(text: str) -> list[str]:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text.replace("\ufeff", "").replace("\u200b", "").replace("\x00", "")
+    return [line.rstrip() for line in text.split("\n")]
+
+
+@lru_cache(maxsize=16)
+def _header_regex(languages: tuple[str, ...]) -> re.Pattern[str]:
+    """mail-parser-reply's quote-header grammar for these languages (plus English).
+
+    Only the grammar is used: `read()` would also run the signature heuristic we do not
+    want, and returns re-normalised fragments where we need line positions.
+    """
+    known = EmailReplyParser(languages=list(languages)).languages
+    pattern: re.Pattern[str] = EmailMessage(text="", languages=list(known)).HEADER_REGEX
+    return pattern
+
+
+def _is_attribution(line: str, headers: re.Pattern[str]) -> bool:
+    """A single line that introduces quoted text ("On … wrote:", "Den … skrev …:")."""
+    line = line.strip()
+    if len(line) > _HEADER_LINE or not line.endswith(":"):
+        return False
+    return bool(_ATTRIBUTION.match(line) or headers.search(line))
+
+
+def _join_wrapped_attributions(lines: list[str], headers: re.Pattern[str]) -> list[str]:
+    """Gmail wraps long attributions: "… Jens <jens@x.dk" + ">:", or "… Coe" + "<a@b> kirjoitti:"."""
+    out: list[str] = []
+    for line in lines:
+        if _may_continue(out[-1] if out else "", line) and not _is_attribution(out[-1], headers):
+            previous = out[-1].rstrip()
+            glue = "" if previous.endswith(("<", "(", "[")) or line.lstrip().startswith(">") else " "
+            joined = previous + glue + line.strip()
+            if _is_attribution(joined, headers):
+                out[-1] = joined
+                continue
+        out.append(line)
+    return out
+
+
+def _may_continue(previous: str, line: str) -> bool:
+    return (line.endswith(":") and 0 < len(previous.strip()) <= _HEADER_LINE
+            and len(line) <= _WRAPPED_TAIL_LEN and bool(_WRAPPED_TAIL.match(line)))
+
+
+def _drop_quote_blocks(lines: list[str], headers: re.Pattern[str]) -> list[str]:
+    """Remove `>` lines, and the attribution right above each block of them."""
+    drop = [bool(_QUOTED.match(line)) for line in lines]
+    for index, quoted in enumerate(drop):
+        if not quoted or (index and drop[index - 1]):
+            continue
+        above = index - 1
+        while above >= 0 and not lines[above].strip():
+            above -= 1
+        if above >= 0 and not drop[above] and _is_attribution(lines[above], headers):
+            drop[above] = True
+    return [line for line, dropped in zip(lines, drop, strict=True) if not dropped]
+
+
+def _history_start(lines: list[str], headers: re.Pattern[str]) -> int:
+    """Index of the first line of quoted history (a header block, separator or attribution)."""
+    window = _scan_window(lines)
+    starts = [len(lines)]
+    scanned = "\n".join(_scan_form(line) for line in window)
+    match = next((m for m in headers.finditer(scanned) if _plausible_header(m.group())), None)
+    if match:
+        starts.append(scanned.count("\n", 0, match.start() + match.group().startswith("\n")))
+    for index, line in enumerate(window):
+        if _SEPARATOR.match(line) or _is_attribution(line, headers):
+            starts.append(index)
+            break
+    return _include_split_from(lines, min(starts))
+
+
+def _plausible_header(found: str) -> bool:
+    """A "Label: value" block is a mail header only with an address or three labels:
+    "Fra: 1. januar" / "Til: 31. marts" in a person's own text is a date range."""
+    found = found.strip()
+    if "\n" not in found:
+        return True  # an attribution or a separator line
+    return "@" in found or len(_LABEL.findall(found)) >= 3
+
+
+def _scan_window(lines: list[str]) -> list[str]:
+    size = 0
+    for count, line in enumerate(lines[:_SCAN_LINES]):
+        size += len(line) + 1
+        if size > _SCAN_CHARS:
+            return lines[:count]
+    return lines[:_SCAN_LINES]
+
+
+def _scan_form(line: str) -> str:
+    """The line as the header grammar sees it: stripped, and short enough to stay linear."""
+    line = line.strip()
+    if line.endswith(":") and len(line) <= _HEADER_LINE:
+        return line
+    return line[:_LABEL_ONLY]
+
+
+def _include_split_from(lines: list[str], start: int) -> int:
+    """Outlook sometimes wraps "From: Name" and "<address>" onto two lines above "Sent:",
+    which the grammar then misses; the header block starts at the From line."""
+    for back in (1, 2):
+        if start - back >= 0 and _FROM_LABEL.match(lines[start - back]):
+            return start - back
+    return start
+
+
+def _drop_trailing_noise(lines: list[str]) -> list[str]:
+    """Blank lines, separators and device footers left at the end after the cut."""
+    end = len(lines)
+    while end and (not lines[end - 1].strip() or _is_noise(lines[end - 1])):
+        end -= 1
+    return lines[:end]
+
+
+def _is_noise(line: str) -> bool:
+    return bool(_RULE.match(line) or _SEPARATOR.match(line) or _DEVICE_FOOTER.match(line))
+
+
+def _squeeze_blank_lines(lines: Sequence[str]) -> list[str]:
+    """Removing quotes leaves runs of blank lines; keep at most one."""
+    out: list[str] = []
+    for line in lines:
+        if line.strip() or (out and out[-1].strip()):
+            out.append(line if line.strip() else "")
+    return out
+
+
+# --- courtesy replies (SPEC §5) ----------------------------------------------------------------
+# Deliberately strict: a false "courtesy" leaves a real problem unanswered on a finished
+# case, while a false "not courtesy" only reopens it.
+_THANKS = re.compile(
+    r"^(?:(?:hej|hejsa|hi|hello)(?:\s+[^\W\d_]+)?\s+)?"
+    r"(?:(?:ok|okay|super|perfekt|fint|godt|dejligt|great|perfect|fine|cool)\s+)?"
+    r"(?:(?:mange|tusind|1000|rigtig\s+mange|hjertelig|many|big)\s+)?"
+    r"(?:tak|takk|tack|thanks|thank\s+you|thx|tx|ty|tnx|danke)"
+    r"(?:\s+(?:skal\s+du\s+have|skal\s+i\s+have|så\s+meget|very\s+much|so\s+much|a\s+lot|again|igen))?"
+    r"(?:\s+for\s+(?:(?:din|jeres|your|the|all|alt|det|et|en)\s+)?(?:(?:hurtige|hurtigt|quick|fast)\s+)?"
+    r"(?:hjælpen|hjælp|svaret|svar|det|indsatsen|help|reply|answer|response|everything|alt))?$"
+)
+_SALUTATION = re.compile(r"^(?:hej|hejsa|hi|hello|kære|dear|goddag|god\s+morgen)(?:\s+[^\W\d_]+){0,3}$")
+_SIGN_OFF = re.compile(
+    r"^(?:med\s+venlig\s+hilsen|venlig\s+hilsen|vh|mvh|hilsen|kh|kærlig\s+hilsen|de\s+bedste\s+hilsner"
+    r"|bedste\s+hilsner|best\s+regards|kind\s+regards|regards|best|br|cheers|god\s+dag|god\s+weekend"
+    r"|ha\s+en\s+god\s+dag|have\s+a\s+nice\s+day)\b"
+)
+_NAME = re.compile(r"^/?[A-ZÆØÅÄÖÜÉ][\w'.-]*(?:\s+[A-ZÆØÅÄÖÜÉ][\w'.-]*){0,3}$")
+_PIECES = re.compile(r"(?<=[.!,;])\s+")
+_MAX_COURTESY_CHARS = 400
+_MAX_SIGNATURE_LINES = 6
+
+
+def is_courtesy_reply(text: str) -> bool:
+    """True when the new text is only a thank-you, perhaps with a greeting and signature."""
+    visible = visible_text(text)
+    if len(visible) > _MAX_COURTESY_CHARS:
+        return False
+    # Quoted lines only survive when nothing new was written, and then nobody said thanks.
+    pieces = [piece for line in visible.split("\n") if not _DEVICE_FOOTER.match(line) and not _QUOTED.match(line)
+              for piece in _PIECES.split(line.strip()) if piece]
+    if pieces and _SALUTATION.match(_words(pieces[0])) and not _THANKS.match(_words(pieces[0])):
+        pieces = pieces[1:]
+    if not pieces or not _THANKS.match(_words(pieces[0])):
+        return False
+    return _only_closing(pieces[1:])
+
+
+def _only_closing(pieces: list[str]) -> bool:
+    """A sign-off ("Mvh", "--") and a short signature after it, or just a name."""
+    for index, piece in enumerate(pieces):
+        if _SIGN_OFF.match(_words(piece)) or _RULE.match(piece):
+            rest = pieces[index + 1 :]
+            return len(rest) <= _MAX_SIGNATURE_LINES and all(_signature_line(r) for r in rest)
+        if not _NAME.match(piece.strip(" ,.!")):
+            return False
+    return True
+
+
+def _signature_line(line: str) -> bool:
+    return len(line) <= 60 and "?" not in line and not re.match(r"(?i)p\.?\s?s\b", line)
+
+
+def _words(line: str) -> str:
+    """Lower-case words only: "Mange tak!! :-)" -> "mange tak"."""
+    return " ".join(re.sub(r"[^\w\s]", " ", line.lower()).split())
