@@ -17,12 +17,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import StoreUnavailable
 from store.models import InboundMail
@@ -84,7 +85,7 @@ def message_id_of(raw: bytes) -> str | None:
     return match.group(1).decode("ascii", "replace") if match else None
 
 
-def _row(mail: IncomingMail, now: datetime) -> dict[str, Any]:
+def row_of(mail: IncomingMail, now: datetime) -> dict[str, Any]:
     return {
         "received_at": now, "source": mail.source[:100],
         "envelope_from": (mail.envelope_from or "")[:320] or None,
@@ -94,33 +95,52 @@ def _row(mail: IncomingMail, now: datetime) -> dict[str, Any]:
     }
 
 
+def insert_statement(dialect: str) -> Any:
+    module = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(T).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(T.c.id, T.c.dedup_key)
+
+
+def insert_batch(conn: Connection, rows: list[dict[str, Any]]) -> list[Accepted]:
+    """Insert a batch of `row_of` rows in the caller's transaction; one `Accepted` per row, in order.
+
+    One multi-row INSERT … ON CONFLICT DO NOTHING (a statement per mail costs more than the
+    SMTP session that brought it). A key it did not insert already existed, or came twice in
+    this batch: a duplicate. Synchronous, so an async engine runs it with `run_sync` and the
+    SQLite writer of the daemon on its own thread.
+    """
+    first = list({row["dedup_key"]: row for row in reversed(rows)}.values())[::-1]
+    stmt = insert_statement(conn.dialect.name)
+    returned = conn.execute(stmt, first).all() if len(first) > 1 else conn.execute(stmt.values(**first[0])).all()
+    ids = {key: int(new_id) for new_id, key in returned}
+    missing = [row["dedup_key"] for row in first if row["dedup_key"] not in ids]
+    if missing:
+        found = conn.execute(select(T.c.id, T.c.dedup_key).where(T.c.dedup_key.in_(missing)))
+        ids.update({key: int(old_id) for old_id, key in found})
+    fresh = {key for _, key in returned}
+    result = []
+    for row in rows:
+        key = row["dedup_key"]
+        result.append(Accepted(ids[key], key not in fresh))
+        fresh.discard(key)
+    return result
+
+
 class Inbox:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
-
-    def _insert(self) -> Any:
-        module = postgresql if self._dialect == "postgresql" else sqlite
-        return module.insert(T).on_conflict_do_nothing(index_elements=["dedup_key"]).returning(T.c.id)
 
     async def accept(self, mail: IncomingMail, now: datetime) -> Accepted:
         return (await self.accept_many([mail], now))[0]
 
     async def accept_many(self, mails: Sequence[IncomingMail], now: datetime) -> list[Accepted]:
         """Commit many mails in one durable transaction (group commit)."""
+        rows = [row_of(mail, now) for mail in mails]
         try:
             async with self._engine.begin() as conn:
-                return [await self._accept_one(conn, mail, now) for mail in mails]
+                return await conn.run_sync(insert_batch, rows)
         except (OperationalError, DBAPIError, OSError) as exc:
             raise StoreUnavailable(f"inbox commit failed: {type(exc).__name__}") from exc
-
-    async def _accept_one(self, conn: AsyncConnection, mail: IncomingMail, now: datetime) -> Accepted:
-        row = _row(mail, now)
-        new_id = (await conn.execute(self._insert().values(**row))).scalar()
-        if new_id is not None:
-            return Accepted(int(new_id), False)
-        existing = (await conn.execute(select(T.c.id).where(T.c.dedup_key == row["dedup_key"]))).scalar_one()
-        return Accepted(int(existing), True)
 
     async def claim(self, limit: int, holder: str, now: datetime, lease_s: float,
                     only_id: int | None = None) -> list[ClaimedMail]:
@@ -187,6 +207,10 @@ class Inbox:
         raise StoreUnavailable("the store does not answer")
 
 
+class BatchStore(Protocol):
+    async def accept_many(self, mails: Sequence[IncomingMail], now: datetime) -> list[Accepted]: ...
+
+
 class GroupCommitter:
     """Share one durable commit between the mails that arrive together (PERFORMANCE.md).
 
@@ -194,7 +218,7 @@ class GroupCommitter:
     commit ran, so a lone mail is committed at once and a burst pays one fsync per batch.
     """
 
-    def __init__(self, inbox: Inbox, now: Any, max_batch: int = 64) -> None:
+    def __init__(self, inbox: BatchStore, now: Any, max_batch: int = 64) -> None:
         self._inbox = inbox
         self._now = now
         self._max_batch = max_batch

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -50,9 +51,7 @@ async def next_case_number(session: AsyncSession, prefix: str, digits: int) -> s
 async def ensure_user(session: AsyncSession, who: UserRef | NewUser, now: datetime) -> UserRef:
     if isinstance(who, UserRef):
         return who
-    existing = await user_by_email(session, who.email)
-    if existing is not None:
-        return user_ref(existing)
+    # The caller looked the address up in this transaction already; the unique index guards a race.
     user = AppUser(email=who.email.lower(), name=clean_text(who.name, 200), kind=UserKind.PERSON.value,
                    role=Role.CUSTOMER.value, created_at=now)
     session.add(user)
@@ -135,9 +134,13 @@ async def add_party(session: AsyncSession, case_id: int, user_id: int, now: date
 
 
 async def index_message_id(session: AsyncSession, message_id: str | None, case_id: int, ours: bool) -> None:
-    if not message_id or await session.get(MessageIndex, message_id) is not None:
+    """Remember a Message-ID for threading; the first case that saw it keeps it."""
+    if not message_id:
         return
-    session.add(MessageIndex(message_id=message_id[:998], case_id=case_id, ours=ours))
+    table = MessageIndex.__table__  # type: ignore[attr-defined]
+    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    await session.execute(module.insert(table).values(message_id=message_id[:998], case_id=case_id, ours=ours)
+                          .on_conflict_do_nothing(index_elements=["message_id"]))
 
 
 async def finish_inbound(session: AsyncSession, inbound_id: int, outcome: str, reason: str,

@@ -99,13 +99,18 @@ def parse_mail(raw: bytes, blobs: BlobSink | None = None, limits: Limits | None 
     try:
         message = email.message_from_bytes(raw)
         attachments, report = _extract_parts(message, blobs)
-        parsed = mailparser.MailParser(message)
-    except (RecursionError, mailparser.exceptions.MailParserError) as exc:
+    except RecursionError as exc:
         raise UnusableMail(f"MIME structure cannot be parsed: {type(exc).__name__}") from exc
+    try:
+        parsed: mailparser.MailParser | None = mailparser.MailParser(message)
+    except RecursionError as exc:
+        raise UnusableMail("MIME structure nested too deeply") from exc
+    except Exception:  # a library defect on odd input must not lose the mail: our fallbacks take over
+        parsed = None
     return _build(message, parsed, attachments, report, blobs, envelope_from, envelope_to)
 
 
-def _build(message: email.message.Message, parsed: mailparser.MailParser,
+def _build(message: email.message.Message, parsed: mailparser.MailParser | None,
            attachments: list[StoredAttachment], report: _Report, blobs: BlobSink | None,
            envelope_from: str | None, envelope_to: tuple[str, ...]) -> ParsedMail:
     headers = _decoded_headers(message)
@@ -157,12 +162,12 @@ def _body_bytes(message: email.message.Message) -> bytes:
     return str(payload)[:65536].encode("utf-8", "surrogateescape")
 
 
-def _senders(message: email.message.Message, parsed: mailparser.MailParser) -> list[tuple[str, str | None]]:
+def _senders(message: email.message.Message, parsed: mailparser.MailParser | None) -> list[tuple[str, str | None]]:
     """(display name, canonical address) of every From mailbox; names decoded once."""
     raw_from = [str(v) for k, v in message.raw_items() if k.lower() == "from"]
     if any(not v.isascii() for v in raw_from):  # raw 8-bit bytes: mail-parser escapes them
         return mailboxes([_guess_8bit(v, _body_bytes(message), _declared(message)) for v in raw_from])
-    found = [(_display(str(name)), canonical(str(addr))) for name, addr in (parsed.from_ or [])[:100]
+    found = [(_display(str(name)), canonical(str(addr))) for name, addr in ((parsed.from_ if parsed else None) or [])[:100]
              if name or addr]
     if found or not message.get_all("From"):
         return found
@@ -177,13 +182,13 @@ def _display(name: str) -> str:
     return name
 
 
-def _subject(message: email.message.Message, parsed: mailparser.MailParser) -> str:
+def _subject(message: email.message.Message, parsed: mailparser.MailParser | None) -> str:
     raw = next((str(v) for k, v in message.raw_items() if k.lower() == "subject"), None)
     if raw is None:
         return ""
     if not raw.isascii():
         return _guess_8bit(raw, _body_bytes(message), _declared(message))
-    return str(parsed.subject or "") or _decode(raw)
+    return str((parsed.subject if parsed else "") or "") or _decode(raw)
 
 
 _GUESSES = ["cp1252", "iso8859_15", "cp1250", "iso8859_2", "koi8_r", "cp1251", "iso8859_7"]
