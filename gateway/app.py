@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway import metrics
 from gateway.clock import Clock, SystemClock
 from gateway.model import Result
 from gateway.notify.send import Sender, make_sender
@@ -37,7 +38,10 @@ class App:
     sender: Sender
 
     async def accept(self, mail: IncomingMail) -> Accepted:
-        return await self.inbox.accept(mail, self.clock.now())
+        accepted = await self.inbox.accept(mail, self.clock.now())
+        if not accepted.duplicate:
+            metrics.record_received(mail.source.split(":", 1)[0])
+        return accepted
 
     async def ingest_now(self, mail: IncomingMail) -> tuple[Accepted, Result | None]:
         """Store one mail durably, then process it at once (the pipe path)."""

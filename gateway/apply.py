@@ -91,7 +91,7 @@ async def _append(session: AsyncSession, plan: AppendComment, mail: ParsedMail, 
     added = [p.id for p in plan.parties if await writes.add_party(session, case.id, p.id, now, plan.author.id)]
     ids: list[str] = []
     if plan.new_status is not None:
-        previous = await writes.change_status(session, case, plan.new_status, now, plan.author.id, "mail",
+        previous = await writes.change_status(session, case, plan.new_status, now, plan.author.id, plan.author.email,
                                               "reply from the requester" if not plan.reopened else "reopened by reply")
         event = Event.REOPENED if plan.reopened else Event.STATUS
         recipients = await outbox.recipients_for(session, case, plan.author.id, cfg.language)

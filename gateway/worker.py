@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from gateway import metrics
 from gateway.apply import ApplySettings, apply_plan
 from gateway.clock import Clock
 from gateway.errors import UnusableMail
@@ -106,6 +108,7 @@ class InboxWorker:
         If any of them fails, the group is rolled back and each mail is retried on its own, so
         one poison mail never takes the others down with it.
         """
+        started = time.monotonic()
         if len(group) > 1 and all(isinstance(p, ParsedMail) for _, p in group):
             try:
                 async with self._sessions() as session, session.begin():
@@ -113,10 +116,11 @@ class InboxWorker:
             except Exception:
                 log.info("worker.group_retry_single", extra={"size": len(group)})
             else:
-                return [self._done(result) for result in results]
+                return [self._done(result, started) for result in results]
         return [await self._process(mail, parsed) for mail, parsed in group]
 
     async def _process(self, mail: ClaimedMail, parsed: ParsedMail | Exception) -> Result:
+        started = time.monotonic()
         try:
             if isinstance(parsed, UnusableMail):
                 return await self._quarantine(mail, str(parsed))
@@ -129,9 +133,10 @@ class InboxWorker:
         except Exception as exc:
             log.exception("mail.failed", extra={"inbound_id": mail.id})
             return await self._failed(mail, f"{type(exc).__name__}: {exc}")
-        return self._done(result)
+        return self._done(result, started)
 
-    def _done(self, result: Result) -> Result:
+    def _done(self, result: Result, started: float | None = None) -> Result:
+        metrics.record_outcome(result.action.value, time.monotonic() - started if started else 0.0)
         self.processed += 1
         if result.notifications:
             self.on_processed()
@@ -173,6 +178,7 @@ class InboxWorker:
 
     async def _quarantine(self, mail: ClaimedMail, reason: str) -> Result:
         await self._inbox.failed(mail.id, reason, attempts=1, max_attempts=1, now=self._clock.now())
+        metrics.record_outcome("quarantined", 0.0)
         log.warning("mail.quarantined", extra={"inbound_id": mail.id, "reason": reason})
         return Result(Outcome.QUARANTINED, None, reason, mail.id)
 
@@ -182,6 +188,7 @@ class InboxWorker:
         log.warning("mail.retry" if state == "pending" else "mail.quarantined",
                     extra={"inbound_id": mail.id, "attempts": mail.attempts, "error": error[:200]})
         if state == "quarantined":
+            metrics.record_outcome("quarantined", 0.0)
             return Result(Outcome.QUARANTINED, None, error, mail.id)
         return Result(Outcome.QUARANTINED, None, error, mail.id, retry=True)
 

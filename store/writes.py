@@ -86,7 +86,9 @@ async def create_case(session: AsyncSession, number: str, subject: str, requeste
     session.add(case)
     await session.flush()
     assert case.id is not None
-    session.add(StatusChange(case_id=case.id, at=now, by_id=requester_id, by_label="mail", from_status=None,
+    requester = await session.get(AppUser, requester_id)
+    session.add(StatusChange(case_id=case.id, at=now, by_id=requester_id,
+                             by_label=requester.email[:100] if requester else "mail", from_status=None,
                              to_status=Status.REGISTRERET.value,
                              reason=f"follows {follows_id}" if follows_id else None))
     return case

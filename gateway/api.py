@@ -1,0 +1,656 @@
+"""The HTTP API for agents and integrations (SPEC §8), served by `gateway run` on uvicorn.
+
+Auth is a bearer token. Agent tokens come from `api.agent_tokens`; a caller with one acts as
+the agent named in `X-Acting-User` (or the JSON field `as`). A requester token is bound to one
+customer's address by an HMAC with the reply-token secret, issued only to agents
+(`POST /users/token`); its holder acts as that customer, on the cases they are party to.
+No or unknown token → 401; a valid token for something its holder may not do → 403.
+
+Every rule is `gateway.lifecycle`'s; this module only translates HTTP to those calls and
+their errors to status codes (404, 403, 409, 422), never to a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.message import Message
+from email.parser import BytesParser
+from email.policy import compat32
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from gateway import lifecycle, metrics
+from gateway.addresses import canonical
+from gateway.errors import GatewayError, NotFound, Refused, TemporaryFailure
+from gateway.model import Role, Source, Status
+from store import queries
+from store.models import Organisation
+
+if TYPE_CHECKING:
+    from gateway.app import App
+
+log = logging.getLogger("gateway.api")
+
+DAEMON_LOOPS = frozenset({"worker", "sender", "imap", "maintenance", "api"})
+LIST_FILTERS = ("active", "done", "all", *(s.value for s in Status))
+_TOKEN_CONTEXT = b"gateway-api-requester\x00"
+_TOKEN = re.compile(r"^r1\.([A-Za-z0-9_-]{4,600})\.([A-Za-z0-9_-]{24})$")
+
+LoopWatch = Callable[[], dict[str, bool]]
+
+
+# --- tokens -----------------------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
+def _mac(secret: str, email: str) -> str:
+    # A context prefix keeps these MACs apart from the reply tokens made with the same secret.
+    return _b64(hmac.new(secret.encode(), _TOKEN_CONTEXT + email.encode(), hashlib.sha256).digest()[:18])
+
+
+def requester_token(secret: str, email: str) -> str:
+    """`r1.<address>.<mac>`: unguessable without the secret, bound to one address."""
+    return f"r1.{_b64(email.encode())}.{_mac(secret, email)}"
+
+
+def requester_email(secret: str, token: str) -> str | None:
+    """The address a requester token was issued for, or None if it is forged or malformed."""
+    match = _TOKEN.match(token)
+    if not match:
+        return None
+    try:
+        email = base64.urlsafe_b64decode(match.group(1) + "=" * (-len(match.group(1)) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return email if hmac.compare_digest(match.group(2), _mac(secret, email)) else None
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+_STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
+    (NotFound, 404), (lifecycle.Forbidden, 403), (lifecycle.InvalidInput, 422), (Refused, 409),
+    (TemporaryFailure, 503), (OperationalError, 503), (DBAPIError, 503), (GatewayError, 422),
+)
+
+
+async def _on_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ApiError):
+        return _error(exc.status, exc.message, exc.headers)
+    if isinstance(exc, HTTPException):
+        return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+    for kind, status in _STATUS_OF:
+        if isinstance(exc, kind):
+            if status == 503:
+                log.warning("api.store_error", extra={"error": type(exc).__name__, "path": request.url.path})
+                return _error(503, "the store is unavailable; try again")
+            return _error(status, str(exc))
+    log.exception("api.failed", extra={"path": request.url.path})
+    return _error(500, "internal error")
+
+
+# --- request helpers ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    agent: bool
+    email: str | None = None  # the requester's address; None for an agent token
+
+
+def _gw(request: Request) -> App:
+    return request.app.state.gateway  # type: ignore[no-any-return]
+
+
+def _number(request: Request) -> str:
+    number = str(request.path_params.get("number", ""))
+    if not lifecycle.valid_number(number):
+        raise NotFound(f"no case {number!r}")
+    return number
+
+
+async def _caller(request: Request) -> Caller:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
+    gw = _gw(request)
+    raw = token.encode("latin-1", "replace")
+    if any(hmac.compare_digest(raw, t.encode()) for t in gw.settings.api.agent_tokens):
+        return Caller(agent=True)
+    email = requester_email(gw.settings.mail.reply_token_secret, token)
+    user = None
+    if email is not None:
+        async with gw.sessions() as session:
+            user = await queries.user_by_email(session, email)
+    if user is None:
+        raise ApiError(401, "unknown token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    if user.role == Role.AGENT.value:
+        raise ApiError(403, "requester tokens are for customers; agents use an agent token")
+    return Caller(agent=False, email=user.email)
+
+
+async def _body_bytes(request: Request) -> bytes:
+    limit = _gw(request).settings.smtp.max_message_size * 4 // 3 + 65536  # base64 attachments
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype not in ("application/json", ""):
+        raise ApiError(415, "send application/json")
+    raw = await _body_bytes(request)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "the body must be a JSON object")
+    return body
+
+
+def _field(body: dict[str, Any], name: str, required: bool = True) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise ApiError(422, f"field {name!r} is required")
+        return None
+    if not isinstance(value, str):
+        raise ApiError(422, f"field {name!r} must be a string")
+    return lifecycle.utf8(value)
+
+
+def _required(body: dict[str, Any], name: str) -> str:
+    value = _field(body, name)
+    assert value is not None
+    return value
+
+
+async def _agent_actor(request: Request, caller: Caller, body: dict[str, Any]) -> str:
+    if not caller.agent:
+        raise ApiError(403, "this action is for agents")
+    email = request.headers.get("x-acting-user") or _field(body, "as", required=False)
+    address = canonical(email)
+    if address is None:
+        raise ApiError(422, "name the acting agent in the X-Acting-User header or the field 'as'")
+    async with _gw(request).sessions() as session:
+        user = await queries.user_by_email(session, address)
+    if user is None or user.role != Role.AGENT.value:
+        raise ApiError(403, f"{address} is not a registered agent")
+    return user.email
+
+
+async def _actor(request: Request, caller: Caller, body: dict[str, Any]) -> str:
+    """An agent (named by the agent-token caller) or the requester holding the token."""
+    if caller.agent:
+        return await _agent_actor(request, caller, body)
+    named = request.headers.get("x-acting-user") or body.get("as")
+    if named is not None and canonical(str(named)) != caller.email:
+        raise ApiError(403, "a requester token acts only as its own user")
+    assert caller.email is not None
+    return caller.email
+
+
+def _ok(data: Any, status: int = 200) -> JSONResponse:
+    return JSONResponse(data, status_code=status)
+
+
+# --- attachments ---------------------------------------------------------------------------------
+
+
+def _json_attachments(body: dict[str, Any]) -> list[lifecycle.NewAttachment]:
+    items = body.get("attachments") or []
+    if not isinstance(items, list):
+        raise ApiError(422, "field 'attachments' must be a list")
+    files = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ApiError(422, "each attachment is an object with name, content_type and data (base64)")
+        try:
+            data = base64.b64decode(_required(item, "data"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError(422, "attachment data must be base64") from None
+        files.append(lifecycle.NewAttachment(_field(item, "name", False) or "attachment",
+                                             _field(item, "content_type", False) or "application/octet-stream", data))
+    return files
+
+
+def _multipart(raw: bytes, content_type: str) -> tuple[str, list[lifecycle.NewAttachment]]:
+    """A multipart/form-data body: a `text` field and any number of files."""
+    try:
+        head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+        message = BytesParser(policy=compat32).parsebytes(head + raw)
+        if not message.is_multipart():
+            raise ApiError(422, "a multipart/form-data body with a boundary is required")
+        return _form_parts(message)
+    except ApiError:
+        raise
+    except Exception as exc:  # the stdlib parser's errors, translated once here
+        raise ApiError(422, f"unreadable multipart body: {type(exc).__name__}") from None
+
+
+def _form_parts(message: Message) -> tuple[str, list[lifecycle.NewAttachment]]:
+    text, files = "", []
+    for part in message.get_payload():
+        if not isinstance(part, Message) or part.is_multipart():
+            continue
+        name = part.get_param("name", header="content-disposition")
+        filename = part.get_filename()
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        if filename is None and name == "text":
+            text = data.decode(part.get_content_charset() or "utf-8", "replace")
+        elif filename is not None:
+            files.append(lifecycle.NewAttachment(str(filename), part.get_content_type(), data))
+    return text, files
+
+
+# --- endpoints -----------------------------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    """Store reachable and every loop of the daemon alive → 200; else 503."""
+    gw = _gw(request)
+    store = True
+    try:
+        async with asyncio.timeout(5):
+            async with gw.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+    except Exception:  # any failure to reach the store is "unhealthy", never an error page
+        store = False
+    loops = request.app.state.loops()
+    healthy = store and all(loops.values())
+    body = {"status": "ok" if healthy else "unavailable", "store": store, "loops": loops}
+    return _ok(body, 200 if healthy else 503)
+
+
+async def metrics_text(request: Request) -> Response:
+    return Response(await metrics.render(_gw(request)), media_type=metrics.CONTENT_TYPE)
+
+
+async def openapi(request: Request) -> Response:
+    return _ok(request.app.state.openapi)
+
+
+async def list_cases(request: Request) -> Response:
+    caller = await _caller(request)
+    status = request.query_params.get("status", "active")
+    if status not in LIST_FILTERS:
+        raise ApiError(422, f"status must be one of {', '.join(LIST_FILTERS)}")
+    user = request.query_params.get("user")
+    address = canonical(user) if user else None
+    if user and address is None:
+        raise ApiError(422, "user must be an e-mail address")
+    if not caller.agent:
+        if address is not None and address != caller.email:
+            raise ApiError(403, "a requester sees only their own cases")
+        address = caller.email
+    async with _gw(request).sessions() as session:
+        return _ok(await queries.list_cases(session, status, address))
+
+
+async def case_detail(request: Request) -> Response:
+    caller = await _caller(request)
+    number = _number(request)
+    async with _gw(request).sessions() as session:
+        if not caller.agent:
+            case = await queries.require_case(session, number)
+            user = await queries.user_by_email(session, caller.email or "")
+            ref = await queries.case_ref(session, case)
+            if user is None or user.id is None or not ref.admits(user.id):
+                raise ApiError(403, f"not a party of {number}")
+        return _ok(await queries.case_detail(session, number, include_internal=caller.agent))
+
+
+async def post_status(request: Request) -> Response:
+    caller = await _caller(request)
+    body = await _json(request)
+    actor = await _agent_actor(request, caller, body)
+    return _ok(await lifecycle.set_status(_gw(request), _number(request), _required(body, "status"), actor,
+                                          _field(body, "reason", False)))
+
+
+async def post_assign(request: Request) -> Response:
+    caller = await _caller(request)
+    body = await _json(request)
+    actor = await _agent_actor(request, caller, body)
+    return _ok(await lifecycle.assign(_gw(request), _number(request), _required(body, "agent"), actor))
+
+
+async def post_reply(request: Request) -> Response:
+    caller = await _caller(request)
+    body = await _json(request)
+    actor = await _agent_actor(request, caller, body)
+    files = _json_attachments(body)
+    return _ok(await lifecycle.reply(_gw(request), _number(request), _required(body, "text"), actor, files,
+                                     source=Source.API))
+
+
+async def post_note(request: Request) -> Response:
+    caller = await _caller(request)
+    body = await _json(request)
+    actor = await _agent_actor(request, caller, body)
+    return _ok(await lifecycle.note(_gw(request), _number(request), _required(body, "text"), actor, Source.API))
+
+
+async def post_share(request: Request) -> Response:
+    caller = await _caller(request)
+    body = await _json(request)
+    actor = await _actor(request, caller, body)
+    return _ok(await lifecycle.share(_gw(request), _number(request), _required(body, "email"), actor))
+
+
+async def post_close(request: Request) -> Response:
+    caller = await _caller(request)
+    body = await _json(request)
+    actor = await _actor(request, caller, body)
+    return _ok(await lifecycle.close(_gw(request), _number(request), actor, _field(body, "reason", False)))
+
+
+async def post_comment(request: Request) -> Response:
+    """The requester's comment (the portal's "Kommenter"), JSON with base64 files or multipart."""
+    caller = await _caller(request)
+    if caller.agent:
+        raise ApiError(403, "comments are the requester's; agents answer with /reply or /note")
+    ctype = request.headers.get("content-type", "")
+    if ctype.lower().startswith("multipart/form-data"):
+        text_value, files = _multipart(await _body_bytes(request), ctype)
+    else:
+        body = await _json(request)
+        await _actor(request, caller, body)
+        text_value, files = _field(body, "text", required=False) or "", _json_attachments(body)
+    assert caller.email is not None
+    return _ok(await lifecycle.comment(_gw(request), _number(request), text_value, caller.email, files), 201)
+
+
+async def search_users(request: Request) -> Response:
+    caller = await _caller(request)
+    text_value = request.query_params.get("text", "")
+    org = request.query_params.get("org")
+    async with _gw(request).sessions() as session:
+        if not caller.agent:
+            own = await _own_organisation(session, caller.email or "")
+            if own is None or (org is not None and org.strip().lower() != own.lower()):
+                raise ApiError(403, "a requester may search only their own organisation")
+            org = own
+        if not org:
+            raise ApiError(422, "name the organisation: org=…")
+        return _ok(await lifecycle.search_users(session, text_value, org))
+
+
+async def _own_organisation(session: Any, email: str) -> str | None:
+    user = await queries.user_by_email(session, email)
+    if user is None or user.organisation_id is None:
+        return None
+    org = await session.get(Organisation, user.organisation_id)
+    return org.name if org else None
+
+
+async def issue_token(request: Request) -> Response:
+    """A requester token for one customer, for the portal acting on their behalf (agents only)."""
+    caller = await _caller(request)
+    if not caller.agent:
+        raise ApiError(403, "only agents may issue requester tokens")
+    body = await _json(request)
+    address = canonical(_required(body, "email"))
+    if address is None:
+        raise ApiError(422, "email must be an e-mail address")
+    async with _gw(request).sessions() as session:
+        user = await queries.require_user(session, address)
+    if user.role == Role.AGENT.value:
+        raise Refused(f"{address} is an agent; agents use agent tokens")
+    return _ok({"email": user.email, "token": requester_token(_gw(request).settings.mail.reply_token_secret,
+                                                               user.email)})
+
+
+# --- the application ------------------------------------------------------------------------------
+
+
+def build_api(app: App, loops: LoopWatch | None = None) -> Starlette:
+    """The Starlette application over one opened `App` (tests use it in-process)."""
+    routes = [
+        Route("/healthz", healthz), Route("/metrics", metrics_text), Route("/openapi.json", openapi),
+        Route("/cases", list_cases), Route("/cases/{number}", case_detail),
+        Route("/cases/{number}/status", post_status, methods=["POST"]),
+        Route("/cases/{number}/assign", post_assign, methods=["POST"]),
+        Route("/cases/{number}/reply", post_reply, methods=["POST"]),
+        Route("/cases/{number}/note", post_note, methods=["POST"]),
+        Route("/cases/{number}/share", post_share, methods=["POST"]),
+        Route("/cases/{number}/close", post_close, methods=["POST"]),
+        Route("/cases/{number}/comments", post_comment, methods=["POST"]),
+        Route("/users/search", search_users), Route("/users/token", issue_token, methods=["POST"]),
+    ]
+    handlers: dict[Any, Any] = {Exception: _on_error, HTTPException: _on_error, ApiError: _on_error,
+                                GatewayError: _on_error, OperationalError: _on_error, DBAPIError: _on_error}
+    api = Starlette(routes=routes, exception_handlers=handlers)
+    api.state.gateway = app
+    api.state.loops = loops or (lambda: {})
+    api.state.openapi = openapi_document()
+    api.state.port = None
+    return api
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn inside the daemon's loop: the daemon owns SIGTERM/SIGINT, not uvicorn."""
+
+    def capture_signals(self):  # type: ignore[no-untyped-def, override]
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+
+def _sibling_loops() -> LoopWatch:
+    """The daemon's loops running now; a loop that ended is no longer among the tasks."""
+    expected = {t.get_name() for t in asyncio.all_tasks()} & DAEMON_LOOPS
+
+    def alive() -> dict[str, bool]:
+        running = {t.get_name() for t in asyncio.all_tasks() if not t.done()}
+        return {name: name in running for name in sorted(expected)}
+
+    return alive
+
+
+async def _serve(server: uvicorn.Server) -> None:
+    try:
+        await server.serve()
+    except SystemExit as exc:  # uvicorn exits the process when it cannot bind; we end this loop instead
+        raise GatewayError(f"api: cannot listen on {server.config.host}:{server.config.port}") from exc
+
+
+async def api_loop(app: App, stop: asyncio.Event) -> None:
+    """Serve the API until `stop` is set (`api.host`/`api.port`; port 0 picks a free one)."""
+    cfg = app.settings.api
+    api = build_api(app, _sibling_loops())
+    config = uvicorn.Config(api, host=cfg.host, port=cfg.port, log_config=None, access_log=False, lifespan="off",
+                            server_header=False, timeout_graceful_shutdown=int(app.settings.daemon.grace_s))
+    server = _EmbeddedServer(config)
+    serving = asyncio.create_task(_serve(server), name="api.http")
+    stopping = asyncio.create_task(stop.wait())
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.02)
+    if server.started:
+        api.state.port = int(server.servers[0].sockets[0].getsockname()[1])
+        log.info("api.listening", extra={"host": cfg.host, "port": api.state.port})
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopping.cancel()
+    await serving
+
+
+# --- the OpenAPI document -------------------------------------------------------------------------
+
+_EMAIL = {"type": "string", "format": "email", "maxLength": 320}
+_NUMBER_PARAM = {"name": "number", "in": "path", "required": True, "example": "SAG-000001",
+                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9-]{1,40}$"}}
+_ACTING = {"name": "X-Acting-User", "in": "header", "required": False,
+           "description": "With an agent token: the acting agent's address.", "schema": _EMAIL}
+_AS = {"as": {**_EMAIL, "description": "The acting agent (instead of X-Acting-User)."}}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": lifecycle.MAX_TEXT}
+_ATTACHMENTS = {"type": "array", "maxItems": lifecycle.MAX_ATTACHMENTS, "items": {
+    "type": "object", "required": ["data"], "properties": {
+        "name": {"type": "string", "maxLength": 255}, "content_type": {"type": "string", "maxLength": 200},
+        "data": {"type": "string", "format": "byte", "description": "base64"}}}}
+_ERRORS = {
+    "400": "The body is not valid JSON", "401": "No or unknown bearer token",
+    "403": "The token's holder may not do this", "404": "No such case or user",
+    "409": "The rules refuse it (illegal transition, closed case, outsider)", "413": "The body is too large",
+    "415": "Unsupported content type", "422": "Invalid input", "503": "The store is unavailable",
+}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _operation(summary: str, ok: dict[str, Any], params: list[dict[str, Any]] | None = None,
+               body: dict[str, Any] | None = None, ok_status: str = "200", errors: str = "400 401 403 404 409 422 503",
+               secure: bool = True) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "parameters": params or [], "responses": {
+        ok_status: {"description": "OK", "content": ok},
+        **{code: {"description": _ERRORS[code], "content": _json_content(_ref("Error"))} for code in errors.split()},
+    }}
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": body}
+    op["security"] = [{"bearer": []}] if secure else []
+    return op
+
+
+def _action(summary: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": {**properties, **_AS}}
+    if required:
+        schema["required"] = required
+    op = _operation(summary, _json_content(_ref("ActionResult")), [_NUMBER_PARAM, _ACTING], _json_content(schema),
+                    errors="400 401 403 404 409 413 415 422 503")
+    op["requestBody"]["required"] = bool(required)
+    return {"post": op}
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI 3.0 description served at /openapi.json."""
+    case_list = {"type": "array", "items": _ref("CaseSummary")}
+    filters = [{"name": "status", "in": "query", "required": False,
+                "schema": {"type": "string", "enum": list(LIST_FILTERS), "default": "active"}},
+               {"name": "user", "in": "query", "required": False, "schema": _EMAIL}]
+    search = [{"name": "text", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 200}},
+              {"name": "org", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 200}}]
+    comment = {"type": "object", "properties": {"text": {"type": "string", "maxLength": lifecycle.MAX_TEXT},
+                                                "attachments": _ATTACHMENTS}}
+    form = {"type": "object", "properties": {"text": {"type": "string"},
+                                             "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Kundebetjening gateway API", "version": "1",
+                 "description": "Cases, statuses and sharing for agents and integrations (SPEC §3, §8)."},
+        "paths": {
+            "/healthz": {"get": _operation("Store reachable and loops alive", _json_content(_ref("Health")),
+                                           errors="503", secure=False)},
+            "/metrics": {"get": _operation("Prometheus metrics", {"text/plain": {"schema": {"type": "string"}}},
+                                           errors="503", secure=False)},
+            "/cases": {"get": _operation("Cases, filtered as in the portal", _json_content(case_list), filters,
+                                         errors="401 403 422 503")},
+            "/cases/{number}": {"get": _operation("One case with comments and history",
+                                                  _json_content(_ref("CaseDetail")), [_NUMBER_PARAM],
+                                                  errors="401 403 404 503")},
+            "/cases/{number}/status": _action("Set the status (agents)", {
+                "status": {"type": "string", "enum": [s.value for s in Status]},
+                "reason": {"type": "string", "maxLength": 1000}}, ["status"]),
+            "/cases/{number}/assign": _action("Assign to an agent (→ tildelt)", {"agent": _EMAIL}, ["agent"]),
+            "/cases/{number}/reply": _action("Public answer, mailed to the parties (agents)",
+                                             {"text": _TEXT, "attachments": _ATTACHMENTS}, ["text"]),
+            "/cases/{number}/note": _action("Internal note, never mailed (agents)", {"text": _TEXT}, ["text"]),
+            "/cases/{number}/share": _action("Share with a user of the requester's organisation",
+                                             {"email": _EMAIL}, ["email"]),
+            "/cases/{number}/close": _action("Close (the requester's \"Luk\", or an agent)",
+                                             {"reason": {"type": "string", "maxLength": 1000}}, []),
+            "/cases/{number}/comments": {"post": _operation(
+                "The requester's comment with attachments", _json_content(_ref("ActionResult")), [_NUMBER_PARAM],
+                {**_json_content(comment), "multipart/form-data": {"schema": form}}, ok_status="201",
+                errors="400 401 403 404 409 413 415 422 503")},
+            "/users/search": {"get": _operation("Users of an organisation by name or address",
+                                                _json_content({"type": "array", "items": _ref("User")}), search,
+                                                errors="401 403 422 503")},
+            "/users/token": {"post": _operation(
+                "Issue a requester token for a customer (agents)", _json_content(_ref("Token")), [],
+                _json_content({"type": "object", "required": ["email"], "properties": {"email": _EMAIL}}),
+                errors="400 401 403 404 409 415 422 503")},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": _schemas(),
+        },
+    }
+
+
+def _schemas() -> dict[str, Any]:
+    status = {"type": "string", "enum": [s.value for s in Status]}
+    nullable_str = {"type": "string", "nullable": True}
+    user = {"type": "object", "properties": {"email": {"type": "string"}, "name": {"type": "string"},
+                                             "kind": {"type": "string"}, "organisation": nullable_str}}
+    return {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "Health": {"type": "object", "required": ["status", "store", "loops"], "properties": {
+            "status": {"type": "string", "enum": ["ok", "unavailable"]}, "store": {"type": "boolean"},
+            "loops": {"type": "object", "additionalProperties": {"type": "boolean"}}}},
+        "CaseSummary": {"type": "object", "required": ["number", "status"], "properties": {
+            "number": {"type": "string"}, "subject": {"type": "string"}, "status": status,
+            "requester": {"type": "string"}, "updated_at": nullable_str}},
+        "CaseDetail": {"type": "object", "required": ["number", "status", "comments", "history"], "properties": {
+            "number": {"type": "string"}, "subject": {"type": "string"}, "status": status,
+            "follows": nullable_str, "close_reason": nullable_str,
+            "comments": {"type": "array", "items": {"type": "object"}},
+            "history": {"type": "array", "items": {"type": "object"}}}},
+        "ActionResult": {"type": "object", "required": ["case", "action", "status", "changed", "notifications"],
+                         "properties": {"case": {"type": "string"}, "action": {"type": "string"}, "status": status,
+                                        "changed": {"type": "boolean"},
+                                        "notifications": {"type": "array", "items": {"type": "string"}}}},
+        "User": user,
+        "Token": {"type": "object", "required": ["email", "token"],
+                  "properties": {"email": {"type": "string"}, "token": {"type": "string"}}},
+    }

@@ -1,0 +1,548 @@
+"""The case lifecycle (SPEC §3): status rules, the actions of agents and requesters, timed jobs.
+
+Every rule about who may change what lives here, for the CLI and the HTTP API alike; the mail
+path reaches the same statuses through `gateway.pipeline.plan` (rules 1–3), which mirrors
+`status_after_comment` below. Each action is one transaction that takes the case's write lock
+first, checks the rules, writes the change and its history row, and queues the SPEC §7
+notifications to the requester and every party except the actor — all or nothing.
+
+Refusals are exceptions from `gateway.errors`: `NotFound` (unknown case or user), `Refused`
+(the rules say no: illegal transition, outsider as share target), and two narrower kinds
+defined here: `Forbidden` (this actor may not act on this case at all) and `InvalidInput`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import mimetypes
+import os
+import re
+import socket
+import unicodedata
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, or_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from gateway import metrics
+from gateway.addresses import canonical
+from gateway.clock import FrozenClock, SystemClock
+from gateway.errors import NotFound, Refused
+from gateway.model import CommentDraft, Event, Role, Source, Status, StoredAttachment
+from gateway.settings import Settings
+from store import outbox, queries, writes
+from store.models import AppUser, JobLease, Organisation, StatusChange, SupportCase
+
+if TYPE_CHECKING:
+    from gateway.app import App
+
+log = logging.getLogger("gateway.lifecycle")
+
+SYSTEM = "system"
+MAX_TEXT = 100_000
+MAX_ATTACHMENTS = 20
+_NUMBER = re.compile(r"^[A-Za-z0-9-]{1,40}$")
+
+
+class Forbidden(Refused):
+    """The actor may not act on this case in this way (not a party, not an agent)."""
+
+
+class InvalidInput(Refused):
+    """The request itself is malformed (unknown status, empty text, bad attachment)."""
+
+
+# --- the rules, as pure functions -------------------------------------------------------------
+
+
+def agent_refusal(current: Status, target: Status, has_assignee: bool) -> str | None:
+    """Why an agent may not move a case from `current` to `target` (rule 6), or None."""
+    if current is Status.LUKKET and target is not Status.LUKKET:
+        return "a closed case (lukket) can never be reopened; a new mail opens a new case"
+    if target is Status.TILDELT and not has_assignee:
+        return "tildelt needs an assignee: use assign with the agent's address"
+    return None
+
+
+def requester_close_refusal(current: Status) -> str | None:
+    """Why the requester may not close ("Luk", rule 5), or None."""
+    if current is Status.LUKKET:
+        return "the case is already closed"
+    return None
+
+
+def status_after_comment(current: Status, has_assignee: bool) -> Status | None:
+    """Rules 1–2: an answer from the customer side moves a waiting or done case back to work."""
+    if current in (Status.AFVENTER_REKVIRENT, Status.UDFOERT):
+        return Status.TILDELT if has_assignee else Status.PAABEGYNDT
+    return None
+
+
+def valid_number(number: str) -> bool:
+    """Case numbers are short ASCII; anything else is no case, whatever the store would say."""
+    return bool(_NUMBER.match(number or ""))
+
+
+def utf8(value: str) -> str:
+    """Text that can be stored: no lone surrogates (from JSON escapes or odd argv), no NUL."""
+    return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+
+
+def parse_status(value: str) -> Status:
+    try:
+        return Status(value.strip().lower())
+    except ValueError:
+        raise InvalidInput(f"unknown status {value!r}; one of {', '.join(s.value for s in Status)}") from None
+
+
+# --- attachments from the CLI or the API --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NewAttachment:
+    name: str
+    content_type: str
+    data: bytes
+
+
+def safe_name(name: str) -> str:
+    """A file name without directories or control characters, bounded (SPEC §10)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip().strip(".")
+    return base[:255] or "attachment"
+
+
+def read_attachments(paths: Sequence[str]) -> list[NewAttachment]:
+    files = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise InvalidInput(f"cannot read {path}: {exc.strerror or exc}") from exc
+        ctype = mimetypes.guess_type(path)[0] or "application/octet-stream"
+        files.append(NewAttachment(Path(path).name, ctype, data))
+    return files
+
+
+async def _store_attachments(app: App, files: Sequence[NewAttachment]) -> tuple[StoredAttachment, ...]:
+    if len(files) > MAX_ATTACHMENTS:
+        raise InvalidInput(f"at most {MAX_ATTACHMENTS} attachments")
+    limit = app.settings.smtp.max_message_size
+    stored = []
+    for f in files:
+        if len(f.data) > limit:
+            raise InvalidInput(f"attachment {safe_name(f.name)!r} is larger than {limit} bytes")
+        sha = await asyncio.to_thread(app.blobs.put, f.data)
+        ctype = f.content_type if re.fullmatch(r"[\w.+-]{1,100}/[\w.+-]{1,100}", f.content_type or "") \
+            else "application/octet-stream"
+        stored.append(StoredAttachment(safe_name(f.name), len(f.data), sha, ctype))
+    return tuple(stored)
+
+
+def _text(value: str | None, what: str = "text", required: bool = True) -> str:
+    text = utf8(value or "").strip()
+    if required and not text:
+        raise InvalidInput(f"{what} must not be empty")
+    if len(text) > MAX_TEXT:
+        raise InvalidInput(f"{what} is longer than {MAX_TEXT} characters")
+    return text
+
+
+# --- one transaction per action ------------------------------------------------------------------
+
+
+@dataclass
+class _Tx:
+    """What an action works with: the session, the locked case, the acting user, the time."""
+
+    app: App
+    session: AsyncSession
+    case: SupportCase
+    actor: AppUser
+    now: datetime
+
+    @property
+    def case_id(self) -> int:
+        assert self.case.id is not None
+        return self.case.id
+
+    @property
+    def is_agent(self) -> bool:
+        return self.actor.role == Role.AGENT.value
+
+    async def admits_actor(self) -> bool:
+        ref = await queries.case_ref(self.session, self.case)
+        assert self.actor.id is not None
+        return ref.admits(self.actor.id)
+
+    async def notify(self, event: Event, context: dict[str, Any], only: AppUser | None = None) -> list[str]:
+        lang = self.app.settings.policy.language
+        if only is not None:
+            recipients = [outbox.recipient_of(only, lang)]
+        else:
+            recipients = await outbox.recipients_for(self.session, self.case, self.actor.id, lang)
+        return await outbox.enqueue(self.session, self.case, event, recipients, self.now,
+                                    self.app.settings.mail.message_id_domain, context)
+
+    async def change_status(self, to: Status, reason: str | None, event: Event = Event.STATUS) -> list[str]:
+        previous = await writes.change_status(self.session, self.case, to, self.now, self.actor.id,
+                                              self.actor.email, reason)
+        return await self.notify(event, {"previous_status": previous.value, "actor_name": self.actor.name})
+
+
+async def _lock_case(session: AsyncSession, number: str) -> SupportCase:
+    """Take the case's write lock first, so two actions on one case never interleave.
+
+    A no-op UPDATE is the portable lock: a row lock on PostgreSQL, the database write lock on
+    SQLite (taken before anything is read, so no stale snapshot can be written over).
+    """
+    if not valid_number(number):
+        raise NotFound(f"no case {number!r}")
+    await session.exec(update(SupportCase).where(  # type: ignore[call-overload]
+        func.upper(SupportCase.number) == number.upper()).values(number=SupportCase.number))
+    return await queries.require_case(session, number)
+
+
+async def _user(session: AsyncSession, email: str | None, role: str = "acting user") -> AppUser:
+    if not email:
+        raise InvalidInput(f"name the {role} (--as EMAIL on the command line, X-Acting-User in the API)")
+    address = canonical(email)
+    if address is None:
+        raise InvalidInput(f"not a valid e-mail address: {email!r}")
+    return await queries.require_user(session, address)
+
+
+@asynccontextmanager
+async def _action(app: App, number: str, actor_email: str | None, name: str) -> AsyncIterator[_Tx]:
+    async with app.sessions() as session, session.begin():
+        case = await _lock_case(session, number)
+        actor = await _user(session, actor_email)
+        yield _Tx(app, session, case, actor, app.clock.now())
+    metrics.record_action(name)
+    app.sender.wakeup.set()  # committed: send now rather than at the next poll
+    log.info("case.action", extra={"case": case.number, "action": name, "actor_id": actor.id})
+
+
+def _result(tx: _Tx, action: str, changed: bool, notifications: list[str], **extra: Any) -> dict[str, Any]:
+    return {"case": tx.case.number, "action": action, "status": tx.case.status, "changed": changed,
+            "notifications": notifications, **extra}
+
+
+def _require_agent(tx: _Tx, what: str) -> None:
+    if not tx.is_agent:
+        raise Forbidden(f"only agents may {what}; {tx.actor.email} is not an agent")
+
+
+def _refuse_closed(tx: _Tx) -> None:
+    if tx.case.status == Status.LUKKET.value:
+        raise Refused(f"{tx.case.number} is closed (lukket) and can never be changed; a new mail opens a new case")
+
+
+# --- agents' actions ------------------------------------------------------------------------------
+
+
+async def set_status(app: App, number: str, status: Status | str, actor: str | None,
+                     reason: str | None = None) -> dict[str, Any]:
+    target = status if isinstance(status, Status) else parse_status(status)
+    reason = _text(reason, "reason", required=False) or None
+    async with _action(app, number, actor, "status") as tx:
+        _require_agent(tx, "set a status")
+        current = Status(tx.case.status)
+        refusal = agent_refusal(current, target, tx.case.assignee_id is not None)
+        if refusal:
+            raise Refused(f"{tx.case.number}: {current.value} → {target.value} refused: {refusal}")
+        if current is target:
+            return _result(tx, "status", False, [], previous_status=current.value)
+        if target is Status.LUKKET:
+            tx.case.close_reason = writes.clean_text(reason, 1000) or None
+        ids = await tx.change_status(target, reason)
+        return _result(tx, "status", True, ids, previous_status=current.value)
+
+
+async def assign(app: App, number: str, agent: str | None, actor: str | None) -> dict[str, Any]:
+    async with _action(app, number, actor, "assign") as tx:
+        _require_agent(tx, "assign cases")
+        _refuse_closed(tx)
+        assignee = await _user(tx.session, agent, "assignee")
+        if assignee.role != Role.AGENT.value:
+            raise Refused(f"{assignee.email} is not an agent; cases are assigned to agents only")
+        current = Status(tx.case.status)
+        if current is Status.TILDELT and tx.case.assignee_id == assignee.id:
+            return _result(tx, "assign", False, [], assignee=assignee.email)
+        tx.case.assignee_id = assignee.id
+        tx.case.updated_at = tx.now
+        tx.session.add(tx.case)
+        ids: list[str] = []
+        if current is not Status.TILDELT:
+            ids = await tx.change_status(Status.TILDELT, f"assigned to {assignee.email}")
+        return _result(tx, "assign", True, ids, assignee=assignee.email, previous_status=current.value)
+
+
+async def reply(app: App, number: str, text: str | None, actor: str | None,
+                attachments: Sequence[NewAttachment] = (), source: Source = Source.AGENT) -> dict[str, Any]:
+    """A public answer: a comment the customer sees, and a `reply` mail to the parties."""
+    body = _text(text)
+    stored = await _store_attachments(app, attachments)
+    async with _action(app, number, actor, "reply") as tx:
+        _require_agent(tx, "reply")
+        _refuse_closed(tx)
+        await writes.add_comment(tx.session, tx.case_id, tx.actor.id, CommentDraft(body, body, None, stored),
+                                 source, tx.now)
+        tx.case.updated_at = tx.now
+        tx.session.add(tx.case)
+        ids = await tx.notify(Event.REPLY, {"actor_name": tx.actor.name})
+        return _result(tx, "reply", True, ids)
+
+
+async def note(app: App, number: str, text: str | None, actor: str | None,
+               source: Source = Source.AGENT) -> dict[str, Any]:
+    """An internal note: kept on the case, never mailed, never shown to customers."""
+    body = _text(text)
+    async with _action(app, number, actor, "note") as tx:
+        _require_agent(tx, "write internal notes")
+        draft = CommentDraft(body, body, None, (), public=False)
+        await writes.add_comment(tx.session, tx.case_id, tx.actor.id, draft, source, tx.now)
+        return _result(tx, "note", True, [])
+
+
+# --- actions of agents and of the customer side ----------------------------------------------------
+
+
+async def share(app: App, number: str, email: str | None, actor: str | None) -> dict[str, Any]:
+    """Share with a user of the requester's own organisation (SPEC §1, §5); anyone else is refused."""
+    async with _action(app, number, actor, "share") as tx:
+        if not tx.is_agent and not await tx.admits_actor():
+            raise Forbidden(f"{tx.actor.email} is not a party of {tx.case.number}")
+        _refuse_closed(tx)
+        target = await _share_target(tx, email)
+        assert target.id is not None
+        if not await writes.add_party(tx.session, tx.case_id, target.id, tx.now, tx.actor.id):
+            return _result(tx, "share", False, [], party=target.email)
+        tx.case.updated_at = tx.now
+        tx.session.add(tx.case)
+        ids = await tx.notify(Event.SHARED, {"actor_name": tx.actor.name}, only=target)
+        return _result(tx, "share", True, ids, party=target.email)
+
+
+async def _share_target(tx: _Tx, email: str | None) -> AppUser:
+    address = canonical(email)
+    if address is None:
+        raise InvalidInput(f"not a valid e-mail address: {email!r}")
+    requester = await tx.session.get(AppUser, tx.case.requester_id)
+    assert requester is not None
+    if requester.organisation_id is None:
+        raise Refused(f"the requester of {tx.case.number} belongs to no organisation, so the case cannot be shared")
+    org = await tx.session.get(Organisation, requester.organisation_id)
+    target = await queries.user_by_email(tx.session, address)
+    if target is None or target.organisation_id != requester.organisation_id:
+        raise Refused(f"{address} is not a user of {org.name if org else 'the requester’s organisation'}; "
+                      "a case can be shared only with users of the requester's own organisation")
+    if target.id == requester.id:
+        raise Refused(f"{address} is the requester of {tx.case.number}")
+    return target
+
+
+async def close(app: App, number: str, actor: str | None, reason: str | None = None) -> dict[str, Any]:
+    """"Luk" (rule 5): the requester closes a case they regret; agents may close as well."""
+    why = _text(reason, "reason", required=False) or None
+    async with _action(app, number, actor, "close") as tx:
+        if not tx.is_agent and tx.actor.id != tx.case.requester_id:
+            raise Forbidden(f"only the requester of {tx.case.number} (or an agent) may close it")
+        current = Status(tx.case.status)
+        refusal = requester_close_refusal(current)
+        if refusal:
+            raise Refused(f"{tx.case.number}: {refusal}")
+        tx.case.close_reason = writes.clean_text(why, 1000) if why else None
+        default = "closed by an agent" if tx.is_agent else "closed by the requester"
+        ids = await tx.change_status(Status.LUKKET, why or default)
+        return _result(tx, "close", True, ids, previous_status=current.value, reason=why)
+
+
+async def comment(app: App, number: str, text: str | None, actor: str | None,
+                  attachments: Sequence[NewAttachment] = ()) -> dict[str, Any]:
+    """The requester's (or a party's) comment from the portal side, by API; rules 1–2 apply."""
+    body = _text(text, required=not attachments)
+    stored = await _store_attachments(app, attachments)
+    async with _action(app, number, actor, "comment") as tx:
+        if not await tx.admits_actor():
+            raise Forbidden(f"{tx.actor.email} is not the requester or a party of {tx.case.number}")
+        if tx.case.status == Status.LUKKET.value:
+            raise Refused(f"{tx.case.number} is closed and can never be reopened; write a new case instead")
+        await writes.add_comment(tx.session, tx.case_id, tx.actor.id, CommentDraft(body, body, None, stored),
+                                 Source.API, tx.now)
+        tx.case.updated_at = tx.now
+        tx.session.add(tx.case)
+        current = Status(tx.case.status)
+        back = status_after_comment(current, tx.case.assignee_id is not None)
+        ids: list[str] = []
+        if back is not None:
+            event = Event.REOPENED if current is Status.UDFOERT else Event.STATUS
+            ids = await tx.change_status(back, "reopened by the requester's comment" if event is Event.REOPENED
+                                         else "answer from the requester", event)
+        return _result(tx, "comment", True, ids, previous_status=current.value)
+
+
+# --- users ---------------------------------------------------------------------------------------
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped.lower()}%"
+
+
+async def search_users(session: AsyncSession, text: str, org: str, limit: int = 50) -> list[dict[str, Any]]:
+    """Users of one organisation whose name or address contains `text` (for sharing)."""
+    org_row = (await session.exec(select(Organisation).where(
+        func.lower(Organisation.name) == utf8(org or "").strip().lower()))).first()
+    if org_row is None:
+        return []
+    pattern = _like(utf8(text or "").strip())
+    rows = (await session.exec(select(AppUser).where(
+        AppUser.organisation_id == org_row.id,
+        or_(func.lower(AppUser.name).like(pattern, escape="\\"), func.lower(AppUser.email).like(pattern, escape="\\")),
+    ).order_by(col(AppUser.name), col(AppUser.email)).limit(limit))).all()
+    return [{"email": u.email, "name": u.name, "kind": u.kind, "organisation": org_row.name} for u in rows]
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+
+
+async def run_cli_action(app: App, args: argparse.Namespace) -> dict[str, Any]:
+    """`gateway cases status|assign|reply|note|share|close NUMBER … --as EMAIL`."""
+    command, number, actor = args.cases_command, args.number, args.actor
+    if not actor:
+        raise Refused("name the acting user with --as EMAIL (or GATEWAY_ACTOR)")
+    if command == "status":
+        return await set_status(app, number, args.status, actor, getattr(args, "reason", None))
+    if command == "assign":
+        return await assign(app, number, args.agent, actor)
+    if command == "reply":
+        return await reply(app, number, args.text, actor, read_attachments(getattr(args, "attach", []) or []))
+    if command == "note":
+        return await note(app, number, args.text, actor)
+    if command == "share":
+        return await share(app, number, args.email, actor)
+    if command == "close":
+        return await close(app, number, actor, getattr(args, "reason", None))
+    raise InvalidInput(f"unknown case action {command!r}")
+
+
+# --- timed jobs ----------------------------------------------------------------------------------
+
+
+async def close_done_cases(app: App, dry_run: bool = False) -> list[dict[str, Any]]:
+    """Rule 4: `udfoert` for `policy.close_after_days` → `lukket`, by "system".
+
+    Safe to run twice and on several nodes at once: each case is closed by a conditional UPDATE
+    that only one runner can win; the loser changes no row and writes nothing.
+    """
+    now = app.clock.now()
+    days = app.settings.policy.close_after_days
+    cutoff = now - timedelta(days=days)
+    async with app.sessions() as session:
+        due = (await session.exec(select(SupportCase.id, SupportCase.number, SupportCase.status_changed_at).where(
+            SupportCase.status == Status.UDFOERT.value, col(SupportCase.status_changed_at) < cutoff,
+        ).order_by(col(SupportCase.id)))).all()
+    done = []
+    for case_id, number, since in due:
+        assert case_id is not None
+        closed = False if dry_run else await _close_one(app, case_id, cutoff, now, days)
+        if dry_run or closed:
+            done.append({"job": "close_done_cases", "case": number, "from": Status.UDFOERT.value,
+                         "to": Status.LUKKET.value, "udfoert_since": since.isoformat(), "done": closed})
+    return done
+
+
+async def _close_one(app: App, case_id: int, cutoff: datetime, now: datetime, days: int) -> bool:
+    async with app.sessions() as session, session.begin():
+        won = await session.exec(update(SupportCase).where(  # type: ignore[call-overload]
+            col(SupportCase.id) == case_id, col(SupportCase.status) == Status.UDFOERT.value,
+            col(SupportCase.status_changed_at) < cutoff,
+        ).values(status=Status.LUKKET.value, updated_at=now, status_changed_at=now))
+        if won.rowcount != 1:
+            return False
+        session.add(StatusChange(case_id=case_id, at=now, by_id=None, by_label=SYSTEM,
+                                 from_status=Status.UDFOERT.value, to_status=Status.LUKKET.value,
+                                 reason=f"{days} days in udfoert"))
+        case = await session.get(SupportCase, case_id)
+        assert case is not None
+        recipients = await outbox.recipients_for(session, case, None, app.settings.policy.language)
+        await outbox.enqueue(session, case, Event.STATUS, recipients, now, app.settings.mail.message_id_domain,
+                             {"previous_status": Status.UDFOERT.value, "actor_name": ""})
+    metrics.CASES_AUTO_CLOSED.inc()
+    log.info("case.auto_closed", extra={"case_id": case_id})
+    return True
+
+
+async def run_timed_jobs(app: App, dry_run: bool = False, deliver: bool = False) -> list[dict[str, Any]]:
+    """Every timed job once. `deliver` also sends the notifications that are due (cron set-ups
+    without a running daemon have no sender loop)."""
+    actions = await close_done_cases(app, dry_run)
+    if deliver and not dry_run:
+        app.sender.wakeup.clear()
+        sent = 0
+        while count := await app.sender.run_once():
+            sent += count
+        if sent:
+            actions.append({"job": "deliver_notifications", "count": sent, "done": True})
+    return actions
+
+
+async def take_lease(app: App, name: str, holder: str, seconds: float) -> bool:
+    """One node per interval: insert the lease, or take it over when it ran out or is ours."""
+    now = app.clock.now()
+    table = JobLease.__table__  # type: ignore[attr-defined]
+    dialect = postgresql if app.engine.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table).values(name=name, holder=holder, until=now + timedelta(seconds=seconds))
+    stmt = stmt.on_conflict_do_update(index_elements=["name"], set_={"holder": holder, "until": stmt.excluded.until},
+                                      where=or_(table.c.until < now, table.c.holder == holder))
+    async with app.engine.begin() as conn:
+        result = await conn.execute(stmt)
+    return bool(result.rowcount)
+
+
+def _holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def maintenance_loop(app: App, stop: asyncio.Event) -> None:
+    """The daemon's timed jobs: every `daemon.maintenance_interval_s`, on one node at a time."""
+    interval = max(1.0, app.settings.daemon.maintenance_interval_s)
+    holder = _holder()
+    while not stop.is_set():
+        try:
+            if await take_lease(app, "maintenance", holder, interval):
+                actions = await run_timed_jobs(app)
+                if actions:
+                    log.info("maintenance.done", extra={"actions": len(actions)})
+        except (OperationalError, DBAPIError, OSError) as exc:  # the store hiccuped: try next time
+            log.warning("maintenance.store_error", extra={"error": type(exc).__name__})
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+def parse_at(value: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidInput(f"--at: not an ISO 8601 time: {value!r}") from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+async def run_maintenance_cli(settings: Settings, at: str | None, dry_run: bool) -> list[dict[str, Any]]:
+    """`gateway maintenance [--at ISO-TIME] [--dry-run]`, for cron (SPEC §8)."""
+    from gateway.app import open_app
+
+    clock = FrozenClock(parse_at(at)) if at else SystemClock()
+    async with open_app(settings, clock=clock, subprocess_parse=False) as app:
+        return await run_timed_jobs(app, dry_run=dry_run, deliver=True)
