@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -22,18 +23,29 @@ class BlobStore:
             raise ValueError("not a sha256 key")
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
-    def put(self, data: bytes) -> str:
-        sha = hashlib.sha256(data).hexdigest()
-        target = self.path(sha)
-        if target.exists():
-            return sha
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+    def put(self, data: bytes | Iterable[bytes]) -> str:
+        """Store bytes (or byte chunks, written as they come) under their sha256."""
+        if isinstance(data, bytes):
+            known = hashlib.sha256(data).hexdigest()
+            if self.path(known).exists():
+                return known  # same content already stored: nothing to write
+        chunks = [data] if isinstance(data, bytes) else data
+        self.root.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
+                for chunk in chunks:
+                    digest.update(chunk)
+                    fh.write(chunk)
                 fh.flush()
                 os.fsync(fh.fileno())
+            sha = digest.hexdigest()
+            target = self.path(sha)
+            if target.exists():
+                Path(tmp).unlink()
+                return sha
+            target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import StoreUnavailable
@@ -62,8 +62,14 @@ class ClaimedMail:
 
 
 def dedup_key(raw: bytes) -> str:
-    data = raw.replace(b"\r\n", b"\n").lstrip(b"\n")
-    head, sep, body = data.partition(b"\n\n")
+    """SHA-256 over the headers minus trace headers, then the body, with line ends as LF.
+
+    The body is hashed in chunks, so a 35 MB mail is never copied whole.
+    """
+    start = len(raw) - len(raw.lstrip(b"\r\n")) if raw[:1] in (b"\r", b"\n") else 0
+    ends = [i for i in (raw.find(b"\r\n\r\n", start), raw.find(b"\n\n", start)) if i >= 0]
+    split = min(ends) if ends else len(raw)
+    head = raw[start:split].replace(b"\r\n", b"\n")
     kept: list[bytes] = []
     skipping = False
     for line in head.split(b"\n"):
@@ -75,8 +81,23 @@ def dedup_key(raw: bytes) -> str:
         if not skipping:
             kept.append(line)
     digest = hashlib.sha256(b"\n".join(kept))
-    digest.update(sep + body.rstrip(b"\n"))
+    end = len(raw)
+    while end > split and raw[end - 1:end] in (b"\r", b"\n"):
+        end -= 1  # trailing line ends do not make another mail
+    if end > split:
+        digest.update(b"\n\n")
+        body_start = split + (4 if raw[split:split + 4] == b"\r\n\r\n" else 2)
+        _update_lf(digest, memoryview(raw)[body_start:end])
     return digest.hexdigest()
+
+
+def _update_lf(digest: Any, body: memoryview, chunk: int = 1 << 20) -> None:
+    carry = b""
+    for i in range(0, len(body), chunk):
+        piece = carry + bytes(body[i:i + chunk])
+        carry = b"\r" if piece.endswith(b"\r") else b""
+        digest.update((piece[:-1] if carry else piece).replace(b"\r\n", b"\n"))
+    digest.update(carry)
 
 
 def message_id_of(raw: bytes) -> str | None:
@@ -154,12 +175,18 @@ class Inbox:
         stmt = (update(T).where(T.c.id.in_(pick.scalar_subquery()))
                 .values(state="processing", claimed_until=now + timedelta(seconds=lease_s),
                         claimed_by=holder[:100], attempts=T.c.attempts + 1)
-                .returning(T.c.id, T.c.raw, T.c.source, T.c.envelope_from, T.c.envelope_to, T.c.attempts))
+                .returning(T.c.id, T.c.source, T.c.envelope_from, T.c.envelope_to, T.c.attempts))
         async with self._engine.begin() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return sorted((ClaimedMail(r.id, r.raw or b"", r.source, r.envelope_from,
-                                   tuple(r.envelope_to or ()), r.attempts) for r in rows),
-                      key=lambda m: m.id)
+            rows = sorted((await conn.execute(stmt)).all(), key=lambda r: r.id)
+        # The raw bytes are read one mail at a time: RETURNING them from the UPDATE makes
+        # SQLite buffer every claimed row, several copies of a 35 MB mail at once.
+        return [ClaimedMail(r.id, await self.raw(r.id), r.source, r.envelope_from, tuple(r.envelope_to or ()),
+                            r.attempts) for r in rows]
+
+    async def raw(self, inbound_id: int) -> bytes:
+        async with self._engine.connect() as conn:
+            value = (await conn.execute(select(T.c.raw).where(T.c.id == inbound_id))).scalar()
+        return bytes(value or b"")
 
     async def failed(self, inbound_id: int, error: str, attempts: int, max_attempts: int,
                      now: datetime) -> str:
