@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -175,7 +175,7 @@ class ImapFolderState(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     account: str = Field(max_length=200)
     folder: str = Field(max_length=500)
-    uidvalidity: int | None = None
-    last_uid: int = 0
+    uidvalidity: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))  # IMAP: unsigned 32-bit
+    last_uid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
     failures: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # type: ignore[type-arg]
     last_fetch_at: datetime | None = None

@@ -1,0 +1,723 @@
+"""The IMAP edge (SPEC §4): raw bytes from configured mailboxes into the durable inbox.
+
+Per account, one `AccountReader` coroutine and one thread of its own. The thread does only
+blocking IMAP I/O (`Mailbox`, the seam around imapclient); the coroutine does the store, the
+lease and the waiting, so neither the event loop nor the other accounts ever wait on a server.
+
+A round: SELECT (UIDVALIDITY compared with `imap_folder_state`; a change means every stored
+UID is void, so the folder is read again from the start and the inbox's dedup key makes the
+repeats harmless) → UID SEARCH → FETCH RFC822.SIZE for all of them (too big: moved to
+`Oversized`, never fetched) → in batches of up to 200: FETCH BODY.PEEK[] (flags untouched)
+→ one commit for the batch → UID MOVE / flag / delete of the committed UIDs. The thread
+fetches the next batch and moves the previous one while a batch is being committed. The
+order per message is what makes it safe: a crash before its move means it is fetched again
+and deduplicated. A message the store refuses while the store is otherwise working counts a
+try; after `max_tries` it goes to `failed_folder`. Only UIDs are used, never sequence
+numbers; folder names only go through the imapclient API (RELIABILITY 100). The last fetch
+time of each folder is kept in `imap_folder_state.last_fetch_at` for the metrics.
+
+Then IDLE when the server offers it (checked in short slices so `stop` is honoured within
+about a second, re-issued every `poll_interval_s` with a scan in between, the polling
+fallback), else a plain wait of `poll_interval_s`.
+
+Failures of the server (cannot connect, login refused, TLS, connection lost, folder missing)
+become `ImapProblem` with plain words, translated once in this module. The reader then logs
+one line, waits a capped exponential back-off with jitter and reconnects. A bad account never
+stops the others, the worker or the SMTP listener. Certificates are always verified.
+
+Several nodes on one database: an account is read under a lease (`job_lease`, name
+`imap:<account>`) renewed while the reader runs; a node that finds another live holder waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import imaplib
+import ipaddress
+import logging
+import os
+import random
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from imapclient import IMAPClient
+from imapclient.exceptions import LoginError
+from sqlalchemy import BigInteger, and_, bindparam, delete, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from gateway.app import App
+from gateway.errors import ConfigError, StoreUnavailable, TemporaryFailure
+from gateway.settings import ImapAccount, Settings
+from store.inbox import Accepted, IncomingMail
+from store.models import ImapFolderState, JobLease
+
+log = logging.getLogger("gateway.imap")
+
+OVERSIZED_FOLDER = "Oversized"
+SEEN = "\\Seen"
+DONE_KEYWORD = "$GatewayIngested"   # set in flag mode, so a rescan can skip what was taken
+SOCKET_TIMEOUT_S = 60.0             # a silent server must not hold the account's thread forever
+IDLE_SLICE_S = 0.5                  # how long one IDLE check blocks: bounds the stop latency
+IDLE_MAX_S = 25 * 60.0              # RFC 2177: re-issue IDLE well within 29 minutes
+SIZE_WINDOW = 1000                  # UIDs per FETCH RFC822.SIZE
+BATCH_MESSAGES = 200                # messages per FETCH BODY.PEEK[] and per inbox commit
+BATCH_BYTES = 16_000_000
+LEASE_S = 30.0
+LEASE_RETRY_S = 5.0
+
+T = TypeVar("T")
+FS = ImapFolderState.__table__  # type: ignore[attr-defined]
+JL = JobLease.__table__  # type: ignore[attr-defined]
+
+
+class ImapProblem(TemporaryFailure):
+    """The account cannot be read now; the message says why in plain words."""
+
+
+class LeaseLost(Exception):
+    """Another node took the account's lease: stop reading it."""
+
+
+# -- the seam around imapclient (blocking; runs in the account's thread) ----------------------
+
+@dataclass(frozen=True)
+class FolderInfo:
+    uidvalidity: int
+    keywords: bool   # may we set our own keyword (PERMANENTFLAGS has \*)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def translate(exc: BaseException, account: ImapAccount, connecting: bool = False) -> ImapProblem:
+    """One library error → one sentence an operator understands."""
+    where = f"{account.host}:{account.port}"
+    if isinstance(exc, ImapProblem):
+        return exc
+    if isinstance(exc, LoginError):
+        said = str(exc).strip("b'\"")[:200]
+        return ImapProblem(f"login refused by {where} for {account.username}: {said} (check username and password)")
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ImapProblem(f"TLS failure with {where}: certificate not trusted ({exc.verify_message})")
+    if isinstance(exc, ssl.SSLError):
+        return ImapProblem(f"TLS failure with {where}: {exc.reason or exc} (is tls = {account.tls!r} right "
+                           "for this port?)")
+    if isinstance(exc, socket.gaierror):
+        return ImapProblem(f"cannot connect to {where}: host name not found")
+    if isinstance(exc, TimeoutError):
+        return ImapProblem(f"{'cannot connect to' if connecting else 'connection lost to'} {where}: no answer "
+                           "in time")
+    if isinstance(exc, OSError | imaplib.IMAP4.abort):
+        verb = "cannot connect to" if connecting else "connection lost to"
+        return ImapProblem(f"{verb} {where}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}")
+    if isinstance(exc, imaplib.IMAP4.error) and "BYE" in str(exc):
+        return ImapProblem(f"connection lost to {where}: the server said goodbye ({str(exc)[:200]})")
+    if isinstance(exc, imaplib.IMAP4.error):
+        return ImapProblem(f"{where} refused a command: {str(exc)[:200]}")
+    return ImapProblem(f"unexpected error with {where}: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+class Mailbox:
+    """Blocking IMAP I/O for one account. Every call is made from the account's own thread."""
+
+    def __init__(self, account: ImapAccount, timeout_s: float = SOCKET_TIMEOUT_S) -> None:
+        self.account = account
+        self._timeout = timeout_s
+        self._client: IMAPClient | None = None
+        self._idling = False
+        self._empty_wakeups = 0
+        self._known: set[str] = set()
+        self.can_idle = False
+
+    @property
+    def client(self) -> IMAPClient:
+        if self._client is None:
+            raise ImapProblem("not connected")
+        return self._client
+
+    def connect(self) -> None:
+        a = self.account
+        if a.tls == "none" and not _loopback(a.host):
+            raise ImapProblem(f"refused: tls = 'none' is only allowed for a loopback host, not {a.host}")
+        try:
+            context = ssl.create_default_context()  # verification on, always (RELIABILITY 96)
+            client = IMAPClient(a.host, port=a.port, ssl=a.tls == "implicit", ssl_context=context,
+                                timeout=self._timeout)
+            self._client = client
+            if a.tls == "starttls":
+                if not client.has_capability("STARTTLS"):
+                    raise ImapProblem(f"TLS failure with {a.host}:{a.port}: the server does not offer STARTTLS; "
+                                      "refusing to log in without encryption")
+                client.starttls(context)
+        except Exception as exc:
+            self.close()
+            raise translate(exc, a, connecting=True) from exc
+        self._guard(client.login, a.username, a.password)
+        self.can_idle = a.idle and bool(self._guard(client.has_capability, "IDLE"))
+
+    def _guard(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            return fn(*args)
+        except Exception as exc:
+            raise translate(exc, self.account) from exc
+
+    def select(self, folder: str) -> FolderInfo:
+        c = self.client
+        if not self._guard(c.folder_exists, folder):
+            raise ImapProblem(f"folder {folder!r} does not exist on {self.account.host} for {self.account.username}")
+        info = self._guard(c.select_folder, folder)
+        return FolderInfo(int(info[b"UIDVALIDITY"]), b"\\*" in info.get(b"PERMANENTFLAGS", ()))
+
+    def ensure_folder(self, folder: str) -> bool:
+        """True when it had to be created."""
+        if folder in self._known:
+            return False
+        created = not self._guard(self.client.folder_exists, folder)
+        if created:
+            try:
+                self._guard(self.client.create_folder, folder)
+            except ImapProblem:
+                if not self._guard(self.client.folder_exists, folder):
+                    raise
+                created = False  # another client made it in the meantime
+        self._known.add(folder)
+        return created
+
+    def search(self, criteria: list[str]) -> list[int]:
+        return sorted(int(u) for u in self._guard(self.client.search, criteria))
+
+    def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+        data = self._guard(self.client.fetch, list(uids), ["RFC822.SIZE"])
+        return {int(uid): int(item[b"RFC822.SIZE"]) for uid, item in data.items() if b"RFC822.SIZE" in item}
+
+    def bodies(self, uids: Sequence[int]) -> dict[int, bytes]:
+        """Raw messages by UID; a UID expunged meanwhile is simply absent (RELIABILITY 95)."""
+        data = self._guard(self.client.fetch, list(uids), ["BODY.PEEK[]"])
+        return {int(uid): bytes(item[b"BODY[]"]) for uid, item in data.items() if item.get(b"BODY[]") is not None}
+
+    def move(self, uids: Sequence[int], folder: str) -> None:
+        self.ensure_folder(folder)
+        c = self.client
+        if self._guard(c.has_capability, "MOVE"):
+            self._guard(c.move, list(uids), folder)
+            return
+        self._guard(c.copy, list(uids), folder)
+        self.delete(uids)
+
+    def flag(self, uids: Sequence[int], keyword: bool) -> None:
+        flags = [SEEN, DONE_KEYWORD] if keyword else [SEEN]
+        self._guard(self.client.add_flags, list(uids), flags, True)
+
+    def delete(self, uids: Sequence[int]) -> None:
+        c = self.client
+        self._guard(c.delete_messages, list(uids), True)
+        if self._guard(c.has_capability, "UIDPLUS"):
+            self._guard(c.uid_expunge, list(uids))
+        else:
+            self._guard(c.expunge)
+
+    def idle_start(self) -> None:
+        self._guard(self.client.idle)
+        self._idling = True
+        self._empty_wakeups = 0
+
+    def idle_wait(self, timeout_s: float) -> bool:
+        """True when the server announced new messages."""
+        started = time.monotonic()
+        responses = self._guard(self.client.idle_check, timeout_s)
+        # imapclient returns nothing, at once, when the server closed the connection: a
+        # wake-up with nothing to read, again and again, is a dead connection.
+        early = not responses and time.monotonic() - started < timeout_s / 2
+        self._empty_wakeups = self._empty_wakeups + 1 if early else 0
+        if self._empty_wakeups >= 3:
+            raise ImapProblem(f"connection lost to {self.account.host}:{self.account.port}: closed by the server")
+        for response in responses:
+            if b"BYE" in response:
+                raise ImapProblem(f"connection lost to {self.account.host}:{self.account.port}: server said BYE")
+        return any(len(r) > 1 and r[1] == b"EXISTS" for r in responses)
+
+    def idle_end(self) -> None:
+        if self._idling:
+            self._idling = False
+            self._guard(self.client.idle_done)
+
+    def forget_idle(self) -> None:
+        """The connection is being dropped: do not try to end IDLE politely on it."""
+        self._idling = False
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        self._known.clear()
+        if client is None:
+            return
+        try:
+            sock = client.socket()
+            sock.settimeout(2.0)   # a dead server must not hold a shutdown
+            if self._idling:
+                client.idle_done()
+            client.logout()
+        except Exception:
+            with contextlib.suppress(Exception):
+                client.shutdown()
+        self._idling = False
+
+
+# -- state in the store -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FolderState:
+    uidvalidity: int | None = None
+    last_uid: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+@contextlib.asynccontextmanager
+async def _store_errors(what: str) -> AsyncIterator[None]:
+    """Database trouble while reading an account is one more reason to back off, not a crash."""
+    try:
+        yield
+    except (OperationalError, DBAPIError, OSError) as exc:
+        raise StoreUnavailable(f"{what}: the store does not answer ({type(exc).__name__})") from exc
+
+
+def _dialect_insert(engine: AsyncEngine) -> Any:
+    return (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+
+
+async def load_state(engine: AsyncEngine, account: str, folder: str) -> FolderState:
+    async with _store_errors("imap state"), engine.connect() as conn:
+        row = (await conn.execute(select(FS.c.uidvalidity, FS.c.last_uid, FS.c.failures)
+                                  .where(FS.c.account == account, FS.c.folder == folder))).first()
+    if row is None:
+        return FolderState()
+    return FolderState(row.uidvalidity, int(row.last_uid), dict(row.failures or {}))
+
+
+async def save_state(engine: AsyncEngine, account: str, folder: str, state: FolderState,
+                     fetched_at: datetime | None) -> None:
+    def values() -> dict[str, Any]:
+        # IMAP numbers are unsigned 32-bit: bound as BIGINT whatever the model says (migration 0003)
+        out: dict[str, Any] = {"uidvalidity": bindparam(None, state.uidvalidity, BigInteger),
+                               "last_uid": bindparam(None, state.last_uid, BigInteger), "failures": state.failures}
+        return out if fetched_at is None else {**out, "last_fetch_at": fetched_at}
+
+    stmt = _dialect_insert(engine)(FS).values(account=account, folder=folder, **values())
+    stmt = stmt.on_conflict_do_update(index_elements=["account", "folder"], set_=values())
+    async with _store_errors("imap state"), engine.begin() as conn:
+        await conn.execute(stmt)
+
+
+def advance(last_uid: int, scanned: Sequence[int], done: set[int]) -> int:
+    """The highest UID below which every scanned message is done (flag mode resumes there)."""
+    for uid in sorted(scanned):
+        if uid not in done:
+            break
+        last_uid = max(last_uid, uid)
+    return last_uid
+
+
+def batches(uids: Sequence[int], sizes: dict[int, int], max_count: int = BATCH_MESSAGES,
+            max_bytes: int = BATCH_BYTES) -> Iterator[list[int]]:
+    """Consecutive groups bounded by count and bytes (a single big message is its own group)."""
+    batch: list[int] = []
+    total = 0
+    for uid in uids:
+        if batch and (len(batch) >= max_count or total + sizes[uid] > max_bytes):
+            yield batch
+            batch, total = [], 0
+        batch.append(uid)
+        total += sizes[uid]
+    if batch:
+        yield batch
+
+
+def envelope_to_of(raw: bytes) -> tuple[str, ...]:
+    """The topmost Delivered-To, written by the mailbox's own server (the reply token lives there)."""
+    end = raw.find(b"\n\n")
+    end2 = raw.find(b"\r\n\r\n")
+    head = raw[: min(e for e in (end, end2, 65536) if e >= 0)]
+    for line in head.splitlines():
+        if line[:13].lower() == b"delivered-to:":
+            value = line[13:].strip().decode("ascii", "replace").strip("<>")
+            return (value,) if value.count("@") == 1 and len(value) <= 320 else ()
+    return ()
+
+
+# -- the lease --------------------------------------------------------------------------------
+
+class Lease:
+    """One row in job_lease: held by us while `until` is in the future and we renew it."""
+
+    def __init__(self, engine: AsyncEngine, name: str, holder: str, now: Callable[[], datetime],
+                 ttl_s: float = LEASE_S) -> None:
+        self._engine, self.name, self.holder, self._now, self._ttl = engine, name, holder[:100], now, ttl_s
+        self._renewed = 0.0
+
+    async def acquire(self) -> bool:
+        now = self._now()
+        until = now + timedelta(seconds=self._ttl)
+        mine_or_expired = and_(JL.c.name == self.name, or_(JL.c.holder == self.holder, JL.c.until < now))
+        async with _store_errors("imap lease"), self._engine.begin() as conn:
+            taken = (await conn.execute(update(JL).where(mine_or_expired)
+                                        .values(holder=self.holder, until=until))).rowcount
+            if not taken:
+                insert = _dialect_insert(self._engine)(JL).values(name=self.name, holder=self.holder, until=until)
+                taken = (await conn.execute(insert.on_conflict_do_nothing(index_elements=["name"]))).rowcount
+        if taken:
+            self._renewed = time.monotonic()
+        return bool(taken)
+
+    async def renew(self) -> None:
+        if not await self.acquire():
+            raise LeaseLost(self.name)
+
+    async def renew_if_due(self) -> None:
+        if time.monotonic() - self._renewed >= self._ttl / 3:
+            await self.renew()
+
+    async def release(self) -> None:
+        async with _store_errors("imap lease"), self._engine.begin() as conn:
+            await conn.execute(delete(JL).where(JL.c.name == self.name, JL.c.holder == self.holder))
+
+
+class Backoff:
+    """Capped exponential delays with jitter, so many gateways do not reconnect in step."""
+
+    def __init__(self, initial_s: float, max_s: float, rng: Callable[[], float] = random.random) -> None:
+        self._initial, self._max, self._rng = initial_s, max_s, rng
+        self.step = 0
+
+    def next(self) -> float:
+        delay = min(self._max, self._initial * 2 ** min(self.step, 30))
+        self.step += 1
+        return delay * (0.5 + 0.5 * self._rng())
+
+    def reset(self) -> None:
+        self.step = 0
+
+
+async def _sleep_until(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+# -- one account ------------------------------------------------------------------------------
+
+class AccountReader:
+    """Reads one account until `stop`: lease → connect → scan → wait → scan …, back-off on trouble."""
+
+    lease_retry_s = LEASE_RETRY_S
+
+    def __init__(self, app: App, account: ImapAccount, holder: str) -> None:
+        self.app = app
+        self.account = account
+        self.box = Mailbox(account)
+        self.lease = Lease(app.engine, f"imap:{account.name}", holder, app.clock.now)
+        self.backoff = Backoff(app.settings.imap.backoff_initial_s, app.settings.imap.backoff_max_s)
+        self.state = FolderState()
+        self._keywords = False
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"imap-{account.name}")
+        self._log = {"account": account.name}
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        """Hand one blocking Mailbox call to this account's thread, now (calls run in order)."""
+        return asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.submit(fn, *args)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                await self._turn(stop)
+        finally:
+            await self._disconnect()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            try:
+                await self.lease.release()
+            except Exception:  # the lease simply runs out
+                log.warning("imap.lease_release_failed", extra=self._log)
+
+    async def _turn(self, stop: asyncio.Event) -> None:
+        """One lease check and, if ours, one IMAP session; on trouble one log line and one back-off step."""
+        try:
+            if not await self.lease.acquire():
+                log.debug("imap.lease_held_elsewhere", extra=self._log)
+                await _sleep_until(stop, self.lease_retry_s)
+                return
+            await self._session(stop)
+        except LeaseLost:
+            log.warning("imap.lease_lost", extra=self._log)
+            await self._disconnect()
+        except Exception as exc:
+            if not isinstance(exc, TemporaryFailure):
+                log.exception("imap.error", extra=self._log)
+            await self._disconnect()
+            delay = self.backoff.next()
+            log.warning("imap.unavailable", extra={**self._log, "problem": str(exc) or type(exc).__name__,
+                                                   "retry_in_s": round(delay, 2), "attempt": self.backoff.step})
+            await _sleep_until(stop, delay)
+
+    async def _disconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.call(self.box.close), timeout=3.0)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        a = self.account
+        await self.call(self.box.connect)
+        self.state = await load_state(self.app.engine, a.name, a.folder)
+        log.info("imap.connected", extra={**self._log, "folder": a.folder, "idle": self.box.can_idle})
+        while not stop.is_set():
+            # SELECT again each round: a folder deleted and rebuilt under an open session is
+            # not always reported to it, but a fresh SELECT shows the new UIDVALIDITY.
+            await self._select()
+            # Then scan until a scan finds nothing: a message that arrived during one was
+            # announced in the answers to its commands, and IDLE would not announce it again.
+            while await self.scan() and not stop.is_set():
+                pass
+            self.backoff.reset()  # a full round went through: the account is healthy again
+            await self._wait(stop)
+
+    async def _select(self) -> None:
+        a = self.account
+        info = await self.call(self.box.select, a.folder)
+        self._keywords = info.keywords
+        if self.state.uidvalidity != info.uidvalidity:
+            if self.state.uidvalidity is not None:
+                log.warning("imap.uidvalidity_changed", extra={**self._log, "folder": a.folder,
+                                                               "old": self.state.uidvalidity, "new": info.uidvalidity})
+            self.state = FolderState(info.uidvalidity)
+            await save_state(self.app.engine, a.name, a.folder, self.state, None)
+
+    def criteria(self) -> list[str]:
+        if self.account.after != "flag":
+            return ["UNDELETED"]
+        found = ["UID", f"{self.state.last_uid + 1}:*", "UNDELETED"]
+        return [*found, "NOT", "KEYWORD", DONE_KEYWORD] if self._keywords else found
+
+    async def scan(self) -> int:
+        """Take every waiting message of the folder into the inbox; how many were taken or set aside."""
+        uids = [u for u in await self.call(self.box.search, self.criteria()) if u > self._floor()]
+        progress = 0
+        for start in range(0, len(uids), SIZE_WINDOW):
+            window = uids[start:start + SIZE_WINDOW]
+            sizes = await self.call(self.box.sizes, window)
+            progress += await self._set_aside_oversized(sizes)
+            fitting = [u for u in window if u in sizes and sizes[u] <= self.account.max_message_size]
+            progress += await self._take_all(list(batches(fitting, sizes)))
+        await save_state(self.app.engine, self.account.name, self.account.folder, self.state, self.app.clock.now())
+        return progress
+
+    async def _take_all(self, groups: list[list[int]]) -> int:
+        """Batch by batch, overlapped: while one batch is committed, the thread fetches the next
+        and moves the one before (each move still after its own commit)."""
+        ahead: asyncio.Future[dict[int, bytes]] | None = None
+        finishing: asyncio.Future[None] | None = None
+        taken = 0
+        try:
+            for i, batch in enumerate(groups):
+                bodies = await (ahead or self.submit(self.box.bodies, batch))
+                ahead = self.submit(self.box.bodies, groups[i + 1]) if i + 1 < len(groups) else None
+                await self.lease.renew_if_due()
+                done, refused = await self._store(bodies)
+                if finishing is not None:
+                    await finishing
+                finishing = asyncio.ensure_future(self._finish(sorted(bodies), done, refused))
+                taken += len(done)
+            if finishing is not None:
+                await finishing
+        finally:
+            for future in (ahead, finishing):
+                if future is not None and not future.done():
+                    future.cancel()
+        return taken
+
+    def _floor(self) -> int:
+        # UID n:* also matches the last message when n is past it: filter here too.
+        return self.state.last_uid if self.account.after == "flag" else 0
+
+    async def _set_aside_oversized(self, sizes: dict[int, int]) -> int:
+        big = sorted(u for u, s in sizes.items() if s > self.account.max_message_size)
+        if big:
+            await self.call(self.box.move, big, OVERSIZED_FOLDER)
+            log.warning("imap.oversized", extra={**self._log, "uids": big[:20], "count": len(big),
+                                                 "sizes": [sizes[u] for u in big[:20]],
+                                                 "limit": self.account.max_message_size})
+        return len(big)
+
+    async def _finish(self, fetched: list[int], done: list[int], refused: list[int]) -> None:
+        """After the commit: move/flag/delete what is stored; a refused message counts a try."""
+        if done:
+            self.app.worker.wakeup.set()
+            await self.after_commit(done)
+        given_up = await self._count_failures(refused)
+        self.state = replace(self.state, last_uid=advance(self.state.last_uid, fetched, {*done, *given_up}))
+        if refused or given_up:
+            await save_state(self.app.engine, self.account.name, self.account.folder, self.state, None)
+
+    async def commit(self, mails: list[IncomingMail]) -> list[Accepted]:
+        """The one place raw bytes reach the store."""
+        return await self.app.inbox.accept_many(mails, self.app.clock.now())
+
+    async def _store(self, bodies: dict[int, bytes]) -> tuple[list[int], list[int]]:
+        """Commit a batch in one transaction; if that fails, one by one to find the refused ones."""
+        source = f"imap:{self.account.name}"
+        mails = {uid: IncomingMail(raw, source, None, envelope_to_of(raw)) for uid, raw in sorted(bodies.items())}
+        if not mails:
+            return [], []
+        try:
+            results = await self.commit(list(mails.values()))
+            self._log_stored(list(mails), results)
+            return list(mails), []
+        except Exception as exc:
+            log.warning("imap.commit_failed", extra={**self._log, "count": len(mails), "error": type(exc).__name__})
+            if len(mails) == 1:
+                await self.app.inbox.wait_for_store(attempts=1)  # store down: StoreUnavailable, back off
+                return [], list(mails)
+        done, refused = [], []
+        for uid, mail in mails.items():
+            try:
+                self._log_stored([uid], await self.commit([mail]))
+                done.append(uid)
+            except Exception:
+                await self.app.inbox.wait_for_store(attempts=1)
+                refused.append(uid)
+        return done, refused
+
+    def _log_stored(self, uids: list[int], results: list[Accepted]) -> None:
+        for uid, accepted in zip(uids, results, strict=True):
+            log.info("mail.received", extra={**self._log, "uid": uid, "inbound_id": accepted.inbound_id,
+                                             "duplicate": accepted.duplicate})
+
+    async def after_commit(self, uids: list[int]) -> None:
+        """Move, flag or delete what is now safely in the inbox (a crash before this: refetch)."""
+        a = self.account
+        if a.after == "move":
+            await self.call(self.box.move, uids, a.move_to)
+        elif a.after == "flag":
+            await self.call(self.box.flag, uids, self._keywords)
+        else:
+            await self.call(self.box.delete, uids)
+
+    async def _count_failures(self, refused: list[int]) -> list[int]:
+        """Count one more try for each refused message; those past max_tries go to the failure folder."""
+        if not refused:
+            return []
+        failures = dict(self.state.failures)
+        given_up = []
+        for uid in refused:
+            failures[str(uid)] = failures.get(str(uid), 0) + 1
+            if failures[str(uid)] >= self.account.max_tries:
+                given_up.append(uid)
+                del failures[str(uid)]
+        log.warning("imap.store_refused", extra={**self._log, "uids": refused[:20]})
+        if given_up:
+            await self.call(self.box.move, given_up, self.account.failed_folder)
+            log.error("imap.moved_to_failed", extra={**self._log, "uids": given_up[:20],
+                                                     "folder": self.account.failed_folder})
+        self.state = replace(self.state, failures=failures)
+        return given_up
+
+    async def _wait(self, stop: asyncio.Event) -> None:
+        """Until the server announces mail, the polling interval passes, or `stop`."""
+        if stop.is_set():
+            return
+        deadline = time.monotonic() + min(self.account.poll_interval_s, IDLE_MAX_S)
+        if not self.box.can_idle:
+            while not stop.is_set() and time.monotonic() < deadline:
+                await _sleep_until(stop, min(LEASE_S / 6, deadline - time.monotonic()))
+                await self.lease.renew_if_due()
+            return
+        await self.call(self.box.idle_start)
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                if await self.call(self.box.idle_wait, IDLE_SLICE_S):
+                    break
+                await self.lease.renew_if_due()
+        except BaseException:
+            self.box.forget_idle()
+            raise
+        await self.call(self.box.idle_end)
+
+
+# -- entry points -----------------------------------------------------------------------------
+
+def check_config(accounts: Sequence[ImapAccount]) -> None:
+    """Mistakes the settings cannot see alone: names shared, or a folder that feeds itself."""
+    names = [a.name for a in accounts]
+    if len(set(names)) != len(names):
+        raise ConfigError("imap.accounts: every account needs its own name")
+    for a in accounts:
+        targets = [a.failed_folder, OVERSIZED_FOLDER, *([a.move_to] if a.after == "move" else [])]
+        if a.folder in targets:
+            raise ConfigError(f"imap.accounts {a.name}: folder {a.folder!r} cannot also be where mail is moved to")
+
+
+async def imap_loop(app: App, stop: asyncio.Event, reader: type[AccountReader] = AccountReader) -> None:
+    """Read every configured account until `stop`; the daemon runs this beside the SMTP edge."""
+    accounts = app.settings.imap.accounts
+    check_config(accounts)
+    if not accounts:  # nothing to read: do not end early, the daemon would take that as a failure
+        await stop.wait()
+        return
+    holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+    async with asyncio.TaskGroup() as group:
+        for account in accounts:
+            group.create_task(reader(app, account, holder).run(stop), name=f"imap:{account.name}")
+
+
+def check_account(account: ImapAccount) -> str:
+    """Log in, look at the folders; what an operator needs to know, in one line (blocking)."""
+    box = Mailbox(account, timeout_s=15.0)
+    try:
+        box.connect()
+        box.select(account.folder)
+        count = len(box.search(["UNDELETED"]))
+        created = [f for f in _needed_folders(account) if box.ensure_folder(f)]
+    finally:
+        box.close()
+    note = f"; created {', '.join(created)}" if created else ""
+    idle = "IDLE" if box.can_idle else "polling"
+    return (f"logged in to {account.host}:{account.port} as {account.username}; {account.folder} holds {count} "
+            f"message(s); {idle}{note}")
+
+
+def _needed_folders(account: ImapAccount) -> list[str]:
+    folders = [account.failed_folder, OVERSIZED_FOLDER]
+    return [account.move_to, *folders] if account.after == "move" else folders
+
+
+async def check_accounts(settings: Settings) -> int:
+    """`gateway imap check`: one line per account, 0 when every account is fine."""
+    accounts = settings.imap.accounts
+    if not accounts:
+        print("no IMAP accounts are configured ([[imap.accounts]])")
+        return 0
+    check_config(accounts)
+    outcomes = await asyncio.gather(*(asyncio.to_thread(check_account, a) for a in accounts),
+                                    return_exceptions=True)
+    failed = 0
+    for account, outcome in zip(accounts, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            failed += 1
+            print(f"FAILED {account.name}: {translate(outcome, account, connecting=True)}")
+        else:
+            print(f"ok     {account.name}: {outcome}")
+    return 1 if failed else 0
