@@ -96,7 +96,18 @@ async def execute(node: DaemonProcess, sql: str) -> None:
         await engine.dispose()
 
 
+def step(name: str, started: list[float]) -> None:
+    import time
+
+    now = time.monotonic()
+    print(f"[multinode] {name}: {now - started[0]:.1f}s", flush=True)
+    started[0] = now
+
+
 async def test_two_nodes_one_postgres(tmp_path: Path) -> None:
+    import time
+
+    clock = [time.monotonic()]
     sink = await Sink().start()
     url = os.environ["GATEWAY_TEST_DATABASE_URL"]
     from tests.pg import fresh_database
@@ -117,6 +128,7 @@ async def test_two_nodes_one_postgres(tmp_path: Path) -> None:
         sent = await deliver(ports, [(i % 2, new_mail(i)) for i in range(N_NEW)])
         assert len(sent) == N_NEW
         assert await wait_for(a, "SELECT count(*) FROM inbound_mail WHERE state = 'done'", N_NEW) == N_NEW
+        step("new mails processed", clock)
         sent = await deliver(ports, [((i + 1) % 2, reply_mail(i)) for i in range(N_NEW)])
         assert len(sent) == N_NEW
         total = 2 * N_NEW
@@ -128,6 +140,7 @@ async def test_two_nodes_one_postgres(tmp_path: Path) -> None:
         # every case got exactly one comment through the other node
         assert await a.scalar("SELECT count(*) FROM (SELECT case_id FROM comment GROUP BY case_id "
                               "HAVING count(*) = 2) t") == N_NEW
+        step("replies processed", clock)
         # 2. every notification (the receipts) delivered once
         for _ in range(480):
             if len(sink.messages) >= N_NEW:
@@ -137,30 +150,33 @@ async def test_two_nodes_one_postgres(tmp_path: Path) -> None:
         ids = Counter(m.message["Message-ID"] for m in sink.messages)
         assert len(ids) == N_NEW and max(ids.values()) == 1
         assert await a.scalar("SELECT count(*) FROM outbox WHERE state = 'sent'") == N_NEW
+        step("notifications delivered", clock)
         # 3. auto-close run on both nodes at once closes each case once
         await execute(a, "UPDATE support_case SET status = 'udfoert', status_changed_at = now() - interval '8 days'")
         at = "2099-01-01T00:00:00+00:00"
         runs = [maintenance(a, at), maintenance(b, at)]
-        for run in runs:
-            out, _ = run.communicate(timeout=120)
+        for run in runs:  # in a thread: the sink in this event loop must keep answering them
+            out, _ = await asyncio.to_thread(run.communicate, timeout=180)
             assert run.returncode == 0, out.decode()
         assert await a.scalar("SELECT count(*) FROM support_case WHERE status = 'lukket'") == N_NEW
         assert await a.scalar("SELECT count(*) FROM status_change WHERE to_status = 'lukket'") == N_NEW
+        step("auto-close", clock)
         # 4. SIGKILL one node mid-load: the other takes its claims over after the lease
         burst = [(0, new_mail(100_000 + i)) for i in range(150)] + [(1, new_mail(200_000 + i)) for i in range(150)]
         task = asyncio.create_task(deliver(ports, burst))
         await asyncio.sleep(1.0)
-        a.kill()
+        await asyncio.to_thread(a.kill)
         acked = await task
         acknowledged = {f"<new-{100_000 + i if i < 150 else 200_000 + i - 150}@kommune.example>" for i in acked}
         stored = [mid for (mid,) in await b.rows("SELECT message_id FROM inbound_mail")]
         assert acknowledged <= set(stored)  # every 250 was a commit
         assert len(stored) == len(set(stored))  # nothing doubled
         assert await wait_for(b, "SELECT count(*) FROM inbound_mail WHERE state = 'done'", len(stored)) == len(stored)
+        step("failover", clock)
         created = await b.scalar("SELECT count(*) FROM inbound_mail WHERE outcome = 'created'")
         assert await b.scalar("SELECT count(*) FROM support_case") == created
     finally:
-        for node in (a, b):
-            if node.running():
-                node.stop()
+        for node in (a, b):  # in a thread: the sink in this event loop must keep answering
+            if node.running:
+                await asyncio.to_thread(node.stop)
         await sink.stop()
