@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, or_, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -41,7 +40,8 @@ from gateway.errors import NotFound, Refused
 from gateway.model import CommentDraft, Event, Role, Source, Status, StoredAttachment
 from gateway.settings import Settings
 from store import outbox, queries, writes
-from store.models import AppUser, JobLease, Organisation, StatusChange, SupportCase
+from store.lease import Lease
+from store.models import AppUser, Organisation, StatusChange, SupportCase
 
 if TYPE_CHECKING:
     from gateway.app import App
@@ -499,16 +499,8 @@ async def run_timed_jobs(app: App, dry_run: bool = False, deliver: bool = False)
 
 
 async def take_lease(app: App, name: str, holder: str, seconds: float) -> bool:
-    """One node per interval: insert the lease, or take it over when it ran out or is ours."""
-    now = app.clock.now()
-    table = JobLease.__table__  # type: ignore[attr-defined]
-    dialect = postgresql if app.engine.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(table).values(name=name, holder=holder, until=now + timedelta(seconds=seconds))
-    stmt = stmt.on_conflict_do_update(index_elements=["name"], set_={"holder": holder, "until": stmt.excluded.until},
-                                      where=or_(table.c.until < now, table.c.holder == holder))
-    async with app.engine.begin() as conn:
-        result = await conn.execute(stmt)
-    return bool(result.rowcount)
+    """One node per interval: take the lease, or renew our own (store/lease.py)."""
+    return await Lease(app.engine, name, holder, app.clock.now, seconds).acquire()
 
 
 def _holder() -> str:

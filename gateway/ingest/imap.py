@@ -46,12 +46,12 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, TypeVar
 
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
-from sqlalchemy import BigInteger, and_, bindparam, delete, or_, select, update
+from sqlalchemy import BigInteger, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -60,7 +60,8 @@ from gateway.app import App
 from gateway.errors import ConfigError, StoreUnavailable, TemporaryFailure
 from gateway.settings import ImapAccount, Settings
 from store.inbox import Accepted, IncomingMail
-from store.models import ImapFolderState, JobLease
+from store.lease import Lease, LeaseLost
+from store.models import ImapFolderState
 
 log = logging.getLogger("gateway.imap")
 
@@ -78,15 +79,10 @@ LEASE_RETRY_S = 5.0
 
 T = TypeVar("T")
 FS = ImapFolderState.__table__  # type: ignore[attr-defined]
-JL = JobLease.__table__  # type: ignore[attr-defined]
 
 
 class ImapProblem(TemporaryFailure):
     """The account cannot be read now; the message says why in plain words."""
-
-
-class LeaseLost(Exception):
-    """Another node took the account's lease: stop reading it."""
 
 
 # -- the seam around imapclient (blocking; runs in the account's thread) ----------------------
@@ -362,41 +358,6 @@ def envelope_to_of(raw: bytes) -> tuple[str, ...]:
 
 # -- the lease --------------------------------------------------------------------------------
 
-class Lease:
-    """One row in job_lease: held by us while `until` is in the future and we renew it."""
-
-    def __init__(self, engine: AsyncEngine, name: str, holder: str, now: Callable[[], datetime],
-                 ttl_s: float = LEASE_S) -> None:
-        self._engine, self.name, self.holder, self._now, self._ttl = engine, name, holder[:100], now, ttl_s
-        self._renewed = 0.0
-
-    async def acquire(self) -> bool:
-        now = self._now()
-        until = now + timedelta(seconds=self._ttl)
-        mine_or_expired = and_(JL.c.name == self.name, or_(JL.c.holder == self.holder, JL.c.until < now))
-        async with _store_errors("imap lease"), self._engine.begin() as conn:
-            taken = (await conn.execute(update(JL).where(mine_or_expired)
-                                        .values(holder=self.holder, until=until))).rowcount
-            if not taken:
-                insert = _dialect_insert(self._engine)(JL).values(name=self.name, holder=self.holder, until=until)
-                taken = (await conn.execute(insert.on_conflict_do_nothing(index_elements=["name"]))).rowcount
-        if taken:
-            self._renewed = time.monotonic()
-        return bool(taken)
-
-    async def renew(self) -> None:
-        if not await self.acquire():
-            raise LeaseLost(self.name)
-
-    async def renew_if_due(self) -> None:
-        if time.monotonic() - self._renewed >= self._ttl / 3:
-            await self.renew()
-
-    async def release(self) -> None:
-        async with _store_errors("imap lease"), self._engine.begin() as conn:
-            await conn.execute(delete(JL).where(JL.c.name == self.name, JL.c.holder == self.holder))
-
-
 class Backoff:
     """Capped exponential delays with jitter, so many gateways do not reconnect in step."""
 
@@ -429,7 +390,7 @@ class AccountReader:
         self.app = app
         self.account = account
         self.box = Mailbox(account)
-        self.lease = Lease(app.engine, f"imap:{account.name}", holder, app.clock.now)
+        self.lease = Lease(app.engine, f"imap:{account.name}", holder, app.clock.now, LEASE_S)
         self.backoff = Backoff(app.settings.imap.backoff_initial_s, app.settings.imap.backoff_max_s)
         self.state = FolderState()
         self._keywords = False
