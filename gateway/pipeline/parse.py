@@ -12,39 +12,32 @@ from __future__ import annotations
 
 import binascii
 import email
-import hashlib
 import email.header
+import email.message
 import email.parser
 import email.policy
-import email.message
+import hashlib
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
-from email.header import decode_header, make_header
-from email.utils import parsedate_to_datetime
-from typing import Any
 
 import charset_normalizer
 import mailparser
 
-from gateway.addresses import canonical, mailboxes
+from gateway.addresses import canonical
 from gateway.errors import UnusableMail
 from gateway.model import DeliveryReport, ParsedMail, StoredAttachment
+from gateway.pipeline import headers as h
 from gateway.pipeline.htmltext import html_to_text, sanitize_html
 from gateway.pipeline.names import attachment_display_name
 
 BlobSink = Callable[[Iterable[bytes]], str]  # stores byte chunks, returns their sha256
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029\u0085]")
 _BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]{1,200})', re.IGNORECASE)
-_MSGID = re.compile(r"<[^<>\s]{1,500}>")
-_MAX_HEADERS = 300
 # Machine-readable report parts are kept for staff as text files (nothing hidden, RELIABILITY 44).
 _REPORT_NAMES = {"message/delivery-status": "Delivery report.txt",
                  "message/global-delivery-status": "Delivery report.txt",
                  "message/disposition-notification": "Disposition notification.txt",
                  "text/rfc822-headers": "Original headers.txt"}
-_MAX_HEADER_VALUE = 4000
 
 
 @dataclass(frozen=True)
@@ -126,8 +119,8 @@ def parse_mail(raw: bytes, blobs: BlobSink | None = None, limits: Limits | None 
 def _build(message: email.message.Message, parsed: mailparser.MailParser | None,
            attachments: list[StoredAttachment], report: _Report, blobs: BlobSink | None,
            envelope_from: str | None, envelope_to: tuple[str, ...]) -> ParsedMail:
-    headers = _decoded_headers(message)
-    senders = _senders(message, parsed)
+    headers = h.decoded_headers(message)
+    senders = h.senders(message, parsed)
     plain, htmls = _body_texts(message)
     html = "\n".join(htmls) or None
     text = "\n".join(plain)
@@ -135,17 +128,17 @@ def _build(message: email.message.Message, parsed: mailparser.MailParser | None,
         text = html_to_text(html)
     text, uuencoded = extract_uuencoded(text, blobs, len(attachments))
     return ParsedMail(
-        message_id=_first_id(message.get("Message-ID")),
-        subject=clean_line(_subject(message, parsed), _MAX_HEADER_VALUE),
+        message_id=h.first_id(message.get("Message-ID")),
+        subject=h.clean_line(h.subject(message, parsed), h.MAX_HEADER_VALUE),
         from_addr=senders[0][1] if len(senders) == 1 else None,
-        from_name=clean_line(senders[0][0], 200) if senders else "",
+        from_name=h.clean_line(senders[0][0], 200) if senders else "",
         from_count=len(senders),
-        reply_to=_addresses(message, "Reply-To"),
-        to=_addresses(message, "To"),
-        cc=_addresses(message, "Cc"),
-        in_reply_to=_ids(list(message.get_all("In-Reply-To", []))),
-        references=_ids(list(message.get_all("References", []))),
-        date=_date(message.get("Date")),
+        reply_to=h.addresses(message, "Reply-To"),
+        to=h.addresses(message, "To"),
+        cc=h.addresses(message, "Cc"),
+        in_reply_to=h.ids(list(message.get_all("In-Reply-To", []))),
+        references=h.ids(list(message.get_all("References", []))),
+        date=h.date(message.get("Date")),
         headers=headers,
         content_type=message.get_content_type(),
         text=text.replace("\x00", ""),
@@ -158,147 +151,6 @@ def _build(message: email.message.Message, parsed: mailparser.MailParser | None,
         envelope_from=envelope_from,
         envelope_to=envelope_to,
     )
-
-
-# --- headers -----------------------------------------------------------------------------
-
-
-def _declared(message: email.message.Message) -> str | None:
-    for part in message.walk():
-        if part.get_content_maintype() == "text" and part.get_content_charset():
-            return part.get_content_charset()
-    return None
-
-
-def _body_bytes(message: email.message.Message) -> bytes:
-    payload = message.get_payload() if not message.is_multipart() else ""
-    return str(payload)[:65536].encode("utf-8", "surrogateescape")
-
-
-def _senders(message: email.message.Message, parsed: mailparser.MailParser | None) -> list[tuple[str, str | None]]:
-    """(display name, canonical address) of every From mailbox; names decoded once."""
-    raw_from = [str(v) for k, v in message.raw_items() if k.lower() == "from"]
-    if any(not v.isascii() for v in raw_from):  # raw 8-bit bytes: mail-parser escapes them
-        return mailboxes([_guess_8bit(v, _body_bytes(message), _declared(message)) for v in raw_from])
-    found = [(_display(str(name)), canonical(str(addr))) for name, addr in ((parsed.from_ if parsed else None) or [])[:100]
-             if name or addr]
-    if found or not message.get_all("From"):
-        return found
-    return mailboxes([_decode(v) for v in message.get_all("From", [])])
-
-
-def _display(name: str) -> str:
-    if "=?" in name:
-        return _decode(name)
-    if any("\udc80" <= ch <= "\udcff" for ch in name):
-        return _guess_8bit(name)
-    return name
-
-
-def _subject(message: email.message.Message, parsed: mailparser.MailParser | None) -> str:
-    raw = next((str(v) for k, v in message.raw_items() if k.lower() == "subject"), None)
-    if raw is None:
-        return ""
-    if not raw.isascii():
-        return _guess_8bit(raw, _body_bytes(message), _declared(message))
-    return str((parsed.subject if parsed else "") or "") or _decode(raw)
-
-
-_GUESSES = ["cp1252", "iso8859_15", "cp1250", "iso8859_2", "koi8_r", "cp1251", "iso8859_7"]
-
-
-def _guess_8bit(value: str, context: bytes = b"", declared: str | None = None) -> str:
-    """A header sent as raw 8-bit bytes with no charset of its own.
-
-    UTF-8 if it is; else the charset the body declares; else a statistical guess over the header
-    and the body together (a few header bytes alone are too little) among European and
-    Cyrillic charsets; else Windows-1252, the usual legacy charset of Danish mail.
-    """
-    data = value.encode("utf-8", "surrogateescape")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    if declared and declared not in ("us-ascii", "ascii", "utf-8"):
-        try:
-            return data.decode(declared, "replace")
-        except LookupError:
-            pass
-    best = charset_normalizer.from_bytes(data + b"\n" + context[:65536], cp_isolation=_GUESSES).best()
-    return data.decode(best.encoding if best is not None else "cp1252", "replace")
-
-
-def clean_line(value: str, limit: int = 998) -> str:
-    """One display line: no control or line-separator characters, collapsed, capped."""
-    return " ".join(_CONTROL.sub(" ", value).split())[:limit]
-
-
-def _header(message: email.message.Message, name: str) -> str:
-    value = message.get(name)
-    return _decode(value) if value is not None else ""
-
-
-_B_WORD = re.compile(r"(=\?[^?\s]{1,40}\?[bB]\?)([A-Za-z0-9+/]*)=*(\?=)")
-
-
-def _repad(match: re.Match[str]) -> str:
-    """Some clients pad base64 encoded-words wrongly ("…==" after a full quantum)."""
-    data = match.group(2)
-    return match.group(1) + data + "=" * (-len(data) % 4) + match.group(3)
-
-
-def _decode(value: object) -> str:
-    text = _B_WORD.sub(_repad, str(value)[:_MAX_HEADER_VALUE * 4])
-    try:
-        return str(make_header(decode_header(text)))[:_MAX_HEADER_VALUE]
-    except (ValueError, LookupError, UnicodeError, AssertionError):
-        return text.encode("ascii", "replace").decode("ascii")[:_MAX_HEADER_VALUE]
-
-
-def _decoded_headers(message: email.message.Message) -> tuple[tuple[str, str], ...]:
-    """Every header decoded, capped; a long Received chain cannot push the others out."""
-    out = []
-    received = 0
-    for name, value in message.items():
-        lower = name.lower()
-        if lower == "received":
-            received += 1
-            if received > 20:
-                continue
-        out.append((lower, _decode(value).replace("\x00", "")))
-        if len(out) >= _MAX_HEADERS:
-            break
-    return tuple(out)
-
-
-def _addresses(message: email.message.Message, name: str) -> tuple[str, ...]:
-    values = [str(v) for v in message.get_all(name, []) or []]
-    return tuple(addr for _, addr in mailboxes(values) if addr)
-
-
-def _ids(values: list[Any]) -> tuple[str, ...]:
-    found: list[str] = []
-    for value in values:
-        for mid in _MSGID.findall(str(value)[:20000]):
-            if mid not in found:
-                found.append(mid)
-    return tuple(found[-100:])
-
-
-def _first_id(value: object) -> str | None:
-    if value is None:
-        return None
-    ids = _MSGID.findall(str(value)[:2000])
-    return ids[0] if ids else None
-
-
-def _date(value: object) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return parsedate_to_datetime(str(value))
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
 
 
 # --- parts -------------------------------------------------------------------------------
@@ -356,7 +208,7 @@ def _guess_bytes(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        best = charset_normalizer.from_bytes(data[:262144], cp_isolation=["utf_8", *_GUESSES]).best()
+        best = charset_normalizer.from_bytes(data[:262144], cp_isolation=["utf_8", *h.GUESSES]).best()
         return data.decode(best.encoding, "replace") if best is not None else data.decode("latin-1")
 
 
@@ -420,7 +272,7 @@ def _store(part: email.message.Message, blobs: BlobSink | None, index: int) -> S
     elif part.get_content_type() == "message/rfc822":
         inner = part.get_payload(0) if part.is_multipart() else None
         data = inner.as_bytes() if isinstance(inner, email.message.Message) else b""
-        fallback = _decode(inner.get("Subject", "")) if isinstance(inner, email.message.Message) else ""
+        fallback = h.decode(inner.get("Subject", "")) if isinstance(inner, email.message.Message) else ""
         name = f"{fallback or 'message'}.eml"
     elif _is_big_base64(part):
         data = _base64_chunks(part)  # decoded piece by piece into the blob store
@@ -430,7 +282,7 @@ def _store(part: email.message.Message, blobs: BlobSink | None, index: int) -> S
         data = payload if isinstance(payload, bytes) else b""
         name = ""
     filename = _filename(part)
-    shown = (_decode(filename) if "=?" in filename else filename) if filename else name
+    shown = (h.decode(filename) if "=?" in filename else filename) if filename else name
     display = attachment_display_name(shown, part.get_content_type(), index)
     sized = _Counted(data)
     sha = blobs(sized) if blobs is not None else _sha256(sized)
@@ -510,9 +362,9 @@ def _inner_message_id(part: email.message.Message) -> str | None:
         _REPORT_NAMES[part.get_content_type()]
     elif part.get_content_type() == "message/rfc822":
         inner = part.get_payload(0) if part.is_multipart() else None
-        return _first_id(inner.get("Message-ID")) if isinstance(inner, email.message.Message) else None
+        return h.first_id(inner.get("Message-ID")) if isinstance(inner, email.message.Message) else None
     headers = email.message_from_string(str(part.get_payload())[:65536])
-    return _first_id(headers.get("Message-ID"))
+    return h.first_id(headers.get("Message-ID"))
 
 
 _UU_BLOCK = re.compile(r"^begin [0-7]{3,4} ([^\n]{1,255})\n(.*?)^end$", re.MULTILINE | re.DOTALL)

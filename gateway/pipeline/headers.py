@@ -1,0 +1,164 @@
+"""Decoding the header section of a parsed mail, bounded (part of the parse step, pure).
+
+Values are decoded from RFC 2047 (repairing bad base64 padding), raw 8-bit bytes are given a
+charset by a bounded guess, and every value is capped before it is decoded, so a header can
+never cost more than its cap (RELIABILITY 40).
+"""
+
+from __future__ import annotations
+
+import email.message
+import re
+from datetime import datetime
+from email.header import decode_header, make_header
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import charset_normalizer
+import mailparser
+
+from gateway.addresses import canonical, mailboxes
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029\u0085]")
+_MSGID = re.compile(r"<[^<>\s]{1,500}>")
+MAX_HEADERS = 300
+MAX_HEADER_VALUE = 4000
+
+
+
+def declared(message: email.message.Message) -> str | None:
+    for part in message.walk():
+        if part.get_content_maintype() == "text" and part.get_content_charset():
+            return part.get_content_charset()
+    return None
+
+
+def body_bytes(message: email.message.Message) -> bytes:
+    payload = message.get_payload() if not message.is_multipart() else ""
+    return str(payload)[:65536].encode("utf-8", "surrogateescape")
+
+
+def senders(message: email.message.Message, parsed: mailparser.MailParser | None) -> list[tuple[str, str | None]]:
+    """(display name, canonical address) of every From mailbox; names decoded once."""
+    raw_from = [str(v) for k, v in message.raw_items() if k.lower() == "from"]
+    if any(not v.isascii() for v in raw_from):  # raw 8-bit bytes: mail-parser escapes them
+        return mailboxes([guess_8bit(v, body_bytes(message), declared(message)) for v in raw_from])
+    found = [(_display(str(name)), canonical(str(addr))) for name, addr in ((parsed.from_ if parsed else None) or [])[:100]
+             if name or addr]
+    if found or not message.get_all("From"):
+        return found
+    return mailboxes([decode(v) for v in message.get_all("From", [])])
+
+
+def _display(name: str) -> str:
+    if "=?" in name:
+        return decode(name)
+    if any("\udc80" <= ch <= "\udcff" for ch in name):
+        return guess_8bit(name)
+    return name
+
+
+def subject(message: email.message.Message, parsed: mailparser.MailParser | None) -> str:
+    raw = next((str(v) for k, v in message.raw_items() if k.lower() == "subject"), None)
+    if raw is None:
+        return ""
+    if not raw.isascii():
+        return guess_8bit(raw, body_bytes(message), declared(message))
+    return str((parsed.subject if parsed else "") or "") or decode(raw)
+
+
+GUESSES = ["cp1252", "iso8859_15", "cp1250", "iso8859_2", "koi8_r", "cp1251", "iso8859_7"]
+
+
+def guess_8bit(value: str, context: bytes = b"", declared: str | None = None) -> str:
+    """A header sent as raw 8-bit bytes with no charset of its own.
+
+    UTF-8 if it is; else the charset the body declares; else a statistical guess over the header
+    and the body together (a few header bytes alone are too little) among European and
+    Cyrillic charsets; else Windows-1252, the usual legacy charset of Danish mail.
+    """
+    data = value.encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if declared and declared not in ("us-ascii", "ascii", "utf-8"):
+        try:
+            return data.decode(declared, "replace")
+        except LookupError:
+            pass
+    best = charset_normalizer.from_bytes(data + b"\n" + context[:65536], cp_isolation=GUESSES).best()
+    return data.decode(best.encoding if best is not None else "cp1252", "replace")
+
+
+def clean_line(value: str, limit: int = 998) -> str:
+    """One display line: no control or line-separator characters, collapsed, capped."""
+    return " ".join(_CONTROL.sub(" ", value).split())[:limit]
+
+
+def header(message: email.message.Message, name: str) -> str:
+    value = message.get(name)
+    return decode(value) if value is not None else ""
+
+
+_B_WORD = re.compile(r"(=\?[^?\s]{1,40}\?[bB]\?)([A-Za-z0-9+/]*)=*(\?=)")
+
+
+def _repad(match: re.Match[str]) -> str:
+    """Some clients pad base64 encoded-words wrongly ("…==" after a full quantum)."""
+    data = match.group(2)
+    return match.group(1) + data + "=" * (-len(data) % 4) + match.group(3)
+
+
+def decode(value: object) -> str:
+    text = _B_WORD.sub(_repad, str(value)[:MAX_HEADER_VALUE * 4])
+    try:
+        return str(make_header(decode_header(text)))[:MAX_HEADER_VALUE]
+    except (ValueError, LookupError, UnicodeError, AssertionError):
+        return text.encode("ascii", "replace").decode("ascii")[:MAX_HEADER_VALUE]
+
+
+def decoded_headers(message: email.message.Message) -> tuple[tuple[str, str], ...]:
+    """Every header decoded, capped; a long Received chain cannot push the others out."""
+    out = []
+    received = 0
+    for name, value in message.items():
+        lower = name.lower()
+        if lower == "received":
+            received += 1
+            if received > 20:
+                continue
+        out.append((lower, decode(value).replace("\x00", "")))
+        if len(out) >= MAX_HEADERS:
+            break
+    return tuple(out)
+
+
+def addresses(message: email.message.Message, name: str) -> tuple[str, ...]:
+    values = [str(v) for v in message.get_all(name, []) or []]
+    return tuple(addr for _, addr in mailboxes(values) if addr)
+
+
+def ids(values: list[Any]) -> tuple[str, ...]:
+    found: list[str] = []
+    for value in values:
+        for mid in _MSGID.findall(str(value)[:20000]):
+            if mid not in found:
+                found.append(mid)
+    return tuple(found[-100:])
+
+
+def first_id(value: object) -> str | None:
+    if value is None:
+        return None
+    ids = _MSGID.findall(str(value)[:2000])
+    return ids[0] if ids else None
+
+
+def date(value: object) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parsedate_to_datetime(str(value))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
