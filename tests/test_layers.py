@@ -1,0 +1,37 @@
+"""Dependencies point inward (STYLE.md): the domain values and the pure pipeline steps never
+import the store, the ORM, a network library or anything async."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PURE = [ROOT / "gateway" / "model.py", ROOT / "gateway" / "addresses.py", ROOT / "gateway" / "tokens.py",
+        *sorted((ROOT / "gateway" / "pipeline").glob("*.py"))]
+FORBIDDEN = ("store", "sqlmodel", "sqlalchemy", "aiosmtpd", "imapclient", "asyncio", "aiosqlite", "asyncpg",
+             "aiosmtplib", "starlette", "uvicorn", "httpx", "gateway.app", "gateway.worker", "gateway.apply",
+             "gateway.daemon", "gateway.api", "gateway.lifecycle", "gateway.ingest", "gateway.notify")
+
+
+def imports_of(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("path", PURE, ids=[p.name for p in PURE])
+def test_pure_modules_import_nothing_outward(path: Path) -> None:
+    bad = {name for name in imports_of(path) if name.startswith(FORBIDDEN) or any(
+        name == f or name.startswith(f + ".") for f in FORBIDDEN)}
+    assert not bad, f"{path.name} imports {sorted(bad)}"
+
+
+def test_the_walk_sees_imports() -> None:
+    assert "gateway.model" in imports_of(ROOT / "gateway" / "pipeline" / "plan.py")
