@@ -8,19 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any
 
+from gateway import metrics
 from gateway.app import App, open_app
 from gateway.ingest.smtp import InboxHandler, SmtpListener
 from gateway.settings import Settings
-from store.inbox import GroupCommitter
+from gateway.worker_process import child_loop
+from store.inbox import BatchStore, GroupCommitter
+from store.sqlite_writer import SqliteInboxWriter
 
 log = logging.getLogger("gateway.daemon")
 
 Loop = Callable[[App, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+def _received(app: App) -> None:
+    metrics.record_received("smtp")
+    app.worker.wakeup.set()
 
 
 async def _worker_loop(app: App, stop: asyncio.Event) -> None:
@@ -33,28 +43,32 @@ async def _sender_loop(app: App, stop: asyncio.Event) -> None:
 
 def extra_loops(settings: Settings) -> list[tuple[str, Loop]]:
     """The loops of the other capabilities, each in its own module."""
-    loops: list[tuple[str, Loop]] = [("sender", _sender_loop)]
+    from gateway.api import api_loop
+    from gateway.lifecycle import maintenance_loop
+
+    loops: list[tuple[str, Loop]] = [("sender", _sender_loop), ("maintenance", maintenance_loop)]
     if settings.imap.accounts:
         from gateway.ingest.imap import imap_loop
 
         loops.append(("imap", imap_loop))
-    try:
-        from gateway.lifecycle import maintenance_loop
-    except ImportError:
-        pass
-    else:
-        loops.append(("maintenance", maintenance_loop))
     if settings.api.enabled:
-        try:
-            from gateway.api import api_loop
-        except ImportError:
-            pass
-        else:
-            loops.append(("api", api_loop))
+        loops.append(("api", api_loop))
     return loops
 
 
+def _clean_children() -> None:
+    """Child processes (worker, parse pool) start from a fork server, not by forking the daemon.
+
+    A forked child would inherit the listening socket and the open SMTP connections: after a
+    SIGKILL of the daemon it keeps them open, so clients hang instead of retrying and the
+    restarted daemon cannot bind its port.
+    """
+    multiprocessing.set_forkserver_preload(["gateway.parsing"])
+    multiprocessing.set_start_method("forkserver", force=True)
+
+
 async def run_daemon(settings: Settings) -> int:
+    _clean_children()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
@@ -71,16 +85,24 @@ async def run_daemon(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    async with open_app(settings) as app:
-        committer = GroupCommitter(app.inbox, app.clock.now)
+    async with open_app(settings) as app, inbox_writer(app) as writer:
+        committer = GroupCommitter(writer, app.clock.now)
         smtp: SmtpListener | None = None
         if settings.smtp.enabled:
             handler = InboxHandler(committer.accept, settings.smtp, settings.mail.addresses,
-                                   on_accepted=lambda _a: app.worker.wakeup.set())
+                                   on_accepted=lambda _a: _received(app))
             smtp = SmtpListener(handler, settings.smtp)
             await smtp.start()
-        tasks = {asyncio.create_task(_worker_loop(app, stop), name="worker")}
+        # With parsing in a child process, the worker and the sender each run in a child of
+        # their own (gateway/worker_process.py): the second core for them, and an SMTP loop
+        # that never waits behind a case transaction.
+        separate = settings.worker.parse_in_subprocess
+        waiting = getattr(writer, "waiting", None)
+        worker = child_loop("worker", waiting) if separate else _worker_loop
+        tasks = {asyncio.create_task(worker(app, stop), name="worker")}
         for name, run in extra_loops(settings):
+            if separate and name == "sender":
+                run = child_loop("sender", waiting)
             tasks.add(asyncio.create_task(run(app, stop), name=name))
         log.info("daemon.started", extra={"pid": os.getpid(), "loops": sorted(t.get_name() for t in tasks)})
         await _until_stopped(stop, tasks)
@@ -97,6 +119,21 @@ async def run_daemon(settings: Settings) -> int:
             log.error("daemon.loop_failed", extra={"loop": task.get_name(), "error": repr(task.exception())})
     log.info("daemon.stopped")
     return 1 if failed else 0
+
+
+@asynccontextmanager
+async def inbox_writer(app: App) -> AsyncIterator[BatchStore]:
+    """Where SMTP's group commits go: on SQLite a writer thread of its own (store/sqlite_writer.py
+    says why), elsewhere the app's inbox."""
+    if app.engine.dialect.name != "sqlite":
+        yield app.inbox
+        return
+    writer = SqliteInboxWriter(app.engine.url.render_as_string(hide_password=False),
+                               app.settings.database.busy_timeout_ms / 1000)
+    try:
+        yield writer
+    finally:
+        writer.close()
 
 
 async def _until_stopped(stop: asyncio.Event, tasks: set[asyncio.Task[None]]) -> None:

@@ -65,7 +65,6 @@ class Steps:
 
 
 class InboxWorker:
-    GROUP_MAX = 8  # mails per shared transaction; larger groups make every ORM flush slower
     def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], inbox: Inbox,
                  parser: ParseRunner, settings: Settings, clock: Clock) -> None:
         self._engine = engine
@@ -78,6 +77,9 @@ class InboxWorker:
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self.wakeup = asyncio.Event()
         self.processed = 0
+        # Mails whose parse is ready share a transaction. On SQLite that transaction holds the
+        # one write lock, and every SMTP 250 waits behind it: there, one mail at a time.
+        self._group_max = 1 if engine.dialect.name == "sqlite" else 8
         self.on_processed: Callable[[], None] = lambda: None
 
     async def run_once(self, limit: int | None = None, only_id: int | None = None) -> list[Result]:
@@ -90,7 +92,7 @@ class InboxWorker:
         while pending:
             mail, future = pending.popleft()
             group = [(mail, await future)]  # wait with no transaction open
-            while pending and pending[0][1].done() and len(group) < self.GROUP_MAX:
+            while pending and pending[0][1].done() and len(group) < self._group_max:
                 ready, done = pending.popleft()
                 group.append((ready, done.result()))
             results.extend(await self._apply_group(group))

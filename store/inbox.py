@@ -34,6 +34,7 @@ _TRACE = re.compile(
     rb"^(received|return-path|delivered-to|x-original-to|authentication-results|arc-[a-z-]+|"
     rb"x-gateway-[a-z-]+|x-spam-[a-z-]+|status|x-status|x-uid|x-keywords|content-length|lines|"
     rb"x-rcpt-to|x-envelope-[a-z-]+)\s*:", re.IGNORECASE)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MSGID = re.compile(rb"^message-id\s*:\s*(<[^<>\s]{1,500}>)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -101,7 +102,8 @@ def _update_lf(digest: Any, body: memoryview, chunk: int = 1 << 20) -> None:
 
 
 def message_id_of(raw: bytes) -> str | None:
-    head = raw[: raw.find(b"\n\n") if b"\n\n" in raw[:262144] else 262144]
+    end = _HEADER_END.search(raw, 0, 262144)  # CRLF or LF: never read a body line as a header
+    head = raw[: end.start() if end else 262144]
     match = _MSGID.search(head)
     return match.group(1).decode("ascii", "replace") if match else None
 

@@ -12,13 +12,14 @@ the configured busy timeout. The connection has the same durability as the engin
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.pool import StaticPool
@@ -27,6 +28,7 @@ from gateway.errors import StoreUnavailable
 from store.inbox import Accepted, IncomingMail, insert_batch, row_of
 
 RETRY_EVERY_S = 0.001
+MAX_YIELD_S = 0.2
 
 
 class SqliteInboxWriter:
@@ -37,6 +39,8 @@ class SqliteInboxWriter:
         event.listen(self._engine, "connect", _pragmas)
         self._busy_timeout_s = busy_timeout_s
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbox-writer")
+        # Shared memory: 1 while a commit of ours waits or runs; `yield_to_smtp` reads it.
+        self.waiting = multiprocessing.get_context("forkserver").RawValue("i", 0)
 
     async def accept_many(self, mails: Sequence[IncomingMail], now: datetime) -> list[Accepted]:
         loop = asyncio.get_running_loop()
@@ -45,18 +49,38 @@ class SqliteInboxWriter:
     def _accept(self, mails: list[IncomingMail], now: datetime) -> list[Accepted]:
         rows = [row_of(mail, now) for mail in mails]  # hashing 20 KB mails: off the loop too
         give_up = time.monotonic() + self._busy_timeout_s
-        while True:
-            try:
-                with self._engine.begin() as conn:
-                    return insert_batch(conn, rows)
-            except (OperationalError, DBAPIError, OSError) as exc:
-                if not (_busy(exc) and time.monotonic() < give_up):
-                    raise StoreUnavailable(f"inbox commit failed: {type(exc).__name__}") from exc
-            time.sleep(RETRY_EVERY_S)
+        self.waiting.value = 1
+        try:
+            while True:
+                try:
+                    with self._engine.begin() as conn:
+                        return insert_batch(conn, rows)
+                except (OperationalError, DBAPIError, OSError) as exc:
+                    if not (_busy(exc) and time.monotonic() < give_up):
+                        raise StoreUnavailable(f"inbox commit failed: {type(exc).__name__}") from exc
+                time.sleep(RETRY_EVERY_S)
+        finally:
+            self.waiting.value = 0
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
         self._engine.dispose()
+
+
+def yield_to_smtp(engine: Engine, waiting: Any, max_wait_s: float = MAX_YIELD_S) -> None:
+    """In another process on the same SQLite file (the worker): before each transaction,
+    let a waiting SMTP commit go first.
+
+    SQLite has one write lock per database. A worker transaction holds it for its whole
+    length, and the 250s of every session on the listener wait behind it; bounded, so a
+    steady stream of mail slows the worker down but never stops it.
+    """
+    def before_begin(_conn: Any) -> None:
+        give_up = time.monotonic() + max_wait_s
+        while waiting.value and time.monotonic() < give_up:
+            time.sleep(RETRY_EVERY_S / 2)
+
+    event.listen(engine, "begin", before_begin)
 
 
 def _busy(exc: BaseException) -> bool:

@@ -2,7 +2,13 @@
 
 Run inside our own event loop with `loop.create_server` (not aiosmtpd's threaded Controller).
 Every reply is a named constant below. The handler never parses a mail: parsing happens in
-the worker. If the commit fails or is too slow, the answer is 451 and the sender retries.
+the worker. If the commit fails or is too slow, the answer is 451 and the sender retries; a
+commit that lands after a 451 is harmless, because the retry hits the dedup key.
+
+Shutdown (`SmtpListener.close`): new connections get 421 while the sessions drain; a session
+between transactions is told 421 and closed at once; one inside DATA gets its answer (250
+after the commit, or 451) and then 421. Whatever is still open when the grace time runs out
+is cut off without a reply, so the sender retries — never a 250 without a commit.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -29,39 +35,64 @@ OK_RCPT = "250 2.1.5 Recipient ok"
 OK_QUEUED = "250 2.0.0 Ok: queued as {id}"
 OK_DUPLICATE = "250 2.0.0 Ok: already have it as {id}"
 TEMP_STORE = "451 4.3.0 Temporary local problem, please try again later"
+TEMP_STORE_FULL = "452 4.3.1 Insufficient system storage, please try again later"
 TEMP_TOO_MANY_RCPT = "452 4.5.3 Too many recipients"
 TEMP_BUSY = "421 4.7.0 Too many connections, try again later"
 TEMP_DEADLINE = "421 4.4.2 Session too long, closing connection"
+TEMP_SHUTDOWN = "421 4.3.2 Service shutting down, try again later"
 NO_SUCH_USER = "550 5.1.1 No such recipient here"
 NO_RELAY = "550 5.7.1 Relaying denied"
 BAD_ADDRESS = "553 5.1.3 Invalid address"
+TOO_BIG = "552 5.3.4 Message too big"
+TOO_BIG_DECLARED = "552 5.3.4 Message size exceeds fixed maximum message size"
 TOO_MANY_HOPS = "554 5.4.6 Too many hops, mail loop suspected"
 NO_VALID_RCPT = "554 5.5.1 No valid recipients"
 NO_VRFY = "252 2.5.2 Cannot verify the user, but will accept mail for valid recipients"
+NO_AUTH = "502 5.5.1 AUTH not available"
+TEMP_ERRORS = "421 4.7.0 Too many errors, closing connection"
+MAX_COMMAND_ERRORS = 10  # syntax errors and unknown commands per session (Postfix: 20)
+
+# aiosmtpd's own texts for the size limit carry no enhanced status code; ours do.
+_REWORDED = {
+    "552 Error: Too much mail data": TOO_BIG,
+    "552 Error: message size exceeds fixed maximum message size": TOO_BIG_DECLARED,
+}
 
 Store = Callable[[IncomingMail], Awaitable[Accepted]]
-_RECEIVED = re.compile(rb"^received\s*:", re.IGNORECASE | re.MULTILINE)
+_RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 class Recipients:
     """Which envelope recipients are ours: a configured address or its `+tag` form."""
 
     def __init__(self, addresses: tuple[str, ...]) -> None:
-        self._ours = {self._key(a) for a in addresses}
-        self._domains = {a.rpartition("@")[2].lower() for a in addresses}
+        keys = [self._key(a) for a in addresses]
+        self._ours = {k for k in keys if k is not None}
+        self._domains = {k[1] for k in self._ours}
 
     @staticmethod
-    def _key(address: str) -> tuple[str, str]:
-        base, _tag, domain = local_and_tag(address)
-        return base.lower(), domain.lower()
+    def _key(address: str) -> tuple[str, str] | None:
+        canon = canonical(address)
+        if canon is None:
+            return None
+        base, _tag, domain = local_and_tag(canon)
+        return base, domain
 
     def check(self, address: str) -> str | None:
         """None when accepted, else the SMTP reply."""
-        if canonical(address) is None:
+        key = self._key(address)
+        if key is None:
             return BAD_ADDRESS
-        if self._key(address) in self._ours:
+        if key in self._ours:
             return None
-        return NO_SUCH_USER if address.rpartition("@")[2].lower() in self._domains else NO_RELAY
+        return NO_SUCH_USER if key[1] in self._domains else NO_RELAY
+
+
+def hop_count(raw: bytes) -> int:
+    """Received headers in the header block (the loop breaker, RELIABILITY 23)."""
+    end = _HEADER_END.search(raw, 0, 1_048_576)
+    return len(_RECEIVED.findall(raw, 0, end.start() if end else min(len(raw), 1_048_576)))
 
 
 class InboxHandler:
@@ -75,6 +106,12 @@ class InboxHandler:
         self._on_accepted = on_accepted
         self.lmtp = cfg.lmtp
 
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        # No AUTH on an MX (RELIABILITY 24); aiosmtpd would advertise it after STARTTLS.
+        session.host_name = hostname
+        return [r for r in responses if not r[4:].upper().startswith("AUTH")]
+
     async def handle_VRFY(self, server: SMTP, session: Session, envelope: Envelope, address: str) -> str:
         return NO_VRFY
 
@@ -84,43 +121,72 @@ class InboxHandler:
             return TEMP_TOO_MANY_RCPT
         refusal = self._recipients.check(address)
         if refusal:
-            log.info("smtp.rcpt_refused", extra={"peer": _peer(session), "reply": refusal[:3]})
+            log.info("smtp.rcpt_refused", extra={"peer": _peer(session), "reply": refusal[:9]})
             return refusal
-        if address.lower() not in (r.lower() for r in envelope.rcpt_tos):
-            envelope.rcpt_tos.append(address)
+        # Duplicates are kept here because LMTP owes one reply per accepted RCPT; the stored
+        # envelope lists each address once.
+        envelope.rcpt_tos.append(address)
         return OK_RCPT
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        try:
+            return self._each(await self._receive(session, envelope), envelope)
+        except Exception as exc:  # never aiosmtpd's "500 Error: (Exception) …"
+            log.error("smtp.data_error", extra={"peer": _peer(session), "error": type(exc).__name__},
+                      exc_info=exc)
+            return self._each(TEMP_STORE, envelope)
+
+    async def _receive(self, session: Session, envelope: Envelope) -> str:
         raw = envelope.original_content or b""
-        if isinstance(envelope.content, bytes) and not raw:
-            raw = envelope.content
         if not envelope.rcpt_tos:
             return NO_VALID_RCPT
-        if len(_RECEIVED.findall(raw[:262144])) >= self._cfg.max_received_headers:
+        if hop_count(raw) >= self._cfg.max_received_headers:
+            log.warning("smtp.too_many_hops", extra={"peer": _peer(session), "size": len(raw)})
             return TOO_MANY_HOPS
-        mail = IncomingMail(raw, "smtp", envelope.mail_from or None, tuple(envelope.rcpt_tos))
+        mail = IncomingMail(raw, "smtp", envelope.mail_from or None, _unique(envelope.rcpt_tos))
         started = time.monotonic()
         try:
             accepted = await asyncio.wait_for(asyncio.shield(self._store(mail)), self._cfg.store_timeout_s)
         except Exception as exc:
-            log.warning("smtp.store_failed", extra={"peer": _peer(session), "error": type(exc).__name__})
-            return self._each(TEMP_STORE, envelope)
+            log.warning("smtp.store_failed", extra={"peer": _peer(session), "error": _describe(exc),
+                                                    "ms": _ms(started)})
+            return TEMP_STORE_FULL if _disk_full(exc) else TEMP_STORE
         log.info("mail.received", extra={"inbound_id": accepted.inbound_id, "source": "smtp", "size": len(raw),
                                          "duplicate": accepted.duplicate, "peer": _peer(session),
-                                         "ms": round((time.monotonic() - started) * 1000, 1)})
+                                         "ms": _ms(started)})
         if self._on_accepted is not None and not accepted.duplicate:
             self._on_accepted(accepted)
         reply = OK_DUPLICATE if accepted.duplicate else OK_QUEUED
-        return self._each(reply.format(id=accepted.inbound_id), envelope)
+        return reply.format(id=accepted.inbound_id)
 
     def _each(self, reply: str, envelope: Envelope) -> str:
-        """LMTP answers once per recipient (RFC 2033); SMTP once per transaction."""
+        """LMTP answers once per accepted RCPT (RFC 2033); SMTP once per transaction."""
         return "\r\n".join([reply] * len(envelope.rcpt_tos)) if self.lmtp and envelope.rcpt_tos else reply
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default is "500 Error: (Class) message": permanent, and it leaks internals.
-        log.error("smtp.handler_error", extra={"error": type(error).__name__})
+        log.error("smtp.handler_error", extra={"error": type(error).__name__}, exc_info=error)
         return TEMP_STORE
+
+
+def _unique(addresses: list[str]) -> tuple[str, ...]:
+    seen: dict[str, str] = {}
+    for address in addresses:
+        seen.setdefault(canonical(address) or address.lower(), address)
+    return tuple(seen.values())
+
+
+def _describe(exc: BaseException) -> str:
+    return "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
+
+
+def _disk_full(exc: BaseException) -> bool:
+    cause = exc.__cause__ or exc
+    return "full" in str(cause).lower() and "disk" in str(cause).lower()
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
 
 
 def _peer(session: Session) -> str:
@@ -137,7 +203,7 @@ class ConnectionLimits:
         self.open: Counter[str] = Counter()
 
     def admit(self, ip: str) -> bool:
-        if sum(self.open.values()) >= self.total or self.open[ip] >= self.per_ip:
+        if self.count() >= self.total or self.open[ip] >= self.per_ip:
             return False
         self.open[ip] += 1
         return True
@@ -147,44 +213,93 @@ class ConnectionLimits:
         if self.open[ip] <= 0:
             del self.open[ip]
 
+    def count(self) -> int:
+        return sum(self.open.values())
 
-def _protocol_class(lmtp: bool) -> type[SMTP]:
+
+class Gate:
+    """What the sessions of one listener share: caps, the open sessions, whether we accept."""
+
+    def __init__(self, limits: ConnectionLimits, deadline_s: float) -> None:
+        self.limits = limits
+        self.deadline_s = deadline_s
+        self.accepting = True
+        self.sessions: set[Any] = set()
+
+
+def _protocol_class(lmtp: bool, gate: Gate) -> type[SMTP]:
     base: type[SMTP] = LMTP if lmtp else SMTP
 
     class GatewaySMTP(base):  # type: ignore[valid-type, misc]
-        """Adds connection caps and an absolute session deadline to aiosmtpd's protocol."""
+        """aiosmtpd's protocol plus connection caps, a session deadline and graceful shutdown."""
 
-        limits: ConnectionLimits
-        deadline_s: float
-        accepting: Callable[[], bool]
+        _gw_started = False
+        _gw_admitted = False
+        _gw_in_data = False
+        _gw_errors = 0
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            peer = transport.get_extra_info("peername")
-            self._gw_ip = peer[0] if isinstance(peer, tuple) else str(peer)
-            self._gw_admitted = False
-            if getattr(self, "_gw_started", False):  # STARTTLS re-enters here
+            if self._gw_started:  # STARTTLS hands the TLS transport in again
                 super().connection_made(transport)
                 return
             self._gw_started = True
-            if not self.accepting() or not self.limits.admit(self._gw_ip):
-                reply = TEMP_BUSY if self.accepting() else "421 4.3.2 Service shutting down"
-                transport.write(reply.encode() + b"\r\n")  # type: ignore[attr-defined]
+            peer = transport.get_extra_info("peername")
+            self._gw_ip = peer[0] if isinstance(peer, tuple) else str(peer)
+            refusal = (TEMP_SHUTDOWN if not gate.accepting
+                       else None if gate.limits.admit(self._gw_ip) else TEMP_BUSY)
+            if refusal:
+                log.info("smtp.connection_refused", extra={"peer": self._gw_ip, "reply": refusal[:9]})
+                transport.write(refusal.encode() + b"\r\n")  # type: ignore[attr-defined]
                 transport.close()
                 return
             self._gw_admitted = True
+            gate.sessions.add(self)
             super().connection_made(transport)
-            self._gw_deadline = asyncio.get_running_loop().call_later(self.deadline_s, self._gw_expire)
+            self._gw_deadline = asyncio.get_running_loop().call_later(gate.deadline_s, self._gw_expire)
 
         def _gw_expire(self) -> None:
+            self.gw_close(TEMP_DEADLINE)
+
+        def gw_close(self, reply: str | None) -> None:
+            """End the session now, with a last reply when one is given."""
             if self.transport is not None and not self.transport.is_closing():
-                self.transport.write(TEMP_DEADLINE.encode() + b"\r\n")
+                if reply:
+                    self.transport.write(reply.encode() + b"\r\n")
                 self.transport.close()
 
+        def gw_shutdown(self) -> None:
+            """Between transactions: 421 now. Inside DATA: after the reply (smtp_DATA below)."""
+            if not self._gw_in_data:
+                self.gw_close(TEMP_SHUTDOWN)
+
+        async def smtp_DATA(self, arg: str) -> None:
+            self._gw_in_data = True
+            try:
+                await super().smtp_DATA(arg)
+            finally:
+                self._gw_in_data = False
+            if not gate.accepting:
+                self.gw_close(TEMP_SHUTDOWN)
+
+        async def smtp_AUTH(self, arg: str) -> None:
+            await self.push(NO_AUTH)
+
+        async def push(self, status: AnyStr) -> None:
+            if isinstance(status, str):
+                status = _REWORDED.get(status, status)  # type: ignore[assignment]
+            await super().push(status)
+            if status[:2] in ("50", b"50"):  # aiosmtpd counts only unknown verbs (RELIABILITY 20)
+                self._gw_errors += 1
+                if self._gw_errors >= MAX_COMMAND_ERRORS:
+                    log.info("smtp.too_many_errors", extra={"peer": self._gw_ip})
+                    self.gw_close(TEMP_ERRORS)
+
         def connection_lost(self, error: Exception | None) -> None:
-            if not getattr(self, "_gw_admitted", False):
+            if not self._gw_admitted:
                 return
             self._gw_admitted = False
-            self.limits.leave(self._gw_ip)
+            gate.limits.leave(self._gw_ip)
+            gate.sessions.discard(self)
             self._gw_deadline.cancel()
             super().connection_lost(error)
 
@@ -199,43 +314,64 @@ def tls_context(cfg: SmtpSettings) -> ssl.SSLContext | None:
     return ctx
 
 
+def call_limits(cfg: SmtpSettings) -> dict[str, int]:
+    """Per-session command budgets (RELIABILITY 21).
+
+    The transaction commands get ten times the budget, so an MTA that sends many mails over
+    one cached connection is not cut off, while a NOOP/RSET flood still is.
+    """
+    many = cfg.command_call_limit * 10
+    return {"*": cfg.command_call_limit, "MAIL": many, "DATA": many, "RSET": many,
+            "RCPT": max(many, cfg.max_recipients * 10)}
+
+
 class SmtpListener:
-    """Owns the asyncio server; `stop_accepting` answers 421 to new connections."""
+    """Owns the asyncio server; `close` drains the sessions as the module docstring says."""
 
     def __init__(self, handler: InboxHandler, cfg: SmtpSettings) -> None:
         self._handler = handler
         self._cfg = cfg
         self._server: asyncio.base_events.Server | None = None
-        self._accepting = True
         self.limits = ConnectionLimits(cfg.max_connections, cfg.max_connections_per_ip)
+        self._gate = Gate(self.limits, cfg.session_deadline_s)
+        self.port = 0
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
-        cls = _protocol_class(self._cfg.lmtp)
-        cls.limits = self.limits
-        cls.deadline_s = self._cfg.session_deadline_s
-        cls.accepting = lambda: self._accepting
+        cls = _protocol_class(self._cfg.lmtp, self._gate)
         ctx = tls_context(self._cfg)
         kwargs: dict[str, Any] = dict(
             data_size_limit=self._cfg.max_message_size, hostname=self._cfg.hostname, decode_data=False,
-            command_call_limit=self._cfg.command_call_limit, tls_context=ctx, require_starttls=False,
+            command_call_limit=call_limits(self._cfg), tls_context=ctx, require_starttls=False,
             auth_required=False, ident="Kundebetjening gateway", timeout=300, loop=loop)
         self._server = await loop.create_server(lambda: cls(self._handler, **kwargs),
                                                 host=self._cfg.host, port=self._cfg.port)
-        port = int(self._server.sockets[0].getsockname()[1])
-        log.info("smtp.listening", extra={"host": self._cfg.host, "port": port, "lmtp": self._cfg.lmtp,
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        log.info("smtp.listening", extra={"host": self._cfg.host, "port": self.port, "lmtp": self._cfg.lmtp,
                                           "starttls": ctx is not None})
-        return port
+        return self.port
+
+    @property
+    def sessions(self) -> int:
+        return len(self._gate.sessions)
 
     def stop_accepting(self) -> None:
-        self._accepting = False
+        """421 to new connections and to sessions between transactions; DATA may finish."""
+        self._gate.accepting = False
+        for session in list(self._gate.sessions):
+            session.gw_shutdown()
 
     async def close(self, grace_s: float) -> None:
-        self._accepting = False
+        self.stop_accepting()
         if self._server is None:
             return
-        self._server.close()
         deadline = time.monotonic() + grace_s
-        while sum(self.limits.open.values()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        while self._gate.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        late = list(self._gate.sessions)
+        for session in late:  # out of time: no reply, so the sender retries
+            session.gw_close(None)
+        self._server.close()
+        await self._server.wait_closed()
         self._server = None
+        log.info("smtp.closed", extra={"cut_off": len(late)})

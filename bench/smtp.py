@@ -1,0 +1,208 @@
+"""SMTP ingest speed: the running daemon against the floor of its own protocol stack.
+
+    .venv/bin/python bench/smtp.py --n 1000 --sessions 10 --size 20000
+
+Two servers, the same load, one run:
+  floor    aiosmtpd in a child process whose handler only answers 250 (nothing stored)
+  gateway  `gateway run` as a child process: SQLite (WAL, synchronous=FULL), maildir outbound,
+           parsing in a child process, group commit
+
+Load 1 (throughput): Postfix's `smtp-source -s SESSIONS -m N -l SIZE` (distinct mails: each
+has its own Message-Id). Acknowledged mails/s = N / the time smtp-source took; end to end =
+N / the time until the N-th case exists (the bench polls the store).
+Load 2 (latency): an asyncio client with the same number of sessions sends N distinct mails
+(gen_corpus.py --fixed-size SIZE with a new Message-ID each) and times each final dot → reply.
+
+Targets (issue 3): acknowledged >= 60% of the floor, end to end >= 50%, p99 DATA→250 < 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.daemon_proc import DaemonProcess  # noqa: E402
+from tests.smtp_probes import ADDRESS, timed_deliveries  # noqa: E402
+
+GEN_CORPUS = ROOT.parent / "shared" / "bench" / "gen_corpus.py"
+SENDER = "loadgen@example.org"
+
+
+@dataclass
+class Result:
+    name: str
+    ack_rate: float
+    e2e_rate: float | None
+    p50_ms: float
+    p99_ms: float
+    client_rate: float
+    refused: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                if sock.recv(256).startswith(b"220"):
+                    sock.sendall(b"QUIT\r\n")
+                    return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def run_null_server(port: int, size_limit: int) -> None:
+    """The floor: aiosmtpd with the gateway's protocol options and a handler that only says 250."""
+    from aiosmtpd.smtp import SMTP
+
+    class Null:
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            return "250 2.0.0 Ok"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        await loop.create_server(lambda: SMTP(Null(), decode_data=False, data_size_limit=size_limit,
+                                              hostname="floor", ident="floor"), "127.0.0.1", port)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def smtp_source(port: int, n: int, sessions: int, size: int) -> float:
+    """Seconds smtp-source needed for n mails; it stops at the first non-2xx reply."""
+    started = time.perf_counter()
+    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(n), "-l", str(size), "-S", "load test",
+                    "-f", SENDER, "-t", ADDRESS, f"127.0.0.1:{port}"], check=True, timeout=600)
+    return time.perf_counter() - started
+
+
+def distinct_mails(n: int, size: int, tag: str) -> list[bytes]:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fixed.eml"
+        subprocess.run([sys.executable, str(GEN_CORPUS), "--fixed-size", str(size), "--out-file", str(path)],
+                       check=True, capture_output=True)
+        template = path.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    head, sep, body = template.partition(b"\r\n\r\n")
+    lines = [ln for ln in head.split(b"\r\n") if not ln.lower().startswith((b"message-id:", b"subject:"))]
+    return [b"\r\n".join([*lines, f"Message-ID: <{tag}-{i}@bench.example>".encode(),
+                          f"Subject: bench {tag} {i}".encode()]) + sep + body for i in range(n)]
+
+
+def latency(port: int, mails: list[bytes], sessions: int) -> tuple[float, float, float, int]:
+    started = time.perf_counter()
+    replies, seconds = asyncio.run(timed_deliveries(port, mails, sessions, sender=SENDER))
+    elapsed = time.perf_counter() - started
+    refused = sum(1 for r in replies if r.code != 250)
+    ordered = sorted(seconds)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else float("nan")
+    return statistics.median(ordered) * 1000, p99 * 1000, len(mails) / elapsed, refused
+
+
+def bench_floor(args: argparse.Namespace) -> Result:
+    port = free_port()
+    server = subprocess.Popen([sys.executable, __file__, "--null-server", str(port), "--size", str(args.size)])
+    try:
+        wait_port(port)
+        seconds = smtp_source(port, args.n, args.sessions, args.size)
+        p50, p99, rate, refused = latency(port, distinct_mails(args.n, args.size, "floor"), args.sessions)
+    finally:
+        server.kill()
+        server.wait()
+    return Result("floor (aiosmtpd, 250 only)", args.n / seconds, None, p50, p99, rate, refused)
+
+
+def bench_gateway(args: argparse.Namespace, folder: Path) -> Result:
+    proc = DaemonProcess(folder, worker={"parse_in_subprocess": True},
+                         daemon={"log_format": "json", "log_level": args.log_level})
+    with proc:
+        proc.start()
+        started = time.perf_counter()
+        seconds = smtp_source(proc.smtp_port, args.n, args.sessions, args.size)
+        asyncio.run(_wait_cases(proc, args.n, timeout=600))
+        e2e = time.perf_counter() - started
+        p50, p99, rate, refused = latency(proc.smtp_port, distinct_mails(args.n, args.size, "gw"), args.sessions)
+        asyncio.run(_wait_cases(proc, 2 * args.n - refused, timeout=600))
+        if proc.stop() != 0:
+            print(proc.tail(), file=sys.stderr)
+    return Result("gateway run", args.n / seconds, args.n / e2e, p50, p99, rate, refused)
+
+
+async def _wait_cases(proc: DaemonProcess, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while (await proc.scalar("SELECT count(*) FROM support_case") or 0) < n:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"fewer than {n} cases after {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+def report(floor: Result, gateway: Result, args: argparse.Namespace) -> None:
+    print(f"\nSMTP ingest, {args.n} mails of {args.size} bytes, {args.sessions} sessions, {os.cpu_count()} cores")
+    print(f"{'':28} {'ack/s':>8} {'e2e/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'client/s':>9} {'not 250':>8}")
+    for r in (floor, gateway):
+        e2e = f"{r.e2e_rate:8.0f}" if r.e2e_rate else f"{'-':>8}"
+        print(f"{r.name:28} {r.ack_rate:8.0f} {e2e} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {r.client_rate:9.0f} "
+              f"{r.refused:8d}")
+    ack, e2e = gateway.ack_rate / floor.ack_rate, (gateway.e2e_rate or 0) / floor.ack_rate
+    print(f"\nacknowledged / floor = {ack:.0%} (target >= 60%)   end to end / floor = {e2e:.0%} (target >= 50%)"
+          f"   p99 DATA->250 = {gateway.p99_ms:.0f} ms (target < 100)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1000)
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--size", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=1, help="floor and gateway, alternately, this many times")
+    parser.add_argument("--log-level", default="INFO", help="the daemon's log level (INFO logs every mail)")
+    parser.add_argument("--keep", action="store_true", help="keep the daemon's folder (store, log)")
+    parser.add_argument("--null-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.null_server:
+        run_null_server(args.null_server, 35_000_000)
+        return 0
+    if shutil.which("smtp-source") is None:
+        print("smtp-source is missing: apt-get install postfix (make system-deps)", file=sys.stderr)
+        return 1
+    rounds = []
+    for _ in range(args.rounds):  # alternate, so both see the same machine (these are noisy)
+        folder = Path(tempfile.mkdtemp(prefix="bench-smtp-"))
+        try:
+            rounds.append((bench_floor(args), bench_gateway(args, folder)))
+        finally:
+            if not args.keep:
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                print(f"kept {folder}")
+        report(*rounds[-1], args)
+    if len(rounds) > 1:
+        acks = sorted(g.ack_rate / f.ack_rate for f, g in rounds)
+        e2es = sorted((g.e2e_rate or 0) / f.ack_rate for f, g in rounds)
+        p99s = sorted(g.p99_ms for _, g in rounds)
+        print(f"\nmedian of {len(rounds)} rounds: acknowledged / floor = {statistics.median(acks):.0%}, "
+              f"end to end / floor = {statistics.median(e2es):.0%}, p99 DATA->250 = {statistics.median(p99s):.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

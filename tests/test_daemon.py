@@ -1,0 +1,284 @@
+"""`gateway run` as a real child process: logs, signals, SIGKILL mid-burst, stale claims.
+
+The promise under test (SPEC §4): a mail that got 250 is in the inbox and becomes exactly one
+case, whatever happens to the process; a mail that did not get 250 is retried by the sender
+and still becomes exactly one case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import update
+
+from gateway.settings import load_settings
+from store.engine import make_engine, resolve_url
+from store.inbox import Inbox, IncomingMail
+from store.migrate import upgrade
+from store.models import InboundMail
+from tests import smtp_probes as probes
+from tests.conftest import ROOT
+from tests.daemon_proc import DaemonProcess
+from tests.smtp_probes import Reply
+
+T = InboundMail.__table__  # type: ignore[attr-defined]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.1)
+
+
+def mails(n: int, tag: str) -> list[bytes]:
+    """n distinct mails from one sender; the Message-ID carries the index."""
+    return [probes.message(f"{tag} {i}", body=f"Mail {i} of the {tag} run.\r\n",
+                           message_id=f"<{tag}-{i}-{uuid.uuid4().hex[:8]}@borger.example>")
+            for i in range(n)]
+
+
+def message_id(raw: bytes) -> str:
+    return raw.split(b"Message-ID: ", 1)[1].split(b"\r\n", 1)[0].decode()
+
+
+async def settled(proc: DaemonProcess) -> bool:
+    """Every stored mail has been processed (none pending, none claimed)."""
+    return not await proc.scalar("SELECT count(*) FROM inbound_mail WHERE state IN ('pending', 'processing')")
+
+
+async def cases_per_mail(proc: DaemonProcess) -> dict[str, int]:
+    rows = await proc.rows("SELECT message_id, count(*), count(DISTINCT case_id) FROM inbound_mail "
+                           "GROUP BY message_id")
+    assert all(stored == 1 for _, stored, _ in rows), "a mail was stored twice"
+    return {mid: cases for mid, _, cases in rows}
+
+
+async def test_make_run_config_listens_on_2525_with_durable_sqlite() -> None:
+    settings = load_settings(ROOT / "config" / "gateway.toml", env={})
+    assert (settings.smtp.host, settings.smtp.port, settings.smtp.enabled) == ("127.0.0.1", 2525, True)
+    assert settings.database.url.startswith("sqlite")
+    makefile = (ROOT / "Makefile").read_text()
+    assert "gateway --config config/gateway.toml run" in makefile
+
+
+async def test_run_receives_logs_each_mail_and_exits_0_on_sigterm(tmp_path: Path) -> None:
+    with DaemonProcess(tmp_path) as proc:
+        proc.start()
+        sent = mails(3, "logged")
+        replies = [await probes.deliver(proc.smtp_port, raw) for raw in sent]
+        assert all(r.code == 250 for r in replies), replies
+        refused = await probes.deliver(proc.smtp_port, probes.message(), recipients=("x@elsewhere.example",))
+        assert refused.code == 550
+        await eventually(lambda: settled(proc), what="the worker")
+        assert set((await cases_per_mail(proc)).values()) == {1}
+        started = time.monotonic()
+        assert proc.stop() == 0
+        assert time.monotonic() - started < 10
+    received = proc.events("mail.received")
+    processed = proc.events("mail.processed")
+    ids = [int(r.text.rsplit(" ", 1)[1]) for r in replies]
+    assert sorted(e["inbound_id"] for e in received) == ids
+    assert sorted(e["inbound_id"] for e in processed) == ids
+    assert all(e["outcome"] == "created" and e["case"] for e in processed)
+    assert [e["reply"] for e in proc.events("smtp.rcpt_refused")] == ["550 5.7.1"]
+    assert proc.events("daemon.stopped")
+    assert b"of the logged run" not in proc.log_path.read_bytes()  # no mail bodies in logs
+
+
+async def test_sigint_stops_like_sigterm(tmp_path: Path) -> None:
+    with DaemonProcess(tmp_path) as proc:
+        proc.start()
+        proc.signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+
+
+async def test_shutdown_turns_new_sessions_away_lets_data_finish_and_a_second_signal_exits_now(
+        tmp_path: Path) -> None:
+    with DaemonProcess(tmp_path, daemon={"grace_s": 20.0}) as proc:
+        proc.start()
+        busy = await probes.RawSmtp.connect(proc.smtp_port)
+        await busy.greet()
+        for line in ("MAIL FROM:<anna@borger.example>", f"RCPT TO:<{probes.ADDRESS}>", "DATA"):
+            await busy.command(line)
+        await busy.send(probes.message("in flight"))
+        proc.signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        late = await probes.RawSmtp.connect(proc.smtp_port)
+        assert (await late.reply()).text.startswith("4.3.2")  # 421: shutting down
+        await late.close()
+        await busy.send(b".\r\n")
+        acked = await busy.reply()
+        assert acked.code == 250, acked
+        assert (await busy.reply()).code == 421
+        await busy.close()
+        assert proc.wait(15) == 0
+        [(state,)] = await proc.rows("SELECT state FROM inbound_mail")
+        assert state in ("pending", "done")
+
+        proc.start()  # again, now with a session that never finishes its DATA
+        stuck = await probes.RawSmtp.connect(proc.smtp_port)
+        await stuck.greet()
+        for line in ("MAIL FROM:<anna@borger.example>", f"RCPT TO:<{probes.ADDRESS}>", "DATA"):
+            await stuck.command(line)
+        proc.signal(signal.SIGTERM)
+        await asyncio.sleep(0.5)
+        assert proc.running  # waiting for the session, within the grace time
+        started = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(5) == 1
+        assert time.monotonic() - started < 2
+        await stuck.close()
+    assert proc.events("daemon.forced_exit")
+
+
+async def deliver_until_acked(port: int, pending: dict[int, bytes], sessions: int = 10,
+                              attempts: int = 20) -> None:
+    """The sender's retry loop: resend what has no 250 yet until every mail has one."""
+    for _ in range(attempts):
+        if not pending:
+            return
+        order = sorted(pending)
+        replies, _ = await probes.timed_deliveries(port, [pending[i] for i in order], sessions)
+        for i, reply in zip(order, replies, strict=True):
+            if reply.code == 250:
+                del pending[i]
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{len(pending)} mails never got 250")
+
+
+async def test_sigkill_during_200_mails_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
+    seed = random.randrange(1_000_000)
+    rng = random.Random(seed)
+    sent = mails(200, "crash")
+    with DaemonProcess(tmp_path, worker={"lease_s": 2.0, "parse_in_subprocess": True}) as proc:
+        proc.start()
+        client = asyncio.create_task(probes.timed_deliveries(proc.smtp_port, sent, sessions=10))
+        await asyncio.sleep(rng.uniform(0.2, 1.2))
+        proc.kill()
+        replies, _ = await client
+        acked = {message_id(raw) for raw, reply in zip(sent, replies, strict=True) if reply.code == 250}
+        stored = {mid for (mid,) in await proc.rows("SELECT message_id FROM inbound_mail")}
+        assert acked <= stored, f"seed {seed}: 250 given for mails not in the inbox: {sorted(acked - stored)[:5]}"
+        assert all(r.code in (0, 250) for r in replies), {str(r) for r in replies}
+
+        proc.start()
+        pending = {i: raw for i, (raw, reply) in enumerate(zip(sent, replies, strict=True)) if reply.code != 250}
+        await deliver_until_acked(proc.smtp_port, pending)
+        await eventually(lambda: settled(proc), timeout=60, what="every mail processed after the restart")
+        per_mail = await cases_per_mail(proc)
+        assert proc.stop() == 0
+    assert sorted(per_mail) == sorted(message_id(raw) for raw in sent), f"seed {seed}"
+    assert set(per_mail.values()) == {1}, f"seed {seed}: a mail without (or with two) cases"
+    assert await proc.scalar("SELECT count(*) FROM support_case") == 200
+
+
+async def test_sigterm_during_a_burst_processes_every_acknowledged_mail(tmp_path: Path) -> None:
+    sent = mails(120, "burst")
+    with DaemonProcess(tmp_path, worker={"lease_s": 2.0}) as proc:
+        proc.start()
+        client = asyncio.create_task(probes.timed_deliveries(proc.smtp_port, sent, sessions=10))
+        await asyncio.sleep(0.4)
+        proc.signal(signal.SIGTERM)
+        replies, _ = await client
+        assert proc.wait(15) == 0
+        codes = {r.code for r in replies}
+        assert codes <= {0, 250, 421}, codes
+        acked = {message_id(raw) for raw, r in zip(sent, replies, strict=True) if r.code == 250}
+        assert acked, "the burst was stopped before any mail got through"
+        stored = {mid for (mid,) in await proc.rows("SELECT message_id FROM inbound_mail")}
+        assert acked <= stored
+        assert not await proc.scalar("SELECT count(*) FROM inbound_mail WHERE state = 'processing'")
+
+        proc.start()
+        await eventually(lambda: settled(proc), timeout=60, what="the acknowledged mails")
+        per_mail = await cases_per_mail(proc)
+        assert proc.stop() == 0
+    assert acked <= set(per_mail) and all(per_mail[m] == 1 for m in acked)
+
+
+async def test_a_stale_claim_is_taken_back_after_the_lease(tmp_path: Path) -> None:
+    """A node died holding a claim: the mail is processed once the lease runs out, not before."""
+    proc = DaemonProcess(tmp_path, worker={"lease_s": 2.0})
+    settings = proc.settings
+    engine = make_engine(resolve_url(settings.database.url, settings.base_dir))
+    await upgrade(engine)
+    now = datetime.now(UTC)
+    raw = probes.message("claimed by a dead node")
+    await Inbox(engine).accept(IncomingMail(raw, "smtp", "anna@borger.example", (probes.ADDRESS,)), now)
+    async with engine.begin() as conn:
+        await conn.execute(update(T).values(state="processing", attempts=1, claimed_by="dead-node:1",
+                                            claimed_until=now + timedelta(seconds=3)))
+    await engine.dispose()
+    with proc:
+        proc.start()
+        await asyncio.sleep(1.0)
+        assert await proc.scalar("SELECT state FROM inbound_mail") == "processing"
+        await eventually(lambda: settled(proc), timeout=15, what="the stale claim")
+        assert await proc.scalar("SELECT outcome FROM inbound_mail") == "created"
+        assert proc.stop() == 0
+
+
+async def test_store_fault_in_the_daemon_answers_451_then_one_case(tmp_path: Path) -> None:
+    """The database locked by another process: 451; the retry after the fault makes one case."""
+    import sqlite3
+
+    with DaemonProcess(tmp_path, database={"busy_timeout_ms": 300}, smtp={"store_timeout_s": 3.0}) as proc:
+        proc.start()
+        url = make_engine(resolve_url(proc.settings.database.url, proc.settings.base_dir)).url
+        raw = probes.message("during the fault")
+        if url.get_backend_name() == "sqlite":
+            lock = sqlite3.connect(str(url.database), isolation_level=None)
+            lock.execute("BEGIN EXCLUSIVE")
+            reply = await probes.deliver(proc.smtp_port, raw)
+            lock.execute("ROLLBACK")
+            lock.close()
+        else:
+            reply = await _deliver_with_pg_table_lock(proc, raw)
+        assert reply.code == 451 and reply.text.startswith("4.3.0"), reply
+        retry = await probes.deliver(proc.smtp_port, raw)
+        assert retry.code == 250, retry
+        await eventually(lambda: settled(proc), what="the retried mail")
+        assert await cases_per_mail(proc) == {message_id(raw): 1}
+        assert proc.stop() == 0
+
+
+async def _deliver_with_pg_table_lock(proc: DaemonProcess, raw: bytes) -> Reply:
+    settings = proc.settings
+    engine = make_engine(resolve_url(settings.database.url, settings.base_dir))
+    try:
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("BEGIN")
+            await conn.exec_driver_sql("LOCK TABLE inbound_mail IN ACCESS EXCLUSIVE MODE")
+            reply = await probes.deliver(proc.smtp_port, raw)
+            await conn.exec_driver_sql("ROLLBACK")
+        return reply
+    finally:
+        await engine.dispose()
+
+
+async def test_the_worker_process_is_restarted_when_it_dies(tmp_path: Path) -> None:
+    with DaemonProcess(tmp_path) as proc:
+        proc.start()
+        def ready() -> list[dict]:
+            return [e for e in proc.events("worker.child_ready") if e["role"] == "worker"]
+
+        await eventually(lambda: asyncio.sleep(0, bool(ready())), what="the worker")
+        [started] = [e for e in proc.events("worker.process_started") if e["role"] == "worker"]
+        os.kill(started["pid"], signal.SIGKILL)
+        await eventually(lambda: asyncio.sleep(0, len(ready()) == 2), what="a new worker")
+        raw = probes.message("after the restart")
+        assert (await probes.deliver(proc.smtp_port, raw)).code == 250
+        await eventually(lambda: settled(proc), what="the mail")
+        assert await cases_per_mail(proc) == {message_id(raw): 1}
+        assert proc.stop() == 0
+    assert [(e["role"], e["exitcode"]) for e in proc.events("worker.process_died")] == [("worker", -signal.SIGKILL)]
