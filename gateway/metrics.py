@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811 - re-exported
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from store.models import ImapFolderState
+from store.models import ImapFolderState, InboundMail
 
 if TYPE_CHECKING:
     from gateway.app import App
@@ -38,6 +38,10 @@ PROCESSING_SECONDS = Histogram("gateway_processing_seconds", "Time to process on
                                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 INBOX_DEPTH = Gauge("gateway_inbox_depth", "Inbound mails by state.", ["state"], registry=REGISTRY)
 OUTBOX_DEPTH = Gauge("gateway_outbox_depth", "Notifications by state.", ["state"], registry=REGISTRY)
+# The worker and the sender may run in child processes whose counters this process cannot see;
+# these totals come from the store on every scrape, whichever process did the work.
+INBOX_OUTCOMES = Gauge("gateway_inbox_outcomes", "Inbound mails ever processed, by recorded outcome (from the store).",
+                       ["outcome"], registry=REGISTRY)
 IMAP_LAST_FETCH = Gauge("gateway_imap_last_fetch_timestamp_seconds",
                         "Unix time of the last successful fetch, by IMAP account and folder.",
                         ["account", "folder"], registry=REGISTRY)
@@ -78,6 +82,11 @@ async def refresh_from_store(app: App) -> None:
     for state in {*_OUTBOX_STATES, *outbox}:
         OUTBOX_DEPTH.labels(state=state).set(outbox.get(state, 0))
     async with app.engine.connect() as conn:
+        inbound = InboundMail.__table__  # type: ignore[attr-defined]
+        outcomes = (await conn.execute(select(inbound.c.outcome, func.count())  # type: ignore[call-overload]
+                                       .where(inbound.c.outcome.is_not(None)).group_by(inbound.c.outcome))).all()
+        for outcome, count in outcomes:
+            INBOX_OUTCOMES.labels(outcome=outcome).set(count)
         rows = (await conn.execute(select(ImapFolderState.account, ImapFolderState.folder,  # type: ignore[call-overload]
                                           ImapFolderState.last_fetch_at))).all()
     for account, folder, at in rows:

@@ -322,6 +322,10 @@ async def test_metrics(client: httpx.AsyncClient, gw: App, clock: FrozenClock) -
     metrics.record_outcome("created", 0.02)
     metrics.record_received("smtp")
     metrics.record_notification("receipt", sent=True)
+    from store.inbox import IncomingMail
+    from tests.conftest import ADDRESS, build_mail
+
+    await gw.ingest_now(IncomingMail(build_mail(sender="ny@borger.example"), "test", None, (ADDRESS,)))
     async with gw.sessions() as session, session.begin():
         session.add(ImapFolderState(account="kb", folder="INBOX", last_fetch_at=datetime(2026, 1, 5, 9, tzinfo=UTC)))
     await lifecycle.set_status(gw, "SAG-000001", Status.UDFOERT, AGENT)
@@ -330,9 +334,9 @@ async def test_metrics(client: httpx.AsyncClient, gw: App, clock: FrozenClock) -
     text = r.text
     for line in ('gateway_mails_processed_total{outcome="created"}', 'gateway_mails_received_total{source="smtp"}',
                  'gateway_notifications_sent_total{event="receipt"}', "gateway_processing_seconds_bucket",
-                 'gateway_inbox_depth{state="pending"} 0.0', 'gateway_outbox_depth{state="pending"} 1.0',
+                 'gateway_inbox_depth{state="pending"} 0.0', 'gateway_outbox_depth{state="pending"} 2.0',
                  'gateway_imap_last_fetch_timestamp_seconds{account="kb",folder="INBOX"} 1.7676036e+09',
-                 'gateway_case_actions_total{action="status"}'):
+                 'gateway_case_actions_total{action="status"}', 'gateway_inbox_outcomes{outcome="created"} 1.0'):
         assert line in text, line
     assert all(name.startswith("gateway_") for name in _metric_names(text))
 
