@@ -89,7 +89,8 @@ def settings_for(tmp: str, server: Dovecot, user: str, inline_parse: bool) -> Se
         storage=dataclasses.replace(base.storage, blob_dir=f"{tmp}/blobs"),
         outbound=dataclasses.replace(base.outbound, transport=f"maildir:{tmp}/outbound"),
         worker=dataclasses.replace(base.worker, parse_in_subprocess=not inline_parse, batch_size=64),
-        imap=dataclasses.replace(base.imap, accounts=(account,)))
+        imap=dataclasses.replace(base.imap, accounts=(account,)),
+        policy=dataclasses.replace(base.policy, max_mails_per_sender_per_hour=0))  # one sender, 1000 mails
 
 
 async def wait_until(done: Callable[[], Awaitable[bool]]) -> None:

@@ -117,7 +117,7 @@ class PolicySettings:
     authserv_id: str = ""
     courtesy_replies: bool = True
     max_auto_answers_per_day: int = 40
-    max_mails_per_sender_per_hour: int = 0  # beyond: a mail loop, recorded and ignored (0: off)
+    max_mails_per_sender_per_hour: int = 30  # beyond: a mail loop, recorded and ignored (0: off)
     notify_per_10_minutes: int = 10
     notify_per_hour: int = 25
     bounce_hold_days: int = 60

@@ -39,7 +39,7 @@ class PlanPolicy:
     cc_sharing: bool = False
     courtesy_replies: bool = True
     case_prefix: str = "SAG-"
-    max_mails_per_sender_per_hour: int = 0
+    max_mails_per_sender_per_hour: int = 30
 
 
 def make_plan(mail: ParsedMail, kind: Classification, ctx: Context, policy: PlanPolicy) -> Plan:
