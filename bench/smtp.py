@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,6 +148,32 @@ def bench_gateway(args: argparse.Namespace, folder: Path) -> Result:
     return Result("gateway run", args.n / seconds, args.n / e2e, p50, p99, rate, refused)
 
 
+def bench_nodes(args: argparse.Namespace, folder: Path) -> Result:
+    """Two `gateway run` nodes on one PostgreSQL (issue 8), half of the load to each."""
+    from tests.pg import fresh_database
+
+    shared = {"url": fresh_database(os.environ["GATEWAY_TEST_DATABASE_URL"])}
+    nodes = []
+    for name in ("a", "b"):
+        (folder / name).mkdir()
+        nodes.append(DaemonProcess(folder / name, database=shared, worker={"parse_in_subprocess": True},
+                                   daemon={"log_format": "json", "log_level": args.log_level}))
+    try:
+        for node in nodes:
+            node.start()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(2) as pool:
+            took = list(pool.map(lambda node: smtp_source(node.smtp_port, args.n // 2, args.sessions // 2, args.size),
+                                 nodes))
+        asyncio.run(_wait_cases(nodes[0], 2 * (args.n // 2), timeout=600))
+        e2e = time.perf_counter() - started
+    finally:
+        for node in nodes:
+            if node.running:
+                node.stop()
+    return Result("2 nodes, PostgreSQL", 2 * (args.n // 2) / max(took), 2 * (args.n // 2) / e2e, 0.0, 0.0, 0.0, 0)
+
+
 async def _wait_cases(proc: DaemonProcess, n: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while (await proc.scalar("SELECT count(*) FROM support_case") or 0) < n:
@@ -175,6 +202,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=1, help="floor and gateway, alternately, this many times")
     parser.add_argument("--log-level", default="INFO", help="the daemon's log level (INFO logs every mail)")
     parser.add_argument("--keep", action="store_true", help="keep the daemon's folder (store, log)")
+    parser.add_argument("--nodes", type=int, choices=(1, 2), default=1,
+                        help="2: two nodes on the PostgreSQL of GATEWAY_TEST_DATABASE_URL, half the load each")
     parser.add_argument("--null-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.null_server:
@@ -187,7 +216,8 @@ def main() -> int:
     for _ in range(args.rounds):  # alternate, so both see the same machine (these are noisy)
         folder = Path(tempfile.mkdtemp(prefix="bench-smtp-"))
         try:
-            rounds.append((bench_floor(args), bench_gateway(args, folder)))
+            gateway = bench_nodes(args, folder) if args.nodes == 2 else bench_gateway(args, folder)
+            rounds.append((bench_floor(args), gateway))
         finally:
             if not args.keep:
                 shutil.rmtree(folder, ignore_errors=True)
