@@ -140,7 +140,8 @@ def _history_start(lines: list[str], headers: re.Pattern[str]) -> int:
     window = _scan_window(lines)
     starts = [len(lines)]
     scanned = "\n".join(_scan_form(line) for line in window)
-    match = next((m for m in headers.finditer(scanned) if _plausible_header(m.group())), None)
+    match = next((m for m in headers.finditer(scanned, _first_candidate(scanned))
+                  if _plausible_header(m.group())), None) if _CANDIDATE.search(scanned) else None
     if match:
         starts.append(scanned.count("\n", 0, match.start() + match.group().startswith("\n")))
     for index, line in enumerate(window):
@@ -148,6 +149,22 @@ def _history_start(lines: list[str], headers: re.Pattern[str]) -> int:
             starts.append(index)
             break
     return _include_split_from(lines, min(starts))
+
+
+# A line that could begin quoted history in any language: "Label:" near its start, a line
+# ending in ":" (an attribution), or a rule. The library's header patterns backtrack at every
+# position, so they run only from two lines before the first such line (most new mails have none).
+_CANDIDATE = re.compile(r"^[ \t>*]*(?:[^\W\d_][\w .-]{0,30}:|.*:[ \t]*$|[-_=]{3,})", re.MULTILINE)
+
+
+def _first_candidate(scanned: str) -> int:
+    found = _CANDIDATE.search(scanned)
+    if found is None:
+        return len(scanned)
+    start = found.start()
+    for _ in range(3):  # two lines back, for attributions wrapped over lines
+        start = scanned.rfind("\n", 0, max(0, start - 1)) + 1 if start > 0 else 0
+    return max(0, start - 1)  # from the newline before it: the patterns anchor on "\n"
 
 
 def _plausible_header(found: str) -> bool:
