@@ -33,11 +33,12 @@ rc=$?
 
 if ensure_postgres; then
   echo "== suite on PostgreSQL ($PG_URL): every test that touches the store"
-  # The pure steps (parse, classify, reply, compose) and the protocol edges (SMTP framing,
-  # IMAP, relay transports) do not depend on the store; they ran above.
+  # Only the pure steps (classify, reply, compose), the relay transports and the layer walk
+  # never open a store; they ran above and are the same on any database.
   GATEWAY_TEST_DATABASE_URL="$PG_URL" run -m "not sqlite_only" \
-    tests/test_pipeline.py tests/test_notify.py tests/test_hostile.py tests/test_lifecycle.py \
-    tests/test_api.py tests/test_story.py tests/test_daemon.py tests/test_multinode.py "$@"
+    tests/test_pipeline.py tests/test_corpus.py tests/test_notify.py tests/test_hostile.py \
+    tests/test_lifecycle.py tests/test_api.py tests/test_story.py tests/test_smtp.py tests/test_imap.py \
+    tests/test_daemon.py tests/test_multinode.py "$@"
   pgrc=$?
   [ $pgrc -eq 5 ] && { echo "no tests ran on PostgreSQL"; exit 1; }
   [ $pgrc -ne 0 ] && rc=$pgrc
