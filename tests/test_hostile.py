@@ -242,6 +242,8 @@ async def test_item63_gateway_headers_from_outside_steer_nothing(app: App, mail:
     result = await ingest(app, mail(sender="mallory@angriber.example", headers={
         "X-Gateway-Case": "SAG-000001", "X-Gateway-Loop": "yes", "X-Gateway-Trusted": "true"}))
     assert result.action is Outcome.CREATED and result.case == "SAG-000002"
+    parsed = parse_mail(mail(headers={"X-Gateway-Case": "SAG-000001", "X-Other": "kept"}))
+    assert parsed.header("x-gateway-case") is None and parsed.header("x-other") == "kept"
 
 
 # --- loops and automated mail (items 71-77) -------------------------------------------------------------------

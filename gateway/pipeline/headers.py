@@ -119,11 +119,17 @@ def decode(value: object) -> str:
 
 
 def decoded_headers(message: email.message.Message) -> tuple[tuple[str, str], ...]:
-    """Every header decoded, capped; a long Received chain cannot push the others out."""
+    """Every header decoded, capped; a long Received chain cannot push the others out.
+
+    `X-Gateway-*` headers are ours to steer with, so any that arrive from outside are dropped
+    here (RELIABILITY 63); the raw mail keeps them as evidence.
+    """
     out = []
     received = 0
     for name, value in message.items():
         lower = name.lower()
+        if lower.startswith("x-gateway-"):
+            continue
         if lower == "received":
             received += 1
             if received > 20:
