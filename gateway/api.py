@@ -15,11 +15,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import Message
@@ -39,7 +37,9 @@ from starlette.routing import Route
 from gateway import lifecycle, metrics
 from gateway.addresses import canonical
 from gateway.errors import GatewayError, NotFound, Refused, TemporaryFailure
-from gateway.model import Role, Source, Status
+from gateway.model import Role, Source
+from gateway.openapi import LIST_FILTERS, openapi_document
+from gateway.tokens import requester_email, requester_token
 from store import queries
 from store.models import Organisation
 
@@ -49,40 +49,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.api")
 
 DAEMON_LOOPS = frozenset({"worker", "sender", "imap", "maintenance", "api"})
-LIST_FILTERS = ("active", "done", "all", *(s.value for s in Status))
-_TOKEN_CONTEXT = b"gateway-api-requester\x00"
-_TOKEN = re.compile(r"^r1\.([A-Za-z0-9_-]{4,600})\.([A-Za-z0-9_-]{24})$")
 
 LoopWatch = Callable[[], dict[str, bool]]
 
 
 # --- tokens -----------------------------------------------------------------------------------
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
-
-
-def _mac(secret: str, email: str) -> str:
-    # A context prefix keeps these MACs apart from the reply tokens made with the same secret.
-    return _b64(hmac.new(secret.encode(), _TOKEN_CONTEXT + email.encode(), hashlib.sha256).digest()[:18])
-
-
-def requester_token(secret: str, email: str) -> str:
-    """`r1.<address>.<mac>`: unguessable without the secret, bound to one address."""
-    return f"r1.{_b64(email.encode())}.{_mac(secret, email)}"
-
-
-def requester_email(secret: str, token: str) -> str | None:
-    """The address a requester token was issued for, or None if it is forged or malformed."""
-    match = _TOKEN.match(token)
-    if not match:
-        return None
-    try:
-        email = base64.urlsafe_b64decode(match.group(1) + "=" * (-len(match.group(1)) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return email if hmac.compare_digest(match.group(2), _mac(secret, email)) else None
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -518,139 +489,3 @@ async def api_loop(app: App, stop: asyncio.Event) -> None:
     server.should_exit = True
     stopping.cancel()
     await serving
-
-
-# --- the OpenAPI document -------------------------------------------------------------------------
-
-_EMAIL = {"type": "string", "format": "email", "maxLength": 320}
-_NUMBER_PARAM = {"name": "number", "in": "path", "required": True, "example": "SAG-000001",
-                 "schema": {"type": "string", "pattern": "^[A-Za-z0-9-]{1,40}$"}}
-_ACTING = {"name": "X-Acting-User", "in": "header", "required": False,
-           "description": "With an agent token: the acting agent's address.", "schema": _EMAIL}
-_AS = {"as": {**_EMAIL, "description": "The acting agent (instead of X-Acting-User)."}}
-_TEXT = {"type": "string", "minLength": 1, "maxLength": lifecycle.MAX_TEXT}
-_ATTACHMENTS = {"type": "array", "maxItems": lifecycle.MAX_ATTACHMENTS, "items": {
-    "type": "object", "required": ["data"], "properties": {
-        "name": {"type": "string", "maxLength": 255}, "content_type": {"type": "string", "maxLength": 200},
-        "data": {"type": "string", "format": "byte", "description": "base64"}}}}
-_ERRORS = {
-    "400": "The body is not valid JSON", "401": "No or unknown bearer token",
-    "403": "The token's holder may not do this", "404": "No such case or user",
-    "409": "The rules refuse it (illegal transition, closed case, outsider)", "413": "The body is too large",
-    "415": "Unsupported content type", "422": "Invalid input", "503": "The store is unavailable",
-}
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"application/json": {"schema": schema}}
-
-
-def _operation(summary: str, ok: dict[str, Any], params: list[dict[str, Any]] | None = None,
-               body: dict[str, Any] | None = None, ok_status: str = "200", errors: str = "400 401 403 404 409 422 503",
-               secure: bool = True) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "parameters": params or [], "responses": {
-        ok_status: {"description": "OK", "content": ok},
-        **{code: {"description": _ERRORS[code], "content": _json_content(_ref("Error"))} for code in errors.split()},
-    }}
-    if body is not None:
-        op["requestBody"] = {"required": True, "content": body}
-    op["security"] = [{"bearer": []}] if secure else []
-    return op
-
-
-def _action(summary: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": {**properties, **_AS}}
-    if required:
-        schema["required"] = required
-    op = _operation(summary, _json_content(_ref("ActionResult")), [_NUMBER_PARAM, _ACTING], _json_content(schema),
-                    errors="400 401 403 404 409 413 415 422 503")
-    op["requestBody"]["required"] = bool(required)
-    return {"post": op}
-
-
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.0 description served at /openapi.json."""
-    case_list = {"type": "array", "items": _ref("CaseSummary")}
-    filters = [{"name": "status", "in": "query", "required": False,
-                "schema": {"type": "string", "enum": list(LIST_FILTERS), "default": "active"}},
-               {"name": "user", "in": "query", "required": False, "schema": _EMAIL}]
-    search = [{"name": "text", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 200}},
-              {"name": "org", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 200}}]
-    comment = {"type": "object", "properties": {"text": {"type": "string", "maxLength": lifecycle.MAX_TEXT},
-                                                "attachments": _ATTACHMENTS}}
-    form = {"type": "object", "properties": {"text": {"type": "string"},
-                                             "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}}
-    return {
-        "openapi": "3.0.3",
-        "info": {"title": "Kundebetjening gateway API", "version": "1",
-                 "description": "Cases, statuses and sharing for agents and integrations (SPEC §3, §8)."},
-        "paths": {
-            "/healthz": {"get": _operation("Store reachable and loops alive", _json_content(_ref("Health")),
-                                           errors="503", secure=False)},
-            "/metrics": {"get": _operation("Prometheus metrics", {"text/plain": {"schema": {"type": "string"}}},
-                                           errors="503", secure=False)},
-            "/cases": {"get": _operation("Cases, filtered as in the portal", _json_content(case_list), filters,
-                                         errors="401 403 422 503")},
-            "/cases/{number}": {"get": _operation("One case with comments and history",
-                                                  _json_content(_ref("CaseDetail")), [_NUMBER_PARAM],
-                                                  errors="401 403 404 503")},
-            "/cases/{number}/status": _action("Set the status (agents)", {
-                "status": {"type": "string", "enum": [s.value for s in Status]},
-                "reason": {"type": "string", "maxLength": 1000}}, ["status"]),
-            "/cases/{number}/assign": _action("Assign to an agent (→ tildelt)", {"agent": _EMAIL}, ["agent"]),
-            "/cases/{number}/reply": _action("Public answer, mailed to the parties (agents)",
-                                             {"text": _TEXT, "attachments": _ATTACHMENTS}, ["text"]),
-            "/cases/{number}/note": _action("Internal note, never mailed (agents)", {"text": _TEXT}, ["text"]),
-            "/cases/{number}/share": _action("Share with a user of the requester's organisation",
-                                             {"email": _EMAIL}, ["email"]),
-            "/cases/{number}/close": _action("Close (the requester's \"Luk\", or an agent)",
-                                             {"reason": {"type": "string", "maxLength": 1000}}, []),
-            "/cases/{number}/comments": {"post": _operation(
-                "The requester's comment with attachments", _json_content(_ref("ActionResult")), [_NUMBER_PARAM],
-                {**_json_content(comment), "multipart/form-data": {"schema": form}}, ok_status="201",
-                errors="400 401 403 404 409 413 415 422 503")},
-            "/users/search": {"get": _operation("Users of an organisation by name or address",
-                                                _json_content({"type": "array", "items": _ref("User")}), search,
-                                                errors="401 403 422 503")},
-            "/users/token": {"post": _operation(
-                "Issue a requester token for a customer (agents)", _json_content(_ref("Token")), [],
-                _json_content({"type": "object", "required": ["email"], "properties": {"email": _EMAIL}}),
-                errors="400 401 403 404 409 415 422 503")},
-        },
-        "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
-            "schemas": _schemas(),
-        },
-    }
-
-
-def _schemas() -> dict[str, Any]:
-    status = {"type": "string", "enum": [s.value for s in Status]}
-    nullable_str = {"type": "string", "nullable": True}
-    user = {"type": "object", "properties": {"email": {"type": "string"}, "name": {"type": "string"},
-                                             "kind": {"type": "string"}, "organisation": nullable_str}}
-    return {
-        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
-        "Health": {"type": "object", "required": ["status", "store", "loops"], "properties": {
-            "status": {"type": "string", "enum": ["ok", "unavailable"]}, "store": {"type": "boolean"},
-            "loops": {"type": "object", "additionalProperties": {"type": "boolean"}}}},
-        "CaseSummary": {"type": "object", "required": ["number", "status"], "properties": {
-            "number": {"type": "string"}, "subject": {"type": "string"}, "status": status,
-            "requester": {"type": "string"}, "updated_at": nullable_str}},
-        "CaseDetail": {"type": "object", "required": ["number", "status", "comments", "history"], "properties": {
-            "number": {"type": "string"}, "subject": {"type": "string"}, "status": status,
-            "follows": nullable_str, "close_reason": nullable_str,
-            "comments": {"type": "array", "items": {"type": "object"}},
-            "history": {"type": "array", "items": {"type": "object"}}}},
-        "ActionResult": {"type": "object", "required": ["case", "action", "status", "changed", "notifications"],
-                         "properties": {"case": {"type": "string"}, "action": {"type": "string"}, "status": status,
-                                        "changed": {"type": "boolean"},
-                                        "notifications": {"type": "array", "items": {"type": "string"}}}},
-        "User": user,
-        "Token": {"type": "object", "required": ["email", "token"],
-                  "properties": {"email": {"type": "string"}, "token": {"type": "string"}}},
-    }

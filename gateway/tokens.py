@@ -2,11 +2,15 @@
 
 The token is the case number plus a truncated HMAC-SHA256 over it with the configured secret.
 Case numbers alone are guessable; the MAC is not. Verification is constant-time.
+
+Requester tokens for the HTTP API (`r1.<address>.<mac>`) are made here too, with the same
+secret under a context prefix, so one kind can never pass for the other.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import re
@@ -17,9 +21,13 @@ _MAC_BYTES = 12  # 96 bits: unguessable, and the address stays short
 _TOKEN = re.compile(r"^([A-Za-z0-9-]{1,40})\.([A-Za-z0-9_-]{16})$")
 
 
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
+
+
 def _mac(secret: str, number: str) -> str:
     digest = hmac.new(secret.encode(), number.lower().encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest[:_MAC_BYTES]).decode("ascii").rstrip("=")
+    return _b64(digest[:_MAC_BYTES])
 
 
 def make_token(secret: str, number: str) -> str:
@@ -55,3 +63,31 @@ def numbers_from_recipients(secret: str, recipients: tuple[str, ...] | list[str]
         if number and number not in found:
             found.append(number)
     return tuple(found)
+
+
+# --- requester tokens for the HTTP API --------------------------------------------------------
+
+_REQUESTER_CONTEXT = b"gateway-api-requester\x00"
+_REQUESTER_TOKEN = re.compile(r"^r1\.([A-Za-z0-9_-]{4,600})\.([A-Za-z0-9_-]{24})$")
+
+
+def _requester_mac(secret: str, email: str) -> str:
+    # A context prefix keeps these MACs apart from the reply tokens made with the same secret.
+    return _b64(hmac.new(secret.encode(), _REQUESTER_CONTEXT + email.encode(), hashlib.sha256).digest()[:18])
+
+
+def requester_token(secret: str, email: str) -> str:
+    """`r1.<address>.<mac>`: unguessable without the secret, bound to one address."""
+    return f"r1.{_b64(email.encode())}.{_requester_mac(secret, email)}"
+
+
+def requester_email(secret: str, token: str) -> str | None:
+    """The address a requester token was issued for, or None if it is forged or malformed."""
+    match = _REQUESTER_TOKEN.match(token)
+    if not match:
+        return None
+    try:
+        email = base64.urlsafe_b64decode(match.group(1) + "=" * (-len(match.group(1)) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return email if hmac.compare_digest(match.group(2), _requester_mac(secret, email)) else None
