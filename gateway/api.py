@@ -42,6 +42,7 @@ from gateway.openapi import LIST_FILTERS, openapi_document
 from gateway.tokens import requester_email, requester_token
 from store import queries
 from store.models import Organisation
+from store.transact import run_in
 
 if TYPE_CHECKING:
     from gateway.app import App
@@ -125,7 +126,7 @@ async def _caller(request: Request) -> Caller:
     user = None
     if email is not None:
         async with gw.sessions() as session:
-            user = await queries.user_by_email(session, email)
+            user = await run_in(session, queries.user_by_email, email)
     if user is None:
         raise ApiError(401, "unknown token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
     if user.role == Role.AGENT.value:
@@ -188,7 +189,7 @@ async def _agent_actor(request: Request, caller: Caller, body: dict[str, Any]) -
     if address is None:
         raise ApiError(422, "name the acting agent in the X-Acting-User header or the field 'as'")
     async with _gw(request).sessions() as session:
-        user = await queries.user_by_email(session, address)
+        user = await run_in(session, queries.user_by_email, address)
     if user is None or user.role != Role.AGENT.value:
         raise ApiError(403, f"{address} is not a registered agent")
     return user.email
@@ -300,7 +301,7 @@ async def list_cases(request: Request) -> Response:
             raise ApiError(403, "a requester sees only their own cases")
         address = caller.email
     async with _gw(request).sessions() as session:
-        return _ok(await queries.list_cases(session, status, address))
+        return _ok(await run_in(session, queries.list_cases, status, address))
 
 
 async def case_detail(request: Request) -> Response:
@@ -308,12 +309,12 @@ async def case_detail(request: Request) -> Response:
     number = _number(request)
     async with _gw(request).sessions() as session:
         if not caller.agent:
-            case = await queries.require_case(session, number)
-            user = await queries.user_by_email(session, caller.email or "")
-            ref = await queries.case_ref(session, case)
+            case = await run_in(session, queries.require_case, number)
+            user = await run_in(session, queries.user_by_email, caller.email or "")
+            ref = await run_in(session, queries.case_ref, case)
             if user is None or user.id is None or not ref.admits(user.id):
                 raise ApiError(403, f"not a party of {number}")
-        return _ok(await queries.case_detail(session, number, include_internal=caller.agent))
+        return _ok(await run_in(session, queries.case_detail, number, include_internal=caller.agent))
 
 
 async def post_status(request: Request) -> Response:
@@ -393,7 +394,7 @@ async def search_users(request: Request) -> Response:
 
 
 async def _own_organisation(session: Any, email: str) -> str | None:
-    user = await queries.user_by_email(session, email)
+    user = await run_in(session, queries.user_by_email, email)
     if user is None or user.organisation_id is None:
         return None
     org = await session.get(Organisation, user.organisation_id)
@@ -410,7 +411,7 @@ async def issue_token(request: Request) -> Response:
     if address is None:
         raise ApiError(422, "email must be an e-mail address")
     async with _gw(request).sessions() as session:
-        user = await queries.require_user(session, address)
+        user = await run_in(session, queries.require_user, address)
     if user.role == Role.AGENT.value:
         raise Refused(f"{address} is an agent; agents use agent tokens")
     return _ok({"email": user.email, "token": requester_token(_gw(request).settings.mail.reply_token_secret,

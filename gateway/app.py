@@ -22,6 +22,7 @@ from store.engine import check_durability, make_engine, resolve_url, session_fac
 from store.inbox import Accepted, Inbox, IncomingMail
 from store.migrate import upgrade
 from store.outbox import OutboxQueue
+from store.transact import Transactor
 
 
 @dataclass
@@ -30,6 +31,7 @@ class App:
     clock: Clock
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    tx: Transactor
     inbox: Inbox
     outbox: OutboxQueue
     blobs: BlobStore
@@ -72,16 +74,18 @@ async def open_app(settings: Settings, clock: Clock | None = None, migrate: bool
         w = settings.worker
         in_sub = w.parse_in_subprocess if subprocess_parse is None else subprocess_parse
         parser = ParseRunner(blobs, limits_of(settings), in_subprocess=in_sub, timeout_s=w.parse_timeout_s,
-                             memory_mb=w.parse_memory_mb)
+                             memory_mb=w.parse_memory_mb, processes=w.parse_processes)
         inbox = Inbox(engine)
-        worker = InboxWorker(engine, sessions, inbox, parser, settings, clock)
+        tx = Transactor(engine, sessions, settings.database.busy_timeout_ms)
+        worker = InboxWorker(tx, inbox, parser, settings, clock, engine.dialect.name)
         queue = OutboxQueue(engine)
         sender = make_sender(settings, queue, clock)
         worker.on_processed = sender.wakeup.set
-        app = App(settings, clock, engine, sessions, inbox, queue, blobs, parser, worker, sender)
+        app = App(settings, clock, engine, sessions, tx, inbox, queue, blobs, parser, worker, sender)
         try:
             yield app
         finally:
             parser.close()
+            tx.close()
     finally:
         await engine.dispose()

@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.errors import ConfigError, GatewayError, NotFound, Refused, TemporaryFailure, UnusableMail
 from gateway.settings import Settings, load_settings
+from store.transact import run_in
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOUSER, EX_SOFTWARE, EX_TEMPFAIL, EX_CONFIG = 0, 64, 65, 67, 70, 75, 78
 EX_REFUSED = 1
@@ -170,15 +171,15 @@ async def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
             email = canonical(args.email)
             if email is None:
                 raise Refused(f"not a valid address: {args.email}")
-            if await queries.user_by_email(session, email):
+            if await run_in(session, queries.user_by_email, email):
                 raise Refused(f"user {email} exists already")
             kind = UserKind.SHARED_MAILBOX if args.shared_mailbox else UserKind.PERSON
             role = Role.AGENT if args.agent else Role.CUSTOMER
-            await writes.add_user(session, email, args.name, args.org, kind, role, app.clock.now(), args.language)
+            await run_in(session, writes.add_user, email, args.name, args.org, kind, role, app.clock.now(), args.language)
             await session.commit()
             print(f"added {email}")
         elif args.users_command == "list":
-            _print(await queries.list_users(session), args.json)
+            _print(await run_in(session, queries.list_users), args.json)
         else:
             from gateway.lifecycle import search_users
 
@@ -194,9 +195,9 @@ async def cmd_cases(settings: Settings, args: argparse.Namespace) -> int:
         if args.cases_command in ("list", "show"):
             async with app.sessions() as session:
                 if args.cases_command == "list":
-                    _print(await queries.list_cases(session, args.status, args.user), args.json)
+                    _print(await run_in(session, queries.list_cases, args.status, args.user), args.json)
                 else:
-                    _print(await queries.case_detail(session, args.number), args.json)
+                    _print(await run_in(session, queries.case_detail, args.number), args.json)
             return EX_OK
         from gateway.lifecycle import run_cli_action
 
@@ -211,7 +212,7 @@ async def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
     async with open_app(settings) as app:
         if args.outbox_command == "list":
             async with app.sessions() as session:
-                _print(await queries.list_outbox(session, args.state), args.json)
+                _print(await run_in(session, queries.list_outbox, args.state), args.json)
         else:
             if args.id is None and not args.failed:
                 raise Refused("name a notification id or --failed")
@@ -227,7 +228,7 @@ async def cmd_inbox(settings: Settings, args: argparse.Namespace) -> int:
     from store import queries
 
     async with open_app(settings) as app, app.sessions() as session:
-        _print(await queries.list_inbox(session, args.state), args.json)
+        _print(await run_in(session, queries.list_inbox, args.state), args.json)
     return EX_OK
 
 

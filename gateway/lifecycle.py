@@ -42,6 +42,7 @@ from gateway.settings import Settings
 from store import outbox, queries, writes
 from store.lease import Lease
 from store.models import AppUser, Organisation, StatusChange, SupportCase
+from store.transact import run_in
 
 if TYPE_CHECKING:
     from gateway.app import App
@@ -181,7 +182,7 @@ class _Tx:
         return self.actor.role == Role.AGENT.value
 
     async def admits_actor(self) -> bool:
-        ref = await queries.case_ref(self.session, self.case)
+        ref = await run_in(self.session, queries.case_ref, self.case)
         assert self.actor.id is not None
         return ref.admits(self.actor.id)
 
@@ -190,12 +191,12 @@ class _Tx:
         if only is not None:
             recipients = [outbox.recipient_of(only, lang)]
         else:
-            recipients = await outbox.recipients_for(self.session, self.case, self.actor.id, lang)
-        return await outbox.enqueue(self.session, self.case, event, recipients, self.now,
+            recipients = await run_in(self.session, outbox.recipients_for, self.case, self.actor.id, lang)
+        return await run_in(self.session, outbox.enqueue, self.case, event, recipients, self.now,
                                     self.app.settings.mail.message_id_domain, context)
 
     async def change_status(self, to: Status, reason: str | None, event: Event = Event.STATUS) -> list[str]:
-        previous = await writes.change_status(self.session, self.case, to, self.now, self.actor.id,
+        previous = await run_in(self.session, writes.change_status, self.case, to, self.now, self.actor.id,
                                               self.actor.email, reason)
         return await self.notify(event, {"previous_status": previous.value, "actor_name": self.actor.name})
 
@@ -210,7 +211,7 @@ async def _lock_case(session: AsyncSession, number: str) -> SupportCase:
         raise NotFound(f"no case {number!r}")
     await session.exec(update(SupportCase).where(  # type: ignore[call-overload]
         func.upper(SupportCase.number) == number.upper()).values(number=SupportCase.number))
-    return await queries.require_case(session, number)
+    return await run_in(session, queries.require_case, number)
 
 
 async def _user(session: AsyncSession, email: str | None, role: str = "acting user") -> AppUser:
@@ -219,7 +220,7 @@ async def _user(session: AsyncSession, email: str | None, role: str = "acting us
     address = canonical(email)
     if address is None:
         raise InvalidInput(f"not a valid e-mail address: {email!r}")
-    return await queries.require_user(session, address)
+    return await run_in(session, queries.require_user, address)
 
 
 @asynccontextmanager
@@ -296,7 +297,7 @@ async def reply(app: App, number: str, text: str | None, actor: str | None,
     async with _action(app, number, actor, "reply") as tx:
         _require_agent(tx, "reply")
         _refuse_closed(tx)
-        await writes.add_comment(tx.session, tx.case_id, tx.actor.id, CommentDraft(body, body, None, stored),
+        await run_in(tx.session, writes.add_comment, tx.case_id, tx.actor.id, CommentDraft(body, body, None, stored),
                                  source, tx.now)
         tx.case.updated_at = tx.now
         tx.session.add(tx.case)
@@ -311,7 +312,7 @@ async def note(app: App, number: str, text: str | None, actor: str | None,
     async with _action(app, number, actor, "note") as tx:
         _require_agent(tx, "write internal notes")
         draft = CommentDraft(body, body, None, (), public=False)
-        await writes.add_comment(tx.session, tx.case_id, tx.actor.id, draft, source, tx.now)
+        await run_in(tx.session, writes.add_comment, tx.case_id, tx.actor.id, draft, source, tx.now)
         return _result(tx, "note", True, [])
 
 
@@ -326,7 +327,7 @@ async def share(app: App, number: str, email: str | None, actor: str | None) -> 
         _refuse_closed(tx)
         target = await _share_target(tx, email)
         assert target.id is not None
-        if not await writes.add_party(tx.session, tx.case_id, target.id, tx.now, tx.actor.id):
+        if not await run_in(tx.session, writes.add_party, tx.case_id, target.id, tx.now, tx.actor.id):
             return _result(tx, "share", False, [], party=target.email)
         tx.case.updated_at = tx.now
         tx.session.add(tx.case)
@@ -343,7 +344,7 @@ async def _share_target(tx: _Tx, email: str | None) -> AppUser:
     if requester.organisation_id is None:
         raise Refused(f"the requester of {tx.case.number} belongs to no organisation, so the case cannot be shared")
     org = await tx.session.get(Organisation, requester.organisation_id)
-    target = await queries.user_by_email(tx.session, address)
+    target = await run_in(tx.session, queries.user_by_email, address)
     if target is None or target.organisation_id != requester.organisation_id:
         raise Refused(f"{address} is not a user of {org.name if org else 'the requester’s organisation'}; "
                       "a case can be shared only with users of the requester's own organisation")
@@ -378,7 +379,7 @@ async def comment(app: App, number: str, text: str | None, actor: str | None,
             raise Forbidden(f"{tx.actor.email} is not the requester or a party of {tx.case.number}")
         if tx.case.status == Status.LUKKET.value:
             raise Refused(f"{tx.case.number} is closed and can never be reopened; write a new case instead")
-        await writes.add_comment(tx.session, tx.case_id, tx.actor.id, CommentDraft(body, body, None, stored),
+        await run_in(tx.session, writes.add_comment, tx.case_id, tx.actor.id, CommentDraft(body, body, None, stored),
                                  Source.API, tx.now)
         tx.case.updated_at = tx.now
         tx.session.add(tx.case)
@@ -476,8 +477,8 @@ async def _close_one(app: App, case_id: int, cutoff: datetime, now: datetime, da
                                  reason=f"{days} days in udfoert"))
         case = await session.get(SupportCase, case_id)
         assert case is not None
-        recipients = await outbox.recipients_for(session, case, None, app.settings.policy.language)
-        await outbox.enqueue(session, case, Event.STATUS, recipients, now, app.settings.mail.message_id_domain,
+        recipients = await run_in(session, outbox.recipients_for, case, None, app.settings.policy.language)
+        await run_in(session, outbox.enqueue, case, Event.STATUS, recipients, now, app.settings.mail.message_id_domain,
                              {"previous_status": Status.UDFOERT.value, "actor_name": ""})
     metrics.CASES_AUTO_CLOSED.inc()
     log.info("case.auto_closed", extra={"case_id": case_id})

@@ -192,6 +192,7 @@ class UserRef:
     role: Role
     organisation_id: int | None = None
     language: str | None = None
+    bouncing: bool = False  # mail to this address bounces: notifications are held
 
 
 @dataclass(frozen=True, slots=True)

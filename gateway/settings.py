@@ -130,6 +130,7 @@ class WorkerSettings:
     lease_s: float = 300.0
     poll_interval_s: float = 0.5
     parse_in_subprocess: bool = True
+    parse_processes: int = 2
     parse_timeout_s: float = 30.0
     parse_memory_mb: int = 1024
     max_header_bytes: int = 65536
@@ -311,3 +312,5 @@ def _validate(obj: Any, prefix: str) -> None:
         raise ConfigError("outbound.transport: must be maildir:PATH or smtp://host:port")
     if isinstance(obj, WorkerSettings) and obj.max_attempts < 1:
         raise ConfigError("worker.max_attempts: must be at least 1")
+    if isinstance(obj, WorkerSettings) and not 1 <= obj.parse_processes <= 64:
+        raise ConfigError("worker.parse_processes: must be 1-64")

@@ -15,10 +15,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-from sqlmodel.ext.asyncio.session import AsyncSession
+from sqlmodel import Session
 
 from gateway import metrics
 from gateway.apply import ApplySettings, apply_plan
@@ -34,6 +34,7 @@ from gateway.settings import Settings
 from store import queries
 from store.inbox import ClaimedMail, Inbox
 from store.outbox import RateLimits
+from store.transact import Transactor
 
 log = logging.getLogger("gateway.worker")
 
@@ -65,10 +66,9 @@ class Steps:
 
 
 class InboxWorker:
-    def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], inbox: Inbox,
-                 parser: ParseRunner, settings: Settings, clock: Clock) -> None:
-        self._engine = engine
-        self._sessions = sessions
+    def __init__(self, tx: Transactor, inbox: Inbox, parser: ParseRunner, settings: Settings, clock: Clock,
+                 dialect: str) -> None:
+        self._tx = tx
         self._inbox = inbox
         self._parser = parser
         self._settings = settings
@@ -79,7 +79,7 @@ class InboxWorker:
         self.processed = 0
         # Mails whose parse is ready share a transaction. On SQLite that transaction holds the
         # one write lock, and every SMTP 250 waits behind it: there, one mail at a time.
-        self._group_max = 1 if engine.dialect.name == "sqlite" else 8
+        self._group_max = 8
         self.on_processed: Callable[[], None] = lambda: None
 
     async def run_once(self, limit: int | None = None, only_id: int | None = None) -> list[Result]:
@@ -112,9 +112,9 @@ class InboxWorker:
         """
         started = time.monotonic()
         if len(group) > 1 and all(isinstance(p, ParsedMail) for _, p in group):
+            work = [(mail.id, parsed) for mail, parsed in group]
             try:
-                async with self._sessions() as session, session.begin():
-                    results = [await self._handle(session, mail, parsed) for mail, parsed in group]  # type: ignore[arg-type]
+                results = await self._tx.run(handle_all, self._steps, work, self._clock.now())  # type: ignore[arg-type]
             except Exception:
                 log.info("worker.group_retry_single", extra={"size": len(group)})
             else:
@@ -128,8 +128,7 @@ class InboxWorker:
                 return await self._quarantine(mail, str(parsed))
             if isinstance(parsed, Exception):
                 raise parsed
-            async with self._sessions() as session, session.begin():
-                result = await self._handle(session, mail, parsed)
+            result = (await self._tx.run(handle_all, self._steps, [(mail.id, parsed)], self._clock.now()))[0]
         except (OperationalError, DBAPIError) as exc:
             return await self._failed(mail, f"store: {type(exc).__name__}")
         except Exception as exc:
@@ -145,38 +144,6 @@ class InboxWorker:
         log.info("mail.processed", extra={"inbound_id": result.inbound_id, "outcome": result.action.value,
                                           "case": result.case, "reason": result.reason})
         return result
-
-    async def _handle(self, session: AsyncSession, claimed: ClaimedMail, mail: ParsedMail) -> Result:
-        steps = self._steps
-        kind = classify(mail, steps.own_addresses, steps.message_id_domain)
-        ctx = await self._context(session, mail, kind)
-        plan = make_plan(mail, kind, ctx, steps.policy)
-        return await apply_plan(session, plan, mail, claimed.id, self._clock.now(), steps.apply)
-
-    async def _context(self, session: AsyncSession, mail: ParsedMail, kind: Classification) -> Context:
-        steps = self._steps
-        keys = thread_keys(mail, steps.token_secret, steps.addresses, steps.policy.case_prefix)
-        sender = await queries.user_by_email(session, mail.from_addr) if mail.from_addr else None
-        by_mid = await queries.case_by_message_ids(session, keys.message_ids)
-        by_token = None
-        for number in keys.token_case_numbers:
-            by_token = await queries.case_by_number(session, number)
-            if by_token:
-                break
-        by_subject = await queries.case_by_number(session, keys.subject_number) if keys.subject_number else None
-        cc_users: tuple = ()
-        if steps.policy.cc_sharing and sender is not None:
-            cc_users = tuple(queries.user_ref(u) for u in await queries.users_by_email(session, list(mail.cc)))
-        return Context(
-            sender=queries.user_ref(sender) if sender else None,
-            by_message_id=await queries.case_ref(session, by_mid) if by_mid else None,
-            by_token=await queries.case_ref(session, by_token) if by_token else None,
-            by_subject=await queries.case_ref(session, by_subject) if by_subject else None,
-            cc_users=cc_users,
-            authenticated=authenticated(mail, steps.authserv_id, steps.policy.sender_authentication),
-            recent_from_sender=await queries.recent_from(session, mail.from_addr, self._clock.now())
-            if mail.from_addr and not kind.is_automated else 0,
-        )
 
     async def _quarantine(self, mail: ClaimedMail, reason: str) -> Result:
         await self._inbox.failed(mail.id, reason, attempts=1, max_attempts=1, now=self._clock.now())
@@ -214,3 +181,41 @@ class InboxWorker:
             await asyncio.wait({wait_stop, wait_wake}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
             for fut in (wait_stop, wait_wake):
                 fut.cancel()
+
+
+def handle_all(session: Session, steps: Steps, mails: list[tuple[int, ParsedMail]], now: datetime) -> list[Result]:
+    """The transaction of a group of parsed mails: each one classified, threaded, planned, applied."""
+    return [handle(session, steps, inbound_id, mail, now) for inbound_id, mail in mails]
+
+
+def handle(session: Session, steps: Steps, inbound_id: int, mail: ParsedMail, now: datetime) -> Result:
+    kind = classify(mail, steps.own_addresses, steps.message_id_domain)
+    ctx = context(session, steps, mail, kind, now)
+    plan = make_plan(mail, kind, ctx, steps.policy)
+    return apply_plan(session, plan, mail, inbound_id, now, steps.apply)
+
+
+def context(session: Session, steps: Steps, mail: ParsedMail, kind: Classification, now: datetime) -> Context:
+    """What the store knows that the plan needs: the sender, the cases the mail may belong to."""
+    keys = thread_keys(mail, steps.token_secret, steps.addresses, steps.policy.case_prefix)
+    sender = queries.user_refs(session, [mail.from_addr])[0:1] if mail.from_addr else []
+    by_token = None
+    for number in keys.token_case_numbers:
+        by_token = queries.case_id_by_number(session, number)
+        if by_token:
+            break
+    by_message_id = queries.case_id_by_message_ids(session, keys.message_ids)
+    by_subject = queries.case_id_by_number(session, keys.subject_number) if keys.subject_number else None
+    refs = {case_id: queries.case_ref_by_id(session, case_id) for case_id in (by_message_id, by_token, by_subject)
+            if case_id is not None}
+    cc_users = tuple(queries.user_refs(session, list(mail.cc))) if steps.policy.cc_sharing and sender else ()
+    return Context(
+        sender=sender[0] if sender else None,
+        by_message_id=refs.get(by_message_id) if by_message_id else None,
+        by_token=refs.get(by_token) if by_token else None,
+        by_subject=refs.get(by_subject) if by_subject else None,
+        cc_users=cc_users,
+        authenticated=authenticated(mail, steps.authserv_id, steps.policy.sender_authentication),
+        recent_from_sender=queries.recent_from(session, mail.from_addr, now)
+        if mail.from_addr and not kind.is_automated else 0,
+    )

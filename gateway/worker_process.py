@@ -169,8 +169,8 @@ async def _child(settings: Settings, role: str, wake: socket.socket, smtp_waitin
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     async with open_app(settings, migrate=False) as app:
-        if smtp_waiting is not None and app.engine.dialect.name == "sqlite":
-            yield_to_smtp(app.engine.sync_engine, smtp_waiting)
+        if smtp_waiting is not None and app.tx.sync_engine is not None:
+            yield_to_smtp(app.tx.sync_engine, smtp_waiting)
         runner = app.worker if role == "worker" else app.sender
         wake.setblocking(False)
         loop.add_reader(wake.fileno(), _on_wake, wake, runner.wakeup, stop)

@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.pool import StaticPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.errors import ConfigError
@@ -45,8 +46,10 @@ def make_engine(url: str, busy_timeout_ms: int = 5000, echo: bool = False) -> As
     return engine
 
 
-def _sqlite_pragmas(engine: AsyncEngine, busy_timeout_ms: int) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _sqlite_pragmas(engine: AsyncEngine | Engine, busy_timeout_ms: int) -> None:
+    target = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+
+    @event.listens_for(target, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -54,6 +57,33 @@ def _sqlite_pragmas(engine: AsyncEngine, busy_timeout_ms: int) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.close()
+
+
+def sync_sqlite_engine(url: str, busy_timeout_ms: int, immediate: bool = False) -> Engine:
+    """A plain pysqlite engine on the same file as the async engine, for one thread's use.
+
+    Same durability (WAL, synchronous=FULL) and foreign keys. `immediate`: every transaction
+    starts with BEGIN IMMEDIATE, taking the write lock before anything is read, so a
+    read-then-write transaction never fails half-way on a snapshot another writer moved on.
+    """
+    sync_url = make_url(url).set(drivername="sqlite+pysqlite")
+    engine = create_engine(sync_url, poolclass=StaticPool,
+                           connect_args={"check_same_thread": False, "timeout": busy_timeout_ms / 1000})
+    _sqlite_pragmas(engine, busy_timeout_ms)
+    if immediate:
+        @event.listens_for(engine, "connect")
+        def _manual_transactions(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # the driver's own BEGIN would be DEFERRED
+
+        @event.listens_for(engine, "begin")
+        def _begin_immediate(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+    return engine
+
+
+def is_file_sqlite(url: str) -> bool:
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
 
 
 async def check_durability(engine: AsyncEngine) -> None:

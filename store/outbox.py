@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, false, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import col
+from sqlmodel import Session, col
 from sqlmodel import select as model_select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway.model import Event
+from gateway.model import Event, UserRef
 from store.models import AppUser, CaseParty, MessageIndex, Outbox, SupportCase
 
 T = Outbox.__table__  # type: ignore[attr-defined]
@@ -43,15 +42,19 @@ class RateLimits:
 AUTOMATIC_ANSWERS = (Event.RECEIPT.value, Event.FOLLOWUP.value, Event.REJECTED.value)
 
 
-async def _over_limit(session: AsyncSession, event: Event, case_id: int | None, recipient: str,
-                      now: datetime, limits: RateLimits) -> str | None:
-    # One query for all three windows; held rows were never sent, so they don't count.
-    on_case = T.c.case_id == case_id if case_id is not None else false()
-    auto, ten, hour = (await session.execute(
-        select(func.count().filter(T.c.event.in_(AUTOMATIC_ANSWERS)),
-               func.count().filter(on_case, T.c.created_at >= now - timedelta(minutes=10)),
-               func.count().filter(on_case, T.c.created_at >= now - timedelta(hours=1)))
-        .where(T.c.recipient == recipient, T.c.state != "held", T.c.created_at >= now - timedelta(days=1)))).one()
+# One query for all three windows, built once; held rows were never sent, so they don't count.
+_WINDOWS = (select(func.count().filter(T.c.event.in_(AUTOMATIC_ANSWERS)),
+                   func.count().filter(T.c.case_id == bindparam("case_id"), T.c.created_at >= bindparam("ten")),
+                   func.count().filter(T.c.case_id == bindparam("case_id"), T.c.created_at >= bindparam("hour")))
+            .where(T.c.recipient == bindparam("recipient"), T.c.state != "held",
+                   T.c.created_at >= bindparam("day")))
+
+
+def _over_limit(session: Session, event: Event, case_id: int | None, recipient: str,
+                now: datetime, limits: RateLimits) -> str | None:
+    auto, ten, hour = session.connection().execute(_WINDOWS, {
+        "case_id": case_id, "recipient": recipient, "ten": now - timedelta(minutes=10),
+        "hour": now - timedelta(hours=1), "day": now - timedelta(days=1)}).one()
     if event.value in AUTOMATIC_ANSWERS and auto >= limits.auto_answers_per_day:
         return f"rate limit: {limits.auto_answers_per_day} automatic answers a day to this address"
     if ten >= limits.per_case_10_minutes:
@@ -70,53 +73,80 @@ class Recipient:
     bouncing: bool = False
 
 
-def recipient_of(user: AppUser, default_language: str) -> Recipient:
-    return Recipient(user.email, user.name, user.language or default_language, user.id,
-                     user.bouncing_since is not None)
+def recipient_of(user: AppUser | UserRef, default_language: str) -> Recipient:
+    bouncing = user.bouncing if isinstance(user, UserRef) else user.bouncing_since is not None
+    return Recipient(user.email, user.name, user.language or default_language, user.id, bouncing)
 
 
-async def thread_ids(session: AsyncSession, case_id: int) -> list[str]:
+@dataclass(frozen=True, slots=True)
+class CaseHead:
+    """What a notification says about its case."""
+
+    id: int
+    number: str
+    subject: str
+    status: str
+
+    @classmethod
+    def of(cls, case: SupportCase) -> CaseHead:
+        assert case.id is not None
+        return cls(case.id, case.number, case.subject, case.status)
+
+
+def thread_ids(session: Session, case_id: int) -> list[str]:
     """The first Message-IDs of a case (its opening mail, our receipt), oldest first."""
-    rows = await session.exec(model_select(MessageIndex.message_id).where(MessageIndex.case_id == case_id)
+    rows = session.exec(model_select(MessageIndex.message_id).where(MessageIndex.case_id == case_id)
                               .order_by(col(MessageIndex.ours)).limit(3))
     return list(rows.all())
 
 
-async def enqueue(session: AsyncSession, case: SupportCase, event: Event, recipients: Sequence[Recipient],
-                  now: datetime, message_id_domain: str, context: dict[str, Any] | None = None,
-                  refs: list[str] | None = None, limits: RateLimits = RateLimits()) -> list[str]:
+def enqueue(session: Session, case: CaseHead | SupportCase, event: Event, recipients: Sequence[Recipient],
+            now: datetime, message_id_domain: str, context: dict[str, Any] | None = None,
+            refs: list[str] | None = None, limits: RateLimits = RateLimits()) -> list[str]:
     """Queue one message per recipient; returns their Message-IDs. `refs`: the thread, when known."""
-    assert case.id is not None
-    refs = refs if refs is not None else await thread_ids(session, case.id)
-    ids: list[str] = []
+    head = case if isinstance(case, CaseHead) else CaseHead.of(case)
+    refs = refs if refs is not None else thread_ids(session, head.id)
+    rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     for rcpt in recipients:
         if rcpt.email in seen or not rcpt.email:
             continue
         seen.add(rcpt.email)
-        mid = new_message_id(message_id_domain)
-        ctx = {"case_number": case.number, "case_subject": case.subject, "status": case.status,
+        ctx = {"case_number": head.number, "case_subject": head.subject, "status": head.status,
                "thread_ids": refs, **(context or {})}
-        held = "recipient is bouncing" if rcpt.bouncing else await _over_limit(
-            session, event, case.id, rcpt.email, now, limits)
-        session.add(Outbox(created_at=now, event=event.value, case_id=case.id, recipient=rcpt.email,
-                           recipient_name=rcpt.name, language=rcpt.language, message_id=mid, context=ctx,
-                           state="held" if held else "pending", next_attempt_at=now, last_error=held))
-        session.add(MessageIndex(message_id=mid, case_id=case.id, ours=True))  # fresh uuid: no lookup
-        ids.append(mid)
-    return ids
+        held = "recipient is bouncing" if rcpt.bouncing else _over_limit(
+            session, event, head.id, rcpt.email, now, limits)
+        rows.append(_row(event, head.id, rcpt, now, new_message_id(message_id_domain), ctx, held))
+    _insert(session, rows)
+    return [row["message_id"] for row in rows]
 
 
-async def enqueue_without_case(session: AsyncSession, event: Event, recipient: Recipient, now: datetime,
-                               message_id_domain: str, context: dict[str, Any],
-                               limits: RateLimits = RateLimits()) -> str:
-    mid = new_message_id(message_id_domain)
-    held = "recipient is bouncing" if recipient.bouncing else await _over_limit(
+def enqueue_without_case(session: Session, event: Event, recipient: Recipient, now: datetime,
+                         message_id_domain: str, context: dict[str, Any],
+                         limits: RateLimits = RateLimits()) -> str:
+    held = "recipient is bouncing" if recipient.bouncing else _over_limit(
         session, event, None, recipient.email, now, limits)
-    session.add(Outbox(created_at=now, event=event.value, case_id=None, recipient=recipient.email,
-                       recipient_name=recipient.name, language=recipient.language, message_id=mid,
-                       context=context, state="held" if held else "pending", next_attempt_at=now, last_error=held))
-    return mid
+    row = _row(event, None, recipient, now, new_message_id(message_id_domain), context, held)
+    _insert(session, [row])
+    return str(row["message_id"])
+
+
+def _row(event: Event, case_id: int | None, rcpt: Recipient, now: datetime, message_id: str,
+         context: dict[str, Any], held: str | None) -> dict[str, Any]:
+    return {"created_at": now, "event": event.value, "case_id": case_id, "recipient": rcpt.email,
+            "recipient_name": rcpt.name, "language": rcpt.language, "message_id": message_id, "context": context,
+            "state": "held" if held else "pending", "attempts": 0, "next_attempt_at": now, "last_error": held}
+
+
+def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
+    """The rows, and their Message-IDs in the index (fresh uuids: no lookup) so replies thread."""
+    if not rows:
+        return
+    conn = session.connection()
+    conn.execute(insert(T), rows)
+    indexed = [{"message_id": r["message_id"], "case_id": r["case_id"], "ours": True} for r in rows if r["case_id"]]
+    if indexed:
+        conn.execute(insert(MessageIndex.__table__), indexed)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,12 +208,12 @@ class OutboxQueue:
         return {str(s): int(n) for s, n in rows}
 
 
-async def recipients_for(session: AsyncSession, case: SupportCase, exclude_user_id: int | None,
+def recipients_for(session: Session, case: SupportCase, exclude_user_id: int | None,
                          default_language: str) -> list[Recipient]:
     """The requester and every party, never the one who caused the event (SPEC §7)."""
-    parties = (await session.exec(model_select(CaseParty.user_id).where(CaseParty.case_id == case.id))).all()
+    parties = (session.exec(model_select(CaseParty.user_id).where(CaseParty.case_id == case.id))).all()
     ids = [case.requester_id, *parties]
-    users = (await session.exec(model_select(AppUser).where(col(AppUser.id).in_(ids)))).all()
+    users = (session.exec(model_select(AppUser).where(col(AppUser.id).in_(ids)))).all()
     by_id = {u.id: u for u in users}
     return [recipient_of(by_id[i], default_language) for i in dict.fromkeys(ids)
             if i in by_id and i != exclude_user_id]

@@ -19,12 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, event
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.pool import StaticPool
 
 from gateway.errors import StoreUnavailable
+from store.engine import sync_sqlite_engine
 from store.inbox import Accepted, IncomingMail, insert_batch, row_of
 
 RETRY_EVERY_S = 0.001
@@ -33,10 +32,7 @@ MAX_YIELD_S = 0.2
 
 class SqliteInboxWriter:
     def __init__(self, url: str, busy_timeout_s: float) -> None:
-        sync_url = make_url(url).set(drivername="sqlite+pysqlite")
-        self._engine = create_engine(sync_url, poolclass=StaticPool,
-                                     connect_args={"check_same_thread": False, "timeout": 0})
-        event.listen(self._engine, "connect", _pragmas)
+        self._engine = sync_sqlite_engine(url, busy_timeout_ms=0)
         self._busy_timeout_s = busy_timeout_s
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbox-writer")
         # Shared memory: 1 while a commit of ours waits or runs; `yield_to_smtp` reads it.
@@ -80,18 +76,10 @@ def yield_to_smtp(engine: Engine, waiting: Any, max_wait_s: float = MAX_YIELD_S)
         while waiting.value and time.monotonic() < give_up:
             time.sleep(RETRY_EVERY_S / 2)
 
-    event.listen(engine, "begin", before_begin)
+    event.listen(engine, "begin", before_begin, insert=True)  # before BEGIN IMMEDIATE
 
 
 def _busy(exc: BaseException) -> bool:
     text = str(exc).lower()
     return "database is locked" in text or "database is busy" in text
 
-
-def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=0")
-    cursor.close()

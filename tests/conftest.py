@@ -20,6 +20,7 @@ from gateway.clock import FrozenClock
 from gateway.model import Role, UserKind
 from gateway.settings import Settings, load_settings
 from store import writes
+from store.transact import run_in
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
@@ -82,7 +83,7 @@ async def app(settings: Settings, clock: FrozenClock) -> AsyncIterator[App]:
 async def add_user(app: App, email: str, name: str = "", org: str | None = None,
                    shared: bool = False, agent: bool = False) -> None:
     async with app.sessions() as session, session.begin():
-        await writes.add_user(session, email, name or email.split("@")[0].title(), org,
+        await run_in(session, writes.add_user, email, name or email.split("@")[0].title(), org,
                               UserKind.SHARED_MAILBOX if shared else UserKind.PERSON,
                               Role.AGENT if agent else Role.CUSTOMER, app.clock.now())
 

@@ -24,6 +24,7 @@ from gateway.clock import FrozenClock
 from gateway.model import Status
 from store import queries
 from store.models import ImapFolderState
+from store.transact import run_in
 from tests.conftest import add_user, free_port, make_settings
 
 AGENT_TOKEN = "agent-token-for-tests-0123456789"
@@ -44,9 +45,9 @@ async def seed(app: App) -> list[str]:
         async with app.sessions() as session, session.begin():
             from store import writes
 
-            user = await queries.require_user(session, who)
-            number = await writes.next_case_number(session, "SAG-", 6)
-            await writes.create_case(session, number, "Faktura", user.id, app.clock.now())
+            user = await run_in(session, queries.require_user, who)
+            number = await run_in(session, writes.next_case_number, "SAG-", 6)
+            await run_in(session, writes.create_case, number, "Faktura", queries.user_ref(user), app.clock.now())
         numbers.append(number)
     return numbers
 

@@ -22,6 +22,7 @@ from gateway.model import Outcome
 from gateway.pipeline.parse import parse_mail
 from store import queries
 from store.inbox import IncomingMail
+from store.transact import run_in
 from tests.conftest import ADDRESS, CORPUS, make_settings
 from tests.test_reply import DEVIATIONS as REPLY_DEVIATIONS
 
@@ -80,8 +81,8 @@ async def test_corpus_mail(entry: dict[str, Any], tmp_path: Path, corpus_db: Pat
         accepted, result = await app.ingest_now(IncomingMail(raw, "corpus", None, (ADDRESS,)))
         assert result is not None and not result.retry, result
         async with app.sessions() as session:
-            cases = await queries.list_cases(session, "all")
-            detail = await queries.case_detail(session, cases[0]["number"]) if cases else None
+            cases = await run_in(session, queries.list_cases, "all")
+            detail = await run_in(session, queries.case_detail, cases[0]["number"]) if cases else None
     automated = expect.get("is_bounce") or expect.get("is_autoreply")
     if parsed is None:
         assert result.action is Outcome.QUARANTINED and cases == []

@@ -16,6 +16,7 @@ from gateway.model import Outcome
 from gateway.pipeline.parse import Limits, parse_mail, precheck
 from store import queries
 from store.inbox import IncomingMail
+from store.transact import run_in
 from tests.conftest import ADDRESS, MailBuilder, add_user, make_settings
 
 
@@ -26,12 +27,12 @@ async def ingest(app: App, raw: bytes, envelope_from: str | None = "x@borger.exa
 
 async def cases(app: App) -> list[dict]:
     async with app.sessions() as session:
-        return await queries.list_cases(session, "all")
+        return await run_in(session, queries.list_cases, "all")
 
 
 async def outbox(app: App) -> list[dict]:
     async with app.sessions() as session:
-        return await queries.list_outbox(session)
+        return await run_in(session, queries.list_outbox)
 
 
 def nested(depth: int) -> bytes:
@@ -68,7 +69,7 @@ async def test_parser_bombs_are_quarantined_cheaply(app: App, name: str, raw: by
     assert result.action is Outcome.QUARANTINED, name
     assert time.perf_counter() - started < 5.0  # the measured figure (well under 1 s) is in BENCHMARKS.md
     async with app.sessions() as session:
-        [row] = await queries.list_inbox(session, "quarantined")
+        [row] = await run_in(session, queries.list_inbox, "quarantined")
     assert row["size"] == len(raw)  # kept, never dropped
     assert await cases(app) == []
 
@@ -130,7 +131,7 @@ async def _ingest_fuzzed(settings, raw: bytes) -> None:
         accepted, result = await app.ingest_now(IncomingMail(raw, "fuzz", None, (ADDRESS,)))
         assert accepted.duplicate or (result is not None and not result.retry), result
         async with app.sessions() as session:
-            rows = await queries.list_inbox(session)
+            rows = await run_in(session, queries.list_inbox)
         assert all(r["state"] in ("done", "quarantined") and r["outcome"] for r in rows)
 
 
@@ -151,7 +152,7 @@ async def test_item45_attachment_names_are_sanitised(app: App, mail: MailBuilder
     raw = mail(attachments=[(n, b"data %d" % i, "application/octet-stream") for i, n in enumerate(names)])
     result = await ingest(app, raw)
     async with app.sessions() as session:
-        shown = [a["name"] for a in (await queries.case_detail(session, result.case))["comments"][0]["attachments"]]
+        shown = [a["name"] for a in (await run_in(session, queries.case_detail, result.case))["comments"][0]["attachments"]]
     assert shown[:3] == ["x", "win.ini", "passwd"]
     assert shown[3] == "_CON.txt"
     assert "\u202e" not in shown[4] and "\x00" not in shown[5]
@@ -165,7 +166,7 @@ async def test_item32_nul_and_item52_newline_in_subject_are_stored_safely(app: A
            b"Subject: =?utf-8?q?Sag=0ABcc:_evil@angriber.example?= \x00nul\r\n\r\nbody \x00 with nul\r\n")
     result = await ingest(app, raw)
     async with app.sessions() as session:
-        case = await queries.case_detail(session, result.case)
+        case = await run_in(session, queries.case_detail, result.case)
     assert "\n" not in case["subject"] and "\x00" not in case["subject"]
     assert "\x00" not in case["comments"][0]["full_text"]
 
@@ -174,7 +175,7 @@ async def test_item33_overlong_fields_are_capped(app: App, mail: MailBuilder) ->
     result = await ingest(app, mail(subject="Lang " * 1400))  # 7 KB: under the 8 KB header cap
     assert result.action is Outcome.CREATED
     async with app.sessions() as session:
-        assert len((await queries.case_detail(session, result.case))["subject"]) <= 500
+        assert len((await run_in(session, queries.case_detail, result.case))["subject"]) <= 500
 
 
 # --- identity (items 54-61, 63, 70) -------------------------------------------------------------------------
@@ -206,7 +207,7 @@ async def test_item58_display_name_spoof_uses_addr_spec(app: App, mail: MailBuil
     await add_user(app, "sag@styrelse.example", "Styrelsen")
     result = await ingest(app, mail(sender='"Styrelsen <sag@styrelse.example>" <x@evil.example>'))
     async with app.sessions() as session:
-        case = await queries.case_detail(session, result.case)
+        case = await run_in(session, queries.case_detail, result.case)
     assert case["requester"]["email"] == "x@evil.example"
 
 
@@ -256,7 +257,7 @@ async def test_item71_auto_reply_on_a_case_changes_nothing(app: App, mail: MailB
                                     headers={"Auto-Submitted": "auto-replied"}))
     assert result.action is Outcome.IGNORED and result.case == "SAG-000001"
     async with app.sessions() as session:
-        case = await queries.case_detail(session, "SAG-000001")
+        case = await run_in(session, queries.case_detail, "SAG-000001")
     assert case["status"] == "registreret" and len(case["comments"]) == 1
     assert len(await outbox(app)) == 1
 
@@ -301,11 +302,11 @@ async def test_spec6_notifications_per_case_and_recipient_are_capped(app: App, m
     await ingest(app, mail())  # the receipt is the first mail on the case
     limits = queue.RateLimits(per_case_10_minutes=3, per_case_hour=4)
     async with app.sessions() as session, session.begin():
-        case = await queries.require_case(session, "SAG-000001")
+        case = await run_in(session, queries.require_case, "SAG-000001")
         jens = queue.Recipient("jens@borger.example", "Jens", "da")
         for minute in range(6):
             app.clock.advance(minutes=3 if minute else 0)  # type: ignore[attr-defined]
-            await queue.enqueue(session, case, Event.STATUS, [jens], app.clock.now(), "gw.example", limits=limits)
+            await run_in(session, queue.enqueue, case, Event.STATUS, [jens], app.clock.now(), "gw.example", limits=limits)
     states = [r["state"] for r in await outbox(app)]
     # at minutes 0, 0, 3, 6, 9, 12, 15: three sent in any 10 minutes, four in the hour
     assert states == ["pending", "pending", "pending", "held", "held", "pending", "held"]

@@ -49,6 +49,7 @@ from gateway.settings import ImapAccount, Settings
 from store import queries
 from store.inbox import Accepted, IncomingMail
 from store.models import ImapFolderState, InboundMail
+from store.transact import run_in
 from tests.conftest import ROOT, build_mail, make_settings
 from tests.dovecot import MISSING, Dovecot, dovecot_binary
 
@@ -115,7 +116,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0
 
 async def case_count(app: App) -> int:
     async with app.sessions() as session:
-        return len(await queries.list_cases(session, "all"))
+        return len(await run_in(session, queries.list_cases, "all"))
 
 
 async def inbound_count(app: App) -> int:

@@ -21,6 +21,8 @@ from gateway.errors import NotFound, Refused
 from gateway.model import Outcome, Status
 from store import queries, writes
 from store.inbox import IncomingMail
+from store.models import SupportCase
+from store.transact import run_in
 from tests.conftest import ADDRESS, add_user, build_mail, make_settings
 
 REQUESTER = "jens@kunde.example"
@@ -98,26 +100,27 @@ async def new_case(app: App, status: Status, assignee: bool = True, party: bool 
     """A case in `status` whose clock started now, with the colleague as a party."""
     now = app.clock.now()
     async with app.sessions() as session, session.begin():
-        requester = await queries.require_user(session, REQUESTER)
-        number = await writes.next_case_number(session, "SAG-", 6)
-        case = await writes.create_case(session, number, "Faktura", requester.id, now)
+        requester = await run_in(session, queries.require_user, REQUESTER)
+        number = await run_in(session, writes.next_case_number, "SAG-", 6)
+        case_id = await run_in(session, writes.create_case, number, "Faktura", queries.user_ref(requester), now)
+        case = await session.get(SupportCase, case_id)
         if assignee:
-            case.assignee_id = (await queries.require_user(session, AGENT)).id
+            case.assignee_id = (await run_in(session, queries.require_user, AGENT)).id
         if party:
-            await writes.add_party(session, case.id, (await queries.require_user(session, COLLEAGUE)).id, now, None)
+            await run_in(session, writes.add_party, case.id, (await run_in(session, queries.require_user, COLLEAGUE)).id, now, None)
         if status is not Status.REGISTRERET:
-            await writes.change_status(session, case, status, now, None, "setup")
+            await run_in(session, writes.change_status, case, status, now, None, "setup")
     return number
 
 
 async def detail(app: App, number: str) -> dict[str, Any]:
     async with app.sessions() as session:
-        return await queries.case_detail(session, number)
+        return await run_in(session, queries.case_detail, number)
 
 
 async def mails(app: App, number: str | None = None) -> list[dict[str, Any]]:
     async with app.sessions() as session:
-        rows = await queries.list_outbox(session)
+        rows = await run_in(session, queries.list_outbox)
     return [r for r in rows if number is None or r["case"] == number]
 
 
@@ -179,9 +182,9 @@ async def run_event(app: App, event: str, number: str, clock: FrozenClock) -> st
             await lifecycle.note(app, number, "Internt: ring til økonomi.", AGENT)
         case "share":
             async with app.sessions() as session, session.begin():
-                case = await queries.require_case(session, number)
+                case = await run_in(session, queries.require_case, number)
                 await session.delete(await session.get(writes.CaseParty, (case.id, (
-                    await queries.require_user(session, COLLEAGUE)).id)))
+                    await run_in(session, queries.require_user, COLLEAGUE)).id)))
             await lifecycle.share(app, number, COLLEAGUE, REQUESTER)
         case "requester close":
             await lifecycle.close(app, number, REQUESTER, "Fortrudt")
@@ -287,7 +290,7 @@ async def test_note_is_internal_and_never_mailed(world: App) -> None:
     assert note["public"] is False and note["visible_text"] == "Kunden er VIP"
     assert await mails(world, number) == []
     async with world.sessions() as session:
-        public = await queries.case_detail(session, number, include_internal=False)
+        public = await run_in(session, queries.case_detail, number, include_internal=False)
     assert public["comments"] == []
 
 

@@ -13,6 +13,7 @@ from gateway.model import Outcome
 from gateway.tokens import verify_token
 from store import queries
 from store.inbox import IncomingMail
+from store.transact import run_in
 from tests.conftest import ADDRESS, MailBuilder, free_port, make_settings
 from tests.sink import Sink
 
@@ -38,7 +39,7 @@ async def ingest(app: App, raw: bytes):
 
 async def outbox(app: App) -> list[dict]:
     async with app.sessions() as session:
-        return await queries.list_outbox(session)
+        return await run_in(session, queries.list_outbox)
 
 
 async def test_receipt_reaches_sink_and_reply_threads_back(relayed: App, sink: Sink, mail: MailBuilder) -> None:

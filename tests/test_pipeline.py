@@ -6,6 +6,7 @@ from gateway.app import App
 from gateway.model import Outcome, Status
 from store import queries, writes
 from store.inbox import IncomingMail
+from store.transact import run_in
 from tests.conftest import ADDRESS, MailBuilder, add_user
 
 
@@ -16,20 +17,20 @@ async def ingest(app: App, raw: bytes, to: tuple[str, ...] = (ADDRESS,)):
 
 async def detail(app: App, number: str) -> dict:
     async with app.sessions() as session:
-        return await queries.case_detail(session, number)
+        return await run_in(session, queries.case_detail, number)
 
 
 async def outbox(app: App) -> list[dict]:
     async with app.sessions() as session:
-        return await queries.list_outbox(session)
+        return await run_in(session, queries.list_outbox)
 
 
 async def set_status(app: App, number: str, status: Status, assignee: str | None = None) -> None:
     async with app.sessions() as session, session.begin():
-        case = await queries.require_case(session, number)
+        case = await run_in(session, queries.require_case, number)
         if assignee:
-            case.assignee_id = (await queries.require_user(session, assignee)).id
-        await writes.change_status(session, case, status, app.clock.now(), None, "test")
+            case.assignee_id = (await run_in(session, queries.require_user, assignee)).id
+        await run_in(session, writes.change_status, case, status, app.clock.now(), None, "test")
 
 
 async def test_new_mail_opens_case_with_receipt(app: App, mail: MailBuilder) -> None:
@@ -59,7 +60,7 @@ async def test_same_mail_twice_is_one_case(app: App, mail: MailBuilder) -> None:
     accepted, _ = await app.ingest_now(IncomingMail(relayed, "imap:x", None, (ADDRESS,)))
     assert accepted.duplicate
     async with app.sessions() as session:
-        assert len(await queries.list_cases(session, "all")) == 1
+        assert len(await run_in(session, queries.list_cases, "all")) == 1
 
 
 async def test_same_message_id_other_content_is_another_mail(app: App, mail: MailBuilder) -> None:
@@ -166,7 +167,7 @@ async def test_auto_reply_and_bounce_never_open_cases(app: App, mail: MailBuilde
     own = await ingest(app, mail(sender=ADDRESS, subject="loop"))
     assert own.action is Outcome.IGNORED
     async with app.sessions() as session:
-        assert await queries.list_cases(session, "all") == []
+        assert await run_in(session, queries.list_cases, "all") == []
     assert await outbox(app) == []
 
 
@@ -189,8 +190,8 @@ async def test_unknown_sender_policies(tmp_path, clock, mail: MailBuilder) -> No
             result = await ingest(app, mail())
             assert result.action is action
             async with app.sessions() as session:
-                assert await queries.list_cases(session, "all") == []
-                inbox = await queries.list_inbox(session)
+                assert await run_in(session, queries.list_cases, "all") == []
+                inbox = await run_in(session, queries.list_inbox)
             assert inbox[0]["outcome"] == action.value
             events = [o["event"] for o in await outbox(app)]
             assert events == (["rejected"] if policy == "reject" else [])
@@ -202,7 +203,7 @@ async def test_unparseable_mail_is_quarantined_not_lost(app: App) -> None:
     result = await ingest(app, nested)
     assert result.action is Outcome.QUARANTINED and "boundaries" in result.reason
     async with app.sessions() as session:
-        [row] = await queries.list_inbox(session, "quarantined")
+        [row] = await run_in(session, queries.list_inbox, "quarantined")
     assert row["size"] == len(nested)
 
 

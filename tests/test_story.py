@@ -26,6 +26,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from store import queries
 from store.engine import make_engine, resolve_url, session_factory
+from store.transact import run_in
 from tests.conftest import ADDRESS, ROOT, build_mail, free_port
 from tests.daemon_proc import DaemonProcess
 
@@ -150,8 +151,8 @@ async def until(proc: DaemonProcess, number: str, check: Any, timeout: float = 3
     try:
         while True:
             async with session_factory(engine)() as session:
-                case = await queries.case_by_number(session, number)
-                if case is not None and check(await queries.case_detail(session, number)):
+                case = await run_in(session, queries.case_by_number, number)
+                if case is not None and check(await run_in(session, queries.case_detail, number)):
                     break
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"{number} never reached the expected state:\n{proc.tail()}")
