@@ -32,7 +32,7 @@ from gateway.pipeline.plan import PlanPolicy, make_plan
 from gateway.pipeline.thread import thread_keys
 from gateway.settings import Settings
 from store import queries
-from store.inbox import ClaimedMail, Inbox
+from store.inbox import ClaimedMail, Inbox, read_raw
 from store.outbox import RateLimits
 from store.transact import Transactor
 
@@ -100,7 +100,8 @@ class InboxWorker:
 
     async def _parse(self, mail: ClaimedMail) -> ParsedMail | Exception:
         try:
-            return await self._parser.parse(mail.raw, mail.envelope_from, mail.envelope_to)
+            raw = await self._tx.read(read_raw, mail.id)
+            return await self._parser.parse(raw, mail.envelope_from, mail.envelope_to)
         except Exception as exc:  # reported per mail
             return exc
 

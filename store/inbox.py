@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import Session
 
 from gateway.errors import StoreUnavailable
 from store.models import InboundMail
@@ -54,8 +55,9 @@ class IncomingMail:
 
 @dataclass(frozen=True, slots=True)
 class ClaimedMail:
+    """A claimed inbox row, without its raw bytes (`read_raw` fetches them when they are parsed)."""
+
     id: int
-    raw: bytes
     source: str
     envelope_from: str | None
     envelope_to: tuple[str, ...]
@@ -148,6 +150,13 @@ def insert_batch(conn: Connection, rows: list[dict[str, Any]]) -> list[Accepted]
     return result
 
 
+_RAW = select(T.c.raw).where(T.c.id == bindparam("id"))
+
+
+def read_raw(session: Session, inbound_id: int) -> bytes:
+    return bytes(session.connection().execute(_RAW, {"id": inbound_id}).scalar() or b"")
+
+
 class Inbox:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -180,15 +189,9 @@ class Inbox:
                 .returning(T.c.id, T.c.source, T.c.envelope_from, T.c.envelope_to, T.c.attempts))
         async with self._engine.begin() as conn:
             rows = sorted((await conn.execute(stmt)).all(), key=lambda r: r.id)
-        # The raw bytes are read one mail at a time: RETURNING them from the UPDATE makes
-        # SQLite buffer every claimed row, several copies of a 35 MB mail at once.
-        return [ClaimedMail(r.id, await self.raw(r.id), r.source, r.envelope_from, tuple(r.envelope_to or ()),
-                            r.attempts) for r in rows]
-
-    async def raw(self, inbound_id: int) -> bytes:
-        async with self._engine.connect() as conn:
-            value = (await conn.execute(select(T.c.raw).where(T.c.id == inbound_id))).scalar()
-        return bytes(value or b"")
+        # The raw bytes are read one mail at a time, when it is parsed (`read_raw`): RETURNING
+        # them from the UPDATE makes SQLite buffer every claimed row, several 35 MB mails at once.
+        return [ClaimedMail(r.id, r.source, r.envelope_from, tuple(r.envelope_to or ()), r.attempts) for r in rows]
 
     async def failed(self, inbound_id: int, error: str, attempts: int, max_attempts: int,
                      now: datetime) -> str:

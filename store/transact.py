@@ -38,9 +38,11 @@ class Transactor:
         self._sessions = sessions
         url = engine.url.render_as_string(hide_password=False)
         self.sync_engine: Engine | None = None
+        self._reader: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
         if is_file_sqlite(url):
             self.sync_engine = sync_sqlite_engine(url, busy_timeout_ms, immediate=True)
+            self._reader = sync_sqlite_engine(url, busy_timeout_ms)  # reads take no write lock
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-tx")
 
     async def run(self, fn: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
@@ -50,17 +52,26 @@ class Transactor:
             async with self._sessions() as session, session.begin():
                 return await session.run_sync(fn, *args, **kwargs)  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, lambda: self._run_here(fn, args, kwargs))
+        return await loop.run_in_executor(self._thread, lambda: self._run_here(self.sync_engine, fn, args, kwargs))
 
-    def _run_here(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
-        with Session(self.sync_engine, expire_on_commit=False) as session, session.begin():
+    async def read(self, fn: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """Like `run`, for a function that only reads: on SQLite it does not take the write lock."""
+        if self._thread is None:
+            return await self.run(fn, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, lambda: self._run_here(self._reader, fn, args, kwargs))
+
+    @staticmethod
+    def _run_here(engine: Engine | None, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        with Session(engine, expire_on_commit=False) as session, session.begin():
             return fn(session, *args, **kwargs)
 
     def close(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=True)
-        if self.sync_engine is not None:
-            self.sync_engine.dispose()
+        for engine in (self.sync_engine, self._reader):
+            if engine is not None:
+                engine.dispose()
 
 
 async def run_in(session: AsyncSession, fn: Callable[Concatenate[Session, P], R], *args: P.args,

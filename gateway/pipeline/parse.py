@@ -32,7 +32,9 @@ from gateway.pipeline.htmltext import html_to_text, sanitize_html
 from gateway.pipeline.names import attachment_display_name
 
 BlobSink = Callable[[Iterable[bytes]], str]  # stores byte chunks, returns their sha256
-_BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]{1,200})', re.IGNORECASE)
+# Matched on a lower-cased copy: a case-insensitive pattern cannot use the fast literal scan
+# (it was a tenth of the parse step on 150 KB mails); the value is then cut from the original.
+_BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]{1,200})')
 # Machine-readable report parts are kept for staff as text files (nothing hidden, RELIABILITY 44).
 _REPORT_NAMES = {"message/delivery-status": "Delivery report.txt",
                  "message/global-delivery-status": "Delivery report.txt",
@@ -68,7 +70,7 @@ def precheck(raw: bytes, limits: Limits) -> str | None:
         return f"header block over {limits.max_header_bytes} bytes"
     if _longest_header(head) > limits.max_header_line_bytes:
         return f"a header over {limits.max_header_line_bytes} bytes"
-    boundaries = set(_BOUNDARY.findall(raw))
+    boundaries = {raw[m.start(1):m.end(1)] for m in _BOUNDARY.finditer(raw.lower())}
     if len(boundaries) > limits.max_mime_depth:
         return f"more than {limits.max_mime_depth} nested or distinct MIME boundaries"
     parts = sum(raw.count(b"\n--" + b) for b in boundaries)
