@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -27,9 +27,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session
 
 from gateway.errors import StoreUnavailable
-from store.models import InboundMail
+from store.models import InboundMail, InboundRaw
 
 T = InboundMail.__table__  # type: ignore[attr-defined]
+RAW = InboundRaw.__table__  # type: ignore[attr-defined]
 
 _TRACE = re.compile(
     rb"^(received|return-path|delivered-to|x-original-to|authentication-results|arc-[a-z-]+|"
@@ -134,9 +135,13 @@ def insert_batch(conn: Connection, rows: list[dict[str, Any]]) -> list[Accepted]
     SQLite writer of the daemon on its own thread.
     """
     first = list({row["dedup_key"]: row for row in reversed(rows)}.values())[::-1]
+    raws = {row["dedup_key"]: row["raw"] for row in first}
+    heads = [{k: v for k, v in row.items() if k != "raw"} for row in first]
     stmt = insert_statement(conn.dialect.name)
-    returned = conn.execute(stmt, first).all() if len(first) > 1 else conn.execute(stmt.values(**first[0])).all()
+    returned = conn.execute(stmt, heads).all() if len(heads) > 1 else conn.execute(stmt.values(**heads[0])).all()
     ids = {key: int(new_id) for new_id, key in returned}
+    if returned:
+        conn.execute(insert(RAW), [{"inbound_id": int(new_id), "raw": raws[key]} for new_id, key in returned])
     missing = [row["dedup_key"] for row in first if row["dedup_key"] not in ids]
     if missing:
         found = conn.execute(select(T.c.id, T.c.dedup_key).where(T.c.dedup_key.in_(missing)))
@@ -150,7 +155,7 @@ def insert_batch(conn: Connection, rows: list[dict[str, Any]]) -> list[Accepted]
     return result
 
 
-_RAW = select(T.c.raw).where(T.c.id == bindparam("id"))
+_RAW = select(RAW.c.raw).where(RAW.c.inbound_id == bindparam("id"))
 
 
 def read_raw(session: Session, inbound_id: int) -> bytes:

@@ -103,7 +103,6 @@ class InboundMail(SQLModel, table=True):
     source: str = Field(max_length=100)
     envelope_from: str | None = Field(default=None, max_length=320)
     envelope_to: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
-    raw: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     size: int = 0
     sha256: str = Field(max_length=64)
     message_id: str | None = Field(default=None, max_length=998, index=True)
@@ -119,6 +118,16 @@ class InboundMail(SQLModel, table=True):
     processed_at: datetime | None = None
     subject: str | None = Field(default=None, max_length=500)
     from_addr: str | None = Field(default=None, max_length=320, index=True)
+
+
+class InboundRaw(SQLModel, table=True):
+    """The raw bytes of an inbox mail, byte for byte as received, in a table of their own: SQLite
+    rewrites a whole row on UPDATE, so with the bytes beside the state every claim and finish
+    copied the mail again (measured: 0.8 ms per 150 KB mail and claim)."""
+
+    __tablename__ = "inbound_raw"
+    inbound_id: int = Field(foreign_key="inbound_mail.id", primary_key=True)
+    raw: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
 
 
 class MessageIndex(SQLModel, table=True):

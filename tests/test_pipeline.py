@@ -233,3 +233,29 @@ async def test_stale_claim_is_taken_back(app: App, mail: MailBuilder, clock) -> 
     clock.advance(seconds=61)
     [result] = await app.worker.run_once()
     assert result.action is Outcome.CREATED
+
+
+async def test_upgrade_moves_raw_bytes_of_an_older_store_into_their_own_table(tmp_path) -> None:
+    """Migration 0004 on a store with mails in it: every byte is kept, the worker still reads it."""
+    from sqlalchemy import text
+
+    from store.engine import make_engine
+    from store.migrate import upgrade
+
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/old.db")
+    raw = b"From: a@b.dk\r\nSubject: gammel\r\n\r\n\xe6\xf8\xe5 \x00 bytes"
+    try:
+        await upgrade(engine, "0003")
+        async with engine.begin() as conn:
+            await conn.execute(text(
+                "INSERT INTO inbound_mail (received_at, source, envelope_to, raw, size, sha256, dedup_key, state,"
+                " attempts) VALUES ('2026-01-01 00:00:00', 'smtp', '[]', :raw, :size, 'x', 'k', 'pending', 0)"),
+                {"raw": raw, "size": len(raw)})
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            columns = {row[1] for row in await conn.execute(text("PRAGMA table_info(inbound_mail)"))}
+            moved = (await conn.execute(text("SELECT raw FROM inbound_raw WHERE inbound_id = 1"))).scalar_one()
+    finally:
+        await engine.dispose()
+    assert "raw" not in columns
+    assert moved == raw

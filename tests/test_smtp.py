@@ -34,7 +34,7 @@ from gateway.ingest.smtp import (
     hop_count,
 )
 from store.inbox import Accepted, GroupCommitter, IncomingMail
-from store.models import InboundMail
+from store.models import InboundMail, InboundRaw
 from tests import smtp_probes as probes
 from tests.conftest import ADDRESS, build_mail, make_settings
 from tests.smtp_probes import RawSmtp, Reply
@@ -51,8 +51,10 @@ class Server:
 
     async def stored(self) -> list[dict[str, Any]]:
         table = InboundMail.__table__  # type: ignore[attr-defined]
+        raw = InboundRaw.__table__  # type: ignore[attr-defined]
         async with self.app.engine.connect() as conn:
-            rows = (await conn.execute(select(table.c.id, table.c.envelope_from, table.c.envelope_to, table.c.raw)
+            rows = (await conn.execute(select(table.c.id, table.c.envelope_from, table.c.envelope_to, raw.c.raw)
+                                       .join(raw, raw.c.inbound_id == table.c.id)
                                        .order_by(table.c.id))).mappings().all()
         return [dict(r) for r in rows]
 
