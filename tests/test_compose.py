@@ -90,7 +90,7 @@ def _render_cases() -> list[tuple[str, Event, Status | None]]:
 
 @pytest.mark.parametrize(("lang", "event", "status"), _render_cases(),
                          ids=lambda v: getattr(v, "value", v))
-def test_every_template_renders_as_snapshotted(renderer: Renderer, lang: str, event: Event,
+def test_item84_every_template_renders_as_snapshotted(renderer: Renderer, lang: str, event: Event,
                                                status: Status | None) -> None:
     changes = {"status": status, "previous_status": PREVIOUS[status]} if status else {}
     n = notice(event, lang, **changes)
@@ -159,7 +159,7 @@ def test_shared_names_who_shared(renderer: Renderer, lang: str, actor: str | Non
     assert expected in renderer.render(notice(Event.SHARED, lang, actor_name=actor)).text
 
 
-def test_html_escapes_customer_values_and_text_keeps_them(renderer: Renderer) -> None:
+def test_item90_html_escapes_customer_values_and_text_keeps_them(renderer: Renderer) -> None:
     n = notice(Event.SHARED, case_subject='<script>alert("x")</script> & co',
                actor_name="<b onmouseover=alert(1)>Eve</b>", recipient_name="<img src=x>")
     mail = renderer.render(n)
@@ -201,7 +201,7 @@ def test_render_sample(lang: str, event: Event) -> None:
 # --- headers ---------------------------------------------------------------------------------
 
 
-def test_headers_of_a_status_notice(renderer: Renderer) -> None:
+def test_item83_item86_headers_of_a_status_notice(renderer: Renderer) -> None:
     n = notice(Event.STATUS, status=Status.TILDELT,
                thread_ids=("<first@kommune.example>", "<sag-000123.1@gateway.statens-adm.example>"))
     raw = renderer.compose(n)
@@ -339,7 +339,7 @@ def _assert_one_clean_recipient(raw: bytes) -> None:
 
 
 @pytest.mark.parametrize("hostile", HOSTILE)
-def test_hostile_subject_adds_no_header(renderer: Renderer, hostile: str) -> None:
+def test_item78_hostile_subject_adds_no_header(renderer: Renderer, hostile: str) -> None:
     raw = renderer.compose(notice(Event.STATUS, case_subject=hostile))
     _assert_one_clean_recipient(raw)
     assert str(parse(raw)["Subject"]).startswith("[SAG-000123] Status: Afventer rekvirent – ")

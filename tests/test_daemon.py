@@ -102,7 +102,7 @@ async def test_sigint_stops_like_sigterm(tmp_path: Path) -> None:
         assert proc.wait(15) == 0
 
 
-async def test_shutdown_turns_new_sessions_away_lets_data_finish_and_a_second_signal_exits_now(
+async def test_item17_shutdown_turns_new_sessions_away_lets_data_finish_and_a_second_signal_exits_now(
         tmp_path: Path) -> None:
     with DaemonProcess(tmp_path, daemon={"grace_s": 20.0}) as proc:
         proc.start()
@@ -156,7 +156,7 @@ async def deliver_until_acked(port: int, pending: dict[int, bytes], sessions: in
     raise AssertionError(f"{len(pending)} mails never got 250")
 
 
-async def test_sigkill_during_200_mails_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
+async def test_item15_item16_sigkill_during_200_mails_loses_nothing_and_doubles_nothing(tmp_path: Path) -> None:
     seed = random.randrange(1_000_000)
     rng = random.Random(seed)
     sent = mails(200, "crash")
@@ -228,7 +228,7 @@ async def test_a_stale_claim_is_taken_back_after_the_lease(tmp_path: Path) -> No
         assert proc.stop() == 0
 
 
-async def test_store_fault_in_the_daemon_answers_451_then_one_case(tmp_path: Path) -> None:
+async def test_item12_store_fault_in_the_daemon_answers_451_then_one_case(tmp_path: Path) -> None:
     """The database locked by another process: 451; the retry after the fault makes one case."""
     import sqlite3
 

@@ -216,7 +216,7 @@ class CrashAfterCommit(AccountReader):
         raise asyncio.CancelledError
 
 
-async def test_crash_between_commit_and_move_gives_one_case(dovecot: Dovecot, user: str, tmp_path: Path) -> None:
+async def test_item92_crash_between_commit_and_move_gives_one_case(dovecot: Dovecot, user: str, tmp_path: Path) -> None:
     acct = account(dovecot, user)
     settings = imap_settings(tmp_path, acct)
     dovecot.append(user, mails(1))
@@ -231,7 +231,7 @@ async def test_crash_between_commit_and_move_gives_one_case(dovecot: Dovecot, us
     assert await folder(dovecot, user, "INBOX") == 0
 
 
-async def test_bad_account_backs_off_and_the_good_one_works(dovecot: Dovecot, user: str, tmp_path: Path,
+async def test_item96_bad_account_backs_off_and_the_good_one_works(dovecot: Dovecot, user: str, tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="gateway.imap")
     good = account(dovecot, user)
@@ -250,7 +250,7 @@ async def test_bad_account_backs_off_and_the_good_one_works(dovecot: Dovecot, us
     assert await folder(dovecot, user, "Processed") == 5
 
 
-async def test_flag_mode_and_uidvalidity_change_without_duplicates(dovecot: Dovecot, user: str, tmp_path: Path,
+async def test_item93_flag_mode_and_uidvalidity_change_without_duplicates(dovecot: Dovecot, user: str, tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="gateway.imap")
     acct = account(dovecot, user, folder="Support", after="flag", poll_interval_s=0.5)
@@ -298,7 +298,7 @@ async def test_delete_mode_and_duplicate_in_the_mailbox(dovecot: Dovecot, user: 
     assert await folder(dovecot, user, "Processed") == 0
 
 
-async def test_oversized_message_is_set_aside(dovecot: Dovecot, user: str, tmp_path: Path,
+async def test_item94_oversized_message_is_set_aside(dovecot: Dovecot, user: str, tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="gateway.imap")
     big = build_mail(body="x" * 20_000, subject="stor")
@@ -320,7 +320,7 @@ class RefusesPoison(AccountReader):
         return await super().commit(mails)
 
 
-async def test_message_that_cannot_be_stored_goes_to_failed_folder(dovecot: Dovecot, user: str,
+async def test_item99_message_that_cannot_be_stored_goes_to_failed_folder(dovecot: Dovecot, user: str,
                                                                    tmp_path: Path) -> None:
     poison = build_mail(headers={"X-Poison": "yes"})
     dovecot.append(user, [poison, *mails(2)])
@@ -332,7 +332,7 @@ async def test_message_that_cannot_be_stored_goes_to_failed_folder(dovecot: Dove
         assert (await load_state(app.engine, acct.name, "INBOX")).failures == {}
 
 
-async def test_one_node_at_a_time_reads_an_account(dovecot: Dovecot, user: str, tmp_path: Path) -> None:
+async def test_item98_one_node_at_a_time_reads_an_account(dovecot: Dovecot, user: str, tmp_path: Path) -> None:
     class QuickRetry(AccountReader):
         lease_retry_s = 0.2
 
@@ -369,7 +369,7 @@ async def test_check_says_what_is_wrong(dovecot: Dovecot, user: str, tmp_path: P
     assert expected in out and out.count("\n") == 1, out
 
 
-async def test_check_verifies_certificates(dovecot: Dovecot, user: str, tmp_path: Path,
+async def test_item96_check_verifies_certificates(dovecot: Dovecot, user: str, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     if not dovecot.tls:
         pytest.fail("openssl is needed to test TLS against Dovecot")

@@ -273,7 +273,7 @@ def check_effects(event: str, frm: Status, expected: Status, history: list[dict[
 # --- who gets which mail ---------------------------------------------------------------------------
 
 
-async def test_notifications_skip_the_actor_and_reach_every_party(world: App) -> None:
+async def test_item76_notifications_skip_the_actor_and_reach_every_party(world: App) -> None:
     number = await new_case(world, Status.AFVENTER_REKVIRENT)
     await lifecycle.comment(world, number, "Svar fra Mette", COLLEAGUE)
     sent = await mails(world, number)
@@ -487,7 +487,7 @@ AUTHSERV = "mx.sa.example"
     (True, "dmarc=pass", [COLLEAGUE]),  # Ole on Cc is outside the organisation: never a party
     (True, "dmarc=fail", []),
 ])
-async def test_cc_sharing(tmp_path: Path, clock: FrozenClock, cc_sharing: bool, auth: str,
+async def test_item66_cc_sharing(tmp_path: Path, clock: FrozenClock, cc_sharing: bool, auth: str,
                           expected: list[str]) -> None:
     settings = make_settings(tmp_path, policy={"cc_sharing": cc_sharing, "sender_authentication": "mark",
                                                "authserv_id": AUTHSERV})

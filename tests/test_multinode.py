@@ -104,7 +104,7 @@ def step(name: str, started: list[float]) -> None:
     started[0] = now
 
 
-async def test_two_nodes_one_postgres(tmp_path: Path) -> None:
+async def test_item26_two_nodes_one_postgres(tmp_path: Path) -> None:
     import time
 
     clock = [time.monotonic()]

@@ -61,7 +61,7 @@ async def test_receipt_reaches_sink_and_reply_threads_back(relayed: App, sink: S
     assert result.action is Outcome.COMMENTED and result.case == "SAG-000001"
 
 
-async def test_relay_down_retries_then_sends_once(tmp_path: Path, clock: FrozenClock, mail: MailBuilder) -> None:
+async def test_item80_relay_down_retries_then_sends_once(tmp_path: Path, clock: FrozenClock, mail: MailBuilder) -> None:
     port = free_port()
     settings = make_settings(tmp_path, outbound={"transport": f"smtp://127.0.0.1:{port}", "timeout_s": 2.0,
                                                  "backoff_initial_s": 30.0})
@@ -83,7 +83,7 @@ async def test_relay_down_retries_then_sends_once(tmp_path: Path, clock: FrozenC
             await sink.stop()
 
 
-async def test_relay_refuses_with_5xx_fails_without_retry_storm(relayed: App, sink: Sink, mail: MailBuilder) -> None:
+async def test_item81_relay_refuses_with_5xx_fails_without_retry_storm(relayed: App, sink: Sink, mail: MailBuilder) -> None:
     sink.handler.rcpt_reply = "550 5.1.1 No such user"
     await ingest(relayed, mail())
     await relayed.sender.run_once()
@@ -97,7 +97,7 @@ async def test_relay_refuses_with_5xx_fails_without_retry_storm(relayed: App, si
     assert len(sink.messages) == 1
 
 
-async def test_crash_after_relay_accept_resends_at_most_once(relayed: App, sink: Sink, mail: MailBuilder,
+async def test_item29_crash_after_relay_accept_resends_at_most_once(relayed: App, sink: Sink, mail: MailBuilder,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """The one protocol window: 250 received, process dies before marking. Same Message-ID again."""
     await ingest(relayed, mail())
@@ -128,7 +128,7 @@ async def test_subject_injection_gives_no_extra_header_or_recipient(relayed: App
     assert got.message["Bcc"] is None and b"\nBcc:" not in got.data
 
 
-async def test_bounce_of_our_notification_marks_recipient_and_holds(relayed: App, sink: Sink,
+async def test_item74_bounce_of_our_notification_marks_recipient_and_holds(relayed: App, sink: Sink,
                                                                     mail: MailBuilder) -> None:
     await ingest(relayed, mail())
     await relayed.sender.run_once()

@@ -49,7 +49,7 @@ async def test_new_mail_opens_case_with_receipt(app: App, mail: MailBuilder) -> 
     assert case["history"][0]["to"] == "registreret"
 
 
-async def test_same_mail_twice_is_one_case(app: App, mail: MailBuilder) -> None:
+async def test_item36_same_mail_twice_is_one_case(app: App, mail: MailBuilder) -> None:
     raw = mail()
     first = await ingest(app, raw)
     accepted, second = await app.ingest_now(IncomingMail(raw, "imap:other", None, (ADDRESS,)))
@@ -63,7 +63,7 @@ async def test_same_mail_twice_is_one_case(app: App, mail: MailBuilder) -> None:
         assert len(await run_in(session, queries.list_cases, "all")) == 1
 
 
-async def test_same_message_id_other_content_is_another_mail(app: App, mail: MailBuilder) -> None:
+async def test_item34_same_message_id_other_content_is_another_mail(app: App, mail: MailBuilder) -> None:
     await ingest(app, mail(message_id="<fixed@borger.example>", body="Første"))
     result = await ingest(app, mail(message_id="<fixed@borger.example>", body="Anden, legitim"))
     assert result is not None and result.action is Outcome.CREATED
@@ -87,7 +87,7 @@ async def test_subject_tag_from_requester_threads(app: App, mail: MailBuilder) -
     assert result.action is Outcome.COMMENTED and result.case == "SAG-000001"
 
 
-async def test_subject_tag_from_outsider_opens_own_case(app: App, mail: MailBuilder) -> None:
+async def test_item54_item69_subject_tag_from_outsider_opens_own_case(app: App, mail: MailBuilder) -> None:
     await ingest(app, mail())
     receipt_id = (await outbox(app))[0]["message_id"]
     result = await ingest(app, mail(sender="mallory@angriber.example", in_reply_to=receipt_id,
@@ -171,7 +171,7 @@ async def test_auto_reply_and_bounce_never_open_cases(app: App, mail: MailBuilde
     assert await outbox(app) == []
 
 
-async def test_shared_mailbox_is_requester(app: App, mail: MailBuilder) -> None:
+async def test_item67_shared_mailbox_is_requester(app: App, mail: MailBuilder) -> None:
     await add_user(app, "okonomi@kommune.example", "Økonomiafdelingen", org="Kommunen", shared=True)
     result = await ingest(app, mail(sender="okonomi@kommune.example"))
     case = await detail(app, result.case)
@@ -207,7 +207,7 @@ async def test_unparseable_mail_is_quarantined_not_lost(app: App) -> None:
     assert row["size"] == len(nested)
 
 
-async def test_processing_failure_retries_then_quarantines(app: App, mail: MailBuilder, monkeypatch) -> None:
+async def test_item27_processing_failure_retries_then_quarantines(app: App, mail: MailBuilder, monkeypatch) -> None:
     import gateway.worker as worker_module
 
     def broken(*args, **kwargs):

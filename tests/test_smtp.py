@@ -171,14 +171,14 @@ async def test_swaks_delivery_becomes_a_case(server: Server) -> None:
     ("nobody@statens-adm.example", "550 5.1.1"),
     ("victim@elsewhere.example", "550 5.7.1"),
 ])
-async def test_swaks_refused_recipient_gets_550_at_rcpt(server: Server, recipient: str, reply: str) -> None:
+async def test_item03_item04_swaks_refused_recipient_gets_550_at_rcpt(server: Server, recipient: str, reply: str) -> None:
     rc, out = await swaks(server.port, "-f", "anna@borger.example", "-t", recipient)
     assert rc == 24, out  # swaks: no recipient accepted
     assert any(r.startswith(reply) for r in server_said(out)), out
     assert await server.stored() == []
 
 
-async def test_swaks_oversize_gets_552_after_the_dot_and_the_session_goes_on(server: Server) -> None:
+async def test_item01_swaks_oversize_gets_552_after_the_dot_and_the_session_goes_on(server: Server) -> None:
     rc, out = await swaks(server.port, "-f", "anna@borger.example", "-t", ADDRESS,
                           "--body", "x" * 70 + "\n" + ("y" * 70 + "\n") * 400)
     assert rc == 26, out
@@ -187,14 +187,14 @@ async def test_swaks_oversize_gets_552_after_the_dot_and_the_session_goes_on(ser
     assert (await probes.deliver(server.port, probes.message())).code == 250
 
 
-async def test_swaks_null_sender_is_accepted_and_stored_as_null(server: Server) -> None:
+async def test_item22_swaks_null_sender_is_accepted_and_stored_as_null(server: Server) -> None:
     rc, out = await swaks(server.port, "-f", "<>", "-t", ADDRESS, "--header", "Subject: Undeliverable")
     assert rc == 0, out
     [row] = await server.stored()
     assert row["envelope_from"] == "<>"
 
 
-async def test_size_parameter_over_the_limit_gets_552_at_mail(server: Server) -> None:
+async def test_item02_size_parameter_over_the_limit_gets_552_at_mail(server: Server) -> None:
     smtp = await RawSmtp.connect(server.port)
     try:
         ehlo = await smtp.greet()
@@ -206,7 +206,7 @@ async def test_size_parameter_over_the_limit_gets_552_at_mail(server: Server) ->
         await smtp.close()
 
 
-async def test_recipient_limit_answers_452_and_keeps_the_first(server: Server) -> None:
+async def test_item05_recipient_limit_answers_452_and_keeps_the_first(server: Server) -> None:
     smtp = await RawSmtp.connect(server.port)
     try:
         await smtp.greet()
@@ -223,7 +223,7 @@ async def test_recipient_limit_answers_452_and_keeps_the_first(server: Server) -
     assert len(row["envelope_to"]) == 3
 
 
-async def test_repeated_rcpt_is_one_stored_message_and_one_case(server: Server) -> None:
+async def test_item06_repeated_rcpt_is_one_stored_message_and_one_case(server: Server) -> None:
     reply = await probes.deliver(server.port, probes.message(), recipients=(ADDRESS, ADDRESS.upper(), ADDRESS))
     assert reply.code == 250
     [row] = await server.stored()
@@ -231,7 +231,7 @@ async def test_repeated_rcpt_is_one_stored_message_and_one_case(server: Server) 
     assert await server.cases() == 1
 
 
-async def test_the_same_mail_twice_is_acknowledged_twice_and_stored_once(server: Server) -> None:
+async def test_item25_the_same_mail_twice_is_acknowledged_twice_and_stored_once(server: Server) -> None:
     raw = probes.message("twice")
     first = await probes.deliver(server.port, raw)
     relayed = b"Received: from mx2.borger.example by gw; Mon, 5 Jan 2026 10:00:01 +0000\r\n" + raw
@@ -242,7 +242,7 @@ async def test_the_same_mail_twice_is_acknowledged_twice_and_stored_once(server:
     assert await server.cases() == 1
 
 
-async def test_null_sender_raw_and_vrfy_expn_auth(server: Server) -> None:
+async def test_item22_item24_null_sender_raw_and_vrfy_expn_auth(server: Server) -> None:
     smtp = await RawSmtp.connect(server.port)
     try:
         ehlo = await smtp.greet()
@@ -259,7 +259,7 @@ async def test_null_sender_raw_and_vrfy_expn_auth(server: Server) -> None:
 # --- hostile input ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("end_of_data", probes.END_OF_DATA_VARIANTS, ids=repr)
-async def test_smuggling_sequences_store_exactly_one_message(server: Server, end_of_data: bytes) -> None:
+async def test_item09_smuggling_sequences_store_exactly_one_message(server: Server, end_of_data: bytes) -> None:
     replies = await probes.smuggle(server.port, end_of_data)
     assert [r.code for r in replies[:3]] == [250, 250, 354]
     assert sum(1 for r in replies[3:] if r.code == 250) == 1
@@ -270,7 +270,7 @@ async def test_smuggling_sequences_store_exactly_one_message(server: Server, end
 
 
 @pytest.mark.parametrize(("hops", "code"), [(49, 250), (50, 554), (80, 554)])
-async def test_received_headers_over_the_limit_are_a_loop(server: Server, hops: int, code: int) -> None:
+async def test_item23_received_headers_over_the_limit_are_a_loop(server: Server, hops: int, code: int) -> None:
     trace = "".join(f"Received: from hop{i}.example by hop{i + 1}.example; Mon, 5 Jan 2026\r\n" for i in range(hops))
     reply = await probes.deliver(server.port, probes.message(extra_headers=trace))
     assert reply.code == code, reply
@@ -279,7 +279,7 @@ async def test_received_headers_over_the_limit_are_a_loop(server: Server, hops: 
         assert reply.text.startswith("5.4.6")
 
 
-async def test_command_flood_is_cut_off_with_421(tmp_path: Path) -> None:
+async def test_item21_command_flood_is_cut_off_with_421(tmp_path: Path) -> None:
     async with serve(tmp_path, command_call_limit=20) as srv:
         smtp = await RawSmtp.connect(srv.port)
         try:
@@ -308,7 +308,7 @@ async def test_transaction_commands_have_a_larger_budget_than_noop(tmp_path: Pat
     b"POST / HTTP/1.1\r\nHost: x\r\n" + b"X-Header: y\r\n" * 200 + b"\r\n",
     b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 100 + b"\r\n" * 20,
 ])
-async def test_junk_and_http_are_disconnected(server: Server, junk: bytes) -> None:
+async def test_item20_junk_and_http_are_disconnected(server: Server, junk: bytes) -> None:
     smtp = await RawSmtp.connect(server.port)
     try:
         assert (await smtp.reply()).code == 220
@@ -318,7 +318,7 @@ async def test_junk_and_http_are_disconnected(server: Server, junk: bytes) -> No
         await smtp.close()
 
 
-async def test_client_dropping_mid_data_stores_nothing(server: Server) -> None:
+async def test_item18_client_dropping_mid_data_stores_nothing(server: Server) -> None:
     smtp = await RawSmtp.connect(server.port)
     await smtp.greet()
     await smtp.command("MAIL FROM:<anna@borger.example>")
@@ -338,7 +338,7 @@ class ExplodingRcpt(InboxHandler):
         raise ConnectionError("database is unavailable at 10.0.0.7")
 
 
-async def test_exception_in_a_hook_answers_451_without_internals(tmp_path: Path) -> None:
+async def test_item11_exception_in_a_hook_answers_451_without_internals(tmp_path: Path) -> None:
     async with serve(tmp_path, handler_class=ExplodingRcpt) as srv:
         smtp = await RawSmtp.connect(srv.port)
         try:
@@ -385,7 +385,7 @@ def exclusive_lock(app: App) -> Iterator[None]:
         conn.close()
 
 
-async def test_locked_store_answers_451_and_the_retry_makes_one_case(tmp_path: Path) -> None:
+async def test_item30_locked_store_answers_451_and_the_retry_makes_one_case(tmp_path: Path) -> None:
     async with serve(tmp_path, database={"busy_timeout_ms": 200}, store_timeout_s=5.0) as srv:
         raw = probes.message("locked")
         with exclusive_lock(srv.app):
@@ -405,7 +405,7 @@ def slow_store(app: App) -> Callable[[IncomingMail], Awaitable[Accepted]]:
     return store
 
 
-async def test_a_commit_slower_than_the_budget_answers_451_in_time(tmp_path: Path) -> None:
+async def test_item13_a_commit_slower_than_the_budget_answers_451_in_time(tmp_path: Path) -> None:
     async with serve(tmp_path, store=slow_store, store_timeout_s=0.3) as srv:
         started = asyncio.get_running_loop().time()
         reply = await probes.deliver(srv.port, probes.message())
@@ -415,7 +415,7 @@ async def test_a_commit_slower_than_the_budget_answers_451_in_time(tmp_path: Pat
 
 # --- limits and shutdown ----------------------------------------------------------------------
 
-async def test_connections_over_the_per_ip_cap_get_421(tmp_path: Path) -> None:
+async def test_item19_connections_over_the_per_ip_cap_get_421(tmp_path: Path) -> None:
     async with serve(tmp_path, max_connections_per_ip=2) as srv:
         first, second = await RawSmtp.connect(srv.port), await RawSmtp.connect(srv.port)
         third = await RawSmtp.connect(srv.port)
@@ -435,7 +435,7 @@ async def test_connections_over_the_per_ip_cap_get_421(tmp_path: Path) -> None:
                 await c.close()
 
 
-async def test_session_deadline_closes_a_slow_session(tmp_path: Path) -> None:
+async def test_item19_session_deadline_closes_a_slow_session(tmp_path: Path) -> None:
     async with serve(tmp_path, session_deadline_s=1) as srv:
         smtp = await RawSmtp.connect(srv.port)
         try:
@@ -503,7 +503,7 @@ async def test_starttls_delivery_with_smtplib_and_swaks(tmp_path: Path, certific
         assert await srv.cases() == 2
 
 
-async def test_starttls_discards_pipelined_plaintext(tmp_path: Path, certificate: tuple[str, str]) -> None:
+async def test_item10_starttls_discards_pipelined_plaintext(tmp_path: Path, certificate: tuple[str, str]) -> None:
     cert, key = certificate
     async with serve(tmp_path, tls_cert=cert, tls_key=key) as srv:
         assert await probes.starttls_injection(srv.port) == b""

@@ -160,7 +160,7 @@ BAD_ADDRESSES = [
 
 
 @pytest.mark.parametrize("bad", BAD_ADDRESSES)
-async def test_bad_recipient_never_reaches_the_relay(message: bytes, bad: str) -> None:
+async def test_item79_bad_recipient_never_reaches_the_relay(message: bytes, bad: str) -> None:
     async with running_sink() as sink:
         with pytest.raises(PermanentDeliveryError):
             await SmtpMailer("127.0.0.1", sink.port, timeout=5).send(message, SENDER, (bad,))
@@ -237,7 +237,7 @@ async def test_relay_failures_are_translated(message: bytes, flags: tuple[str, .
     assert isinstance(info.value, PermanentDeliveryError) is permanent
 
 
-async def test_slow_relay_times_out(message: bytes) -> None:
+async def test_item82_slow_relay_times_out(message: bytes) -> None:
     async with smtp_sink("-w", "10") as port:  # waits 10 s before answering DATA
         started = time.monotonic()
         with pytest.raises(DeliveryError) as info:
