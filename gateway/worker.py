@@ -79,7 +79,7 @@ class InboxWorker:
         self.processed = 0
         # Mails whose parse is ready share a transaction. On SQLite that transaction holds the
         # one write lock, and every SMTP 250 waits behind it: there, one mail at a time.
-        self._group_max = 8
+        self._group_max = 1 if dialect == "sqlite" else 8
         self.on_processed: Callable[[], None] = lambda: None
 
     async def run_once(self, limit: int | None = None, only_id: int | None = None) -> list[Result]:
@@ -100,7 +100,7 @@ class InboxWorker:
 
     async def _parse(self, mail: ClaimedMail) -> ParsedMail | Exception:
         try:
-            raw = await self._tx.read(read_raw, mail.id)
+            raw = await self._tx.run(read_raw, mail.id)
             return await self._parser.parse(raw, mail.envelope_from, mail.envelope_to)
         except Exception as exc:  # reported per mail
             return exc

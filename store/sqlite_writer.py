@@ -76,7 +76,7 @@ def yield_to_smtp(engine: Engine, waiting: Any, max_wait_s: float = MAX_YIELD_S)
         while waiting.value and time.monotonic() < give_up:
             time.sleep(RETRY_EVERY_S / 2)
 
-    event.listen(engine, "begin", before_begin, insert=True)  # before BEGIN IMMEDIATE
+    event.listen(engine, "begin", before_begin)
 
 
 def _busy(exc: BaseException) -> bool:

@@ -5,8 +5,8 @@ functions. Through an async session on aiosqlite every statement is a round trip
 event loop and the driver's thread (a new case was about 140 of them, ~15 ms); here:
 
 - SQLite (a file): the whole transaction runs on one thread of ours with its own pysqlite
-  connection, one hop per transaction. It starts with BEGIN IMMEDIATE, so it holds the write
-  lock before it reads anything and can never fail half-way on a stale snapshot.
+  connection, one hop per transaction (`store.engine.sync_sqlite_engine`: the write lock is
+  taken at the first write, as through aiosqlite).
 - PostgreSQL (and in-memory SQLite): the same function runs in the async session's greenlet
   (`AsyncSession.run_sync`); asyncpg has no thread to hop to.
 
@@ -38,11 +38,9 @@ class Transactor:
         self._sessions = sessions
         url = engine.url.render_as_string(hide_password=False)
         self.sync_engine: Engine | None = None
-        self._reader: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
         if is_file_sqlite(url):
-            self.sync_engine = sync_sqlite_engine(url, busy_timeout_ms, immediate=True)
-            self._reader = sync_sqlite_engine(url, busy_timeout_ms)  # reads take no write lock
+            self.sync_engine = sync_sqlite_engine(url, busy_timeout_ms)
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-tx")
 
     async def run(self, fn: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
@@ -54,13 +52,6 @@ class Transactor:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, lambda: self._run_here(self.sync_engine, fn, args, kwargs))
 
-    async def read(self, fn: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """Like `run`, for a function that only reads: on SQLite it does not take the write lock."""
-        if self._thread is None:
-            return await self.run(fn, *args, **kwargs)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, lambda: self._run_here(self._reader, fn, args, kwargs))
-
     @staticmethod
     def _run_here(engine: Engine | None, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         with Session(engine, expire_on_commit=False) as session, session.begin():
@@ -69,9 +60,8 @@ class Transactor:
     def close(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=True)
-        for engine in (self.sync_engine, self._reader):
-            if engine is not None:
-                engine.dispose()
+        if self.sync_engine is not None:
+            self.sync_engine.dispose()
 
 
 async def run_in(session: AsyncSession, fn: Callable[Concatenate[Session, P], R], *args: P.args,
