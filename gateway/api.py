@@ -312,7 +312,7 @@ async def case_detail(request: Request) -> Response:
             case = await run_in(session, queries.require_case, number)
             user = await run_in(session, queries.user_by_email, caller.email or "")
             ref = await run_in(session, queries.case_ref, case)
-            if user is None or user.id is None or not ref.admits(user.id):
+            if user is None or user.id is None or not ref.admits(queries.user_ref(user)):
                 raise ApiError(403, f"not a party of {number}")
         return _ok(await run_in(session, queries.case_detail, number, include_internal=caller.agent))
 

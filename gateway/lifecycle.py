@@ -184,7 +184,7 @@ class _Tx:
     async def admits_actor(self) -> bool:
         ref = await run_in(self.session, queries.case_ref, self.case)
         assert self.actor.id is not None
-        return ref.admits(self.actor.id)
+        return ref.admits(queries.user_ref(self.actor))
 
     async def notify(self, event: Event, context: dict[str, Any], only: AppUser | None = None) -> list[str]:
         lang = self.app.settings.policy.language

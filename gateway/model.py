@@ -206,9 +206,14 @@ class CaseRef:
     party_ids: frozenset[int] = frozenset()
     requester_org_id: int | None = None
 
-    def admits(self, user_id: int) -> bool:
-        """Who may add to a case (SPEC §5): the requester and its parties."""
-        return user_id == self.requester_id or user_id in self.party_ids
+    def admits(self, user: UserRef) -> bool:
+        """Who may add to a case (SPEC §5): the requester, and its parties while they still belong
+        to the requester's organisation; checked when a mail or action is processed, so access
+        ends when someone leaves the organisation (RELIABILITY 68)."""
+        if user.id == self.requester_id:
+            return True
+        return user.id in self.party_ids and (self.requester_org_id is None
+                                              or user.organisation_id == self.requester_org_id)
 
 
 class ThreadVia(StrEnum):

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
+import uuid
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sqlalchemy import text
 
+from gateway import lifecycle
 from gateway.addresses import canonical
 from gateway.app import App, open_app
 from gateway.errors import UnusableMail
-from gateway.model import Outcome
+from gateway.model import Outcome, Status
 from gateway.pipeline.parse import Limits, parse_mail, precheck
-from store import queries
+from gateway.pipeline.plan import NO_SUBJECT, NO_TEXT
+from gateway.tokens import reply_address
+from store import queries, writes
 from store.inbox import IncomingMail
 from store.transact import run_in
 from tests.conftest import ADDRESS, MailBuilder, add_user, make_settings
@@ -310,3 +317,411 @@ async def test_item85_spec6_notifications_per_case_and_recipient_are_capped(app:
     states = [r["state"] for r in await outbox(app)]
     # at minutes 0, 0, 3, 6, 9, 12, 15: three sent in any 10 minutes, four in the hour
     assert states == ["pending", "pending", "pending", "held", "held", "pending", "held"]
+
+
+# --- helpers for the items below: the store as it is, table by table ---------------------------------------
+
+AUTHSERV = "mx.statens-adm.example"
+# What one mail may write when it is applied: none of it may be left half-written (item 28).
+APPLIED_TABLES = ("support_case", "comment", "attachment", "status_change", "case_party", "message_index",
+                  "outbox", "app_user")
+
+
+async def ingest_to(app: App, raw: bytes, to: tuple[str, ...], envelope_from: str | None = "x@borger.example"):
+    _, result = await app.ingest_now(IncomingMail(raw, "test", envelope_from, to))
+    return result
+
+
+async def table_counts(app: App) -> dict[str, int]:
+    async with app.sessions() as session:
+        return {name: (await session.execute(text(f"SELECT COUNT(*) FROM {name}"))).scalar_one()
+                for name in APPLIED_TABLES}
+
+
+async def detail(app: App, number: str) -> dict:
+    async with app.sessions() as session:
+        return await run_in(session, queries.case_detail, number)
+
+
+async def inbox_rows(app: App) -> list[dict]:
+    async with app.sessions() as session:
+        return await run_in(session, queries.list_inbox)
+
+
+async def set_status(app: App, number: str, status: Status) -> None:
+    async with app.sessions() as session, session.begin():
+        case = await run_in(session, queries.require_case, number)
+        await run_in(session, writes.change_status, case, status, app.clock.now(), None, "test")
+
+
+def without_message_id(raw: bytes) -> bytes:
+    stripped = re.sub(rb"(?im)^message-id:[^\n]*\n", b"", raw)
+    assert b"message-id" not in stripped.lower()
+    return stripped
+
+
+def dated(raw: bytes, value: str) -> bytes:
+    changed, n = re.subn(rb"(?im)^date:[^\n]*\n", b"Date: " + value.encode() + b"\n", raw, count=1)
+    assert n == 1
+    return changed
+
+
+# --- durability and processing (items 28, 35, 37) -----------------------------------------------------------
+
+
+async def test_item28_outbox_failure_inside_apply_leaves_nothing_half_written(app: App, mail: MailBuilder,
+                                                                               monkeypatch) -> None:
+    """The case, its comment, its history and its receipt are one transaction: when queueing the
+    notification fails, none of them is committed and the mail waits in the inbox for a retry."""
+    import store.outbox as queue_module
+
+    def broken(session, rows) -> None:
+        raise RuntimeError("outbox enqueue failed")
+
+    before = await table_counts(app)
+    monkeypatch.setattr(queue_module, "_insert", broken)
+    failed = await ingest(app, mail())
+    assert failed.retry and "outbox enqueue failed" in failed.reason
+    assert await table_counts(app) == before  # no case without its outbox row, no user, no index row
+    [row] = await inbox_rows(app)
+    assert (row["state"], row["attempts"], row["outcome"], row["case"]) == ("pending", 1, None, None)
+    assert "outbox enqueue failed" in row["last_error"]
+
+    monkeypatch.undo()
+    [created] = await app.worker.run_once()
+    assert created.action is Outcome.CREATED
+    counts = await table_counts(app)
+    assert (counts["support_case"], counts["comment"], counts["outbox"]) == (1, 1, 1)
+    assert [o["case"] for o in await outbox(app)] == [created.case]
+
+    # A reply that changes the status and queues a notice to the case's party: comment, status and
+    # notice go together too.
+    await add_user(app, "mette@borger.example", "Mette")
+    async with app.sessions() as session, session.begin():
+        case_id = (await run_in(session, queries.require_case, created.case)).id
+        mette = await run_in(session, queries.require_user, "mette@borger.example")
+        await run_in(session, writes.add_party, case_id, mette.id, app.clock.now(), None)
+    await set_status(app, created.case, Status.AFVENTER_REKVIRENT)
+    before = await table_counts(app)
+    monkeypatch.setattr(queue_module, "_insert", broken)
+    failed = await ingest(app, mail(subject=f"Re: [{created.case}] x", body="Her er svaret"))
+    assert failed.retry
+    assert await table_counts(app) == before
+    case = await detail(app, created.case)
+    assert case["status"] == "afventer_rekvirent" and len(case["comments"]) == 1
+    monkeypatch.undo()
+    [replied] = await app.worker.run_once()
+    assert (replied.action, replied.case) == (Outcome.COMMENTED, created.case)
+    case = await detail(app, created.case)
+    assert case["status"] == "paabegyndt" and len(case["comments"]) == 2
+    assert [(o["event"], o["recipients"]) for o in await outbox(app)] == [
+        ("receipt", ["jens@borger.example"]), ("status", ["mette@borger.example"])]
+
+
+async def test_item35_mail_without_message_id_is_deduplicated_by_content(app: App, mail: MailBuilder) -> None:
+    raw = without_message_id(mail())
+    first = await ingest(app, raw)
+    assert first.action is Outcome.CREATED
+    # the same mail again, by another path and with the trace headers a relay adds on top
+    relayed = (b"Received: from mx2.borger.example by mx.statens-adm.example; Mon, 5 Jan 2026 10:00:05 +0000\n"
+               b"Return-Path: <jens@borger.example>\nDelivered-To: " + ADDRESS.encode() + b"\n" + raw)
+    accepted, second = await app.ingest_now(IncomingMail(relayed, "imap:other", None, (ADDRESS,)))
+    assert accepted.duplicate and second is None
+    assert [c["number"] for c in await cases(app)] == [first.case]
+    # another mail without a Message-ID is another case
+    other = await ingest(app, without_message_id(mail(body="Et helt andet spørgsmål om min pension.")))
+    assert other.action is Outcome.CREATED and other.case != first.case
+    assert len(await cases(app)) == 2
+    rows = await inbox_rows(app)
+    assert len(rows) == 2 and all(r["message_id"] is None for r in rows)
+    assert "pension" in (await detail(app, other.case))["comments"][0]["full_text"]
+
+
+async def test_item37_dates_in_2099_and_1970_never_order_cases_or_comments(app: App, mail: MailBuilder) -> None:
+    """Comments are ordered by when they were received, cases by when they were last touched;
+    the Date header (here 2099 and 1970) decides neither."""
+    start = app.clock.now()
+
+    def at(hours: int) -> datetime:
+        return (start + timedelta(hours=hours)).replace(tzinfo=None)
+
+    def stored(value: str) -> datetime:
+        return datetime.fromisoformat(value).replace(tzinfo=None)
+
+    future, past = "Thu, 01 Jan 2099 00:00:00 +0000", "Thu, 01 Jan 1970 00:00:00 +0000"
+    a = await ingest(app, dated(mail(subject="Fremtiden", body="Første"), future))
+    app.clock.advance(hours=1)  # type: ignore[attr-defined]
+    b = await ingest(app, dated(mail(subject="Fortiden", body="Anden sag"), past))
+    app.clock.advance(hours=1)  # type: ignore[attr-defined]
+    c = await ingest(app, mail(subject="Nutiden", body="Tredje sag"))
+    assert [r.action for r in (a, b, c)] == [Outcome.CREATED] * 3
+    assert [x["number"] for x in await cases(app)] == [c.case, b.case, a.case]
+
+    for hours, date, body in ((3, past, "Svar dateret 1970"), (4, future, "Svar dateret 2099"),
+                              (5, None, "Svar uden mærkelig dato")):
+        app.clock.set(start + timedelta(hours=hours))  # type: ignore[attr-defined]
+        raw = mail(subject=f"Re: [{a.case}] Fremtiden", body=body)
+        result = await ingest(app, dated(raw, date) if date else raw)
+        assert (result.action, result.case) == (Outcome.COMMENTED, a.case)
+    case = await detail(app, a.case)
+    assert [x["visible_text"] for x in case["comments"]] == [
+        "Første", "Svar dateret 1970", "Svar dateret 2099", "Svar uden mærkelig dato"]
+    assert [stored(x["created_at"]) for x in case["comments"]] == [at(0), at(3), at(4), at(5)]
+    assert stored(case["created_at"]) == at(0) and stored(case["updated_at"]) == at(5)
+    assert [x["number"] for x in await cases(app)] == [a.case, c.case, b.case]
+
+
+# --- MIME (items 42, 44, 49, 50) ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raised_limits", [False, True], ids=["default header caps", "header caps raised"])
+async def test_item42_twenty_thousand_addresses_are_bounded_and_never_notified(tmp_path, clock, raised_limits: bool
+                                                                              ) -> None:
+    """20k addresses in To/Cc with Cc sharing on. Under the default header caps the mail is a header
+    bomb and quarantined cheaply; with the caps raised so that it is parsed, only the requester and
+    the registered colleague it is shared with (SPEC §5) get mail, and no user is made up from a header."""
+    worker = {"max_header_bytes": 4_000_000, "max_header_line_bytes": 4_000_000} if raised_limits else {}
+    settings = make_settings(tmp_path, policy={"cc_sharing": True, "sender_authentication": "mark",
+                                               "authserv_id": AUTHSERV}, worker=worker)
+    async with open_app(settings, clock=clock) as app:
+        await add_user(app, "jens@borger.example", "Jens", org="Borger A/S")
+        await add_user(app, "mette@borger.example", "Mette", org="Borger A/S")
+        await add_user(app, "ole@andet.example", "Ole", org="Andet ApS")
+        users_before = (await table_counts(app))["app_user"]
+        to = [f"modtager{i}@liste{i % 97}.example" for i in range(10_000)]
+        cc = ["mette@borger.example", "ole@andet.example", *(f"kopi{i}@liste{i % 89}.example" for i in range(10_000))]
+        raw = (b"From: Jens <jens@borger.example>\r\nTo: " + ",\r\n ".join([ADDRESS, *to]).encode()
+               + b"\r\nCc: " + ",\r\n ".join(cc).encode()
+               + f"\r\nAuthentication-Results: {AUTHSERV}; dmarc=pass header.from=borger.example\r\n".encode()
+               + b"Subject: Til alle\r\nMessage-ID: <mange@borger.example>\r\n\r\nHej alle sammen.\r\n")
+        assert len(raw) > 400_000
+        started = time.perf_counter()
+        result = await ingest(app, raw)
+        assert time.perf_counter() - started < 10.0
+        rows = await outbox(app)
+        assert (await table_counts(app))["app_user"] == users_before
+        if not raised_limits:
+            assert result.action is Outcome.QUARANTINED and "header" in result.reason
+            assert rows == [] and await cases(app) == []
+            return
+        assert result.action is Outcome.CREATED
+        assert sorted((r["event"], r["recipients"][0]) for r in rows) == [
+            ("receipt", "jens@borger.example"), ("shared", "mette@borger.example")]
+        assert [p["email"] for p in (await detail(app, result.case))["parties"]] == ["mette@borger.example"]
+
+
+H44 = b"From: jens@borger.example\r\nTo: " + ADDRESS.encode() + b"\r\nSubject: Graensetilfaelde\r\nMIME-Version: 1.0\r\n"
+MIXED = b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n'
+PLAIN = b"--b\r\nContent-Type: text/plain\r\n\r\n"
+
+
+@pytest.mark.parametrize("raw, shown, defect", [
+    (H44 + MIXED + b"Teksten uden nogen graense.\r\n", ["Teksten uden nogen graense."], "StartBoundaryNotFoundDefect"),
+    (H44 + MIXED + PLAIN + b"Den forste del.\r\n" + PLAIN + b"Den anden del lukkes aldrig.\r\n",
+     ["Den forste del.", "Den anden del lukkes aldrig."], "CloseBoundaryNotFoundDefect"),
+    (H44 + MIXED + PLAIN + b"Den synlige del.\r\n--b--\r\nSkjult efterskrift efter den sidste graense.\r\n",
+     ["Den synlige del.", "Skjult efterskrift efter den sidste graense."], None),
+    (H44 + MIXED + b"Skjult forord foran den forste graense.\r\n" + PLAIN + b"Den synlige del.\r\n--b--\r\n",
+     ["Den synlige del.", "Skjult forord foran den forste graense."], None),
+], ids=["missing boundary", "unclosed boundary", "hidden epilogue", "hidden preamble"])
+async def test_item44_broken_boundaries_keep_every_text_for_staff(app: App, raw: bytes, shown: list[str],
+                                                                  defect: str | None) -> None:
+    """Best-effort parts, and nothing hidden from staff: every text of the mail is in the stored full
+    text or in an attachment. The parser's defects are exposed on `ParsedMail.defects`; the store
+    keeps no column for them, so "recorded" is checked on the parsed value only."""
+    if defect:
+        assert defect in parse_mail(raw).defects
+    result = await ingest(app, raw)
+    assert result.action is Outcome.CREATED
+    [comment] = (await detail(app, result.case))["comments"]
+    kept = "\n".join([comment["full_text"],
+                      *(app.blobs.get(a["sha256"]).decode("utf-8", "replace") for a in comment["attachments"])])
+    for snippet in shown:
+        assert snippet in kept, snippet
+
+
+async def test_item49_forwarded_message_never_routes_or_authorises(app: App, mail: MailBuilder) -> None:
+    """A forward whose attached message/rfc822 is from the requester of SAG-1, about SAG-1 (tag,
+    In-Reply-To our receipt): the outer sender, a stranger to that case, gets a case of their own."""
+    from email import message_from_bytes, policy
+    from email.message import EmailMessage
+
+    first = await ingest(app, mail())
+    receipt = (await outbox(app))[0]["message_id"]
+    inner = message_from_bytes(mail(subject=f"Re: [{first.case}] Spørgsmål om min faktura", in_reply_to=receipt,
+                                    body="Indre tekst fra Jens, som ikke må lande på hans sag."),
+                               policy=policy.default)
+    outer = EmailMessage()
+    outer["From"] = "Mallory <mallory@angriber.example>"
+    outer["To"] = ADDRESS
+    outer["Subject"] = "Fwd: videresendt"
+    outer["Message-ID"] = "<fwd@angriber.example>"
+    outer.set_content("Se den vedhæftede mail.")
+    outer.add_attachment(inner, disposition="attachment", filename="original.eml")
+    result = await ingest(app, outer.as_bytes())
+
+    assert result.action is Outcome.CREATED and result.case != first.case
+    own = await detail(app, result.case)
+    assert own["requester"]["email"] == "mallory@angriber.example" and own["parties"] == []
+    [comment] = own["comments"]
+    assert [a["content_type"] for a in comment["attachments"]] == ["message/rfc822"]
+    assert b"Indre tekst fra Jens" in app.blobs.get(comment["attachments"][0]["sha256"])
+    untouched = await detail(app, first.case)
+    assert len(untouched["comments"]) == 1 and untouched["parties"] == []
+    assert [(o["event"], o["case"], o["recipients"]) for o in await outbox(app)] == [
+        ("receipt", first.case, ["jens@borger.example"]), ("receipt", result.case, ["mallory@angriber.example"])]
+
+
+def _mime(content_type: str, body: bytes, subject: bytes = b"Subject: Uden tekst\r\n") -> bytes:
+    return (b"From: jens@borger.example\r\nTo: " + ADDRESS.encode() + b"\r\n" + subject
+            + b"Message-ID: <" + uuid.uuid4().hex.encode() + b"@borger.example>\r\nMIME-Version: 1.0\r\n"
+            + b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+
+
+@pytest.mark.parametrize("raw, subject, visible, files", [
+    (_mime("text/plain", b"", subject=b""), NO_SUBJECT, NO_TEXT, []),
+    (_mime("text/plain", b"\r\n   \r\n\t\r\n"), "Uden tekst", NO_TEXT, []),
+    (_mime('multipart/mixed; boundary="b"',
+           b"--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=faktura.pdf\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQgZGF0YQ==\r\n--b--\r\n"), "Uden tekst", NO_TEXT,
+     ["faktura.pdf"]),
+    (_mime("text/html; charset=utf-8", b"<html><body><p>Hej <b>Kundebetjening</b>,</p><p>Min faktura er forkert."
+                                       b"</p></body></html>", subject=b"Subject: HTML\r\n"), "HTML",
+     "Hej Kundebetjening,\n\nMin faktura er forkert.", []),
+], ids=["empty", "whitespace only", "attachment only", "html only"])
+async def test_item50_empty_attachment_only_and_html_only_mails_open_readable_cases(
+        app: App, raw: bytes, subject: str, visible: str, files: list[str]) -> None:
+    result = await ingest(app, raw)
+    assert result.action is Outcome.CREATED
+    case = await detail(app, result.case)
+    [comment] = case["comments"]
+    assert case["subject"] == subject
+    assert comment["visible_text"] == visible
+    assert [a["name"] for a in comment["attachments"]] == files
+    assert [o["event"] for o in await outbox(app)] == ["receipt"]
+
+
+# --- identity and authorisation (items 56, 65, 68) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("results", [
+    f"{AUTHSERV}; dmarc=none header.from=borger.example; dkim=none; spf=none smtp.mailfrom=borger.example",
+    f"{AUTHSERV}; dmarc=none header.from=borger.example; dkim=pass header.d=nyhedsbrev-tjeneste.example",
+    None,
+    "mx.borger.example; dmarc=pass header.from=borger.example; dkim=pass header.d=borger.example",
+], ids=["dmarc none", "dkim of another domain", "no results at all", "only another server's results"])
+async def test_item56_unauthenticated_reply_is_never_appended(tmp_path, clock, mail: MailBuilder,
+                                                              results: str | None) -> None:
+    """SPEC §5 under `enforce`: a mail claiming a registered address that our MTA did not see pass
+    DMARC (or aligned DKIM/SPF) is quarantined. The catalogue allows a new flagged case; SPEC wins,
+    so the test expects a quarantine: no comment on the case and no new case."""
+    settings = make_settings(tmp_path, policy={"sender_authentication": "enforce", "authserv_id": AUTHSERV})
+    async with open_app(settings, clock=clock) as app:
+        await add_user(app, "jens@borger.example", "Jens")
+        first = await ingest(app, mail(headers={"Authentication-Results":
+                                                f"{AUTHSERV}; dmarc=pass header.from=borger.example"}))
+        assert first.action is Outcome.CREATED
+        receipt = (await outbox(app))[0]["message_id"]
+        reply = mail(subject=f"Re: [{first.case}] Spørgsmål om min faktura", in_reply_to=receipt,
+                     body="Svar uden godkendt afsender", headers={"Authentication-Results": results} if results else {})
+        result = await ingest(app, reply)
+        assert result.action is Outcome.QUARANTINED and "unauthenticated" in result.reason
+        assert [c["number"] for c in await cases(app)] == [first.case]
+        assert len((await detail(app, first.case))["comments"]) == 1
+        assert len(await outbox(app)) == 1
+        async with app.sessions() as session:
+            [held] = await run_in(session, queries.list_inbox, "quarantined")
+        assert held["outcome"] == "quarantined"
+
+
+@pytest.mark.parametrize("registered", [False, True], ids=["unknown sender", "registered user of another organisation"])
+async def test_item65_non_party_writing_to_a_valid_reply_token_address_gets_its_own_case(
+        app: App, mail: MailBuilder, registered: bool) -> None:
+    """SPEC §5: mail about a case from anyone but its requester and parties is a new mail from that
+    sender (the catalogue's staff quarantine is not what SPEC asks), whatever address it came to."""
+    outsider = "signup@tredjepart.example"
+    if registered:
+        await add_user(app, outsider, "Tredjepart", org="Tredjepart ApS")
+    first = await ingest(app, mail())
+    token_address = reply_address(app.settings.mail.reply_token_secret, ADDRESS, first.case)
+    # the token is valid: the requester's mail to it lands on the case
+    own = await ingest_to(app, mail(subject="Svar", to=token_address, body="Jens via token"), (token_address,))
+    assert (own.action, own.case) == (Outcome.COMMENTED, first.case)
+
+    result = await ingest_to(app, mail(sender=outsider, subject="Bekræft din konto", to=token_address,
+                                       body="Klik her for at bekræfte din konto"), (token_address,))
+    assert result.action is Outcome.CREATED and result.case != first.case
+    assert "not a party" in result.reason
+    case = await detail(app, first.case)
+    assert [c["visible_text"] for c in case["comments"]][-1] == "Jens via token"
+    assert len(case["comments"]) == 2 and case["parties"] == []
+    assert all("bekræfte" not in c["full_text"] for c in case["comments"])
+    assert [(o["case"], o["recipients"]) for o in await outbox(app)] == [
+        (first.case, ["jens@borger.example"]), (result.case, [outsider])]
+
+
+@pytest.mark.parametrize("removal", ["party row deleted", "moved to another organisation"])
+async def test_item68_access_removed_after_a_notification_is_checked_when_the_reply_arrives(
+        app: App, mail: MailBuilder, removal: str) -> None:
+    """Mette was a party (a colleague in Jens's organisation) and got the `shared` notification. Her
+    access is then taken away in the store; her reply to that notification must not reach the case
+    (RELIABILITY 68; SPEC §1/§5: cases are shared with colleagues of the requester's organisation)."""
+    await add_user(app, "jens@borger.example", "Jens", org="Borger A/S")
+    await add_user(app, "mette@borger.example", "Mette", org="Borger A/S")
+    first = await ingest(app, mail())
+    await lifecycle.share(app, first.case, "mette@borger.example", "jens@borger.example")
+    [shared] = [o for o in await outbox(app) if o["event"] == "shared"]
+    token_address = reply_address(app.settings.mail.reply_token_secret, ADDRESS, first.case)
+
+    def reply(body: str) -> bytes:
+        return mail(sender="mette@borger.example", subject=f"Re: [{first.case}] Spørgsmål om min faktura",
+                    to=token_address, in_reply_to=shared["message_id"], body=body)
+
+    allowed = await ingest_to(app, reply("Mette svarer som part"), (token_address,))
+    assert (allowed.action, allowed.case) == (Outcome.COMMENTED, first.case)
+
+    async with app.sessions() as session, session.begin():
+        mette = {"email": "mette@borger.example"}
+        if removal == "party row deleted":
+            await session.execute(text("DELETE FROM case_party WHERE user_id = "
+                                       "(SELECT id FROM app_user WHERE email = :email)"), mette)
+        else:
+            other = await run_in(session, writes.ensure_organisation, "Andet ApS")
+            await session.execute(text("UPDATE app_user SET organisation_id = :org WHERE email = :email"),
+                                  {**mette, "org": other.id})
+
+    result = await ingest_to(app, reply("Mette svarer efter at have mistet adgangen"), (token_address,))
+    assert result.action is Outcome.CREATED and result.case != first.case, result
+    assert "not a party" in result.reason
+    comments = (await detail(app, first.case))["comments"]
+    assert [c["visible_text"] for c in comments] == [comments[0]["visible_text"], "Mette svarer som part"]
+    assert (await detail(app, result.case))["requester"]["email"] == "mette@borger.example"
+
+
+# --- portal rendering: what is stored (item 87) ------------------------------------------------------------
+
+HOSTILE_HTML = """<html><head><meta http-equiv="refresh" content="0;url=javascript:alert(7)">
+<script>alert('xss')</script><style>p { background: url(javascript:alert(8)) }</style></head>
+<body onload="alert(6)"><p>Min faktura er forkert.</p>
+<img src="x" onerror="alert(1)"><a href="javascript:alert(2)">klik her</a>
+<a href="JaVaScRiPt:alert(3)">og her</a><svg onload="alert(4)"><circle r="1"/></svg>
+<iframe src="javascript:alert(5)"></iframe><form action="javascript:alert(9)"><input onfocus="alert(10)" autofocus>
+</form><div style="background-image: url('javascript:alert(11)')" onmouseover="alert(12)">Mvh Jens</div>
+</body></html>"""
+
+
+async def test_item87_stored_comment_html_and_text_are_sanitised(app: App) -> None:
+    raw = _mime("text/html; charset=utf-8", HOSTILE_HTML.encode(), subject=b"Subject: HTML angreb\r\n")
+    result = await ingest(app, raw)
+    assert result.action is Outcome.CREATED
+    async with app.sessions() as session:
+        [(html, visible, full)] = (await session.execute(
+            text("SELECT html, visible_text, full_text FROM comment"))).all()
+    assert html and "Min faktura er forkert." in html and "Mvh Jens" in html
+    lowered = html.lower()
+    for needle in ("<script", "onerror", "onload", "onfocus", "onmouseover", "javascript:", "<svg", "<iframe",
+                   "<meta", "<form", "alert("):
+        assert needle not in lowered, needle
+    for value in (visible, full):
+        assert "Min faktura er forkert." in value
+        assert "alert(" not in value and "javascript:" not in value.lower() and "<script" not in value.lower()

@@ -128,7 +128,14 @@ def _build(message: email.message.Message, parsed: mailparser.MailParser | None,
     text = "\n".join(plain)
     if not text.strip() and html:
         text = html_to_text(html)
+    hidden = _hidden_texts(message)
+    if hidden and not text.strip():
+        text, hidden = "\n".join(hidden), []
     text, uuencoded = extract_uuencoded(text, blobs, len(attachments))
+    if hidden:  # beside a readable body: kept as a file for staff, never mixed into the comment
+        data = "\n\n".join(hidden).encode("utf-8", "surrogateescape")  # undecodable bytes as they came
+        sha = blobs([data]) if blobs is not None else _sha256([data])
+        uuencoded.append(StoredAttachment("Hidden text.txt", len(data), sha, "text/plain"))
     return ParsedMail(
         message_id=h.first_id(message.get("Message-ID")),
         subject=h.clean_line(h.subject(message, parsed), h.MAX_HEADER_VALUE),
@@ -182,10 +189,25 @@ def _body_texts(message: email.message.Message) -> tuple[list[str], list[str]]:
             (plain if ctype == "text/plain" else html).append(_text_of(part))
         elif part.get_content_maintype() == "multipart":  # boundary never found: show what is there
             plain.append(_text_of(part))
-    plain = [t for t in plain if t.strip()]
-    if not plain and isinstance(message.preamble, str) and message.preamble.strip():
-        plain.append(message.preamble)  # text before the first boundary, nothing hidden (item 44)
-    return plain, [t for t in html if t.strip()]
+    return [t for t in plain if t.strip()], [t for t in html if t.strip()]
+
+
+# The notices mail programs put before the first part for readers without MIME.
+_MIME_BOILERPLATE = re.compile(r"(>\s*)?(this is an? [\w/ -]{0,40}message|this message is in mime format"
+                               r"|denne meddelelse er i mime-format)", re.IGNORECASE)
+
+
+def _hidden_texts(message: email.message.Message) -> list[str]:
+    """Text outside every part, before the first boundary or after the last: mail programs
+    do not show it, staff must see it (RELIABILITY 44). The usual MIME notice is not text."""
+    found = []
+    for part in message.walk():
+        if part.is_multipart():
+            for value in (part.preamble or "", part.epilogue or ""):
+                text = " ".join(value.split())
+                if text and not (len(text) <= 300 and _MIME_BOILERPLATE.match(text)):
+                    found.append(value.strip())
+    return found
 
 
 def _children(part: email.message.Message) -> list[email.message.Message]:

@@ -58,7 +58,7 @@ def make_plan(mail: ParsedMail, kind: Classification, ctx: Context, policy: Plan
     if ctx.sender is None and policy.unknown_sender == "quarantine":
         return Quarantine("unknown sender")
     comment = draft(mail)
-    if match is not None and ctx.sender is not None and match.case.admits(ctx.sender.id):
+    if match is not None and ctx.sender is not None and match.case.admits(ctx.sender):
         return _on_case(match.case, ctx.sender, comment, mail, ctx, policy)
     note = "thread reference ignored: sender is not a party of the case" if match else ""
     return _open(mail, ctx, policy, comment, follows=None, note=note)
