@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from gateway.app import App
+import os
+
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.pool import Pool
+
+from gateway.app import App, open_app
+from gateway.errors import ConfigError
 from gateway.model import Outcome, Status
 from store import queries, writes
+from store.engine import check_durability, make_engine, sync_sqlite_engine
 from store.inbox import IncomingMail
 from store.transact import run_in
-from tests.conftest import ADDRESS, MailBuilder, add_user
+from tests.conftest import ADDRESS, MailBuilder, add_user, make_settings
 
 
 async def ingest(app: App, raw: bytes, to: tuple[str, ...] = (ADDRESS,)):
@@ -259,3 +267,110 @@ async def test_upgrade_moves_raw_bytes_of_an_older_store_into_their_own_table(tm
         await engine.dispose()
     assert "raw" not in columns
     assert moved == raw
+
+
+# --- RELIABILITY 31: a store whose commits are not durable is refused at start-up ---------------
+
+def _with_pragmas(engine, *pragmas: str) -> None:
+    """A connect hook after the engine's own, as a changed engine or a careless operator would add."""
+    @event.listens_for(engine.sync_engine, "connect")
+    def _after_ours(dbapi_conn, _record) -> None:
+        cursor = dbapi_conn.cursor()
+        for pragma in pragmas:
+            cursor.execute(pragma)
+        cursor.close()
+
+
+@pytest.mark.sqlite_only
+async def test_item31_the_engine_runs_sqlite_in_wal_with_synchronous_full(tmp_path) -> None:
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/durable.db"
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            journal = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
+            sync = (await conn.execute(text("PRAGMA synchronous"))).scalar()
+        await check_durability(engine)
+    finally:
+        await engine.dispose()
+    assert (journal, sync) == ("wal", 2)  # 2 is FULL
+    writer = sync_sqlite_engine(url, 1000)  # the connection of the daemon's inbox writer
+    try:
+        with writer.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+    finally:
+        writer.dispose()
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize(("pragmas", "refused"), [
+    ((), None),
+    (("PRAGMA synchronous=EXTRA",), None),
+    (("PRAGMA journal_mode=DELETE",), None),  # rollback journal with FULL is durable too
+    (("PRAGMA synchronous=NORMAL",), "synchronous=1"),
+    (("PRAGMA synchronous=OFF",), "synchronous=0"),
+    (("PRAGMA journal_mode=DELETE", "PRAGMA synchronous=NORMAL"), "synchronous=1"),
+    (("PRAGMA journal_mode=MEMORY",), "journal_mode=memory"),
+    (("PRAGMA journal_mode=OFF",), "journal_mode=off"),
+], ids=["wal-full", "wal-extra", "delete-full", "wal-normal", "wal-off", "delete-normal", "memory-journal",
+        "no-journal"])
+async def test_item31_check_durability_refuses_sqlite_below_full(tmp_path, pragmas, refused) -> None:
+
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/store.db")
+    _with_pragmas(engine, *pragmas)
+    try:
+        if refused is None:
+            await check_durability(engine)
+        else:
+            with pytest.raises(ConfigError, match=f"SQLite is not durable: .*{refused}"):
+                await check_durability(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.sqlite_only
+async def test_item31_start_up_refuses_sqlite_with_synchronous_normal(tmp_path) -> None:
+    """open_app (what `gateway run` and every command start with) will not open such a store."""
+
+    path = tmp_path / "normal.db"
+    settings = make_settings(tmp_path, database={"url": f"sqlite+aiosqlite:///{path}"})
+
+    def normal(dbapi_conn, _record, _proxy) -> None:  # every checkout, after the engine's own hook
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA database_list")
+        if any(row[2] == str(path) for row in cursor.fetchall()):
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(Pool, "checkout", normal)
+    try:
+        with pytest.raises(ConfigError, match="synchronous=1"):
+            async with open_app(settings):
+                pass
+    finally:
+        event.remove(Pool, "checkout", normal)
+    async with open_app(settings) as app:  # the same file with the engine's own settings opens
+        assert app.engine.dialect.name == "sqlite"
+
+
+async def test_item31_start_up_refuses_postgresql_without_synchronous_commit(tmp_path) -> None:
+
+    if not os.environ.get("GATEWAY_TEST_DATABASE_URL"):
+        pytest.skip("PostgreSQL half: set GATEWAY_TEST_DATABASE_URL")
+    settings = make_settings(tmp_path)  # a fresh database of its own
+    url = settings.database.url
+    engine = make_engine(url)
+    try:
+        await check_durability(engine)  # the server's default, on
+        async with engine.begin() as conn:
+            name = (await conn.execute(text("SELECT current_database()"))).scalar_one()
+            await conn.execute(text(f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
+        await engine.dispose()  # the setting applies to new sessions
+        with pytest.raises(ConfigError, match="synchronous_commit=off"):
+            await check_durability(engine)
+    finally:
+        await engine.dispose()
+    with pytest.raises(ConfigError, match="synchronous_commit=off"):
+        async with open_app(settings):
+            pass

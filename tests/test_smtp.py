@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, func, select, text
+from sqlalchemy.pool import Pool
 
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
@@ -35,6 +36,7 @@ from gateway.ingest.smtp import (
 )
 from store.inbox import Accepted, GroupCommitter, IncomingMail
 from store.models import InboundMail, InboundRaw
+from store.sqlite_writer import SqliteInboxWriter
 from tests import smtp_probes as probes
 from tests.conftest import ADDRESS, build_mail, make_settings
 from tests.smtp_probes import RawSmtp, Reply
@@ -330,6 +332,173 @@ async def test_item18_client_dropping_mid_data_stores_nothing(server: Server) ->
     assert await server.stored() == []
     assert server.listener.sessions == 0
 
+async def nothing_more(smtp: RawSmtp, wait: float = 0.5) -> bool:
+    """True when the server sends no further reply within `wait` seconds."""
+    try:
+        extra = await smtp.reply(timeout=wait)
+    except TimeoutError:
+        return True
+    return extra.code == 0  # closed, which the caller's next step then shows
+
+
+@pytest.mark.parametrize("line", [
+    b"NOOP " + b"x" * 508,
+    b"RCPT TO:<kundebetjening+" + b"t" * 470 + b"@statens-adm.example>",
+    b"EHLO " + b"h" * 600,
+    b"VRFY " + b"x" * 1100 + b"\r\nMAIL FROM:<tail@borger.example>",  # the tail is a line of its own
+    b"X" * 1100 + b"MAIL FROM:<evil@borger.example>",  # past the 1001-octet read buffer
+    b"NOOP " + b"x" * 100_000,
+], ids=["noop-513", "rcpt-513", "ehlo-605", "vrfy-1105", "tail-1131", "noop-100005"])
+async def test_item07_command_line_over_512_octets_gets_500_and_the_session_goes_on(
+        server: Server, line: bytes) -> None:
+    assert len(line.split(b"\r\n")[0]) > 512  # octets before the CRLF
+    smtp = await RawSmtp.connect(server.port)
+    try:
+        assert (await smtp.greet()).code == 250
+        assert (await smtp.command("MAIL FROM:<anna@borger.example>")).code == 250
+        await smtp.send(line + b"\r\n")  # in one write with whatever follows it
+        assert await smtp.reply() == Reply(500, "Command line too long")
+        if b"\r\n" in line:  # the line after the long one is read as a command again
+            assert await smtp.reply() == Reply(503, "Error: nested MAIL command")
+        assert await nothing_more(smtp)  # nothing inside the long line ran as a command
+        assert await smtp.command("NOOP") == Reply(250, "OK")
+        # the transaction begun before the long line is intact and completes
+        assert (await smtp.command(f"RCPT TO:<{ADDRESS}>")).code == 250
+        assert (await smtp.command("DATA")).code == 354
+        await smtp.send(probes.message("after a long command") + b".\r\n")
+        assert await smtp.reply() == Reply(250, "2.0.0 Ok: queued as 1")
+        assert await smtp.command("QUIT") == Reply(221, "Bye")
+    finally:
+        await smtp.close()
+    [row] = await server.stored()
+    assert row["envelope_from"] == "anna@borger.example" and row["envelope_to"] == [ADDRESS]
+
+
+async def test_item07_the_limit_is_512_octets_and_mail_gets_26_more_for_size(server: Server) -> None:
+    """The exact edges: 512 octets before the CRLF are a command, 513 are not (before and after
+    EHLO). MAIL gets 26 octets more once EHLO offered SIZE (RFC 1870 §3)."""
+    def mail_from(octets: int) -> bytes:
+        return b"MAIL FROM:<" + b"a" * (octets - 27) + b"@borger.example>"
+
+    smtp = await RawSmtp.connect(server.port)
+    try:
+        assert (await smtp.reply()).code == 220
+        assert await smtp.command(b"NOOP " + b"x" * 507) == Reply(250, "OK")
+        assert await smtp.command(b"NOOP " + b"x" * 508) == Reply(500, "Command line too long")
+        assert (await smtp.command("EHLO probe.example")).code == 250
+        assert await smtp.command(b"NOOP " + b"x" * 507) == Reply(250, "OK")
+        assert await smtp.command(b"NOOP " + b"x" * 508) == Reply(500, "Command line too long")
+        assert len(mail_from(539)) == 539
+        assert await smtp.command(mail_from(539)) == Reply(500, "Command line too long")
+        assert await smtp.command(mail_from(538)) == Reply(250, "OK")
+    finally:
+        await smtp.close()
+
+
+@pytest.mark.parametrize(("chars", "code"), [(998, 250), (999, 250), (1000, 500), (1001, 500), (5000, 500)])
+async def test_item08_data_line_over_the_limit_gets_500_after_the_dot_and_the_session_goes_on(
+        server: Server, chars: int, code: int) -> None:
+    """A text line of `chars` octets plus CRLF. RFC 5321 §4.5.3.1.6 allows 1000 with the CRLF;
+    aiosmtpd (`line_length_limit = 1001`) takes one more and refuses anything longer, after the dot."""
+    raw = probes.message(f"line of {chars}", body="Hej.\r\n" + "y" * chars + "\r\nMvh Anna\r\n")
+    following = probes.message("next")
+    smtp = await RawSmtp.connect(server.port)
+    try:
+        await smtp.greet()
+        for command in ("MAIL FROM:<anna@borger.example>", f"RCPT TO:<{ADDRESS}>", "DATA"):
+            assert (await smtp.command(command)).code in (250, 354)
+        await smtp.send(raw)
+        assert await nothing_more(smtp)  # no early answer: the refusal waits for the end of the data
+        await smtp.send(b".\r\n")
+        reply = await smtp.reply()
+        if code == 500:
+            assert reply == Reply(500, "Line too long (see RFC5321 4.5.3.1.6)")
+            assert await server.stored() == []
+        else:
+            assert reply == Reply(250, "2.0.0 Ok: queued as 1")
+            [row] = await server.stored()
+            assert row["raw"] == raw  # byte for byte, the long line included
+        assert await nothing_more(smtp, 0.2)
+        # the refused transaction is gone (no 503 nested MAIL) and the session takes the next mail
+        assert (await smtp.command("MAIL FROM:<bo@borger.example>")) == Reply(250, "OK")
+        assert (await smtp.command(f"RCPT TO:<{ADDRESS}>")).code == 250
+        assert (await smtp.command("DATA")).code == 354
+        await smtp.send(following + b".\r\n")
+        assert (await smtp.reply()).code == 250
+        assert server.listener.sessions == 1
+        assert await smtp.command("QUIT") == Reply(221, "Bye")
+    finally:
+        await smtp.close()
+    rows = await server.stored()
+    assert [r["envelope_from"] for r in rows] == (["bo@borger.example"] if code == 500
+                                                   else ["anna@borger.example", "bo@borger.example"])
+    assert rows[-1]["raw"] == following  # nothing of the dropped data went into the next mail
+
+
+STRICT_ASCII = Reply(500, "Error: strict ASCII mode")
+
+
+@pytest.mark.parametrize(("command", "reply"), [
+    ("MAIL FROM:<jøns@borger.example>", STRICT_ASCII),  # UTF-8 local part
+    ("MAIL FROM:<jøns@borger.example> SMTPUTF8", STRICT_ASCII),
+    ("MAIL FROM:<jens@børger.example>", STRICT_ASCII),  # U-label domain
+    ("MAIL FROM:<jens@børger.example> SMTPUTF8", STRICT_ASCII),
+    (b"MAIL FROM:<j\xf8ns@borger.example>", STRICT_ASCII),  # 8-bit, not even UTF-8
+    ("MAIL FROM:<jens@borger.example> SMTPUTF8", Reply(501, "Error: SMTPUTF8 disabled")),
+    ("RCPT TO:<kundebetjéning@statens-adm.example>", STRICT_ASCII),
+    ("RCPT TO:<kundebetjening@stätens-adm.example>", STRICT_ASCII),
+    ("RCPT TO:<kundebetjéning@statens-adm.example> SMTPUTF8", STRICT_ASCII),
+    ("RCPT TO:<kundebetjening@statens-adm.example> SMTPUTF8",
+     Reply(555, "RCPT TO parameters not recognized or not implemented")),
+], ids=["mail-utf8-local", "mail-utf8-local-smtputf8", "mail-ulabel", "mail-ulabel-smtputf8", "mail-8bit",
+        "mail-ascii-smtputf8", "rcpt-utf8-local", "rcpt-ulabel", "rcpt-utf8-smtputf8", "rcpt-ascii-smtputf8"])
+async def test_item53_non_ascii_envelope_is_refused_at_the_command_and_the_session_goes_on(
+        server: Server, command: str | bytes, reply: Reply) -> None:
+    """One rule: the listener does not offer SMTPUTF8, so any non-ASCII octet in MAIL or RCPT is
+    refused permanently at that command (before any address parsing or handler runs), and so is
+    the SMTPUTF8 parameter itself. Nothing is stored; the same session delivers the next mail."""
+    line = command.encode() if isinstance(command, str) else command
+    smtp = await RawSmtp.connect(server.port)
+    try:
+        ehlo = await smtp.greet()
+        assert ehlo.code == 250 and "SMTPUTF8" not in ehlo.text
+        if line.startswith(b"RCPT"):
+            assert (await smtp.command("MAIL FROM:<anna@borger.example>")).code == 250
+        assert await smtp.command(line) == reply
+        assert await nothing_more(smtp, 0.2)
+        if line.startswith(b"MAIL"):  # the refused MAIL started no transaction
+            assert await smtp.command(f"RCPT TO:<{ADDRESS}>") == Reply(503, "Error: need MAIL command")
+            assert (await smtp.command("MAIL FROM:<anna@borger.example>")).code == 250
+        assert (await smtp.command(f"RCPT TO:<{ADDRESS}>")).code == 250
+        assert (await smtp.command("DATA")).code == 354
+        await smtp.send(probes.message("after non-ascii") + b".\r\n")
+        assert await smtp.reply() == Reply(250, "2.0.0 Ok: queued as 1")
+    finally:
+        await smtp.close()
+    [row] = await server.stored()
+    assert row["envelope_from"] == "anna@borger.example" and row["envelope_to"] == [ADDRESS]
+
+
+async def test_item53_a_label_domains_are_plain_ascii_and_follow_the_recipient_rules(server: Server) -> None:
+    """The IDNA (A-label) form of an IDN domain is ordinary ASCII: accepted as the sender, and as
+    a recipient judged like any other domain (ours, a relay attempt, or not a domain at all)."""
+    sender = "jens@xn--brger-vua.example"  # børger.example
+    smtp = await RawSmtp.connect(server.port)
+    try:
+        await smtp.greet()
+        assert await smtp.command(f"MAIL FROM:<{sender}>") == Reply(250, "OK")
+        assert await smtp.command("RCPT TO:<kundebetjening@xn--brger-vua.example>") == Reply(550, "5.7.1 Relaying denied")
+        assert await smtp.command("RCPT TO:<kundebetjening@xn--.example>") == Reply(553, "5.1.3 Invalid address")
+        assert (await smtp.command(f"RCPT TO:<{ADDRESS}>")).code == 250
+        assert (await smtp.command("DATA")).code == 354
+        await smtp.send(probes.message("idn sender", sender=sender) + b".\r\n")
+        assert (await smtp.reply()).code == 250
+    finally:
+        await smtp.close()
+    [row] = await server.stored()
+    assert row["envelope_from"] == sender and row["envelope_to"] == [ADDRESS]
+    assert await server.cases() == 1
+
 
 # --- failures of our own ----------------------------------------------------------------------
 
@@ -396,6 +565,90 @@ async def test_item30_locked_store_answers_451_and_the_retry_makes_one_case(tmp_
         assert retry.code == 250 and retry.text == "2.0.0 Ok: queued as 1"
         assert len(await srv.stored()) == 1
         assert await srv.cases() == 1
+
+class FullStore:
+    """The store's file can grow no more, as on a full disk.
+
+    While `full`, every connection to the store's file that is checked out of any pool (the
+    app's engine, the daemon's inbox writer) gets SQLite's `max_page_count` at the file's
+    current size, so SQLite itself fails a write that needs a new page with SQLITE_FULL
+    ("database or disk is full"), as it does when the disk is full. Nothing of ours is replaced.
+    """
+
+    def __init__(self, app: App) -> None:
+        if app.engine.dialect.name != "sqlite":
+            pytest.skip("the full store is made with SQLite's max_page_count")
+        self.path = str(app.engine.url.database)
+        self.full = False
+
+    def _checkout(self, dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA database_list")
+        if any(row[1] == "main" and row[2] == self.path for row in cursor.fetchall()):
+            # SQLite never sets the limit below the file's size: 1 means "as big as it is now"
+            cursor.execute(f"PRAGMA max_page_count = {1 if self.full else 1_073_741_823}")
+        cursor.close()
+
+    def __enter__(self) -> FullStore:
+        event.listen(Pool, "checkout", self._checkout)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(Pool, "checkout", self._checkout)
+
+
+_daemon_writers: list[tuple[SqliteInboxWriter, GroupCommitter]] = []
+
+
+def daemon_writer(app: App) -> Callable[[IncomingMail], Awaitable[Accepted]]:
+    """The daemon's SQLite path: group commits through the SqliteInboxWriter thread."""
+    if app.engine.dialect.name != "sqlite":
+        pytest.skip("the daemon's inbox writer is the SQLite path")
+    writer = SqliteInboxWriter(app.engine.url.render_as_string(hide_password=False),
+                               app.settings.database.busy_timeout_ms / 1000)
+    committer = GroupCommitter(writer, app.clock.now)
+    _daemon_writers.append((writer, committer))
+    return committer.accept
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("store", [None, daemon_writer], ids=["inbox", "daemon-writer"])
+async def test_item14_full_store_answers_452_stores_no_partial_row_and_the_retry_gets_250(
+        tmp_path: Path, store: Callable[[App], Callable[[IncomingMail], Awaitable[Accepted]]] | None) -> None:
+    body = "".join(f"Linje {i}: {'æøå' * (i % 7)} {i * 7919 % 104729}\r\n" for i in range(6000))  # ~200 KB
+    raw = probes.message("disk full", body=body)
+    try:
+        async with serve(tmp_path, store=store) as srv:
+            with FullStore(srv.app) as disk:
+                async with srv.app.engine.connect() as conn:
+                    page = (await conn.execute(text("PRAGMA page_size"))).scalar_one()
+                    free = (await conn.execute(text("PRAGMA freelist_count"))).scalar_one()
+                assert len(raw) > (free + 10) * page  # the mail cannot fit in the file as it is
+                disk.full = True
+                smtp = await RawSmtp.connect(srv.port)
+                try:
+                    await smtp.greet()
+                    first = await probes.transaction(smtp, raw)
+                    assert first == Reply(452, "4.3.1 Insufficient system storage, please try again later")
+                    table = InboundMail.__table__  # type: ignore[attr-defined]
+                    raws = InboundRaw.__table__  # type: ignore[attr-defined]
+                    async with srv.app.engine.connect() as conn:  # neither half of the mail is kept
+                        assert (await conn.execute(select(func.count()).select_from(table))).scalar_one() == 0
+                        assert (await conn.execute(select(func.count()).select_from(raws))).scalar_one() == 0
+                    assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
+                    disk.full = False  # space again: the sender's retry, in the same session
+                    retry = await probes.transaction(smtp, raw)
+                    assert retry == Reply(250, "2.0.0 Ok: queued as 1")
+                finally:
+                    await smtp.close()
+            [row] = await srv.stored()
+            assert row["raw"] == raw
+            assert await srv.cases() == 1
+    finally:
+        while _daemon_writers:
+            writer, committer = _daemon_writers.pop()
+            await committer.close()
+            writer.close()
 
 
 def slow_store(app: App) -> Callable[[IncomingMail], Awaitable[Accepted]]:
