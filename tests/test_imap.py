@@ -15,7 +15,8 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,7 @@ from gateway.ingest.imap import (
     FolderState,
     Lease,
     LeaseLost,
+    Mailbox,
     advance,
     batches,
     check_accounts,
@@ -534,3 +536,241 @@ async def test_folder_state_holds_every_imap_number(settings: Settings, value: i
         state = FolderState(uidvalidity=value, last_uid=value, failures={str(value): 2})
         await save_state(app.engine, "kb", "INBOX", state, app.clock.now())
         assert await load_state(app.engine, "kb", "INBOX") == state
+
+
+# -- items 91, 95, 97 -------------------------------------------------------------------------
+
+
+def _flags(dovecot: Dovecot, username: str, name: str = "INBOX") -> dict[int, tuple[bytes, ...]]:
+    """The flags of every message in a folder, seen over a connection of our own (EXAMINE, so
+    looking changes nothing)."""
+    with dovecot.client(username) as c:
+        c.select_folder(name, readonly=True)
+        return {int(uid): tuple(flags) for uid, flags in c.get_flags(c.search("ALL")).items()}
+
+
+async def test_item91_crash_between_fetch_and_commit_leaves_the_mail_unseen_then_one_case(
+        dovecot: Dovecot, user: str, tmp_path: Path) -> None:
+    fetched: list[bytes] = []
+
+    class CrashBeforeCommit(AccountReader):
+        """Dies like a killed process: the batch is fetched, the inbox commit never happens."""
+
+        async def commit(self, mails: list[IncomingMail]) -> list[Accepted]:
+            fetched.extend(m.raw for m in mails)
+            raise asyncio.CancelledError
+
+    raws = mails(3, "crash")
+    acct = account(dovecot, user)
+    settings = imap_settings(tmp_path, acct)
+    dovecot.append(user, raws)
+    assert not any(b"\\Seen" in f for f in (await asyncio.to_thread(_flags, dovecot, user)).values())
+    async with open_app(settings, clock=SystemClock()) as app:
+        await asyncio.wait_for(imap_loop(app, asyncio.Event(), CrashBeforeCommit), timeout=30)
+        assert await inbound_count(app) == 0, "the commit never happened"
+    # the whole of each message was fetched before the crash (the server stores lines with CRLF)
+    assert sorted(fetched) == sorted(r.replace(b"\n", b"\r\n") for r in raws)
+    flags = await asyncio.to_thread(_flags, dovecot, user)
+    assert len(flags) == 3, "still in INBOX"
+    assert not [uid for uid, f in flags.items() if b"\\Seen" in f], f"the fetch must be BODY.PEEK[]: {flags}"
+    assert await folder(dovecot, user, "Processed") == 0
+
+    async with running(settings) as app:  # the restart
+        await eventually(lambda: _equals(folder(dovecot, user, "Processed"), 3), timeout=30)
+        await eventually(lambda: _equals(case_count(app), 3), timeout=30)
+        await asyncio.sleep(0.5)  # nothing more may come
+        assert await case_count(app) == 3
+        assert await inbound_count(app) == 3
+        async with app.sessions() as session:
+            titles = sorted(c["subject"] for c in await run_in(session, queries.list_cases, "all"))
+    assert titles == sorted(f"Spørgsmål crash{i}" for i in range(3)), "one case per mail"
+    assert await folder(dovecot, user, "INBOX") == 0
+
+
+@pytest.mark.parametrize("stage", ["search", "sizes"], ids=["after-search", "after-size-fetch"])
+async def test_item95_message_expunged_between_search_and_fetch_is_skipped(
+        dovecot: Dovecot, user: str, tmp_path: Path, caplog: pytest.LogCaptureFixture, stage: str) -> None:
+    """Another client expunges one of the found UIDs before the FETCH RFC822.SIZE ("search") or
+    between it and the FETCH BODY.PEEK[] ("sizes")."""
+    caplog.set_level(logging.INFO, logger="gateway.imap")
+    expunged: list[int] = []
+
+    class ExpungedMeanwhile(Mailbox):
+        def _other_client_expunges(self, uids: list[int]) -> None:
+            if expunged or len(uids) < 3:
+                return
+            victim = uids[1]
+            with dovecot.client(user) as other:  # a second connection, as another mail client
+                other.select_folder("INBOX")
+                other.delete_messages([victim])
+                other.uid_expunge([victim])
+            expunged.append(victim)
+
+        def search(self, criteria: list[str]) -> list[int]:
+            uids = super().search(criteria)
+            if stage == "search":
+                self._other_client_expunges(uids)
+            return uids
+
+        def sizes(self, uids: Sequence[int]) -> dict[int, int]:
+            found = super().sizes(uids)
+            if stage == "sizes":
+                self._other_client_expunges(sorted(found))
+            return found
+
+    class Reader(AccountReader):
+        def __init__(self, app: App, acct: ImapAccount, holder: str) -> None:
+            super().__init__(app, acct, holder)
+            self.box = ExpungedMeanwhile(acct)
+
+    dovecot.append(user, mails(3, "x"))
+    acct = account(dovecot, user)
+    async with running(imap_settings(tmp_path, acct), Reader) as app:
+        await eventually(lambda: _equals(folder(dovecot, user, "Processed"), 2), timeout=30)
+        await eventually(lambda: _equals(case_count(app), 2), timeout=30)
+        await asyncio.sleep(0.5)
+        assert await inbound_count(app) == 2
+        async with app.sessions() as session:
+            titles = sorted(c["subject"] for c in await run_in(session, queries.list_cases, "all"))
+        state = await load_state(app.engine, acct.name, "INBOX")
+    assert len(expunged) == 1, "the other client's expunge must have happened"
+    assert titles == ["Spørgsmål x0", "Spørgsmål x2"]
+    assert await folder(dovecot, user, "INBOX") == 0
+    assert await folder(dovecot, user, "Failed") == 0
+    assert state.failures == {}
+    problems = [r for r in caplog.records if r.name == "gateway.imap" and r.levelno >= logging.WARNING]
+    assert not problems, [(r.getMessage(), getattr(r, "problem", None)) for r in problems]
+    assert len(events(caplog, "imap.connected", acct.name)) == 1, "no reconnect: the round went through"
+
+
+class HostileImap:
+    """A fake IMAP server on 127.0.0.1 (item 97). It greets, takes any login, has one message in
+    INBOX and says it is small (RFC822.SIZE `claimed`); the FETCH BODY.PEEK[] is answered with a
+    literal `{announced}` whose bytes are trickled, one every `pace_s`, and never finished."""
+
+    def __init__(self, announced: int, claimed: int, pace_s: float) -> None:
+        self.announced, self.claimed, self.pace_s = announced, claimed, pace_s
+        self.connections = 0
+        self.body_fetches: list[float] = []   # time.time() of each answer that starts the literal
+        self.trickled: list[int] = []         # bytes of the literal sent, per answer
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def __aenter__(self) -> HostileImap:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in list(self._writers):
+            writer.close()  # ends every trickle and read loop at its next step
+        tasks = list(self._tasks)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._writers.add(writer)
+        self.connections += 1
+        try:
+            writer.write(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] hostile ready\r\n")
+            while line := await reader.readline():
+                tag, _, command = line.decode("ascii", "replace").rstrip("\r\n").partition(" ")
+                verb = command.upper()
+                untagged = ""
+                if verb.startswith("CAPABILITY"):
+                    untagged = "* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n"
+                elif verb.startswith("LIST"):
+                    untagged = '* LIST (\\HasNoChildren) "/" INBOX\r\n' if "INBOX" in verb else ""
+                elif verb.startswith(("SELECT", "EXAMINE")):
+                    untagged = ("* FLAGS (\\Seen \\Deleted)\r\n* OK [PERMANENTFLAGS (\\Seen \\Deleted \\*)] ok\r\n"
+                                "* 1 EXISTS\r\n* 0 RECENT\r\n* OK [UIDVALIDITY 7] ok\r\n* OK [UIDNEXT 2] ok\r\n")
+                elif verb.startswith("UID SEARCH"):
+                    untagged = "* SEARCH 1\r\n"
+                elif verb.startswith("UID FETCH") and "RFC822.SIZE" in verb:
+                    untagged = f"* 1 FETCH (UID 1 RFC822.SIZE {self.claimed})\r\n"
+                elif verb.startswith("UID FETCH") and "BODY" in verb:
+                    writer.write(f"* 1 FETCH (UID 1 BODY[] {{{self.announced}}}\r\n".encode())
+                    self.body_fetches.append(time.time())
+                    self.trickled.append(0)
+                    await self._trickle(reader, writer)
+                    return
+                elif verb.startswith("LOGOUT"):
+                    writer.write(f"* BYE bye\r\n{tag} OK done\r\n".encode())
+                    await writer.drain()
+                    return
+                writer.write(f"{untagged}{tag} OK done\r\n".encode())
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            self._writers.discard(writer)
+            self._tasks.discard(task)
+
+    async def _trickle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while not reader.at_eof() and not writer.is_closing():
+            writer.write(b"x")
+            await writer.drain()
+            self.trickled[-1] += 1
+            await asyncio.sleep(self.pace_s)
+
+
+@pytest.mark.parametrize(("announced", "claimed", "expected"), [
+    (2_000_000_000, 1_000, "literal of 2000000000 bytes"),  # the size it claimed was a lie
+    (5_000, 5_000, "too slowly"),  # within the limit, but one byte every 50 ms would take 250 s
+], ids=["huge-literal", "trickled-literal"])
+async def test_item97_hostile_server_with_a_huge_literal_is_bounded(
+        dovecot: Dovecot, user: str, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        announced: int, claimed: int, expected: str) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.imap")
+    timeout_s = 3.0  # the hostile account's socket timeout (the default is SOCKET_TIMEOUT_S)
+
+    class ShortTimeout(AccountReader):
+        def __init__(self, app: App, acct: ImapAccount, holder: str) -> None:
+            super().__init__(app, acct, holder)
+            if acct.name == "hostile":
+                self.box = Mailbox(acct, timeout_s=timeout_s)
+
+    good = account(dovecot, user)
+    dovecot.append(user, mails(3, "good"))
+    tracemalloc.start()
+    try:
+        async with HostileImap(announced, claimed, pace_s=0.05) as server:
+            hostile = ImapAccount(name="hostile", host="127.0.0.1", port=server.port, tls="none",
+                                  username="x@example.test", password="y", idle=False, poll_interval_s=0.5,
+                                  max_message_size=10_000)
+            settings = imap_settings(tmp_path, hostile, good, initial=0.1, cap=0.5)
+            async with running(settings, ShortTimeout) as app:
+                await eventually(lambda: _logged(caplog, "imap.unavailable", "hostile"), timeout=60)
+                await eventually(lambda: _at_least(server.body_fetches, 2), timeout=30)  # the account goes on
+                await eventually(lambda: _equals(case_count(app), 3), timeout=30)
+                await asyncio.to_thread(dovecot.append, user, mails(2, "later"))
+                await eventually(lambda: _equals(case_count(app), 5), timeout=30)  # the good one goes on too
+            _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    first = events(caplog, "imap.unavailable", "hostile")[0]
+    problem: str = first.problem  # type: ignore[attr-defined]
+    assert expected in problem, problem
+    # bounded in time: the refusal comes within the socket timeout plus the literal's size at the
+    # minimum rate, long before the literal could have been read (generous: two shared cores)
+    assert first.created - server.body_fetches[0] < timeout_s + 15, first.created - server.body_fetches[0]
+    assert max(server.trickled) < 1_000, "given up long before the end of the literal (1000 bytes: 50 s)"
+    assert peak < 100_000_000, f"{peak} bytes at the peak: memory follows what the server announced"
+    assert not events(caplog, "imap.unavailable", good.name)
+    assert await folder(dovecot, user, "Processed") == 5
+
+
+async def _logged(caplog: pytest.LogCaptureFixture, name: str, account_name: str) -> bool:
+    return bool(events(caplog, name, account_name))
+
+
+async def _at_least(items: list[float], n: int) -> bool:
+    return len(items) >= n

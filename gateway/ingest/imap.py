@@ -69,6 +69,8 @@ OVERSIZED_FOLDER = "Oversized"
 SEEN = "\\Seen"
 DONE_KEYWORD = "$GatewayIngested"   # set in flag mode, so a rescan can skip what was taken
 SOCKET_TIMEOUT_S = 60.0             # a silent server must not hold the account's thread forever
+MIN_LITERAL_RATE = 50_000           # bytes/s: a literal slower than this (after one timeout) is a trickle
+LITERAL_CHUNK = 1 << 20
 IDLE_SLICE_S = 0.5                  # how long one IDLE check blocks: bounds the stop latency
 IDLE_MAX_S = 25 * 60.0              # RFC 2177: re-issue IDLE well within 29 minutes
 SIZE_WINDOW = 1000                  # UIDs per FETCH RFC822.SIZE
@@ -157,6 +159,7 @@ class Mailbox:
             client = IMAPClient(a.host, port=a.port, ssl=a.tls == "implicit", ssl_context=context,
                                 timeout=self._timeout)
             self._client = client
+            self._bound_literals(client)
             if a.tls == "starttls":
                 if not client.has_capability("STARTTLS"):
                     raise ImapProblem(f"TLS failure with {a.host}:{a.port}: the server does not offer STARTTLS; "
@@ -167,6 +170,42 @@ class Mailbox:
             raise translate(exc, a, connecting=True) from exc
         self._guard(client.login, a.username, a.password)
         self.can_idle = a.idle and bool(self._guard(client.has_capability, "IDLE"))
+
+    def _bound_literals(self, client: IMAPClient) -> None:
+        """RELIABILITY 97: a hostile or broken server must not make us allocate what it announces,
+        nor hold the thread by trickling. Python 3.11's imaplib reads a literal `{n}` with one
+        read(n), which allocates n bytes before the first one arrives (gh-119511), and the socket
+        timeout bounds one silence, not a trickle. So a literal over twice `max_message_size`
+        (room for an RFC822.SIZE that is not exact) is refused before anything is read, and one
+        is read piece by piece against a deadline: one socket timeout plus its size at
+        MIN_LITERAL_RATE. A refusal drops the connection, whose stream is mid-literal."""
+        imap = client._imap
+        limit = 2 * self.account.max_message_size
+
+        def read(size: int) -> bytes:
+            where = f"{self.account.host}:{self.account.port}"
+            if size > limit:
+                problem = f"{where} announced a literal of {size} bytes, over the limit of {limit}"
+            else:
+                deadline = time.monotonic() + self._timeout + size / MIN_LITERAL_RATE
+                parts: list[bytes] = []
+                left = size
+                while left > 0:
+                    part = imap.file.read1(min(left, LITERAL_CHUNK))  # whatever has arrived, at most one recv
+                    if not part:  # the server closed: imaplib sees the end on its next line
+                        return b"".join(parts)
+                    parts.append(part)
+                    left -= len(part)
+                    if left > 0 and time.monotonic() > deadline:
+                        break
+                else:
+                    return b"".join(parts)
+                problem = f"{where} sent a literal of {size} bytes too slowly ({size - left} in time)"
+            with contextlib.suppress(Exception):
+                imap.shutdown()
+            raise ImapProblem(f"{problem}; connection dropped")
+
+        imap.read = read
 
     def _guard(self, fn: Callable[..., T], *args: Any) -> T:
         try:
