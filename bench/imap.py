@@ -129,10 +129,10 @@ def worker_loop(inline_parse: bool) -> Callable[[App, asyncio.Event], Coroutine[
     """As `gateway run` does it: with parsing in a child, the worker runs in a child process."""
     if inline_parse:
         return lambda app, stop: app.worker.run(stop)
-    from gateway.worker_process import worker_process_loop
+    from gateway.worker_process import child_loop
 
     multiprocessing.set_start_method("forkserver", force=True)
-    return worker_process_loop
+    return child_loop("worker")
 
 
 async def processed(app: App, n: int) -> bool:
