@@ -244,6 +244,12 @@ service anvil {{
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        # A process killed inside a maildir write can leave its uidlist dotlock behind, and the next
+        # Dovecot waits minutes before it calls the lock stale: the suite then times out on the
+        # server, not on us. Dead owners only (every Dovecot process of this instance is gone).
+        for lock in self.root.rglob("dovecot-uidlist.lock"):
+            lock.unlink(missing_ok=True)
+        proc.wait()
 
     @property
     def running(self) -> bool:
