@@ -223,6 +223,33 @@ async def test_item59_several_from_mailboxes_are_quarantined(app: App, mail: Mai
     assert result.action is Outcome.QUARANTINED and "From" in result.reason
 
 
+@pytest.mark.parametrize("edit", [
+    lambda raw: raw.replace(b"From: jens@borger.example\n", b""),
+    lambda raw: raw.replace(b"From: jens@borger.example\n", b"From: jens@borger.example\nFrom: ole@andet.example\n"),
+    lambda raw: raw.replace(b"From: jens@borger.example\n", b"From: <>\n"),
+], ids=["no From", "two From headers", "empty From"])
+async def test_item59_zero_or_two_from_headers_are_quarantined(app: App, mail: MailBuilder, edit) -> None:
+    raw = edit(mail())
+    assert raw != mail()
+    result = await ingest(app, raw)
+    assert result.action is Outcome.QUARANTINED and "From" in result.reason, result
+    assert await cases(app) == []
+
+
+async def test_item59_sender_never_decides_identity(app: App, mail: MailBuilder) -> None:
+    """Sender ≠ From ("on behalf of", common for secretaries and shared mailboxes) is not
+    quarantined: identity comes from the single From alone, the Sender header never counts
+    (SPEC §5), so a forged Sender gains nothing. The catalogue's quarantine is for the From cases."""
+    await add_user(app, "jens@borger.example", "Jens")
+    result = await ingest(app, mail(headers={"Sender": "ole@andet.example"}))
+    assert result.action is Outcome.CREATED
+    assert (await detail(app, result.case))["requester"]["email"] == "jens@borger.example"
+    forged = await ingest(app, mail(sender="ole@andet.example", headers={"Sender": "jens@borger.example"},
+                                    subject=f"Re: [{result.case}] x"))
+    assert forged.case != result.case
+    assert (await detail(app, forged.case))["requester"]["email"] == "ole@andet.example"
+
+
 async def test_item70_mail_from_our_own_address_is_a_loop(app: App, mail: MailBuilder) -> None:
     result = await ingest(app, mail(sender=ADDRESS.upper()))
     assert result.action is Outcome.IGNORED and await cases(app) == []

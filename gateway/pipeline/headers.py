@@ -43,6 +43,8 @@ def senders(message: email.message.Message, parsed: mailparser.MailParser | None
     raw_from = [str(v) for k, v in message.raw_items() if k.lower() == "from"]
     if any(not v.isascii() for v in raw_from):  # raw 8-bit bytes: mail-parser escapes them
         return mailboxes([guess_8bit(v, body_bytes(message), declared(message)) for v in raw_from])
+    if len(raw_from) > 1:  # mail-parser reads the first From only; two are two senders (RELIABILITY 59)
+        return mailboxes([decode(v) for v in raw_from])
     found = [(_display(str(name)), canonical(str(addr))) for name, addr in ((parsed.from_ if parsed else None) or [])[:100]
              if name or addr]
     if found or not message.get_all("From"):
