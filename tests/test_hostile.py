@@ -752,3 +752,23 @@ async def test_item87_stored_comment_html_and_text_are_sanitised(app: App) -> No
     for value in (visible, full):
         assert "Min faktura er forkert." in value
         assert "alert(" not in value and "javascript:" not in value.lower() and "<script" not in value.lower()
+
+
+@pytest.mark.parametrize("results, signature, expected", [
+    ("dkim=pass header.d=borger.example; dmarc=pass header.from=borger.example", "l=120; ", False),
+    ("dkim=pass header.d=borger.example; dmarc=pass header.from=borger.example", "", True),
+    ("dkim=pass header.d=borger.example; spf=pass smtp.mailfrom=jens@borger.example", "l=120; ", True),
+    ("dkim=pass header.d=borger.example", "L = 0; ", False),
+], ids=["l= voids dkim and dmarc", "no l=: pass", "aligned spf still counts", "l=0 any case"])
+def test_item64_dkim_body_length_tag_is_not_trusted(mail: MailBuilder, results: str, signature: str,
+                                                    expected: bool) -> None:
+    """A signature with `l=` covers only the first bytes of the body; a trailer appended after
+    them is unsigned, so our MTA's dkim=pass (and a DMARC pass resting on it) proves nothing
+    about the text we would store. Only an aligned SPF pass still authenticates."""
+    from gateway.pipeline.identify import authenticated
+
+    raw = mail(headers={
+        "Authentication-Results": f"mx.statens-adm.example; {results}",
+        "DKIM-Signature": f"v=1; a=rsa-sha256; d=borger.example; s=s1; {signature}h=from:subject; bh=x; b=y"},
+        body="Signed start.\n\nAppended by someone else: pay to account 1234.")
+    assert authenticated(parse_mail(raw), "mx.statens-adm.example", "enforce") is expected

@@ -3,6 +3,9 @@
 Only the topmost `Authentication-Results` header counts, and only when its authserv-id is the
 one our own trusted MTA writes; anything a sender added lower down is ignored. A mail is
 authenticated when DMARC passed, or DKIM/SPF passed for a domain aligned with the From domain.
+A DKIM signature with a body length tag (`l=`) covers only the start of the body: anything
+appended after it is unsigned (RELIABILITY 64), so then neither a DKIM pass nor a DMARC pass
+counts, only an aligned SPF pass.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import re
 from gateway.model import ParsedMail
 
 _RESULT = re.compile(r"\b(dmarc|dkim|spf)\s*=\s*([a-z]+)([^;]*)", re.IGNORECASE)
+_BODY_LENGTH = re.compile(r"(?:^|;)\s*l\s*=", re.IGNORECASE)
 _DOMAIN = re.compile(r"(?:header\.d|header\.from|smtp\.mailfrom|header\.i)\s*=\s*([^\s;]+)", re.IGNORECASE)
 
 
@@ -26,14 +30,16 @@ def authenticated(mail: ParsedMail, authserv_id: str, policy: str) -> bool | Non
     server = top.split(";", 1)[0].strip().split()[0].lower() if top.strip() else ""
     if server != authserv_id.lower():
         return False
-    return _passes(top, mail.from_addr.rsplit("@", 1)[-1])
+    partly_signed = any(_BODY_LENGTH.search(v) for v in mail.header_all("dkim-signature"))
+    return _passes(top, mail.from_addr.rsplit("@", 1)[-1], partly_signed)
 
 
-def _passes(header: str, from_domain: str) -> bool:
+def _passes(header: str, from_domain: str, partly_signed: bool = False) -> bool:
     for method, result, props in _RESULT.findall(header):
-        if result.lower() != "pass":
+        method = method.lower()
+        if result.lower() != "pass" or (partly_signed and method != "spf"):
             continue
-        if method.lower() == "dmarc":
+        if method == "dmarc":
             return True
         domain = _DOMAIN.search(props)
         if domain and _aligned(domain.group(1).rsplit("@", 1)[-1].lower(), from_domain):
