@@ -19,7 +19,7 @@ from gateway.app import App, open_app
 from gateway.clock import FrozenClock
 from gateway.model import Role, UserKind
 from gateway.settings import Settings, load_settings
-from store import writes
+from store import queries, writes
 from store.transact import run_in
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +78,18 @@ def clock() -> FrozenClock:
 async def app(settings: Settings, clock: FrozenClock) -> AsyncIterator[App]:
     async with open_app(settings, clock=clock) as opened:
         yield opened
+
+
+async def detail(app: App, number: str) -> dict[str, Any]:
+    """`gateway cases show NUMBER --json`, as the tests read it."""
+    async with app.sessions() as session:
+        return await run_in(session, queries.case_detail, number)
+
+
+async def outbox(app: App) -> list[dict[str, Any]]:
+    """`gateway outbox list --json`."""
+    async with app.sessions() as session:
+        return await run_in(session, queries.list_outbox)
 
 
 async def add_user(app: App, email: str, name: str = "", org: str | None = None,

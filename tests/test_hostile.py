@@ -24,7 +24,7 @@ from gateway.tokens import reply_address
 from store import queries, writes
 from store.inbox import IncomingMail
 from store.transact import run_in
-from tests.conftest import ADDRESS, MailBuilder, add_user, make_settings
+from tests.conftest import ADDRESS, MailBuilder, add_user, detail, make_settings, outbox
 
 
 async def ingest(app: App, raw: bytes, envelope_from: str | None = "x@borger.example"):
@@ -35,11 +35,6 @@ async def ingest(app: App, raw: bytes, envelope_from: str | None = "x@borger.exa
 async def cases(app: App) -> list[dict]:
     async with app.sessions() as session:
         return await run_in(session, queries.list_cases, "all")
-
-
-async def outbox(app: App) -> list[dict]:
-    async with app.sessions() as session:
-        return await run_in(session, queries.list_outbox)
 
 
 def nested(depth: int) -> bytes:
@@ -363,11 +358,6 @@ async def table_counts(app: App) -> dict[str, int]:
     async with app.sessions() as session:
         return {name: (await session.execute(text(f"SELECT COUNT(*) FROM {name}"))).scalar_one()
                 for name in APPLIED_TABLES}
-
-
-async def detail(app: App, number: str) -> dict:
-    async with app.sessions() as session:
-        return await run_in(session, queries.case_detail, number)
 
 
 async def inbox_rows(app: App) -> list[dict]:

@@ -15,22 +15,12 @@ from store import queries, writes
 from store.engine import check_durability, make_engine, sync_sqlite_engine
 from store.inbox import IncomingMail
 from store.transact import run_in
-from tests.conftest import ADDRESS, MailBuilder, add_user, make_settings
+from tests.conftest import ADDRESS, MailBuilder, add_user, detail, make_settings, outbox
 
 
 async def ingest(app: App, raw: bytes, to: tuple[str, ...] = (ADDRESS,)):
     accepted, result = await app.ingest_now(IncomingMail(raw, "test", "sender@borger.example", to))
     return result
-
-
-async def detail(app: App, number: str) -> dict:
-    async with app.sessions() as session:
-        return await run_in(session, queries.case_detail, number)
-
-
-async def outbox(app: App) -> list[dict]:
-    async with app.sessions() as session:
-        return await run_in(session, queries.list_outbox)
 
 
 async def set_status(app: App, number: str, status: Status, assignee: str | None = None) -> None:
