@@ -1,7 +1,9 @@
 """PostgreSQL for the suite: one migrated template database, a fresh copy per test.
 
 `GATEWAY_TEST_DATABASE_URL` names the server (e.g. postgresql+asyncpg://postgres@127.0.0.1/postgres);
-each test gets `CREATE DATABASE … TEMPLATE gw_template`, which is a file copy, not a migration.
+each test gets `CREATE DATABASE … TEMPLATE gw_template_<pid>`, which is a file copy, not a
+migration. The template is per pytest process, so two runs on one server never drop each
+other's template.
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import os
 import uuid
 
 from sqlalchemy.engine import make_url
 
-_TEMPLATE = "gw_template"
+_TEMPLATE = f"gw_template_{os.getpid()}"
 _created: list[str] = []
 _template_ready = False
 
@@ -59,6 +62,7 @@ def fresh_database(server_url: str) -> str:
                             f"CREATE DATABASE {_TEMPLATE}"))
         _run(lambda: _migrate(_with_db(server_url, _TEMPLATE)))
         _template_ready = True
+        _created.append(_TEMPLATE)
     name = f"gw_test_{uuid.uuid4().hex[:12]}"
     _run(lambda: _admin(server_url, f"CREATE DATABASE {name} TEMPLATE {_TEMPLATE}"))
     _created.append(name)
@@ -66,16 +70,16 @@ def fresh_database(server_url: str) -> str:
 
 
 def _cleanup(server_url_env: str = "GATEWAY_TEST_DATABASE_URL") -> None:
-    import os
-
     url = os.environ.get(server_url_env)
     if not url or not _created:
         return
-    statements = [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)" for name in _created]
+    statements = [f"DROP DATABASE IF EXISTS {name} WITH (FORCE)" for name in reversed(_created)]
     try:
-        _run(lambda: _admin(url, *statements))
-    except Exception:
-        pass  # a leftover test database is harmless; never fail the run for it
+        # At exit no loop runs and no new thread may start (`_run` would fail quietly: 2000
+        # databases piled up that way), so the drops run right here.
+        asyncio.run(_admin(url, *statements))
+    except Exception as exc:  # a leftover database is harmless; never fail the run for it
+        print(f"tests/pg.py: could not drop the test databases: {exc!r}")
 
 
 atexit.register(_cleanup)
