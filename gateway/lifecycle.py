@@ -36,7 +36,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from gateway import metrics
 from gateway.addresses import canonical
 from gateway.clock import FrozenClock, SystemClock
-from gateway.errors import NotFound, Refused
+from gateway.errors import NotFound, Refused, StoreUnavailable
 from gateway.model import CommentDraft, Event, Role, Source, Status, StoredAttachment
 from gateway.settings import Settings
 from store import outbox, queries, writes
@@ -518,7 +518,9 @@ async def maintenance_loop(app: App, stop: asyncio.Event) -> None:
                 actions = await run_timed_jobs(app)
                 if actions:
                     log.info("maintenance.done", extra={"actions": len(actions)})
-        except (OperationalError, DBAPIError, OSError) as exc:  # the store hiccuped: try next time
+        except (OperationalError, DBAPIError, OSError, StoreUnavailable) as exc:  # the store hiccuped: next time
+            # (the lease reports a locked or absent store as StoreUnavailable: uncaught, it ended
+            # this loop, and with it the whole daemon)
             log.warning("maintenance.store_error", extra={"error": type(exc).__name__})
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)

@@ -127,6 +127,7 @@ class PolicySettings:
 class WorkerSettings:
     batch_size: int = 32
     max_attempts: int = 3
+    retry_delay_s: float = 30.0
     lease_s: float = 300.0
     poll_interval_s: float = 0.5
     parse_in_subprocess: bool = True
@@ -312,5 +313,7 @@ def _validate(obj: Any, prefix: str) -> None:
         raise ConfigError("outbound.transport: must be maildir:PATH or smtp://host:port")
     if isinstance(obj, WorkerSettings) and obj.max_attempts < 1:
         raise ConfigError("worker.max_attempts: must be at least 1")
+    if isinstance(obj, WorkerSettings) and obj.retry_delay_s < 0:
+        raise ConfigError("worker.retry_delay_s: must not be negative")
     if isinstance(obj, WorkerSettings) and not 1 <= obj.parse_processes <= 64:
         raise ConfigError("worker.parse_processes: must be 1-64")

@@ -153,8 +153,9 @@ class InboxWorker:
         return Result(Outcome.QUARANTINED, None, reason, mail.id)
 
     async def _failed(self, mail: ClaimedMail, error: str) -> Result:
-        state = await self._inbox.failed(mail.id, error, mail.attempts, self._settings.worker.max_attempts,
-                                         self._clock.now())
+        cfg = self._settings.worker
+        state = await self._inbox.failed(mail.id, error, mail.attempts, cfg.max_attempts, self._clock.now(),
+                                         cfg.retry_delay_s)
         log.warning("mail.retry" if state == "pending" else "mail.quarantined",
                     extra={"inbound_id": mail.id, "attempts": mail.attempts, "error": error[:200]})
         if state == "quarantined":

@@ -182,7 +182,9 @@ class Inbox:
     async def claim(self, limit: int, holder: str, now: datetime, lease_s: float,
                     only_id: int | None = None) -> list[ClaimedMail]:
         """Take up to `limit` pending (or abandoned) mails, oldest first, under a lease."""
-        due = or_(T.c.state == "pending", and_(T.c.state == "processing", T.c.claimed_until < now))
+        # `claimed_until` of a pending mail is when a failed one may be tried again
+        due = or_(and_(T.c.state == "pending", or_(T.c.claimed_until.is_(None), T.c.claimed_until <= now)),
+                  and_(T.c.state == "processing", T.c.claimed_until < now))
         pick = select(T.c.id).where(due).order_by(T.c.id).limit(limit)
         if only_id is not None:
             pick = pick.where(T.c.id == only_id)
@@ -199,10 +201,14 @@ class Inbox:
         return [ClaimedMail(r.id, r.source, r.envelope_from, tuple(r.envelope_to or ()), r.attempts) for r in rows]
 
     async def failed(self, inbound_id: int, error: str, attempts: int, max_attempts: int,
-                     now: datetime) -> str:
-        """Record a processing failure: back to pending, or quarantined after the last try."""
+                     now: datetime, retry_delay_s: float = 0.0) -> str:
+        """Record a processing failure: back to pending, not to be claimed again before
+        `retry_delay_s` × 2^(tries − 1) (at most an hour) has passed; or quarantined after the
+        last try (RELIABILITY 27)."""
         state = "quarantined" if attempts >= max_attempts else "pending"
-        values: dict[str, Any] = {"state": state, "last_error": error[:2000], "claimed_until": None}
+        delay = min(retry_delay_s * 2 ** max(attempts - 1, 0), 3600.0)
+        not_before = now + timedelta(seconds=delay) if state == "pending" and delay > 0 else None
+        values: dict[str, Any] = {"state": state, "last_error": error[:2000], "claimed_until": not_before}
         if state == "quarantined":
             values.update(outcome="quarantined", reason=f"processing failed {attempts} times: {error[:500]}",
                           processed_at=now)

@@ -28,6 +28,9 @@ class SinkHandler:
     messages: list[Received] = field(default_factory=list)
     rcpt_reply: str | None = None  # e.g. "550 5.1.1 No such user" to refuse every recipient
     data_reply: str | None = None
+    data_stall_s: float = 0.0  # > 0: sit on the DATA reply that long (a slow relay, RELIABILITY 82)
+    stalling: int = 0  # DATA replies being sat on right now
+
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
         if self.rcpt_reply:
@@ -36,6 +39,12 @@ class SinkHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.data_stall_s > 0:
+            self.stalling += 1
+            try:  # the client hanging up cancels this: a stalled message is never recorded
+                await asyncio.sleep(self.data_stall_s)
+            finally:
+                self.stalling -= 1
         if self.data_reply:
             return self.data_reply
         self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos),

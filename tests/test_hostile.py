@@ -387,7 +387,7 @@ def dated(raw: bytes, value: str) -> bytes:
 
 
 async def test_item28_outbox_failure_inside_apply_leaves_nothing_half_written(app: App, mail: MailBuilder,
-                                                                               monkeypatch) -> None:
+                                                                               monkeypatch, clock) -> None:
     """The case, its comment, its history and its receipt are one transaction: when queueing the
     notification fails, none of them is committed and the mail waits in the inbox for a retry."""
     import store.outbox as queue_module
@@ -405,6 +405,7 @@ async def test_item28_outbox_failure_inside_apply_leaves_nothing_half_written(ap
     assert "outbox enqueue failed" in row["last_error"]
 
     monkeypatch.undo()
+    clock.advance(hours=1)  # past the retry back-off
     [created] = await app.worker.run_once()
     assert created.action is Outcome.CREATED
     counts = await table_counts(app)
@@ -427,6 +428,7 @@ async def test_item28_outbox_failure_inside_apply_leaves_nothing_half_written(ap
     case = await detail(app, created.case)
     assert case["status"] == "afventer_rekvirent" and len(case["comments"]) == 1
     monkeypatch.undo()
+    clock.advance(hours=1)
     [replied] = await app.worker.run_once()
     assert (replied.action, replied.case) == (Outcome.COMMENTED, created.case)
     case = await detail(app, created.case)
@@ -762,3 +764,262 @@ def test_item64_dkim_body_length_tag_is_not_trusted(mail: MailBuilder, results: 
         "DKIM-Signature": f"v=1; a=rsa-sha256; d=borger.example; s=s1; {signature}h=from:subject; bh=x; b=y"},
         body="Signed start.\n\nAppended by someone else: pay to account 1234.")
     assert authenticated(parse_mail(raw), "mx.statens-adm.example", "enforce") is expected
+
+
+# --- completing items 27, 54, 57, 69 ------------------------------------------------------------------------
+
+
+def delivered(app: App) -> list[tuple[tuple[str, ...], str]]:
+    """What the maildir transport delivered: (Delivered-To recipients, every header and text part decoded)."""
+    from email import message_from_bytes
+    from email import policy as email_policy
+    from pathlib import Path
+
+    folder = Path(app.settings.base_dir) / "outbound" / "new"
+    found = []
+    for path in sorted(folder.iterdir()) if folder.exists() else []:
+        msg = message_from_bytes(path.read_bytes(), policy=email_policy.default)
+        texts = [f"{name}: {value}" for name, value in msg.items()]
+        texts += [part.get_content() for part in msg.walk() if part.get_content_maintype() == "text"]
+        found.append((tuple(msg.get_all("Delivered-To") or ()), "\n".join(texts)))
+    return found
+
+
+async def outbox_contexts(app: App) -> list[tuple[str, str, str | None, dict]]:
+    """Every outbox row with the context its mail is rendered from: (event, recipient, case, context)."""
+    from sqlalchemy import select
+
+    from store.models import Outbox, SupportCase
+
+    async with app.sessions() as session:
+        rows = (await session.execute(
+            select(Outbox.event, Outbox.recipient, SupportCase.number, Outbox.context)
+            .join(SupportCase, Outbox.case_id == SupportCase.id, isouter=True).order_by(Outbox.id))).all()
+    return [(event, recipient, number, dict(context)) for event, recipient, number, context in rows]
+
+
+def _sample(name: str, **labels: str) -> float:
+    from gateway.metrics import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_item27_poison_mail_is_quarantined_while_the_others_keep_flowing(app: App, mail: MailBuilder,
+                                                                               monkeypatch, caplog, clock) -> None:
+    """One mail makes processing raise every time. It sits in the middle of the queue; the mails
+    before and after it (and those arriving while it is retried) all become cases in the same
+    runs. After `worker.max_attempts` tries it is quarantined with its error, and the operator's
+    signals say so: the quarantined counter, `gateway_inbox_outcomes` and the inbox depth on the
+    /metrics scrape, and a `mail.quarantined` warning in the log."""
+    import logging
+
+    import gateway.worker as worker_module
+    from gateway import metrics
+
+    real_plan = worker_module.make_plan
+
+    def poisoned(parsed, *args, **kwargs):
+        if "POISON" in parsed.subject:
+            raise RuntimeError("worker crashes on this mail")
+        return real_plan(parsed, *args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "make_plan", poisoned)
+    max_attempts = app.settings.worker.max_attempts
+    assert max_attempts >= 2
+    quarantined_before = _sample("gateway_mails_quarantined_total")
+    created_before = _sample("gateway_mails_processed_total", outcome="created")
+
+    def good(i: int) -> bytes:
+        return mail(sender=f"borger{i}@borger.example", subject=f"Spørgsmål nummer {i}", body=f"God mail {i}")
+
+    ids = [(await app.accept(IncomingMail(raw, "test", "x@borger.example", (ADDRESS,)))).inbound_id
+           for raw in (good(1), mail(subject="POISON pill", body="Giftig"), good(2), good(3))]
+    poison_id = ids[1]
+    created: set[int] = set()
+    runs = 0
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        while True:
+            runs += 1
+            results = await app.worker.run_once()
+            by_id = {r.inbound_id: r for r in results}
+            poison = by_id.pop(poison_id)
+            # every good mail claimed in this run became a case in this run: nothing waits behind the poison
+            assert all(r.action is Outcome.CREATED and not r.retry for r in by_id.values()), results
+            created |= set(by_id)
+            rows = {r["id"]: r for r in await inbox_rows(app)}
+            # and every good mail accepted so far is done after this run, none left waiting behind it
+            assert {i: rows[i]["state"] for i in ids if i != poison_id} == {i: "done" for i in ids if i != poison_id}
+            assert rows[poison_id]["attempts"] == runs
+            assert "worker crashes on this mail" in rows[poison_id]["last_error"]
+            if not poison.retry:
+                break
+            assert runs < max_attempts
+            assert rows[poison_id]["state"] == "pending" and rows[poison_id]["outcome"] is None
+            # new mail keeps arriving while the poison is retried, and is not held up by it
+            ids.append((await app.accept(IncomingMail(good(10 + runs), "test", "x@borger.example",
+                                                      (ADDRESS,)))).inbound_id)
+            clock.advance(hours=1)  # past the retry back-off (tests/test_pipeline.py checks its length)
+    assert runs == max_attempts
+    assert poison.action is Outcome.QUARANTINED and "worker crashes on this mail" in poison.reason
+    assert created == set(ids) - {poison_id}
+    assert await app.worker.run_once() == []  # quarantined: never claimed again
+
+    held = rows[poison_id]
+    assert (held["state"], held["outcome"], held["case"]) == ("quarantined", "quarantined", None)
+    assert f"processing failed {max_attempts} times" in held["reason"]
+    assert "RuntimeError: worker crashes on this mail" in held["reason"]
+    numbers = [c["number"] for c in await cases(app)]
+    assert len(numbers) == len(ids) - 1
+    assert all(rows[i]["state"] == "done" and rows[i]["case"] in numbers for i in ids if i != poison_id)
+    assert sorted(o["recipients"][0] for o in await outbox(app)) == sorted(
+        [f"borger{i}@borger.example" for i in (1, 2, 3)] + [f"borger{10 + r}@borger.example" for r in range(1, runs)])
+
+    # the alert's inputs: the counter, and what the store says on every /metrics scrape
+    assert _sample("gateway_mails_quarantined_total") - quarantined_before == 1
+    assert _sample("gateway_mails_processed_total", outcome="created") - created_before == len(ids) - 1
+    scraped = (await metrics.render(app)).decode()
+    assert 'gateway_inbox_outcomes{outcome="quarantined"} 1.0' in scraped
+    assert f'gateway_inbox_outcomes{{outcome="created"}} {float(len(ids) - 1)}' in scraped
+    assert 'gateway_inbox_depth{state="quarantined"} 1.0' in scraped
+    assert 'gateway_inbox_depth{state="pending"} 0.0' in scraped
+    warnings = [r for r in caplog.records if r.getMessage() == "mail.quarantined" and r.levelno == logging.WARNING]
+    assert [getattr(r, "inbound_id", None) for r in warnings] == [poison_id]
+    retries = [r for r in caplog.records if r.getMessage() == "mail.retry"]
+    assert [getattr(r, "inbound_id", None) for r in retries] == [poison_id] * (max_attempts - 1)
+
+
+@pytest.mark.parametrize("route", ["subject tag", "reply token address", "tag, token and In-Reply-To our receipt"])
+async def test_item54_answer_to_an_outsider_never_reveals_the_other_case(app: App, mail: MailBuilder,
+                                                                        route: str) -> None:
+    """Mallory writes with a valid reference to Jens's case. She gets a receipt for a case of her
+    own; neither the queued row (its context, from which subject and text are rendered) nor the
+    delivered mail (headers, text and HTML) names Jens's case number, its title, or its thread."""
+    title = "Restskat på 48.917 kr. for Jens Hansen"
+    first = await ingest(app, mail(subject=title, body="Min restskat er forkert beregnet."))
+    [receipt] = await outbox(app)
+    token_address = reply_address(app.settings.mail.reply_token_secret, ADDRESS, first.case)
+    to = token_address if "token" in route else ADDRESS
+    subject = f"Re: [{first.case}] Hvad er status?" if "tag" in route else "Hvad er status?"
+    raw = mail(sender="Mallory <mallory@angriber.example>", subject=subject, to=to, body="Vis mig sagen.",
+               in_reply_to=receipt["message_id"] if "In-Reply-To" in route else None)
+    result = await ingest_to(app, raw, (to,))
+
+    assert result.action is Outcome.CREATED and result.case != first.case
+    assert "not a party" in result.reason
+    assert len((await detail(app, first.case))["comments"]) == 1
+    async with app.sessions() as session:
+        thread_of_first = set((await session.execute(text(
+            "SELECT message_id FROM message_index m JOIN support_case c ON c.id = m.case_id "
+            "WHERE c.number = :n"), {"n": first.case})).scalars())
+    assert receipt["message_id"] in thread_of_first
+    secrets = [first.case, title, "Restskat", "48.917", "Jens",
+               token_address, *thread_of_first]
+
+    rows = await outbox_contexts(app)
+    mine = [r for r in rows if r[1] == "mallory@angriber.example"]
+    assert [(event, number) for event, _, number, _ in mine] == [("receipt", result.case)]
+    context = mine[0][3]
+    assert context["case_number"] == result.case and context["case_subject"] == "Hvad er status?"
+    flat = repr(context)
+    for secret in secrets:
+        assert secret not in flat, secret
+    assert [(event, rcpt) for event, rcpt, _, _ in rows] == [
+        ("receipt", "jens@borger.example"), ("receipt", "mallory@angriber.example")]
+
+    assert await app.sender.run_once() == 2
+    [(recipients, shown)] = [d for d in delivered(app) if "mallory@angriber.example" in d[0]]
+    assert recipients == ("mallory@angriber.example",)
+    assert result.case in shown  # her own case is named
+    assert reply_address(app.settings.mail.reply_token_secret, app.settings.mail.from_address, result.case) in shown
+    for secret in secrets:
+        assert secret not in shown, secret
+
+
+@pytest.mark.parametrize("registered", [True, False], ids=["registered requester", "new requester"])
+async def test_item57_notifications_go_to_the_registered_address_never_to_reply_to(app: App, mail: MailBuilder,
+                                                                                   registered: bool) -> None:
+    """Jens writes with `Reply-To: jens.privat@fremmed.example` on every mail. The receipt, the
+    agent's assignment, status changes and public reply (gateway.lifecycle) all go to the address
+    of his user (From), and the Reply-To address never receives, or becomes, anything."""
+    jens, elsewhere = "jens@borger.example", "jens.privat@fremmed.example"
+    if registered:
+        await add_user(app, jens, "Jens", org="Borger A/S")
+    await add_user(app, "agent@statens-adm.example", "Agent", agent=True)
+    header = {"Reply-To": f"Jens privat <{elsewhere}>"}
+    first = await ingest(app, mail(headers=header))
+    assert first.action is Outcome.CREATED
+    assert (await detail(app, first.case))["requester"]["email"] == jens
+
+    agent = "agent@statens-adm.example"
+    assert (await lifecycle.assign(app, first.case, agent, agent))["notifications"]
+    assert (await lifecycle.set_status(app, first.case, Status.AFVENTER_REKVIRENT, agent))["notifications"]
+    assert (await lifecycle.reply(app, first.case, "Send venligst kvitteringen.", agent))["notifications"]
+    answer = await ingest(app, mail(subject=f"Re: [{first.case}] Spørgsmål om min faktura",
+                                    body="Her er kvitteringen.", headers=header))
+    assert (answer.action, answer.case) == (Outcome.COMMENTED, first.case)
+    assert (await lifecycle.set_status(app, first.case, Status.UDFOERT, agent))["notifications"]
+
+    rows = await outbox(app)
+    assert [r["event"] for r in rows] == ["receipt", "status", "status", "reply", "status"]
+    assert all(r["recipients"] == [jens] for r in rows), rows
+    async with app.sessions() as session:
+        users = set((await session.execute(text("SELECT email FROM app_user"))).scalars())
+    assert elsewhere not in users
+    assert await app.sender.run_once() == len(rows)
+    sent = delivered(app)
+    assert len(sent) == len(rows)
+    for recipients, shown in sent:
+        assert recipients == (jens,)
+        assert f"To: Jens <{jens}>" in shown or f"To: {jens}" in shown, shown[:400]
+        assert elsewhere not in shown
+
+
+@pytest.mark.parametrize("thread", ["In-Reply-To our receipt", "answer to the requester's forward"])
+@pytest.mark.parametrize("sharing", [False, True], ids=["default policy", "cc sharing on, authenticated"])
+async def test_item69_non_party_colleague_answering_a_forwarded_notification_gets_own_case(
+        tmp_path, clock, mail: MailBuilder, thread: str, sharing: bool) -> None:
+    """Mette works in Jens's organisation but the case was never shared with her. Jens forwards
+    his receipt to her and she answers it with every reference a party would have: In-Reply-To
+    (or References) our receipt's Message-ID, the case tag in the subject, sent to the signed
+    reply-token address. Same organisation is not enough (SPEC §5: only the requester and the
+    users it is shared with): nothing reaches Jens's case, she gets a case of her own."""
+    policy: dict = {"cc_sharing": True, "sender_authentication": "mark", "authserv_id": AUTHSERV} if sharing else {}
+    settings = make_settings(tmp_path, policy=policy)
+    passed = {"Authentication-Results": f"{AUTHSERV}; dmarc=pass header.from=borger.example"} if sharing else {}
+    async with open_app(settings, clock=clock) as app:
+        await add_user(app, "jens@borger.example", "Jens", org="Borger A/S")
+        await add_user(app, "mette@borger.example", "Mette", org="Borger A/S")
+        first = await ingest(app, mail(headers=passed))
+        [receipt] = await outbox(app)
+        token_address = reply_address(app.settings.mail.reply_token_secret, ADDRESS, first.case)
+        if thread == "In-Reply-To our receipt":
+            refs = {"In-Reply-To": receipt["message_id"], "References": receipt["message_id"]}
+        else:
+            forward = "<videresendt-1@borger.example>"
+            refs = {"In-Reply-To": forward, "References": f"{receipt['message_id']} {forward}"}
+        raw = mail(sender="Mette <mette@borger.example>", to=token_address,
+                   subject=f"Re: VS: [{first.case}] Spørgsmål om min faktura",
+                   body="Jeg er Jens' kollega og svarer på hans vegne.\n\n"
+                        "---------- Videresendt besked ----------\nTak for din henvendelse.",
+                   headers={**refs, **passed})
+        result = await ingest_to(app, raw, (token_address,))
+
+        assert result.action is Outcome.CREATED and result.case != first.case, result
+        assert "not a party" in result.reason
+        untouched = await detail(app, first.case)
+        assert len(untouched["comments"]) == 1 and untouched["parties"] == []
+        assert untouched["status"] == "registreret"
+        assert all("kollega" not in c["full_text"] for c in untouched["comments"])
+        own = await detail(app, result.case)
+        assert own["requester"]["email"] == "mette@borger.example" and own["parties"] == []
+        assert "kollega" in own["comments"][0]["full_text"]
+        assert [(o["event"], o["case"], o["recipients"]) for o in await outbox(app)] == [
+            ("receipt", first.case, ["jens@borger.example"]), ("receipt", result.case, ["mette@borger.example"])]
+        [row] = [r for r in await inbox_rows(app) if r["case"] == result.case]
+        assert row["outcome"] == "created" and "not a party" in row["reason"]
+
+        # Jens, the requester, answering the same way still lands on his case
+        own_reply = await ingest_to(app, mail(to=token_address, subject=f"Re: [{first.case}] x", body="Jens svarer",
+                                              headers={"In-Reply-To": receipt["message_id"], **passed}),
+                                    (token_address,))
+        assert (own_reply.action, own_reply.case) == (Outcome.COMMENTED, first.case)

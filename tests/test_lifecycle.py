@@ -441,6 +441,34 @@ async def test_maintenance_loop_closes_and_stops(tmp_path: Path, clock: FrozenCl
         assert (await detail(app, number))["status"] == "lukket"
 
 
+@pytest.mark.sqlite_only
+async def test_maintenance_loop_outlives_a_locked_store(tmp_path: Path, clock: FrozenClock) -> None:
+    """Its lease reports a locked store as StoreUnavailable; that once ended the loop, and with it
+    the daemon (a CI run saw `gateway run` shut down while another process held the lock)."""
+    import sqlite3
+
+    settings = make_settings(tmp_path, daemon={"maintenance_interval_s": 1.0}, database={"busy_timeout_ms": 100})
+    async with open_app(settings, clock=clock) as app:
+        await people(app)
+        number = await new_case(app, Status.UDFOERT)
+        clock.advance(days=7, seconds=1)
+        lock = sqlite3.connect(str(app.engine.url.database), isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        stop = asyncio.Event()
+        task = asyncio.create_task(lifecycle.maintenance_loop(app, stop))
+        await asyncio.sleep(1.5)  # at least one tick against the locked store
+        assert not task.done(), task
+        lock.execute("ROLLBACK")
+        lock.close()
+        for _ in range(100):
+            if (await detail(app, number))["status"] == "lukket":
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        assert (await detail(app, number))["status"] == "lukket"
+
+
 # --- sharing and who may add to a case -----------------------------------------------------------------
 
 

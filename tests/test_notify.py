@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
 from gateway.model import Outcome
+from gateway.notify.send import backoff
+from gateway.settings import OutboundSettings
 from gateway.tokens import verify_token
 from store import queries
 from store.inbox import IncomingMail
+from store.models import Outbox, SupportCase
 from store.transact import run_in
 from tests.conftest import ADDRESS, MailBuilder, free_port, make_settings
 from tests.sink import Sink
@@ -81,6 +88,151 @@ async def test_item80_relay_down_retries_then_sends_once(tmp_path: Path, clock: 
             assert (await outbox(app))[0]["state"] == "sent"
         finally:
             await sink.stop()
+
+
+def _naive_utc(at: datetime) -> datetime:
+    return at.astimezone(UTC).replace(tzinfo=None) if at.tzinfo else at
+
+
+async def retry_delays(app: App) -> dict[int, float]:
+    """Seconds from the (frozen) now to each pending row's next attempt."""
+    table = Outbox.__table__  # type: ignore[attr-defined]
+    now = _naive_utc(app.clock.now())
+    async with app.engine.connect() as conn:
+        rows = (await conn.execute(select(table.c.id, table.c.next_attempt_at)
+                                   .where(table.c.state == "pending").order_by(table.c.id))).all()
+    return {int(r.id): (_naive_utc(r.next_attempt_at) - now).total_seconds() for r in rows}
+
+
+def test_item80_backoff_is_capped_exponential_with_jitter() -> None:
+    cfg = OutboundSettings(backoff_initial_s=10.0, backoff_max_s=100.0)
+    previous_top = 0.0
+    for attempts in range(1, 9):
+        base = min(100.0, 10.0 * 2 ** (attempts - 1))
+        samples = [backoff(attempts, cfg) for _ in range(300)]
+        assert all(0.8 * base <= d <= 1.2 * base for d in samples), (attempts, min(samples), max(samples))
+        assert len(set(samples)) > 250  # jittered, not one fixed delay
+        assert max(samples) - min(samples) > 0.2 * base  # spread over most of the ±20 % band
+        if base < 100.0:  # below the cap, every delay is longer than any of the try before
+            assert min(samples) > previous_top
+        previous_top = max(samples)
+    assert max(backoff(50, cfg) for _ in range(100)) <= 120.0  # capped (plus jitter), no overflow
+    assert all(8.0 <= backoff(0, cfg) <= 12.0 for _ in range(50))
+
+
+async def test_item80_refusing_relay_spreads_retries_with_growing_jittered_delays(
+        tmp_path: Path, clock: FrozenClock, sink: Sink, mail: MailBuilder) -> None:
+    """Real path: the relay answers 450 at RCPT; each row gets its own, growing next attempt."""
+    settings = make_settings(tmp_path, outbound={"transport": f"smtp://127.0.0.1:{sink.port}", "timeout_s": 5.0,
+                                                 "backoff_initial_s": 30.0, "backoff_max_s": 3600.0,
+                                                 "max_attempts": 8})
+    sink.handler.rcpt_reply = "450 4.2.1 Mailbox busy, try again later"
+    async with open_app(settings, clock=clock) as app:
+        for n in range(8):
+            await ingest(app, mail(sender=f"borger{n}@borger.example", subject=f"Sag nummer {n}"))
+        assert len(await outbox(app)) == 8
+        rounds: list[list[float]] = []
+        for attempt in (1, 2, 3):
+            assert await app.sender.run_once() == 8
+            rows = await outbox(app)
+            assert all(r["state"] == "pending" and r["attempts"] == attempt and "450" in r["last_error"]
+                       for r in rows), rows
+            delays = list((await retry_delays(app)).values())
+            assert len(delays) == 8
+            base = 30.0 * 2 ** (attempt - 1)
+            assert all(0.8 * base - 1e-3 <= d <= 1.2 * base + 1e-3 for d in delays), (attempt, delays)
+            assert len(set(delays)) >= 6, delays  # jitter: the rows do not retry in lockstep
+            rounds.append(delays)
+            assert await app.sender.run_once() == 0  # nothing due before the earliest retry
+            clock.advance(seconds=max(delays) + 1)
+        assert min(rounds[1]) > max(rounds[0]) and min(rounds[2]) > max(rounds[1])  # the delays grow
+        assert sink.messages == []
+        sink.handler.rcpt_reply = None
+        assert await app.sender.run_once() == 8
+        assert {r["state"] for r in await outbox(app)} == {"sent"}
+        assert len({m.message["Message-ID"] for m in sink.messages}) == len(sink.messages) == 8  # no loss
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_item82_slow_relay_does_not_block_inbound_and_is_retried(
+        tmp_path: Path, clock: FrozenClock, sink: Sink, mail: MailBuilder) -> None:
+    """The relay sits on its DATA reply far beyond the send timeout. Meanwhile mails keep
+    becoming cases; the stuck notification times out, is rescheduled and sent later."""
+    timeout_s = 3.0
+    settings = make_settings(tmp_path, outbound={"transport": f"smtp://127.0.0.1:{sink.port}",
+                                                 "timeout_s": timeout_s, "backoff_initial_s": 30.0},
+                             worker={"poll_interval_s": 0.1})
+    sink.handler.data_stall_s = 120.0
+    async with open_app(settings, clock=clock) as app:
+
+        async def cases() -> int:
+            async with app.engine.connect() as conn:
+                table = SupportCase.__table__  # type: ignore[attr-defined]
+                return int((await conn.execute(select(func.count()).select_from(table))).scalar_one())
+
+        async def arrive(raw: bytes) -> None:  # what the SMTP listener does: commit, wake the worker
+            await app.accept(IncomingMail(raw, "smtp", None, (ADDRESS,)))
+            app.worker.wakeup.set()
+
+        async def stalling() -> bool:
+            return sink.handler.stalling == 1
+
+        stop = asyncio.Event()
+        loops = [asyncio.create_task(app.worker.run(stop)), asyncio.create_task(app.sender.run(stop, 0.1))]
+        try:
+            await arrive(mail(sender="first@borger.example", subject="Den første"))
+            await _until(stalling, 60, "the sender to be stuck at DATA")
+            stuck_at = time.monotonic()
+            sink.handler.data_stall_s = 0.0  # later deliveries go through; the stuck one stays stuck
+            for n in range(3):
+                await arrive(mail(sender=f"borger{n}@borger.example", subject=f"Imens {n}"))
+
+            async def four_cases() -> bool:
+                return await cases() == 4
+
+            await _until(four_cases, 60, "the mails that arrived meanwhile to become cases")
+            # the worker did not wait for the sender: the first send is still hanging at DATA
+            assert sink.handler.stalling == 1 and time.monotonic() - stuck_at < timeout_s
+            assert sink.messages == []
+
+            async def first_rescheduled() -> bool:
+                first = (await outbox(app))[0]
+                return first["state"] == "pending" and first["attempts"] == 1
+
+            async def others_sent() -> bool:
+                return [r["state"] for r in (await outbox(app))[1:]] == ["sent"] * 3
+
+            await _until(first_rescheduled, 60, "the stuck send to time out and be rescheduled")
+            await _until(others_sent, 60, "the later notifications to be sent")
+            rows = await outbox(app)
+            first_id = rows[0]["message_id"]
+            assert rows[0]["last_error"], rows[0]
+            assert 24.0 - 1e-3 <= (await retry_delays(app))[rows[0]["id"]] <= 36.0 + 1e-3  # backed off
+            assert first_id not in {m.message["Message-ID"] for m in sink.messages}
+
+            clock.advance(seconds=60)
+            app.sender.wakeup.set()
+
+            async def first_sent() -> bool:
+                return (await outbox(app))[0]["state"] == "sent"
+
+            await _until(first_sent, 60, "the stuck notification to be retried")
+            rows = await outbox(app)
+            assert rows[0]["attempts"] == 2
+            ids = [m.message["Message-ID"] for m in sink.messages]
+            assert len(ids) == 4 and ids.count(first_id) == 1
+        finally:
+            stop.set()
+            app.sender.wakeup.set()
+            app.worker.wakeup.set()
+            await asyncio.wait_for(asyncio.gather(*loops, return_exceptions=True), 60)
 
 
 async def test_item81_relay_refuses_with_5xx_fails_without_retry_storm(relayed: App, sink: Sink, mail: MailBuilder) -> None:

@@ -205,15 +205,25 @@ async def test_unparseable_mail_is_quarantined_not_lost(app: App) -> None:
     assert row["size"] == len(nested)
 
 
-async def test_item27_processing_failure_retries_then_quarantines(app: App, mail: MailBuilder, monkeypatch) -> None:
+async def test_item27_processing_failure_retries_then_quarantines(app: App, mail: MailBuilder, monkeypatch,
+                                                                  clock) -> None:
+    """Retried with back-off (worker.retry_delay_s, doubled per try), then quarantined."""
     import gateway.worker as worker_module
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(worker_module, "make_plan", broken)
+    delay = app.settings.worker.retry_delay_s
+    assert delay > 0
     results = [await ingest(app, mail())]
+    clock.advance(seconds=delay - 1)
+    assert await app.worker.run_once() == []  # not before its time
+    clock.advance(seconds=1)
     results += await app.worker.run_once()
+    clock.advance(seconds=2 * delay - 1)
+    assert await app.worker.run_once() == []  # the second wait is twice as long
+    clock.advance(seconds=1)
     results += await app.worker.run_once()
     assert [r.retry for r in results] == [True, True, False]
     assert results[-1].action is Outcome.QUARANTINED

@@ -688,6 +688,45 @@ async def test_item19_connections_over_the_per_ip_cap_get_421(tmp_path: Path) ->
                 await c.close()
 
 
+async def _connect_from(ip: str, port: int) -> RawSmtp:
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection("127.0.0.1", port, local_addr=(ip, 0)), 10)
+    return RawSmtp(reader, writer, 10.0)
+
+
+async def test_item19_connection_over_the_global_cap_gets_421_and_a_freed_slot_is_reused(tmp_path: Path) -> None:
+    """Each client comes from its own loopback address, so only the global cap can refuse."""
+    async with serve(tmp_path, max_connections=3, max_connections_per_ip=10) as srv:
+        sessions = [await _connect_from(f"127.0.0.{n}", srv.port) for n in (1, 2, 3)]
+        over = await _connect_from("127.0.0.4", srv.port)
+        late: RawSmtp | None = None
+        try:
+            for smtp in sessions:
+                assert (await smtp.greet()).code == 250
+            refused = await over.reply()
+            assert refused.code == 421 and refused.text.startswith("4.7.0"), refused
+            assert await over.closed()
+            assert srv.listener.limits.count() == 3
+            # the admitted sessions are unaffected: each one still delivers
+            for n, smtp in enumerate(sessions):
+                assert (await probes.transaction(smtp, probes.message(f"capped {n}"))).code == 250
+            assert (await sessions[0].command("QUIT")).code == 221
+            assert await sessions[0].closed()
+            await sessions[0].close()
+            deadline = asyncio.get_running_loop().time() + 10
+            while srv.listener.limits.count() != 2:
+                assert asyncio.get_running_loop().time() < deadline, "the closed session kept its slot"
+                await asyncio.sleep(0.01)
+            late = await _connect_from("127.0.0.5", srv.port)
+            assert (await late.greet()).code == 250
+            assert (await probes.transaction(late, probes.message("after a slot freed"))).code == 250
+            assert (await sessions[1].command("NOOP")).code == 250
+        finally:
+            for smtp in (*sessions, over, *([late] if late else [])):
+                await smtp.close()
+        assert len(await srv.stored()) == 4
+
+
 async def test_item19_session_deadline_closes_a_slow_session(tmp_path: Path) -> None:
     async with serve(tmp_path, session_deadline_s=1) as srv:
         smtp = await RawSmtp.connect(srv.port)
