@@ -424,6 +424,17 @@ async def test_lease_lets_one_node_run_per_interval(world: App, clock: FrozenClo
     assert not await lifecycle.take_lease(world, "maintenance", "node-a", 300)
 
 
+async def closed_then_stopped(app: App, number: str, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    """Wait (up to 5 s) for the maintenance loop to close the case, then stop the loop."""
+    for _ in range(100):
+        if (await detail(app, number))["status"] == "lukket":
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert (await detail(app, number))["status"] == "lukket"
+
+
 async def test_maintenance_loop_closes_and_stops(tmp_path: Path, clock: FrozenClock) -> None:
     settings = make_settings(tmp_path, daemon={"maintenance_interval_s": 1.0})
     async with open_app(settings, clock=clock) as app:
@@ -432,13 +443,7 @@ async def test_maintenance_loop_closes_and_stops(tmp_path: Path, clock: FrozenCl
         clock.advance(days=7, seconds=1)
         stop = asyncio.Event()
         task = asyncio.create_task(lifecycle.maintenance_loop(app, stop))
-        for _ in range(100):
-            if (await detail(app, number))["status"] == "lukket":
-                break
-            await asyncio.sleep(0.05)
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        assert (await detail(app, number))["status"] == "lukket"
+        await closed_then_stopped(app, number, task, stop)
 
 
 @pytest.mark.sqlite_only
@@ -460,13 +465,7 @@ async def test_maintenance_loop_outlives_a_locked_store(tmp_path: Path, clock: F
         assert not task.done(), task
         lock.execute("ROLLBACK")
         lock.close()
-        for _ in range(100):
-            if (await detail(app, number))["status"] == "lukket":
-                break
-            await asyncio.sleep(0.05)
-        stop.set()
-        await asyncio.wait_for(task, 5)
-        assert (await detail(app, number))["status"] == "lukket"
+        await closed_then_stopped(app, number, task, stop)
 
 
 # --- sharing and who may add to a case -----------------------------------------------------------------
