@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import resource
+import threading
+import time
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 
@@ -17,14 +20,30 @@ from gateway.pipeline.parse import Limits, parse_mail
 from store.blobs import BlobStore
 
 _blobs: BlobStore | None = None
+OWNER_CHECK_S = 1.0
 
 
-def _init_child(blob_dir: str, memory_mb: int) -> None:
+def _init_child(blob_dir: str, memory_mb: int, owner: int) -> None:
     global _blobs
     _blobs = BlobStore(blob_dir)
     if memory_mb > 0:
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    threading.Thread(target=_exit_with, args=(owner,), name="owner-watch", daemon=True).start()
+
+
+def _exit_with(owner: int) -> None:
+    """A parse process started from a fork server is not the child of the process that owns
+    the pool: when that owner is killed (a worker child after SIGKILL), nothing tells it, and it
+    would wait for work forever. So it looks once a second and leaves with its owner."""
+    while True:
+        time.sleep(OWNER_CHECK_S)
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            os._exit(0)
+        except PermissionError:
+            pass  # exists, owned by someone else: cannot be ours, but do not guess
 
 
 def _parse_in_child(raw: bytes, limits: Limits, envelope_from: str | None,
@@ -53,7 +72,7 @@ class ParseRunner:
         if self._pool is None:
             self._pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self._processes, initializer=_init_child,
-                initargs=(str(self._blobs.root), self._memory_mb))
+                initargs=(str(self._blobs.root), self._memory_mb, os.getpid()))
         return self._pool
 
     async def parse(self, raw: bytes, envelope_from: str | None = None,

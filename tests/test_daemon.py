@@ -266,19 +266,49 @@ async def _deliver_with_pg_table_lock(proc: DaemonProcess, raw: bytes) -> Reply:
         await engine.dispose()
 
 
+def _descendants(pid: int) -> set[int]:
+    """Every live process below `pid`, from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 async def test_the_worker_process_is_restarted_when_it_dies(tmp_path: Path) -> None:
+    """…and what it started (its fork server, its parse processes) goes with it, not orphaned."""
     with DaemonProcess(tmp_path) as proc:
         proc.start()
         def ready() -> list[dict]:
             return [e for e in proc.events("worker.child_ready") if e["role"] == "worker"]
 
         await eventually(lambda: asyncio.sleep(0, bool(ready())), what="the worker")
+        assert (await probes.deliver(proc.smtp_port, probes.message("before"))).code == 250
+        await eventually(lambda: settled(proc), what="the first mail")  # the parse pool runs now
         [started] = [e for e in proc.events("worker.process_started") if e["role"] == "worker"]
+        below = _descendants(started["pid"])
+        assert below, "the worker started no parse processes"
         os.kill(started["pid"], signal.SIGKILL)
         await eventually(lambda: asyncio.sleep(0, len(ready()) == 2), what="a new worker")
+        await eventually(lambda: asyncio.sleep(0, not any(_alive(p) for p in below)), timeout=10,
+                         what="the dead worker's fork server and parse processes to go")
         raw = probes.message("after the restart")
         assert (await probes.deliver(proc.smtp_port, raw)).code == 250
         await eventually(lambda: settled(proc), what="the mail")
-        assert await cases_per_mail(proc) == {message_id(raw): 1}
+        assert (await cases_per_mail(proc))[message_id(raw)] == 1
         assert proc.stop() == 0
     assert [(e["role"], e["exitcode"]) for e in proc.events("worker.process_died")] == [("worker", -signal.SIGKILL)]
