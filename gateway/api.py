@@ -18,7 +18,7 @@ import binascii
 import hmac
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesParser
@@ -317,48 +317,44 @@ async def case_detail(request: Request) -> Response:
         return _ok(await run_in(session, queries.case_detail, number, include_internal=caller.agent))
 
 
-async def post_status(request: Request) -> Response:
+async def _posted(request: Request, actor_of: Callable[[Request, Caller, dict[str, Any]], Awaitable[str]]
+                  ) -> tuple[dict[str, Any], str]:
+    """The JSON body of an action and the acting user (`_agent_actor` or `_actor`)."""
     caller = await _caller(request)
     body = await _json(request)
-    actor = await _agent_actor(request, caller, body)
+    return body, await actor_of(request, caller, body)
+
+
+async def post_status(request: Request) -> Response:
+    body, actor = await _posted(request, _agent_actor)
     return _ok(await lifecycle.set_status(_gw(request), _number(request), _required(body, "status"), actor,
                                           _field(body, "reason", False)))
 
 
 async def post_assign(request: Request) -> Response:
-    caller = await _caller(request)
-    body = await _json(request)
-    actor = await _agent_actor(request, caller, body)
+    body, actor = await _posted(request, _agent_actor)
     return _ok(await lifecycle.assign(_gw(request), _number(request), _required(body, "agent"), actor))
 
 
 async def post_reply(request: Request) -> Response:
-    caller = await _caller(request)
-    body = await _json(request)
-    actor = await _agent_actor(request, caller, body)
+    body, actor = await _posted(request, _agent_actor)
     files = _json_attachments(body)
     return _ok(await lifecycle.reply(_gw(request), _number(request), _required(body, "text"), actor, files,
                                      source=Source.API))
 
 
 async def post_note(request: Request) -> Response:
-    caller = await _caller(request)
-    body = await _json(request)
-    actor = await _agent_actor(request, caller, body)
+    body, actor = await _posted(request, _agent_actor)
     return _ok(await lifecycle.note(_gw(request), _number(request), _required(body, "text"), actor, Source.API))
 
 
 async def post_share(request: Request) -> Response:
-    caller = await _caller(request)
-    body = await _json(request)
-    actor = await _actor(request, caller, body)
+    body, actor = await _posted(request, _actor)
     return _ok(await lifecycle.share(_gw(request), _number(request), _required(body, "email"), actor))
 
 
 async def post_close(request: Request) -> Response:
-    caller = await _caller(request)
-    body = await _json(request)
-    actor = await _actor(request, caller, body)
+    body, actor = await _posted(request, _actor)
     return _ok(await lifecycle.close(_gw(request), _number(request), actor, _field(body, "reason", False)))
 
 

@@ -259,7 +259,7 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_maintenance(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.lifecycle import run_maintenance_cli
+    from gateway.jobs import run_maintenance_cli
 
     _print(await run_maintenance_cli(settings, args.at, args.dry_run), args.json)
     return EX_OK

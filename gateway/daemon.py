@@ -44,7 +44,7 @@ async def _sender_loop(app: App, stop: asyncio.Event) -> None:
 def extra_loops(settings: Settings) -> list[tuple[str, Loop]]:
     """The loops of the other capabilities, each in its own module."""
     from gateway.api import api_loop
-    from gateway.lifecycle import maintenance_loop
+    from gateway.jobs import maintenance_loop
 
     loops: list[tuple[str, Loop]] = [("sender", _sender_loop), ("maintenance", maintenance_loop)]
     if settings.imap.accounts:

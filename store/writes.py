@@ -6,7 +6,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, text, update
+from sqlalchemy import bindparam, insert, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
@@ -62,12 +62,9 @@ _INBOUND = InboundMail.__table__  # type: ignore[attr-defined]
 # unit of work (measured: a new case cost 5.5 ms in ORM flushes, most of the transaction).
 
 
-def _upsert_ignoring(conn: Connection, table: Any, *key: str) -> Any:
-    return _insert_ignoring(conn.dialect.name, table, key)
-
-
 @cache
-def _insert_ignoring(dialect: str, table: Any, key: tuple[str, ...]) -> Any:
+def _insert_ignoring(dialect: str, table: Any, *key: str) -> Any:
+    """INSERT … ON CONFLICT (key) DO NOTHING, built once per dialect and table."""
     module = postgresql if dialect == "postgresql" else sqlite
     return module.insert(table).on_conflict_do_nothing(index_elements=list(key))
 
@@ -150,7 +147,7 @@ def add_comment(session: Session, case_id: int, author_id: int | None, draft: Co
 def add_party(session: Session, case_id: int, user_id: int, now: datetime, by_id: int | None) -> bool:
     """Share the case with a user; False when they were a party already."""
     conn = session.connection()
-    result = conn.execute(_upsert_ignoring(conn, _PARTIES, "case_id", "user_id"),
+    result = conn.execute(_insert_ignoring(conn.dialect.name, _PARTIES, "case_id", "user_id"),
                           {"case_id": case_id, "user_id": user_id, "added_at": now, "added_by_id": by_id})
     return bool(result.rowcount)
 
@@ -160,7 +157,7 @@ def index_message_id(session: Session, message_id: str | None, case_id: int, our
     if not message_id:
         return
     conn = session.connection()
-    conn.execute(_upsert_ignoring(conn, _INDEX, "message_id"),
+    conn.execute(_insert_ignoring(conn.dialect.name, _INDEX, "message_id"),
                  {"message_id": message_id[:998], "case_id": case_id, "ours": ours})
 
 

@@ -30,13 +30,11 @@ from gateway.app import App, open_app
 from gateway.clock import FrozenClock, SystemClock
 from gateway.errors import ConfigError, StoreUnavailable
 from gateway.ingest.imap import (
-    DONE_KEYWORD,
     AccountReader,
     Backoff,
     FolderState,
     Lease,
     LeaseLost,
-    Mailbox,
     advance,
     batches,
     check_accounts,
@@ -45,8 +43,8 @@ from gateway.ingest.imap import (
     imap_loop,
     load_state,
     save_state,
-    translate,
 )
+from gateway.ingest.mailbox import DONE_KEYWORD, Mailbox, translate
 from gateway.settings import ImapAccount, Settings
 from store import queries
 from store.inbox import Accepted, IncomingMail

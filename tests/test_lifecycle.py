@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway import lifecycle
+from gateway import jobs, lifecycle
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
 from gateway.errors import NotFound, Refused
@@ -208,7 +208,7 @@ async def run_event(app: App, event: str, number: str, clock: FrozenClock) -> st
         case _ if event.startswith("timed job"):
             days = 8 if "8" in event else 6
             clock.advance(days=days)
-            await lifecycle.close_done_cases(app)
+            await jobs.close_done_cases(app)
         case _:
             raise AssertionError(event)
     return None
@@ -357,7 +357,7 @@ async def test_timed_job_twice_at_once_closes_each_case_once(world: App, clock: 
     young = await new_case(world, Status.UDFOERT)
     active = await new_case(world, Status.TILDELT)
     clock.advance(days=4, minutes=1)  # `old` is 7 days + 1 minute in udfoert, `young` 4 days
-    first, second = await asyncio.gather(lifecycle.close_done_cases(world), lifecycle.close_done_cases(world))
+    first, second = await asyncio.gather(jobs.close_done_cases(world), jobs.close_done_cases(world))
     assert sorted(a["case"] for a in first + second) == [old]
     closes = [h for h in (await detail(world, old))["history"] if h["to"] == "lukket"]
     assert len(closes) == 1 and closes[0]["by"] == "system" and closes[0]["from"] == "udfoert"
@@ -365,8 +365,8 @@ async def test_timed_job_twice_at_once_closes_each_case_once(world: App, clock: 
     assert (await detail(world, young))["status"] == "udfoert"
     assert (await detail(world, active))["status"] == "tildelt"
     clock.advance(days=3)
-    assert [a["case"] for a in await lifecycle.close_done_cases(world)] == [young]
-    assert await lifecycle.close_done_cases(world) == []
+    assert [a["case"] for a in await jobs.close_done_cases(world)] == [young]
+    assert await jobs.close_done_cases(world) == []
 
 
 async def test_reopening_restarts_the_clock(world: App, clock: FrozenClock) -> None:
@@ -377,15 +377,15 @@ async def test_reopening_restarts_the_clock(world: App, clock: FrozenClock) -> N
     clock.advance(hours=1)
     await lifecycle.set_status(world, number, Status.UDFOERT, AGENT)
     clock.advance(days=2)  # 8 days since the first udfoert, 2 since the second
-    assert await lifecycle.close_done_cases(world) == []
+    assert await jobs.close_done_cases(world) == []
     clock.advance(days=5, minutes=1)
-    assert [a["case"] for a in await lifecycle.close_done_cases(world)] == [number]
+    assert [a["case"] for a in await jobs.close_done_cases(world)] == [number]
 
 
 async def test_dry_run_changes_nothing(world: App, clock: FrozenClock) -> None:
     number = await new_case(world, Status.UDFOERT)
     clock.advance(days=8)
-    [planned] = await lifecycle.close_done_cases(world, dry_run=True)
+    [planned] = await jobs.close_done_cases(world, dry_run=True)
     assert planned == {**planned, "case": number, "to": "lukket", "done": False}
     assert (await detail(world, number))["status"] == "udfoert"
     assert await mails(world, number) == []
@@ -397,31 +397,31 @@ async def test_close_after_days_is_configurable(tmp_path: Path, clock: FrozenClo
         await people(app)
         number = await new_case(app, Status.UDFOERT)
         clock.advance(days=2, seconds=1)
-        assert [a["case"] for a in await lifecycle.close_done_cases(app)] == [number]
+        assert [a["case"] for a in await jobs.close_done_cases(app)] == [number]
 
 
 async def test_maintenance_cli_runs_as_of_a_time_and_delivers(world: App, clock: FrozenClock) -> None:
     number = await new_case(world, Status.UDFOERT)
     at = (clock.now() + timedelta(days=8)).isoformat()
-    planned = await lifecycle.run_maintenance_cli(world.settings, at, dry_run=True)
+    planned = await jobs.run_maintenance_cli(world.settings, at, dry_run=True)
     assert [(a["case"], a["done"]) for a in planned] == [(number, False)]
-    done = await lifecycle.run_maintenance_cli(world.settings, at, dry_run=False)
+    done = await jobs.run_maintenance_cli(world.settings, at, dry_run=False)
     assert [(a.get("case"), a["done"]) for a in done] == [(number, True), (None, True)]
     assert done[1] == {"job": "deliver_notifications", "count": 2, "done": True}
     assert (await detail(world, number))["status"] == "lukket"
     assert {m["state"] for m in await mails(world, number)} == {"sent"}
     assert len(list((Path(world.settings.base_dir) / "outbound" / "new").iterdir())) == 2
     with pytest.raises(Refused, match="ISO"):
-        await lifecycle.run_maintenance_cli(world.settings, "next tuesday", dry_run=True)
+        await jobs.run_maintenance_cli(world.settings, "next tuesday", dry_run=True)
 
 
 async def test_lease_lets_one_node_run_per_interval(world: App, clock: FrozenClock) -> None:
-    assert await lifecycle.take_lease(world, "maintenance", "node-a", 300)
-    assert not await lifecycle.take_lease(world, "maintenance", "node-b", 300)
-    assert await lifecycle.take_lease(world, "maintenance", "node-a", 300)  # renews its own
+    assert await jobs.take_lease(world, "maintenance", "node-a", 300)
+    assert not await jobs.take_lease(world, "maintenance", "node-b", 300)
+    assert await jobs.take_lease(world, "maintenance", "node-a", 300)  # renews its own
     clock.advance(seconds=301)
-    assert await lifecycle.take_lease(world, "maintenance", "node-b", 300)
-    assert not await lifecycle.take_lease(world, "maintenance", "node-a", 300)
+    assert await jobs.take_lease(world, "maintenance", "node-b", 300)
+    assert not await jobs.take_lease(world, "maintenance", "node-a", 300)
 
 
 async def closed_then_stopped(app: App, number: str, task: asyncio.Task[None], stop: asyncio.Event) -> None:
@@ -442,7 +442,7 @@ async def test_maintenance_loop_closes_and_stops(tmp_path: Path, clock: FrozenCl
         number = await new_case(app, Status.UDFOERT)
         clock.advance(days=7, seconds=1)
         stop = asyncio.Event()
-        task = asyncio.create_task(lifecycle.maintenance_loop(app, stop))
+        task = asyncio.create_task(jobs.maintenance_loop(app, stop))
         await closed_then_stopped(app, number, task, stop)
 
 
@@ -460,7 +460,7 @@ async def test_maintenance_loop_outlives_a_locked_store(tmp_path: Path, clock: F
         lock = sqlite3.connect(str(app.engine.url.database), isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")
         stop = asyncio.Event()
-        task = asyncio.create_task(lifecycle.maintenance_loop(app, stop))
+        task = asyncio.create_task(jobs.maintenance_loop(app, stop))
         await asyncio.sleep(1.5)  # at least one tick against the locked store
         assert not task.done(), task
         lock.execute("ROLLBACK")
