@@ -218,6 +218,6 @@ def context(session: Session, steps: Steps, mail: ParsedMail, kind: Classificati
         by_subject=refs.get(by_subject) if by_subject else None,
         cc_users=cc_users,
         authenticated=authenticated(mail, steps.authserv_id, steps.policy.sender_authentication),
-        recent_from_sender=queries.recent_from(session, mail.from_addr, now)
+        recent_from_sender=queries.recent_from(session, mail.from_addr, now, steps.policy.max_mails_per_sender_per_hour)
         if mail.from_addr and not kind.is_automated else 0,
     )

@@ -97,7 +97,10 @@ class InboundMail(SQLModel, table=True):
     """The durable inbox: every mail received, raw bytes first (SPEC §4)."""
 
     __tablename__ = "inbound_mail"
-    __table_args__ = (Index("ix_inbound_claim", "state", "claimed_until"),)
+    # (from_addr, processed_at): the loop detector counts one sender's last hour, not all of
+    # its mails ever (a flood from one address made every mail slower than the last).
+    __table_args__ = (Index("ix_inbound_claim", "state", "claimed_until"),
+                      Index("ix_inbound_from_processed", "from_addr", "processed_at"))
     id: int | None = Field(default=None, primary_key=True)
     received_at: datetime
     source: str = Field(max_length=100)
@@ -117,7 +120,7 @@ class InboundMail(SQLModel, table=True):
     case_id: int | None = Field(default=None, foreign_key="support_case.id", index=True)
     processed_at: datetime | None = None
     subject: str | None = Field(default=None, max_length=500)
-    from_addr: str | None = Field(default=None, max_length=320, index=True)
+    from_addr: str | None = Field(default=None, max_length=320)
 
 
 class InboundRaw(SQLModel, table=True):
@@ -143,12 +146,16 @@ class Outbox(SQLModel, table=True):
     """Every notification, queued in the transaction that caused it (SPEC §2, §7)."""
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),)
+    # The rate limits count a recipient's last day and a case's last hour to one recipient;
+    # indexes that end in the time read those windows only, not all the rows ever queued.
+    __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),
+                      Index("ix_outbox_recipient_created", "recipient", "created_at"),
+                      Index("ix_outbox_case_recipient_created", "case_id", "recipient", "created_at"))
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime
     event: str = Field(max_length=20)
-    case_id: int | None = Field(default=None, foreign_key="support_case.id", index=True)
-    recipient: str = Field(max_length=320, index=True)
+    case_id: int | None = Field(default=None, foreign_key="support_case.id")
+    recipient: str = Field(max_length=320)
     recipient_name: str = Field(default="", max_length=200)
     language: str = Field(default="da", max_length=5)
     message_id: str = Field(max_length=998, unique=True)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, or_
+from sqlalchemy import Integer, bindparam, func, literal, or_
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -63,9 +63,11 @@ _CASES_BY_MESSAGE_ID = sa_select(_I.c.message_id, _I.c.case_id).where(
 _CASE_REF = sa_select(_C.c.id, _C.c.number, _C.c.subject, _C.c.status, _C.c.requester_id, _C.c.assignee_id,
                       _U.c.organisation_id).join(_U, _U.c.id == _C.c.requester_id).where(_C.c.id == bindparam("id"))
 _PARTY_IDS = sa_select(_P.c.user_id).where(_P.c.case_id == bindparam("id"))
-_RECENT_FROM = sa_select(func.count()).select_from(_IN).where(
+# Counted up to the cap only: a flood from one address is what it guards against, and an
+# uncapped count would read the whole flood again for every mail of it.
+_RECENT_FROM = sa_select(func.count()).select_from(sa_select(literal(1)).where(
     _IN.c.from_addr == bindparam("address"), _IN.c.processed_at >= bindparam("since"),
-    _IN.c.outcome.in_(["created", "commented", "reopened"]))
+    _IN.c.outcome.in_(["created", "commented", "reopened"])).limit(bindparam("cap", type_=Integer)).subquery())
 
 
 def user_refs(session: Session, emails: Sequence[str]) -> list[UserRef]:
@@ -100,10 +102,13 @@ def case_ref_by_id(session: Session, case_id: int) -> CaseRef | None:
                    parties, row.organisation_id)
 
 
-def recent_from(session: Session, address: str, now: datetime) -> int:
-    """Mails from an address that opened or touched a case in the last hour (loop detection)."""
-    return int(session.connection().execute(_RECENT_FROM, {"address": address,
-                                                           "since": now - timedelta(hours=1)}).scalar_one())
+def recent_from(session: Session, address: str, now: datetime, cap: int) -> int:
+    """Mails from an address that opened or touched a case in the last hour (loop detection),
+    counted up to `cap`; 0 when `cap` is 0 (the detector is off)."""
+    if cap <= 0:
+        return 0
+    return int(session.connection().execute(_RECENT_FROM, {"address": address, "since": now - timedelta(hours=1),
+                                                           "cap": cap}).scalar_one())
 
 
 def require_case(session: Session, number: str) -> SupportCase:
