@@ -144,6 +144,9 @@ class ParsedMail:
     original_message_id: str | None = None  # of the mail a report is about
     envelope_from: str | None = None
     envelope_to: tuple[str, ...] = ()
+    # The new part of `text` without the quoted history (pipeline.reply.visible_text), found in
+    # the parse step, off the store's transaction; None when the mail was built elsewhere.
+    new_text: str | None = None
 
     def header(self, name: str) -> str | None:
         name = name.lower()

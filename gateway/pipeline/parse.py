@@ -30,6 +30,7 @@ from gateway.model import DeliveryReport, ParsedMail, StoredAttachment
 from gateway.pipeline import headers as h
 from gateway.pipeline.htmltext import html_to_text, sanitize_html
 from gateway.pipeline.names import attachment_display_name
+from gateway.pipeline.reply import visible_text
 
 BlobSink = Callable[[Iterable[bytes]], str]  # stores byte chunks, returns their sha256
 # Matched on a lower-cased copy: a case-insensitive pattern cannot use the fast literal scan
@@ -136,6 +137,7 @@ def _build(message: email.message.Message, parsed: mailparser.MailParser | None,
         data = "\n\n".join(hidden).encode("utf-8", "surrogateescape")  # undecodable bytes as they came
         sha = blobs([data]) if blobs is not None else _sha256([data])
         uuencoded.append(StoredAttachment("Hidden text.txt", len(data), sha, "text/plain"))
+    text = text.replace("\x00", "")
     return ParsedMail(
         message_id=h.first_id(message.get("Message-ID")),
         subject=h.clean_line(h.subject(message, parsed), h.MAX_HEADER_VALUE),
@@ -150,7 +152,7 @@ def _build(message: email.message.Message, parsed: mailparser.MailParser | None,
         date=h.date(message.get("Date")),
         headers=headers,
         content_type=message.get_content_type(),
-        text=text.replace("\x00", ""),
+        text=text,
         html=sanitize_html(html) if html else None,
         attachments=tuple(attachments + uuencoded),
         defects=tuple(sorted({d for d in getattr(parsed, "defects_categories", set())})),
@@ -159,6 +161,7 @@ def _build(message: email.message.Message, parsed: mailparser.MailParser | None,
         original_message_id=report.original_message_id,
         envelope_from=envelope_from,
         envelope_to=envelope_to,
+        new_text=visible_text(text.strip()) if text.strip() else "",
     )
 
 

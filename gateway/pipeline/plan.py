@@ -103,7 +103,7 @@ def _cc_parties(ctx: Context, policy: PlanPolicy, sender: UserRef | None, reques
 
 def draft(mail: ParsedMail) -> CommentDraft:
     full = mail.text.strip()
-    visible = visible_text(full) if full else ""
+    visible = mail.new_text if mail.new_text is not None else visible_text(full) if full else ""
     if not visible:
         visible = NO_TEXT
     return CommentDraft(visible_text=visible, full_text=full, html=mail.html, attachments=mail.attachments)
