@@ -19,7 +19,7 @@ from gateway.settings import Settings
 from gateway.worker import InboxWorker
 from store.blobs import BlobStore
 from store.engine import check_durability, make_engine, resolve_url, session_factory
-from store.inbox import Accepted, Inbox, IncomingMail
+from store.inbox import Accepted, BatchStore, Inbox, IncomingMail
 from store.migrate import upgrade
 from store.outbox import OutboxQueue
 from store.transact import Transactor
@@ -38,6 +38,12 @@ class App:
     parser: ParseRunner
     worker: InboxWorker
     sender: Sender
+    # Where the edges commit raw mail: the inbox, or in `gateway run` on SQLite the daemon's
+    # inbox writer (store/sqlite_writer.py), which SMTP and IMAP share.
+    intake: BatchStore | None = None
+
+    async def accept_many(self, mails: list[IncomingMail]) -> list[Accepted]:
+        return await (self.intake or self.inbox).accept_many(mails, self.clock.now())
 
     async def accept(self, mail: IncomingMail) -> Accepted:
         accepted = await self.inbox.accept(mail, self.clock.now())

@@ -123,16 +123,18 @@ async def run_daemon(settings: Settings) -> int:
 
 @asynccontextmanager
 async def inbox_writer(app: App) -> AsyncIterator[BatchStore]:
-    """Where SMTP's group commits go: on SQLite a writer thread of its own (store/sqlite_writer.py
-    says why), elsewhere the app's inbox."""
+    """Where the edges commit (SMTP's group commits, IMAP's batches): on SQLite a writer thread
+    of its own (store/sqlite_writer.py says why), elsewhere the app's inbox."""
     if app.engine.dialect.name != "sqlite":
         yield app.inbox
         return
     writer = SqliteInboxWriter(app.engine.url.render_as_string(hide_password=False),
                                app.settings.database.busy_timeout_ms / 1000)
+    app.intake = writer  # the IMAP edge commits here too
     try:
         yield writer
     finally:
+        app.intake = None
         writer.close()
 
 

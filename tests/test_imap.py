@@ -231,6 +231,90 @@ async def test_item92_crash_between_commit_and_move_gives_one_case(dovecot: Dove
     assert await folder(dovecot, user, "INBOX") == 0
 
 
+class CutsItsMover(AccountReader):
+    """Records which connection moves, and cuts the second connection before its first move."""
+
+    moved_on: list[str] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name, box in (("fetching", self.box), ("moving", self.mover)):
+            def move(uids: Sequence[int], folder: str, _move: Any = box.move, _name: str = name) -> None:
+                if folder == self.account.move_to:
+                    CutsItsMover.moved_on.append(_name)
+                _move(uids, folder)
+            box.move = move  # type: ignore[method-assign]
+
+    async def after_commit(self, uids: list[int]) -> None:
+        if not CutsItsMover.moved_on:  # once: the server drops the second connection
+            self.mover.client.socket().shutdown(socket.SHUT_RDWR)
+        await super().after_commit(uids)
+
+
+async def test_committed_mail_is_moved_over_a_second_connection_whose_loss_loses_nothing(
+        dovecot: Dovecot, user: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The second connection moves what is committed while the first fetches; when it breaks, the
+    session starts again, the unmoved mails are fetched again and stay one case each."""
+    caplog.set_level(logging.INFO, logger="gateway.imap")
+    CutsItsMover.moved_on = []
+    acct = account(dovecot, user)
+    dovecot.append(user, mails(5))
+    async with running(imap_settings(tmp_path, acct), CutsItsMover) as app:
+        await eventually(lambda: _equals(folder(dovecot, user, "Processed"), 5))
+        await eventually(lambda: _equals(case_count(app), 5))
+        assert await inbound_count(app) == 5
+    assert await folder(dovecot, user, "INBOX") == 0
+    assert CutsItsMover.moved_on and set(CutsItsMover.moved_on) == {"moving"}
+    assert events(caplog, "imap.unavailable", acct.name), "the broken connection was noticed"
+    assert len(events(caplog, "imap.connected", acct.name)) >= 2
+
+
+def test_imaplib_formats_its_debug_lines_only_when_they_are_logged(dovecot: Dovecot, user: str) -> None:
+    """imapclient sets imaplib's debug level 5, and imaplib then formats the repr of every
+    response (megabytes per FETCH) before the logger drops it: off, unless that logger shows DEBUG."""
+    logger = logging.getLogger("imapclient.imaplib")
+    levels = []
+    for level in (logging.WARNING, logging.DEBUG):
+        before = logger.level
+        logger.setLevel(level)
+        box = Mailbox(account(dovecot, user))
+        try:
+            box.connect()
+            levels.append(box.client._imap.debug)
+        finally:
+            box.close()
+            logger.setLevel(before)
+    assert levels == [0, 5]
+
+
+@pytest.mark.sqlite_only
+async def test_in_gateway_run_imap_commits_through_the_daemons_inbox_writer(
+        dovecot: Dovecot, user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On SQLite the daemon has one inbox writer (store/sqlite_writer.py); SMTP and IMAP share it."""
+    from gateway.daemon import inbox_writer
+    from store.inbox import Inbox
+    from store.sqlite_writer import DriverInsert
+
+    batches: list[int] = []
+    write = DriverInsert.run
+    monkeypatch.setattr(DriverInsert, "run", lambda self, rows: batches.append(len(rows)) or write(self, rows))
+
+    async def not_here(*_args: Any) -> None:
+        raise AssertionError("committed through the app's own inbox")
+
+    monkeypatch.setattr(Inbox, "accept_many", not_here)
+    dovecot.append(user, mails(3))
+    async with open_app(imap_settings(tmp_path, account(dovecot, user)), clock=SystemClock()) as app, \
+            inbox_writer(app):
+        stop = asyncio.Event()
+        task = asyncio.create_task(imap_loop(app, stop))
+        await eventually(lambda: _equals(folder(dovecot, user, "Processed"), 3))
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        assert await inbound_count(app) == 3
+    assert sum(batches) == 3
+
+
 async def test_item96_bad_account_backs_off_and_the_good_one_works(dovecot: Dovecot, user: str, tmp_path: Path,
                                                             caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="gateway.imap")

@@ -53,7 +53,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.app import App
 from gateway.errors import ConfigError, StoreUnavailable, TemporaryFailure
-from gateway.ingest.mailbox import DONE_KEYWORD, Mailbox, translate
+from gateway.ingest.mailbox import DONE_KEYWORD, ImapProblem, Mailbox, translate
 from gateway.settings import ImapAccount, Settings
 from store.inbox import Accepted, IncomingMail
 from store.lease import Lease, LeaseLost
@@ -189,11 +189,15 @@ class AccountReader:
         self.app = app
         self.account = account
         self.box = Mailbox(account)
+        # A second connection, with a thread of its own, moves (flags, deletes) what is committed,
+        # while the first one fetches the next batch: on one connection the two took turns.
+        self.mover = Mailbox(account)
         self.lease = Lease(app.engine, f"imap:{account.name}", holder, app.clock.now, LEASE_S)
         self.backoff = Backoff(app.settings.imap.backoff_initial_s, app.settings.imap.backoff_max_s)
         self.state = FolderState()
         self._keywords = False
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"imap-{account.name}")
+        self._mover_pool = ThreadPoolExecutor(1, thread_name_prefix=f"imap-{account.name}-after")
         self._log = {"account": account.name}
 
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -203,6 +207,10 @@ class AccountReader:
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await self.submit(fn, *args)
 
+    async def call_mover(self, fn: Callable[..., T], *args: Any) -> T:
+        """One blocking call on the second connection, in its own thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._mover_pool, functools.partial(fn, *args))
+
     async def run(self, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set():
@@ -210,6 +218,7 @@ class AccountReader:
         finally:
             await self._disconnect()
             self._pool.shutdown(wait=False, cancel_futures=True)
+            self._mover_pool.shutdown(wait=False, cancel_futures=True)
             try:
                 await self.lease.release()
             except Exception:  # the lease simply runs out
@@ -237,11 +246,12 @@ class AccountReader:
 
     async def _disconnect(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.call(self.box.close), timeout=3.0)
+            await asyncio.wait_for(asyncio.gather(self.call(self.box.close), self.call_mover(self.mover.close)),
+                                   timeout=3.0)
 
     async def _session(self, stop: asyncio.Event) -> None:
         a = self.account
-        await self.call(self.box.connect)
+        await asyncio.gather(self.call(self.box.connect), self.call_mover(self.mover.connect))
         self.state = await load_state(self.app.engine, a.name, a.folder)
         log.info("imap.connected", extra={**self._log, "folder": a.folder, "idle": self.box.can_idle})
         while not stop.is_set():
@@ -257,7 +267,10 @@ class AccountReader:
 
     async def _select(self) -> None:
         a = self.account
-        info = await self.call(self.box.select, a.folder)
+        info, after = await asyncio.gather(self.call(self.box.select, a.folder),
+                                           self.call_mover(self.mover.select, a.folder))
+        if after.uidvalidity != info.uidvalidity:  # rebuilt between the two SELECTs: next round
+            raise ImapProblem(f"folder {a.folder!r} changed its UIDVALIDITY while it was opened")
         self._keywords = info.keywords
         if self.state.uidvalidity != info.uidvalidity:
             if self.state.uidvalidity is not None:
@@ -288,18 +301,18 @@ class AccountReader:
     async def _take_all(self, groups: list[list[int]]) -> int:
         """Batch by batch, overlapped: while one batch is committed, the thread fetches the next
         and moves the one before (each move still after its own commit)."""
-        ahead: asyncio.Future[dict[int, bytes]] | None = None
+        ahead: asyncio.Future[dict[int, IncomingMail]] | None = None
         finishing: asyncio.Future[None] | None = None
         taken = 0
         try:
             for i, batch in enumerate(groups):
-                bodies = await (ahead or self.submit(self.box.bodies, batch))
-                ahead = self.submit(self.box.bodies, groups[i + 1]) if i + 1 < len(groups) else None
+                mails = await (ahead or self.submit(self.fetch, batch))
+                ahead = self.submit(self.fetch, groups[i + 1]) if i + 1 < len(groups) else None
                 await self.lease.renew_if_due()
-                done, refused = await self._store(bodies)
+                done, refused = await self._store(mails)
                 if finishing is not None:
                     await finishing
-                finishing = asyncio.ensure_future(self._finish(sorted(bodies), done, refused))
+                finishing = asyncio.ensure_future(self._finish(sorted(mails), done, refused))
                 taken += len(done)
             if finishing is not None:
                 await finishing
@@ -334,12 +347,17 @@ class AccountReader:
 
     async def commit(self, mails: list[IncomingMail]) -> list[Accepted]:
         """The one place raw bytes reach the store."""
-        return await self.app.inbox.accept_many(mails, self.app.clock.now())
+        return await self.app.accept_many(mails)
 
-    async def _store(self, bodies: dict[int, bytes]) -> tuple[list[int], list[int]]:
-        """Commit a batch in one transaction; if that fails, one by one to find the refused ones."""
+    def fetch(self, uids: list[int]) -> dict[int, IncomingMail]:
+        """In the account's thread: a batch's raw bytes, with their keys (hashing here overlaps
+        the commit of the batch before, on the writer's thread)."""
         source = f"imap:{self.account.name}"
-        mails = {uid: IncomingMail(raw, source, None, envelope_to_of(raw)) for uid, raw in sorted(bodies.items())}
+        return {uid: IncomingMail(raw, source, None, envelope_to_of(raw)).with_keys()
+                for uid, raw in sorted(self.box.bodies(uids).items())}
+
+    async def _store(self, mails: dict[int, IncomingMail]) -> tuple[list[int], list[int]]:
+        """Commit a batch in one transaction; if that fails, one by one to find the refused ones."""
         if not mails:
             return [], []
         try:
@@ -370,11 +388,11 @@ class AccountReader:
         """Move, flag or delete what is now safely in the inbox (a crash before this: refetch)."""
         a = self.account
         if a.after == "move":
-            await self.call(self.box.move, uids, a.move_to)
+            await self.call_mover(self.mover.move, uids, a.move_to)
         elif a.after == "flag":
-            await self.call(self.box.flag, uids, self._keywords)
+            await self.call_mover(self.mover.flag, uids, self._keywords)
         else:
-            await self.call(self.box.delete, uids)
+            await self.call_mover(self.mover.delete, uids)
 
     async def _count_failures(self, refused: list[int]) -> list[int]:
         """Count one more try for each refused message; those past max_tries go to the failure folder."""
