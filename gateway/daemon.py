@@ -86,7 +86,7 @@ async def run_daemon(settings: Settings) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
 
     async with open_app(settings) as app, inbox_writer(app) as writer:
-        committer = GroupCommitter(writer, app.clock.now)
+        committer = GroupCommitter(writer, app.clock.now, in_flight=2 if writer is app.intake else 1)
         smtp: SmtpListener | None = None
         if settings.smtp.enabled:
             handler = InboxHandler(committer.accept, settings.smtp, settings.mail.addresses,
@@ -123,13 +123,14 @@ async def run_daemon(settings: Settings) -> int:
 
 @asynccontextmanager
 async def inbox_writer(app: App) -> AsyncIterator[BatchStore]:
-    """Where the edges commit (SMTP's group commits, IMAP's batches): on SQLite a writer thread
+    """Where the edges commit (SMTP's group commits, IMAP's batches): on SQLite a writer process
     of its own (store/sqlite_writer.py says why), elsewhere the app's inbox."""
     if app.engine.dialect.name != "sqlite":
         yield app.inbox
         return
     writer = SqliteInboxWriter(app.engine.url.render_as_string(hide_password=False),
                                app.settings.database.busy_timeout_ms / 1000)
+    await writer.start()
     app.intake = writer  # the IMAP edge commits here too
     try:
         yield writer

@@ -278,16 +278,20 @@ class BatchStore(Protocol):
 class GroupCommitter:
     """Share one durable commit between the mails that arrive together (PERFORMANCE.md).
 
-    Each caller awaits its own `Accepted`; a batch is whatever queued up while the previous
-    commit ran, so a lone mail is committed at once and a burst pays one fsync per batch.
+    Each caller awaits its own `Accepted`; a batch is whatever queued up while the batches
+    before it were handed over, so a lone mail is committed at once and a burst pays one fsync
+    per batch. Up to `in_flight` batches are with the store at once (the daemon's SQLite writer
+    process takes two: it hashes the next batch while it commits the one before).
     """
 
-    def __init__(self, inbox: BatchStore, now: Any, max_batch: int = 64) -> None:
+    def __init__(self, inbox: BatchStore, now: Any, max_batch: int = 64, in_flight: int = 1) -> None:
         self._inbox = inbox
         self._now = now
         self._max_batch = max_batch
+        self._in_flight = asyncio.Semaphore(in_flight)
         self._queue: asyncio.Queue[tuple[IncomingMail, asyncio.Future[Accepted]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._commits: set[asyncio.Task[None]] = set()
 
     async def accept(self, mail: IncomingMail) -> Accepted:
         if self._task is None or self._task.done():
@@ -298,24 +302,36 @@ class GroupCommitter:
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            first = await self._queue.get()
+            await self._in_flight.acquire()  # meanwhile more mails queue up for this batch
+            batch = [first]
             while not self._queue.empty() and len(batch) < self._max_batch:
                 batch.append(self._queue.get_nowait())
             live = [(m, f) for m, f in batch if not f.done()]
             if not live:
+                self._in_flight.release()
                 continue
-            try:
-                results = await self._inbox.accept_many([m for m, _ in live], self._now())
-            except Exception as exc:  # every waiter of this batch gets the failure (451)
-                for _, fut in live:
-                    if not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for (_, fut), result in zip(live, results, strict=True):
+            task = asyncio.create_task(self._commit(live))
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
+
+    async def _commit(self, live: list[tuple[IncomingMail, asyncio.Future[Accepted]]]) -> None:
+        try:
+            results = await self._inbox.accept_many([m for m, _ in live], self._now())
+        except Exception as exc:  # every waiter of this batch gets the failure (451)
+            for _, fut in live:
                 if not fut.done():
-                    fut.set_result(result)
+                    fut.set_exception(exc)
+            return
+        finally:
+            self._in_flight.release()
+        for (_, fut), result in zip(live, results, strict=True):
+            if not fut.done():
+                fut.set_result(result)
 
     async def close(self) -> None:
+        for commit in list(self._commits):
+            commit.cancel()
         if self._task is not None:
             self._task.cancel()
             try:

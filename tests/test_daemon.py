@@ -312,3 +312,20 @@ async def test_the_worker_process_is_restarted_when_it_dies(tmp_path: Path) -> N
         assert (await cases_per_mail(proc))[message_id(raw)] == 1
         assert proc.stop() == 0
     assert [(e["role"], e["exitcode"]) for e in proc.events("worker.process_died")] == [("worker", -signal.SIGKILL)]
+
+
+async def test_every_process_of_the_daemon_leaves_when_it_is_killed(tmp_path: Path) -> None:
+    """SIGKILL of `gateway run`: the inbox writer, the worker, the sender, the fork servers and
+    the parse processes all notice and leave by themselves (nobody reaps them here)."""
+    with DaemonProcess(tmp_path) as proc:
+        proc.start()
+        assert (await probes.deliver(proc.smtp_port, probes.message("one"))).code == 250
+        await eventually(lambda: settled(proc), what="the mail")  # the parse pool runs now
+        assert proc.process is not None
+        below = _descendants(proc.process.pid)
+        names = {Path(f"/proc/{p}/comm").read_text().strip() for p in below if _alive(p)}
+        assert len(below) >= 5, names  # writer, worker, sender, fork server(s), parse processes
+        proc.process.kill()
+        proc.process.wait(10)
+        await eventually(lambda: asyncio.sleep(0, not any(_alive(p) for p in below)), timeout=15,
+                         what="every process the daemon started to leave")

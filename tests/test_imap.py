@@ -290,14 +290,19 @@ def test_imaplib_formats_its_debug_lines_only_when_they_are_logged(dovecot: Dove
 @pytest.mark.sqlite_only
 async def test_in_gateway_run_imap_commits_through_the_daemons_inbox_writer(
         dovecot: Dovecot, user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On SQLite the daemon has one inbox writer (store/sqlite_writer.py); SMTP and IMAP share it."""
+    """On SQLite the daemon has one inbox writer process (store/sqlite_writer.py); SMTP and IMAP share it."""
     from gateway.daemon import inbox_writer
     from store.inbox import Inbox
-    from store.sqlite_writer import DriverInsert
+    from store.sqlite_writer import SqliteInboxWriter
 
     batches: list[int] = []
-    write = DriverInsert.run
-    monkeypatch.setattr(DriverInsert, "run", lambda self, rows: batches.append(len(rows)) or write(self, rows))
+    write = SqliteInboxWriter.accept_many
+
+    async def counted(self: SqliteInboxWriter, mails: Sequence[IncomingMail], now: datetime) -> list[Accepted]:
+        batches.append(len(mails))
+        return await write(self, mails, now)
+
+    monkeypatch.setattr(SqliteInboxWriter, "accept_many", counted)
 
     async def not_here(*_args: Any) -> None:
         raise AssertionError("committed through the app's own inbox")

@@ -7,6 +7,7 @@ probes of tests/smtp_probes.py for framing that well-behaved clients never send.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import smtplib
@@ -611,44 +612,94 @@ def daemon_writer(app: App) -> Callable[[IncomingMail], Awaitable[Accepted]]:
     return committer.accept
 
 
-@pytest.mark.sqlite_only
-@pytest.mark.parametrize("store", [None, daemon_writer], ids=["inbox", "daemon-writer"])
-async def test_item14_full_store_answers_452_stores_no_partial_row_and_the_retry_gets_250(
-        tmp_path: Path, store: Callable[[App], Callable[[IncomingMail], Awaitable[Accepted]]] | None) -> None:
+class FullDisk:
+    """A small tmpfs that can be filled to the last bytes: every process that writes there
+    (the daemon's inbox writer is one of its own) gets ENOSPC, which SQLite reports as
+    SQLITE_FULL, as on a real full disk. Mounting needs root; elsewhere the test is skipped."""
+
+    def __init__(self, path: Path, size_mb: int = 8) -> None:
+        self.path = path
+        self.size_mb = size_mb
+        self.filler = path / "filler"
+
+    def __enter__(self) -> FullDisk:
+        self.path.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size_mb}m", "tmpfs", str(self.path)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        return self
+
+    def fill(self, leave: int) -> None:
+        """Take all the space but `leave` bytes."""
+        with self.filler.open("wb") as out, contextlib.suppress(OSError):
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        free = shutil.disk_usage(self.path).free
+        with self.filler.open("r+b") as out:
+            out.truncate(max(0, self.filler.stat().st_size - max(0, leave - free)))
+
+    def make_room(self) -> None:
+        self.filler.unlink()
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+async def _full_then_room(srv: Server, tmp_path: Path, make_full: Callable[[], None],
+                          make_room: Callable[[], None]) -> None:
+    """The store cannot take a ~200 KB mail: 452, nothing kept; room again: the retry gets 250."""
     body = "".join(f"Linje {i}: {'æøå' * (i % 7)} {i * 7919 % 104729}\r\n" for i in range(6000))  # ~200 KB
     raw = probes.message("disk full", body=body)
+    make_full()
+    smtp = await RawSmtp.connect(srv.port)
     try:
-        async with serve(tmp_path, store=store) as srv:
-            with FullStore(srv.app) as disk:
-                async with srv.app.engine.connect() as conn:
-                    page = (await conn.execute(text("PRAGMA page_size"))).scalar_one()
-                    free = (await conn.execute(text("PRAGMA freelist_count"))).scalar_one()
-                assert len(raw) > (free + 10) * page  # the mail cannot fit in the file as it is
-                disk.full = True
-                smtp = await RawSmtp.connect(srv.port)
-                try:
-                    await smtp.greet()
-                    first = await probes.transaction(smtp, raw)
-                    assert first == Reply(452, "4.3.1 Insufficient system storage, please try again later")
-                    table = InboundMail.__table__  # type: ignore[attr-defined]
-                    raws = InboundRaw.__table__  # type: ignore[attr-defined]
-                    async with srv.app.engine.connect() as conn:  # neither half of the mail is kept
-                        assert (await conn.execute(select(func.count()).select_from(table))).scalar_one() == 0
-                        assert (await conn.execute(select(func.count()).select_from(raws))).scalar_one() == 0
-                    assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
-                    disk.full = False  # space again: the sender's retry, in the same session
-                    retry = await probes.transaction(smtp, raw)
-                    assert retry == Reply(250, "2.0.0 Ok: queued as 1")
-                finally:
-                    await smtp.close()
-            [row] = await srv.stored()
-            assert row["raw"] == raw
-            assert await srv.cases() == 1
+        await smtp.greet()
+        first = await probes.transaction(smtp, raw)
+        assert first == Reply(452, "4.3.1 Insufficient system storage, please try again later")
+        table = InboundMail.__table__  # type: ignore[attr-defined]
+        raws = InboundRaw.__table__  # type: ignore[attr-defined]
+        async with srv.app.engine.connect() as conn:  # neither half of the mail is kept
+            assert (await conn.execute(select(func.count()).select_from(table))).scalar_one() == 0
+            assert (await conn.execute(select(func.count()).select_from(raws))).scalar_one() == 0
+        assert [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
+        make_room()  # space again: the sender's retry, in the same session
+        retry = await probes.transaction(smtp, raw)
+        assert retry == Reply(250, "2.0.0 Ok: queued as 1")
     finally:
-        while _daemon_writers:
-            writer, committer = _daemon_writers.pop()
-            await committer.close()
-            writer.close()
+        await smtp.close()
+    [row] = await srv.stored()
+    assert row["raw"] == raw
+    assert await srv.cases() == 1
+
+
+@pytest.mark.sqlite_only
+async def test_item14_full_store_answers_452_stores_no_partial_row_and_the_retry_gets_250(tmp_path: Path) -> None:
+    async with serve(tmp_path) as srv:
+        with FullStore(srv.app) as disk:
+            async with srv.app.engine.connect() as conn:
+                page = (await conn.execute(text("PRAGMA page_size"))).scalar_one()
+                free = (await conn.execute(text("PRAGMA freelist_count"))).scalar_one()
+            assert (free + 10) * page < 200_000  # the mail cannot fit in the file as it is
+            await _full_then_room(srv, tmp_path, lambda: setattr(disk, "full", True),
+                                  lambda: setattr(disk, "full", False))
+
+
+@pytest.mark.sqlite_only
+async def test_item14_a_full_disk_under_the_daemons_inbox_writer_answers_452_and_the_retry_gets_250(
+        tmp_path: Path) -> None:
+    """The daemon's writer is a process of its own: the disk itself is full for it."""
+    with FullDisk(tmp_path / "disk") as disk:
+        try:
+            async with serve(tmp_path, store=daemon_writer,
+                             database={"url": f"sqlite+aiosqlite:///{disk.path}/gateway.db"}) as srv:
+                await _full_then_room(srv, tmp_path, lambda: disk.fill(leave=32 * 1024), disk.make_room)
+        finally:
+            while _daemon_writers:
+                writer, committer = _daemon_writers.pop()
+                await committer.close()
+                writer.close()
 
 
 def slow_store(app: App) -> Callable[[IncomingMail], Awaitable[Accepted]]:
@@ -853,6 +904,34 @@ async def test_sqlite_writer_waits_out_a_short_lock_and_gives_up_on_a_long_one(a
     finally:
         writer.close()
         impatient.close()
+
+
+async def test_a_dead_inbox_writer_process_fails_its_batch_and_the_next_batch_starts_a_new_one(app: App) -> None:
+    """451 for the mails of the batch in hand (never a 250 without a commit), then a new process."""
+    import signal
+
+    from gateway.errors import StoreUnavailable
+    from store.sqlite_writer import SqliteInboxWriter
+
+    if app.engine.dialect.name != "sqlite":
+        pytest.skip("the writer is the SQLite path")
+    writer = SqliteInboxWriter(app.engine.url.render_as_string(hide_password=False), busy_timeout_s=5)
+    mail = IncomingMail(probes.message("after the crash"), "smtp", "anna@borger.example", (ADDRESS,))
+    try:
+        await writer.start()
+        first_pid = writer._proc.pid if writer._proc else None
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)
+        with pytest.raises(StoreUnavailable):
+            await writer.accept_many([mail], app.clock.now())
+        [accepted] = await writer.accept_many([mail], app.clock.now())
+        assert not accepted.duplicate
+        assert writer._proc is not None and writer._proc.pid != first_pid
+    finally:
+        writer.close()
+    async with app.engine.connect() as conn:
+        table = InboundMail.__table__  # type: ignore[attr-defined]
+        assert (await conn.execute(select(func.count()).select_from(table))).scalar_one() == 1
 
 
 def test_the_worker_yields_to_a_waiting_smtp_commit_but_not_forever(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The IMAP edge (SPEC §4): raw bytes from configured mailboxes into the durable inbox.
 
-Per account, one `AccountReader` coroutine and one thread of its own. The thread does only
+Per account, one `AccountReader` coroutine and two connections, each with a thread of its
+own: one fetches, the other moves (flags, deletes) what is committed. The threads do only
 blocking IMAP I/O (`gateway.ingest.mailbox.Mailbox`, the seam around imapclient); the coroutine does the store, the
 lease and the waiting, so neither the event loop nor the other accounts ever wait on a server.
 
@@ -40,6 +41,7 @@ import random
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -299,25 +301,37 @@ class AccountReader:
         return progress
 
     async def _take_all(self, groups: list[list[int]]) -> int:
-        """Batch by batch, overlapped: while one batch is committed, the thread fetches the next
-        and moves the one before (each move still after its own commit)."""
+        """Batch by batch, overlapped: while one batch is committed, the next is fetched and
+        handed to the store too (two in flight), and the one before is moved on the second
+        connection (each move still after its own commit)."""
         ahead: asyncio.Future[dict[int, IncomingMail]] | None = None
+        storing: deque[tuple[dict[int, IncomingMail], asyncio.Future[tuple[list[int], list[int]]]]] = deque()
         finishing: asyncio.Future[None] | None = None
         taken = 0
+
+        async def settle() -> None:
+            nonlocal finishing, taken
+            mails, stored = storing.popleft()
+            done, refused = await stored
+            if finishing is not None:
+                await finishing
+            finishing = asyncio.ensure_future(self._finish(sorted(mails), done, refused))
+            taken += len(done)
+
         try:
             for i, batch in enumerate(groups):
                 mails = await (ahead or self.submit(self.fetch, batch))
                 ahead = self.submit(self.fetch, groups[i + 1]) if i + 1 < len(groups) else None
                 await self.lease.renew_if_due()
-                done, refused = await self._store(mails)
-                if finishing is not None:
-                    await finishing
-                finishing = asyncio.ensure_future(self._finish(sorted(mails), done, refused))
-                taken += len(done)
+                storing.append((mails, asyncio.ensure_future(self._store(mails))))
+                if len(storing) > 1:
+                    await settle()
+            while storing:
+                await settle()
             if finishing is not None:
                 await finishing
         finally:
-            for future in (ahead, finishing):
+            for future in (ahead, finishing, *(stored for _, stored in storing)):
                 if future is not None and not future.done():
                     future.cancel()
         return taken
@@ -350,10 +364,9 @@ class AccountReader:
         return await self.app.accept_many(mails)
 
     def fetch(self, uids: list[int]) -> dict[int, IncomingMail]:
-        """In the account's thread: a batch's raw bytes, with their keys (hashing here overlaps
-        the commit of the batch before, on the writer's thread)."""
+        """In the account's thread: a batch's raw bytes as inbox mails (the writer hashes them)."""
         source = f"imap:{self.account.name}"
-        return {uid: IncomingMail(raw, source, None, envelope_to_of(raw)).with_keys()
+        return {uid: IncomingMail(raw, source, None, envelope_to_of(raw))
                 for uid, raw in sorted(self.box.bodies(uids).items())}
 
     async def _store(self, mails: dict[int, IncomingMail]) -> tuple[list[int], list[int]]:
