@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, Protocol
@@ -48,26 +48,11 @@ class Accepted:
 
 
 @dataclass(frozen=True, slots=True)
-class MailKeys:
-    """What the inbox row knows of the raw bytes: their SHA-256, the Message-ID, the dedup key."""
-
-    sha256: str
-    message_id: str | None
-    dedup_key: str
-
-
-@dataclass(frozen=True, slots=True)
 class IncomingMail:
     raw: bytes
     source: str
     envelope_from: str | None = None
     envelope_to: tuple[str, ...] = ()
-    # Computed by the edge where that is cheaper (the IMAP fetch thread, while the previous batch
-    # is committed); else when the row is built.
-    keys: MailKeys | None = field(default=None, compare=False, repr=False)
-
-    def with_keys(self) -> IncomingMail:
-        return self if self.keys is not None else replace(self, keys=keys_of(self.raw))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,18 +110,13 @@ def message_id_of(raw: bytes) -> str | None:
     return match.group(1).decode("ascii", "replace") if match else None
 
 
-def keys_of(raw: bytes) -> MailKeys:
-    return MailKeys(hashlib.sha256(raw).hexdigest(), message_id_of(raw), dedup_key(raw))
-
-
 def row_of(mail: IncomingMail, now: datetime) -> dict[str, Any]:
-    keys = mail.keys or keys_of(mail.raw)
     return {
         "received_at": now, "source": mail.source[:100],
         "envelope_from": (mail.envelope_from or "")[:320] or None,
         "envelope_to": list(mail.envelope_to)[:100], "raw": mail.raw, "size": len(mail.raw),
-        "sha256": keys.sha256, "message_id": keys.message_id,
-        "dedup_key": keys.dedup_key, "state": "pending", "attempts": 0,
+        "sha256": hashlib.sha256(mail.raw).hexdigest(), "message_id": message_id_of(mail.raw),
+        "dedup_key": dedup_key(mail.raw), "state": "pending", "attempts": 0,
     }
 
 
