@@ -64,6 +64,7 @@ class SqliteInboxWriter:
         self._replies: asyncio.Task[None] | None = None
         self._pending: deque[asyncio.Future[tuple[str, Any]]] = deque()
         self._starting: asyncio.Lock | None = None
+        self._sock: socket.socket | None = None
 
     async def start(self) -> None:
         """Start the writer process and wait until it has its connection."""
@@ -80,6 +81,7 @@ class SqliteInboxWriter:
             finally:
                 theirs.close()  # the child's end lives in the child only: its EOF is our death
             self._proc = proc
+            self._sock = ours
             reader, writer = await asyncio.open_connection(sock=ours)
             try:
                 status, detail = await _receive(reader)
@@ -146,7 +148,11 @@ class SqliteInboxWriter:
                 proc.join(1.0)
 
     def close(self) -> None:
-        """Close the socket; the child finishes the batches in hand and leaves."""
+        """End our side of the socket; the child finishes the batches in hand and leaves."""
+        sock, self._sock = self._sock, None
+        if sock is not None:  # now: the transport's own close waits for the event loop
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close()

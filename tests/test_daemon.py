@@ -83,7 +83,8 @@ async def test_run_receives_logs_each_mail_and_exits_0_on_sigterm(tmp_path: Path
         assert set((await cases_per_mail(proc)).values()) == {1}
         started = time.monotonic()
         assert proc.stop() == 0
-        assert time.monotonic() - started < 10
+        took = time.monotonic() - started
+        assert took < 4, f"an idle daemon took {took:.1f} s to stop"
     received = proc.events("mail.received")
     processed = proc.events("mail.processed")
     ids = [int(r.text.rsplit(" ", 1)[1]) for r in replies]

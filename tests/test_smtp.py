@@ -906,6 +906,7 @@ async def test_sqlite_writer_waits_out_a_short_lock_and_gives_up_on_a_long_one(a
         impatient.close()
 
 
+@pytest.mark.sqlite_only
 async def test_a_dead_inbox_writer_process_fails_its_batch_and_the_next_batch_starts_a_new_one(app: App) -> None:
     """451 for the mails of the batch in hand (never a 250 without a commit), then a new process."""
     import signal
@@ -913,8 +914,6 @@ async def test_a_dead_inbox_writer_process_fails_its_batch_and_the_next_batch_st
     from gateway.errors import StoreUnavailable
     from store.sqlite_writer import SqliteInboxWriter
 
-    if app.engine.dialect.name != "sqlite":
-        pytest.skip("the writer is the SQLite path")
     writer = SqliteInboxWriter(app.engine.url.render_as_string(hide_password=False), busy_timeout_s=5)
     mail = IncomingMail(probes.message("after the crash"), "smtp", "anna@borger.example", (ADDRESS,))
     try:
