@@ -7,11 +7,13 @@ switches a mail, 0.3 ms of system time); each hand-over waits for a loop that is
 receiving. The child does the hashing, the INSERTs and the fsync on the other core, and the
 loop only writes the raw bytes to a socket and reads the ids back.
 
-The exchange is one batch at a time: a frame with the pickled mails, a frame with the
-`Accepted` list or the failure. If the child dies, or the exchange is cut half-way (a cancel),
-the batch fails with StoreUnavailable (451: the sender retries, the dedup key makes a commit
-that did land harmless) and the next batch starts a new child. The child leaves when its
-socket closes, which is also how it notices that the daemon was killed.
+A batch is a frame with the pickled mails; its answer, a frame with the `Accepted` list or the
+failure. Several batches may be on their way: the child hashes the next one while it commits
+the one before, and answers in order. A caller that gives up (a timeout) leaves its answer to
+be dropped. If the child dies, the batches it has not answered fail with StoreUnavailable
+(451: the sender retries, and the dedup key makes a commit that did land harmless), and the
+next batch starts a new child. The child leaves when its socket closes, which is also how it
+notices that the daemon was killed.
 
 SQLite's own busy handler is off: it sleeps 1, 2, 5, 10 … 100 ms between tries and keeps
 missing the moments the worker process releases the write lock, so the writer tries again
@@ -261,9 +263,6 @@ class Committer:
         finally:
             if not more:
                 self._waiting.value = 0
-
-    def accept(self, mails: list[IncomingMail], now: datetime) -> list[Accepted]:
-        return self.commit(self.rows(mails, now))
 
     def close(self) -> None:
         self._engine.dispose()
