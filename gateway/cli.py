@@ -273,7 +273,7 @@ async def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_imap(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.ingest.imap import check_accounts
+    from gateway.ingest.imap_check import check_accounts
 
     return await check_accounts(settings)
 

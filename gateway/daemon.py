@@ -86,7 +86,7 @@ async def run_daemon(settings: Settings) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
 
     async with open_app(settings) as app, inbox_writer(app) as writer:
-        committer = GroupCommitter(writer, app.clock.now, in_flight=2 if writer is app.intake else 1)
+        committer = GroupCommitter(writer, app.clock.now, in_flight=getattr(writer, "in_flight", 1))
         smtp: SmtpListener | None = None
         if settings.smtp.enabled:
             handler = InboxHandler(committer.accept, settings.smtp, settings.mail.addresses,

@@ -134,7 +134,7 @@ def insert_batch(conn: Connection, rows: list[dict[str, Any]]) -> list[Accepted]
     this batch: a duplicate. Synchronous, so an async engine runs it with `run_sync` and the
     SQLite writer of the daemon on its own thread.
     """
-    first = list({row["dedup_key"]: row for row in reversed(rows)}.values())[::-1]
+    first = first_of_each_key(rows)
     raws = {row["dedup_key"]: row["raw"] for row in first}
     heads = [{k: v for k, v in row.items() if k != "raw"} for row in first]
     stmt = insert_statement(conn.dialect.name)
@@ -147,7 +147,18 @@ def insert_batch(conn: Connection, rows: list[dict[str, Any]]) -> list[Accepted]
     if missing:
         found = conn.execute(select(T.c.id, T.c.dedup_key).where(T.c.dedup_key.in_(missing)))
         ids.update({key: int(old_id) for old_id, key in found})
-    fresh = {key for _, key in returned}
+    return accepted_in_order(rows, ids, {key for _, key in returned})
+
+
+def first_of_each_key(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The batch without the mails it holds twice (the first copy stays)."""
+    return list({row["dedup_key"]: row for row in reversed(rows)}.values())[::-1]
+
+
+def accepted_in_order(rows: list[dict[str, Any]], ids: dict[str, int], fresh: set[str]) -> list[Accepted]:
+    """One `Accepted` per row: new for the first copy of a key this batch inserted, else a
+    duplicate (stored before, or twice in this batch)."""
+    fresh = set(fresh)
     result = []
     for row in rows:
         key = row["dedup_key"]

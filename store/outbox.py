@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, and_, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, col
 from sqlmodel import select as model_select
 
 from gateway.model import Event, UserRef
 from store.models import AppUser, CaseParty, MessageIndex, Outbox, SupportCase
+from store.queries import capped_count
 
 T = Outbox.__table__  # type: ignore[attr-defined]
 
@@ -46,9 +47,8 @@ AUTOMATIC_ANSWERS = (Event.RECEIPT.value, Event.FOLLOWUP.value, Event.REJECTED.v
 # index that ends in the time: (recipient, created_at) for the day, the case's own rows for
 # the case windows; the day's count stops at the limit, so a flood of mail to one address
 # (what these limits are for) does not make every new row slower to queue than the last.
-_AUTO_ANSWERS = select(func.count()).select_from(select(literal(1)).where(
-    T.c.recipient == bindparam("recipient"), T.c.created_at >= bindparam("day"), T.c.state != "held",
-    T.c.event.in_(AUTOMATIC_ANSWERS)).limit(bindparam("cap", type_=Integer)).subquery())
+_AUTO_ANSWERS = capped_count(T.c.recipient == bindparam("recipient"), T.c.created_at >= bindparam("day"),
+                             T.c.state != "held", T.c.event.in_(AUTOMATIC_ANSWERS))
 _CASE_WINDOWS = select(func.count().filter(T.c.created_at >= bindparam("ten")), func.count()).where(
     T.c.case_id == bindparam("case_id"), T.c.recipient == bindparam("recipient"), T.c.state != "held",
     T.c.created_at >= bindparam("hour"))

@@ -63,11 +63,20 @@ _CASES_BY_MESSAGE_ID = sa_select(_I.c.message_id, _I.c.case_id).where(
 _CASE_REF = sa_select(_C.c.id, _C.c.number, _C.c.subject, _C.c.status, _C.c.requester_id, _C.c.assignee_id,
                       _U.c.organisation_id).join(_U, _U.c.id == _C.c.requester_id).where(_C.c.id == bindparam("id"))
 _PARTY_IDS = sa_select(_P.c.user_id).where(_P.c.case_id == bindparam("id"))
-# Counted up to the cap only: a flood from one address is what it guards against, and an
-# uncapped count would read the whole flood again for every mail of it.
-_RECENT_FROM = sa_select(func.count()).select_from(sa_select(literal(1)).where(
-    _IN.c.from_addr == bindparam("address"), _IN.c.processed_at >= bindparam("since"),
-    _IN.c.outcome.in_(["created", "commented", "reopened"])).limit(bindparam("cap", type_=Integer)).subquery())
+
+
+def capped_count(*where: Any) -> Any:
+    """SELECT count(*) of the rows matching `where`, stopping at the bound parameter `cap`.
+
+    For the flood guards (a sender's mails an hour, a recipient's automatic answers a day): a
+    flood is what they guard against, and an uncapped count would read the whole flood again
+    for every mail of it."""
+    return sa_select(func.count()).select_from(
+        sa_select(literal(1)).where(*where).limit(bindparam("cap", type_=Integer)).subquery())
+
+
+_RECENT_FROM = capped_count(_IN.c.from_addr == bindparam("address"), _IN.c.processed_at >= bindparam("since"),
+                            _IN.c.outcome.in_(["created", "commented", "reopened"]))
 
 
 def user_refs(session: Session, emails: Sequence[str]) -> list[UserRef]:

@@ -43,7 +43,16 @@ from sqlalchemy import Engine, bindparam, event, insert, select
 
 from gateway.errors import StoreUnavailable
 from store.engine import sync_sqlite_engine
-from store.inbox import RAW, Accepted, IncomingMail, T, insert_statement, row_of
+from store.inbox import (
+    RAW,
+    Accepted,
+    IncomingMail,
+    T,
+    accepted_in_order,
+    first_of_each_key,
+    insert_statement,
+    row_of,
+)
 
 RETRY_EVERY_S = 0.001
 MAX_ROWS_PER_INSERT = 200  # 13 values a row, far below SQLite's 32766 variables
@@ -54,6 +63,8 @@ _HEADER = 8  # bytes of frame length, big-endian
 
 class SqliteInboxWriter:
     """`accept_many` as the app's inbox has it; the commits happen in the writer process."""
+
+    in_flight = 2  # batches worth handing over at once: it hashes one while it commits the other
 
     def __init__(self, url: str, busy_timeout_s: float) -> None:
         self._url = url
@@ -287,7 +298,8 @@ class DriverInsert:
         convert = {c.key: c.type.dialect_impl(dialect).bind_processor(dialect) for c in T.columns}
         self._convert = [(key, convert.get(key)) for key in self._order]
         raw = insert(RAW).compile(dialect=dialect, column_keys=["inbound_id", "raw"])
-        self._raw_sql, self._raw_order = str(raw), list(raw.positiontup or ())
+        assert list(raw.positiontup or ()) == ["inbound_id", "raw"]
+        self._raw_sql = str(raw)
         self._find_sql = str(select(T.c.id).where(T.c.dedup_key == bindparam("key")).compile(dialect=dialect))
         self._many: dict[int, str] = {}
 
@@ -306,24 +318,19 @@ class DriverInsert:
             pooled.close()
 
     def _insert(self, conn: Any, rows: list[dict[str, Any]]) -> list[Accepted]:
-        first = list({row["dedup_key"]: row for row in reversed(rows)}.values())[::-1]  # twice in a batch: once
+        first = first_of_each_key(rows)
         ids: dict[str, int] = {}
         for start in range(0, len(first), MAX_ROWS_PER_INSERT):  # one statement for many rows
             part = first[start:start + MAX_ROWS_PER_INSERT]
             params = [fn(row[k]) if fn else row[k] for row in part for k, fn in self._convert]
             ids.update((key, int(new_id)) for new_id, key in conn.execute(self._sql_for(len(part)), params))
-        raws = {row["dedup_key"]: row["raw"] for row in first}
-        conn.executemany(self._raw_sql, [[{"inbound_id": new_id, "raw": raws[key]}[k] for k in self._raw_order]
-                                         for key, new_id in ids.items()])
+        conn.executemany(self._raw_sql, [(ids[row["dedup_key"]], row["raw"]) for row in first
+                                         if row["dedup_key"] in ids])
         fresh = set(ids)
-        result = []
-        for row in rows:
-            key = row["dedup_key"]
-            if key not in ids:  # ON CONFLICT DO NOTHING: we have it already
-                ids[key] = int(conn.execute(self._find_sql, (key,)).fetchone()[0])
-            result.append(Accepted(ids[key], key not in fresh))
-            fresh.discard(key)  # its second copy in this batch is a duplicate
-        return result
+        for row in first:
+            if row["dedup_key"] not in ids:  # ON CONFLICT DO NOTHING: we have it already
+                ids[row["dedup_key"]] = int(conn.execute(self._find_sql, (row["dedup_key"],)).fetchone()[0])
+        return accepted_in_order(rows, ids, fresh)
 
     def _sql_for(self, count: int) -> str:
         """The compiled single-row INSERT with `count` groups of values (VALUES (…), (…), …)."""

@@ -37,13 +37,13 @@ from gateway.ingest.imap import (
     LeaseLost,
     advance,
     batches,
-    check_accounts,
     check_config,
     envelope_to_of,
     imap_loop,
     load_state,
     save_state,
 )
+from gateway.ingest.imap_check import check_accounts
 from gateway.ingest.mailbox import DONE_KEYWORD, Mailbox, translate
 from gateway.settings import ImapAccount, Settings
 from store import queries

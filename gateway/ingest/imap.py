@@ -15,7 +15,7 @@ order per message is what makes it safe: a crash before its move means it is fet
 and deduplicated. A message the store refuses while the store is otherwise working counts a
 try; after `max_tries` it goes to `failed_folder`. Only UIDs are used, never sequence
 numbers; folder names only go through the imapclient API (RELIABILITY 100). The last fetch
-time of each folder is kept in `imap_folder_state.last_fetch_at` for the metrics.
+time of each folder is kept in `imap_folder_state.last_fetch_at` for the metrics (store/imap_state.py).
 
 Then IDLE when the server offers it (checked in short slices so `stop` is honoured within
 about a second, re-issued every `poll_interval_s` with a scan in between, the polling
@@ -42,24 +42,18 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from datetime import datetime
+from dataclasses import replace
 from typing import Any, TypeVar
 
-from sqlalchemy import BigInteger, bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from gateway.app import App
-from gateway.errors import ConfigError, StoreUnavailable, TemporaryFailure
-from gateway.ingest.mailbox import DONE_KEYWORD, ImapProblem, Mailbox, translate
-from gateway.settings import ImapAccount, Settings
+from gateway.errors import ConfigError, TemporaryFailure
+from gateway.ingest.mailbox import DONE_KEYWORD, ImapProblem, Mailbox
+from gateway.settings import ImapAccount
+from store.imap_state import FolderState, load_state, save_state
 from store.inbox import Accepted, IncomingMail
 from store.lease import Lease, LeaseLost
-from store.models import ImapFolderState
 
 log = logging.getLogger("gateway.imap")
 
@@ -73,52 +67,6 @@ LEASE_S = 30.0
 LEASE_RETRY_S = 5.0
 
 T = TypeVar("T")
-FS = ImapFolderState.__table__  # type: ignore[attr-defined]
-
-
-# -- state in the store -----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class FolderState:
-    uidvalidity: int | None = None
-    last_uid: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
-
-
-@contextlib.asynccontextmanager
-async def _store_errors(what: str) -> AsyncIterator[None]:
-    """Database trouble while reading an account is one more reason to back off, not a crash."""
-    try:
-        yield
-    except (OperationalError, DBAPIError, OSError) as exc:
-        raise StoreUnavailable(f"{what}: the store does not answer ({type(exc).__name__})") from exc
-
-
-def _dialect_insert(engine: AsyncEngine) -> Any:
-    return (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
-
-
-async def load_state(engine: AsyncEngine, account: str, folder: str) -> FolderState:
-    async with _store_errors("imap state"), engine.connect() as conn:
-        row = (await conn.execute(select(FS.c.uidvalidity, FS.c.last_uid, FS.c.failures)
-                                  .where(FS.c.account == account, FS.c.folder == folder))).first()
-    if row is None:
-        return FolderState()
-    return FolderState(row.uidvalidity, int(row.last_uid), dict(row.failures or {}))
-
-
-async def save_state(engine: AsyncEngine, account: str, folder: str, state: FolderState,
-                     fetched_at: datetime | None) -> None:
-    def values() -> dict[str, Any]:
-        # IMAP numbers are unsigned 32-bit: bound as BIGINT whatever the model says (migration 0003)
-        out: dict[str, Any] = {"uidvalidity": bindparam(None, state.uidvalidity, BigInteger),
-                               "last_uid": bindparam(None, state.last_uid, BigInteger), "failures": state.failures}
-        return out if fetched_at is None else {**out, "last_fetch_at": fetched_at}
-
-    stmt = _dialect_insert(engine)(FS).values(account=account, folder=folder, **values())
-    stmt = stmt.on_conflict_do_update(index_elements=["account", "folder"], set_=values())
-    async with _store_errors("imap state"), engine.begin() as conn:
-        await conn.execute(stmt)
 
 
 def advance(last_uid: int, scanned: Sequence[int], done: set[int]) -> int:
@@ -472,43 +420,3 @@ async def imap_loop(app: App, stop: asyncio.Event, reader: type[AccountReader] =
     async with asyncio.TaskGroup() as group:
         for account in accounts:
             group.create_task(reader(app, account, holder).run(stop), name=f"imap:{account.name}")
-
-
-def check_account(account: ImapAccount) -> str:
-    """Log in, look at the folders; what an operator needs to know, in one line (blocking)."""
-    box = Mailbox(account, timeout_s=15.0)
-    try:
-        box.connect()
-        box.select(account.folder)
-        count = len(box.search(["UNDELETED"]))
-        created = [f for f in _needed_folders(account) if box.ensure_folder(f)]
-    finally:
-        box.close()
-    note = f"; created {', '.join(created)}" if created else ""
-    idle = "IDLE" if box.can_idle else "polling"
-    return (f"logged in to {account.host}:{account.port} as {account.username}; {account.folder} holds {count} "
-            f"message(s); {idle}{note}")
-
-
-def _needed_folders(account: ImapAccount) -> list[str]:
-    folders = [account.failed_folder, OVERSIZED_FOLDER]
-    return [account.move_to, *folders] if account.after == "move" else folders
-
-
-async def check_accounts(settings: Settings) -> int:
-    """`gateway imap check`: one line per account, 0 when every account is fine."""
-    accounts = settings.imap.accounts
-    if not accounts:
-        print("no IMAP accounts are configured ([[imap.accounts]])")
-        return 0
-    check_config(accounts)
-    outcomes = await asyncio.gather(*(asyncio.to_thread(check_account, a) for a in accounts),
-                                    return_exceptions=True)
-    failed = 0
-    for account, outcome in zip(accounts, outcomes, strict=True):
-        if isinstance(outcome, BaseException):
-            failed += 1
-            print(f"FAILED {account.name}: {translate(outcome, account, connecting=True)}")
-        else:
-            print(f"ok     {account.name}: {outcome}")
-    return 1 if failed else 0
