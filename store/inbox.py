@@ -37,7 +37,6 @@ _TRACE = re.compile(
     rb"^(received|return-path|delivered-to|x-original-to|authentication-results|arc-[a-z-]+|"
     rb"x-gateway-[a-z-]+|x-spam-[a-z-]+|status|x-status|x-uid|x-keywords|content-length|lines|"
     rb"x-rcpt-to|x-envelope-[a-z-]+)\s*:", re.IGNORECASE)
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 _MSGID = re.compile(rb"^message-id\s*:\s*(<[^<>\s]{1,500}>)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -75,7 +74,9 @@ def dedup_key(raw: bytes) -> str:
     computed on the listener's path for every mail.
     """
     start = len(raw) - len(raw.lstrip(b"\r\n")) if raw[:1] in (b"\r", b"\n") else 0
-    ends = [i for i in (raw.find(b"\r\n\r\n", start), raw.find(b"\n\n", start)) if i >= 0]
+    crlf = raw.find(b"\r\n\r\n", start)
+    lf = raw.find(b"\n\n", start, crlf + 1 if crlf >= 0 else len(raw))  # only one before it counts
+    ends = [i for i in (crlf, lf) if i >= 0]
     split = min(ends) if ends else len(raw)
     head = raw[start:split].translate(None, b"\r")
     kept: list[bytes] = []
@@ -103,9 +104,28 @@ def dedup_key(raw: bytes) -> str:
 _CHUNK = 1 << 20
 
 
+def header_end(raw: bytes, limit: int) -> int | None:
+    """Where the first blank line (`\\r?\\n\\r?\\n`) of `raw[:limit]` starts; None without one.
+
+    The answer of that regular expression, found with `bytes.find`: the regex tried a match
+    at every byte of the header (16 µs for a 20 KB mail), and a plain find for the LF form
+    scans a whole CRLF body. The first CRLF CRLF, cheap to find, bounds the other searches.
+    """
+    stop = min(limit, len(raw))
+    crlf = raw.find(b"\r\n\r\n", 0, stop)
+    bound = crlf + 4 if crlf >= 0 else stop
+    lf = raw.find(b"\n\n", 0, bound)
+    mixed = raw.find(b"\n\r\n", 0, lf + 2 if lf >= 0 else bound)  # counts only if it starts before lf
+    found = [i for i in (lf, mixed) if i >= 0]
+    if not found:
+        return None
+    first = min(found)  # the first LF of the blank line; a CR before it belongs to the match
+    return first - 1 if first > 0 and raw[first - 1] == 13 else first
+
+
 def message_id_of(raw: bytes) -> str | None:
-    end = _HEADER_END.search(raw, 0, 262144)  # CRLF or LF: never read a body line as a header
-    head = raw[: end.start() if end else 262144]
+    end = header_end(raw, 262144)  # CRLF or LF: never read a body line as a header
+    head = raw[: end if end is not None else 262144]
     match = _MSGID.search(head)
     return match.group(1).decode("ascii", "replace") if match else None
 

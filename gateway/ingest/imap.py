@@ -52,7 +52,7 @@ from gateway.errors import ConfigError, TemporaryFailure
 from gateway.ingest.mailbox import DONE_KEYWORD, ImapProblem, Mailbox
 from gateway.settings import ImapAccount
 from store.imap_state import FolderState, load_state, save_state
-from store.inbox import Accepted, IncomingMail
+from store.inbox import Accepted, IncomingMail, header_end
 from store.lease import Lease, LeaseLost
 
 log = logging.getLogger("gateway.imap")
@@ -95,9 +95,8 @@ def batches(uids: Sequence[int], sizes: dict[int, int], max_count: int = BATCH_M
 
 def envelope_to_of(raw: bytes) -> tuple[str, ...]:
     """The topmost Delivered-To, written by the mailbox's own server (the reply token lives there)."""
-    end = raw.find(b"\n\n")
-    end2 = raw.find(b"\r\n\r\n")
-    head = raw[: min(e for e in (end, end2, 65536) if e >= 0)]
+    end = header_end(raw, 65536)
+    head = raw[: end if end is not None else 65536]
     for line in head.splitlines():
         if line[:13].lower() == b"delivered-to:":
             value = line[13:].strip().decode("ascii", "replace").strip("<>")

@@ -27,7 +27,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.addresses import canonical, local_and_tag
 from gateway.settings import SmtpSettings
-from store.inbox import Accepted, IncomingMail
+from store.inbox import Accepted, IncomingMail, header_end
 
 log = logging.getLogger("gateway.smtp")
 
@@ -60,7 +60,6 @@ _REWORDED = {
 
 Store = Callable[[IncomingMail], Awaitable[Accepted]]
 _RECEIVED = re.compile(rb"^received[ \t]*:", re.IGNORECASE | re.MULTILINE)
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
 
 
 class Recipients:
@@ -91,8 +90,8 @@ class Recipients:
 
 def hop_count(raw: bytes) -> int:
     """Received headers in the header block (the loop breaker, RELIABILITY 23)."""
-    end = _HEADER_END.search(raw, 0, 1_048_576)
-    return len(_RECEIVED.findall(raw, 0, end.start() if end else min(len(raw), 1_048_576)))
+    end = header_end(raw, 1_048_576)
+    return len(_RECEIVED.findall(raw, 0, end if end is not None else min(len(raw), 1_048_576)))
 
 
 class InboxHandler:
