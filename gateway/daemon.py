@@ -89,7 +89,7 @@ async def run_daemon(settings: Settings) -> int:
         committer = GroupCommitter(writer, app.clock.now, in_flight=getattr(writer, "in_flight", 1))
         smtp: SmtpListener | None = None
         if settings.smtp.enabled:
-            handler = InboxHandler(committer.accept, settings.smtp, settings.mail.addresses,
+            handler = InboxHandler(committer.submit, settings.smtp, settings.mail.addresses,
                                    on_accepted=lambda _a: _received(app))
             smtp = SmtpListener(handler, settings.smtp)
             await smtp.start()
@@ -97,12 +97,12 @@ async def run_daemon(settings: Settings) -> int:
         # their own (gateway/worker_process.py): the second core for them, and an SMTP loop
         # that never waits behind a case transaction.
         separate = settings.worker.parse_in_subprocess
-        waiting = getattr(writer, "waiting", None)
-        worker = child_loop("worker", waiting) if separate else _worker_loop
+        smtp_busy = getattr(writer, "busy_until", None)
+        worker = child_loop("worker", smtp_busy) if separate else _worker_loop
         tasks = {asyncio.create_task(worker(app, stop), name="worker")}
         for name, run in extra_loops(settings):
             if separate and name == "sender":
-                run = child_loop("sender", waiting)
+                run = child_loop("sender", smtp_busy)
             tasks.add(asyncio.create_task(run(app, stop), name=name))
         log.info("daemon.started", extra={"pid": os.getpid(), "loops": sorted(t.get_name() for t in tasks)})
         await _until_stopped(stop, tasks)

@@ -42,12 +42,12 @@ CHILD_NICENESS = 10
 class WorkerProcess:
     """One child process running `app.worker.run` (role "worker") or `app.sender.run` ("sender")."""
 
-    def __init__(self, settings: Settings, role: str, smtp_waiting: Any = None) -> None:
+    def __init__(self, settings: Settings, role: str, smtp_busy: Any = None) -> None:
         self._settings = settings
         self._ours, theirs = socket.socketpair()
         self._ours.setblocking(False)
         ctx = multiprocessing.get_context("forkserver")
-        self._proc: BaseProcess = ctx.Process(target=child_main, args=(settings, role, theirs, smtp_waiting),
+        self._proc: BaseProcess = ctx.Process(target=child_main, args=(settings, role, theirs, smtp_busy),
                                               name=f"gateway-{role}", daemon=False)
         self._theirs: socket.socket | None = theirs
 
@@ -93,20 +93,20 @@ class WorkerProcess:
         return code
 
 
-def child_loop(role: str, smtp_waiting: Any = None) -> Callable[[App, asyncio.Event], Coroutine[Any, Any, None]]:
+def child_loop(role: str, smtp_busy: Any = None) -> Callable[[App, asyncio.Event], Coroutine[Any, Any, None]]:
     """A daemon loop that keeps one child of this role ("worker" or "sender") running until
-    `stop`. `smtp_waiting`: the SQLite inbox writer's flag (`store.sqlite_writer.yield_to_smtp`)."""
+    `stop`. `smtp_busy`: the SQLite inbox writer's `busy_until` (`store.sqlite_writer.yield_to_smtp`)."""
     async def run(app: App, stop: asyncio.Event) -> None:
         wakeup = app.worker.wakeup if role == "worker" else app.sender.wakeup
-        await _supervise(app, stop, role, wakeup, smtp_waiting)
+        await _supervise(app, stop, role, wakeup, smtp_busy)
 
     return run
 
 
-async def _supervise(app: App, stop: asyncio.Event, role: str, wakeup: asyncio.Event, smtp_waiting: Any) -> None:
+async def _supervise(app: App, stop: asyncio.Event, role: str, wakeup: asyncio.Event, smtp_busy: Any) -> None:
     restarts = 0
     while not stop.is_set():
-        child = WorkerProcess(app.settings, role, smtp_waiting)
+        child = WorkerProcess(app.settings, role, smtp_busy)
         pid = child.start()
         log.info("worker.process_started", extra={"role": role, "pid": pid})
         forward = asyncio.create_task(_forward_wakeups(wakeup, child))
@@ -140,7 +140,7 @@ async def _forward_wakeups(wakeup: asyncio.Event, child: WorkerProcess) -> None:
         child.wake()
 
 
-def child_main(settings: Settings, role: str, wake: socket.socket, smtp_waiting: Any = None) -> None:
+def child_main(settings: Settings, role: str, wake: socket.socket, smtp_busy: Any = None) -> None:
     """Entry point of the child process."""
     from gateway.logs import configure_logging
 
@@ -149,12 +149,12 @@ def child_main(settings: Settings, role: str, wake: socket.socket, smtp_waiting:
     configure_logging(settings.daemon.log_format, settings.daemon.log_level)
     os.nice(CHILD_NICENESS)
     try:
-        asyncio.run(_child(settings, role, wake, smtp_waiting))
+        asyncio.run(_child(settings, role, wake, smtp_busy))
     except KeyboardInterrupt:
         pass
 
 
-async def _child(settings: Settings, role: str, wake: socket.socket, smtp_waiting: Any) -> None:
+async def _child(settings: Settings, role: str, wake: socket.socket, smtp_busy: Any) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
@@ -169,8 +169,8 @@ async def _child(settings: Settings, role: str, wake: socket.socket, smtp_waitin
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     async with open_app(settings, migrate=False) as app:
-        if smtp_waiting is not None and app.tx.sync_engine is not None:
-            yield_to_smtp(app.tx.sync_engine, smtp_waiting)
+        if smtp_busy is not None and app.tx.sync_engine is not None:
+            yield_to_smtp(app.tx.sync_engine, smtp_busy)
         runner = app.worker if role == "worker" else app.sender
         wake.setblocking(False)
         loop.add_reader(wake.fileno(), _on_wake, wake, runner.wakeup, stop)

@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache
+from functools import cache, partial
 from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
@@ -289,63 +290,79 @@ class BatchStore(Protocol):
 class GroupCommitter:
     """Share one durable commit between the mails that arrive together (PERFORMANCE.md).
 
-    Each caller awaits its own `Accepted`; a batch is whatever queued up while the batches
-    before it were handed over, so a lone mail is committed at once and a burst pays one fsync
-    per batch. Up to `in_flight` batches are with the store at once (the daemon's SQLite writer
-    process takes two: it hashes the next batch while it commits the one before).
+    Each caller gets a future for its own `Accepted` (`submit`). A mail goes to the store at
+    once when fewer than `in_flight` batches are there; otherwise it waits, and the mails that
+    waited go together as the next batch the moment a batch is answered. So a lone mail is
+    committed at once and a burst pays one fsync per batch. The daemon's SQLite writer process
+    takes two batches: it hashes the next while it commits the one before.
+
+    No task of its own: everything happens in `submit` and in the callbacks of the answers. On
+    a busy event loop every await between the store's answer and the 250 is one more turn of
+    the loop (with the writer process's `submit_many`, one turn from its reply to the caller).
     """
 
     def __init__(self, inbox: BatchStore, now: Any, max_batch: int = 64, in_flight: int = 1) -> None:
         self._inbox = inbox
+        self._submit: Callable[[list[IncomingMail], datetime], asyncio.Future[list[Accepted]]] | None = getattr(
+            inbox, "submit_many", None)  # a store that answers by future (store/sqlite_writer.py)
         self._now = now
         self._max_batch = max_batch
-        self._in_flight = asyncio.Semaphore(in_flight)
-        self._queue: asyncio.Queue[tuple[IncomingMail, asyncio.Future[Accepted]]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._commits: set[asyncio.Task[None]] = set()
+        self._free = in_flight
+        self._waiting: deque[tuple[IncomingMail, asyncio.Future[Accepted]]] = deque()
+        self._answers: set[asyncio.Future[list[Accepted]]] = set()
+
+    def submit(self, mail: IncomingMail) -> asyncio.Future[Accepted]:
+        """The answer for `mail`: its `Accepted`, or the store's failure (451)."""
+        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
+        self._waiting.append((mail, future))
+        self._dispatch()
+        return future
 
     async def accept(self, mail: IncomingMail) -> Accepted:
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="inbox-group-commit")
-        future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
-        await self._queue.put((mail, future))
-        return await future
+        return await self.submit(mail)
 
-    async def _run(self) -> None:
-        while True:
-            first = await self._queue.get()
-            await self._in_flight.acquire()  # meanwhile more mails queue up for this batch
-            batch = [first]
-            while not self._queue.empty() and len(batch) < self._max_batch:
-                batch.append(self._queue.get_nowait())
-            live = [(m, f) for m, f in batch if not f.done()]
+    def _dispatch(self) -> None:
+        while self._free > 0 and self._waiting:
+            live: list[tuple[IncomingMail, asyncio.Future[Accepted]]] = []
+            while self._waiting and len(live) < self._max_batch:
+                mail, future = self._waiting.popleft()
+                if not future.done():  # its caller left (a lost connection): no 250 is owed
+                    live.append((mail, future))
             if not live:
-                self._in_flight.release()
-                continue
-            task = asyncio.create_task(self._commit(live))
-            self._commits.add(task)
-            task.add_done_callback(self._commits.discard)
+                return
+            self._free -= 1
+            mails = [m for m, _ in live]
+            try:
+                answer = (self._submit(mails, self._now()) if self._submit is not None
+                          else asyncio.ensure_future(self._inbox.accept_many(mails, self._now())))
+            except Exception as exc:
+                answer = asyncio.get_running_loop().create_future()
+                answer.set_exception(exc)
+            self._answers.add(answer)
+            answer.add_done_callback(partial(self._settle, live))
 
-    async def _commit(self, live: list[tuple[IncomingMail, asyncio.Future[Accepted]]]) -> None:
-        try:
-            results = await self._inbox.accept_many([m for m, _ in live], self._now())
-        except Exception as exc:  # every waiter of this batch gets the failure (451)
-            for _, fut in live:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        finally:
-            self._in_flight.release()
-        for (_, fut), result in zip(live, results, strict=True):
-            if not fut.done():
-                fut.set_result(result)
+    def _settle(self, live: list[tuple[IncomingMail, asyncio.Future[Accepted]]],
+                answer: asyncio.Future[list[Accepted]]) -> None:
+        self._answers.discard(answer)
+        self._free += 1
+        failure = StoreUnavailable("the inbox commit was cut off") if answer.cancelled() else answer.exception()
+        results = answer.result() if failure is None else []
+        if failure is None and len(results) != len(live):
+            failure = StoreUnavailable(f"the store answered {len(results)} of {len(live)} mails")
+        for i, (_, future) in enumerate(live):
+            if future.done():
+                continue
+            if failure is not None:  # every waiter of the batch gets it (451)
+                future.set_exception(failure)
+            else:
+                future.set_result(results[i])
+        self._dispatch()
 
     async def close(self) -> None:
-        for commit in list(self._commits):
-            commit.cancel()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        """Cut off what is in flight; the waiting callers get StoreUnavailable (451)."""
+        while self._waiting:
+            _, future = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(StoreUnavailable("the gateway is stopping"))
+        for answer in list(self._answers):
+            answer.cancel()

@@ -14,6 +14,7 @@ import smtplib
 import sqlite3
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from gateway.ingest.smtp import (
 )
 from store.inbox import Accepted, GroupCommitter, IncomingMail
 from store.models import InboundMail, InboundRaw
-from store.sqlite_writer import SqliteInboxWriter
+from store.sqlite_writer import QUIET_S, SqliteInboxWriter
 from tests import smtp_probes as probes
 from tests.conftest import ADDRESS, build_mail, make_settings
 from tests.smtp_probes import RawSmtp, Reply
@@ -74,7 +75,7 @@ async def serve(tmp_path: Path, store: Callable[[App], Callable[[IncomingMail], 
     settings = make_settings(tmp_path, smtp=smtp, database=database or {})
     async with open_app(settings, clock=FrozenClock()) as app:
         committer = GroupCommitter(app.inbox, app.clock.now)
-        handler = handler_class(store(app) if store else committer.accept, settings.smtp, settings.mail.addresses)
+        handler = handler_class(store(app) if store else committer.submit, settings.smtp, settings.mail.addresses)
         listener = SmtpListener(handler, settings.smtp)
         port = await listener.start()
         try:
@@ -609,7 +610,7 @@ def daemon_writer(app: App) -> Callable[[IncomingMail], Awaitable[Accepted]]:
                                app.settings.database.busy_timeout_ms / 1000)
     committer = GroupCommitter(writer, app.clock.now)
     _daemon_writers.append((writer, committer))
-    return committer.accept
+    return committer.submit
 
 
 class FullDisk:
@@ -891,9 +892,9 @@ async def test_sqlite_writer_waits_out_a_short_lock_and_gives_up_on_a_long_one(a
         with exclusive_lock(app):
             pending = asyncio.ensure_future(writer.accept_many([mail], app.clock.now()))
             await asyncio.sleep(0.5)
-            assert not pending.done() and writer.waiting.value == 1
+            assert not pending.done() and writer.busy_until.value == float("inf")
         [accepted] = await pending
-        assert not accepted.duplicate and writer.waiting.value == 0
+        assert not accepted.duplicate and writer.busy_until.value <= time.monotonic() + QUIET_S
         with exclusive_lock(app), pytest.raises(StoreUnavailable):
             await impatient.accept_many([IncomingMail(probes.message("too long"), "smtp")], app.clock.now())
         first, second = await writer.accept_many([mail, mail], app.clock.now())
@@ -933,18 +934,17 @@ async def test_a_dead_inbox_writer_process_fails_its_batch_and_the_next_batch_st
         assert (await conn.execute(select(func.count()).select_from(table))).scalar_one() == 1
 
 
-def test_the_worker_yields_to_a_waiting_smtp_commit_but_not_forever(tmp_path: Path) -> None:
+def test_the_worker_yields_to_smtp_commits_but_not_forever(tmp_path: Path) -> None:
     import multiprocessing
     import threading
-    import time
 
     from sqlalchemy import create_engine
 
-    from store.sqlite_writer import yield_to_smtp
+    from store.sqlite_writer import BUSY, yield_to_smtp
 
     engine = create_engine(f"sqlite:///{tmp_path}/x.db")
-    waiting = multiprocessing.get_context("forkserver").RawValue("i", 1)
-    yield_to_smtp(engine, waiting, max_wait_s=2.0)
+    busy_until = multiprocessing.get_context("forkserver").RawValue("d", BUSY)
+    yield_to_smtp(engine, busy_until, max_wait_s=2.0)
 
     def timed_begin() -> float:
         started = time.monotonic()
@@ -952,9 +952,67 @@ def test_the_worker_yields_to_a_waiting_smtp_commit_but_not_forever(tmp_path: Pa
             conn.execute(text("SELECT 1"))
         return time.monotonic() - started
 
-    threading.Timer(0.2, lambda: setattr(waiting, "value", 0)).start()
-    assert 0.15 < timed_begin() < 1.8  # waited for the SMTP commit
-    assert timed_begin() < 0.15  # nobody waiting: no delay
-    waiting.value = 1
-    assert 1.9 < timed_begin() < 4  # a stuck flag delays, never blocks
+    threading.Timer(0.2, lambda: setattr(busy_until, "value", time.monotonic() + 0.3)).start()
+    assert 0.45 < timed_begin() < 1.8  # waited for the commit, then for the quiet after it
+    assert timed_begin() < 0.15  # no commits lately: no delay
+    busy_until.value = BUSY
+    assert 1.9 < timed_begin() < 4  # a stuck writer delays, never blocks
     engine.dispose()
+
+
+class AnsweredByHand:
+    """A batch store whose answers the test gives (a pure unit of the group committer)."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[bytes], asyncio.Future[list[Accepted]]]] = []
+
+    async def accept_many(self, mails: list[IncomingMail], now: Any) -> list[Accepted]:
+        raise AssertionError("the committer must use submit_many")
+
+    def submit_many(self, mails: list[IncomingMail], now: Any) -> asyncio.Future[list[Accepted]]:
+        answer: asyncio.Future[list[Accepted]] = asyncio.get_running_loop().create_future()
+        self.batches.append(([m.raw for m in mails], answer))
+        return answer
+
+
+async def test_group_committer_sends_what_waited_as_one_batch_and_fails_a_batch_together() -> None:
+    from gateway.errors import StoreUnavailable
+
+    store = AnsweredByHand()
+    committer = GroupCommitter(store, lambda: None, in_flight=1)  # type: ignore[arg-type]
+    mail = lambda tag: IncomingMail(tag.encode(), "smtp")  # noqa: E731
+    first = committer.submit(mail("a"))
+    assert [raws for raws, _ in store.batches] == [[b"a"]]  # a lone mail goes at once
+    second, gone, third = committer.submit(mail("b")), committer.submit(mail("left")), committer.submit(mail("c"))
+    gone.cancel()  # its session ended before the batch went out: no 250 is owed
+    assert len(store.batches) == 1  # the store has its one batch: the others wait
+    store.batches[0][1].set_result([Accepted(1, False)])
+    assert await first == Accepted(1, False)
+    assert [raws for raws, _ in store.batches] == [[b"a"], [b"b", b"c"]]  # what waited, together
+    store.batches[1][1].set_exception(StoreUnavailable("locked"))
+    for waiter in (second, third):
+        with pytest.raises(StoreUnavailable):
+            await waiter
+    fourth = committer.submit(mail("d"))
+    store.batches[2][1].set_result([])  # an answer that does not fit the batch is a failure, not a hang
+    with pytest.raises(StoreUnavailable):
+        await fourth
+    fifth, sixth = committer.submit(mail("e")), committer.submit(mail("f"))
+    await committer.close()  # the stop: in flight and waiting both fail (451), none hangs
+    for waiter in (fifth, sixth):
+        with pytest.raises(StoreUnavailable):
+            await waiter
+
+
+async def test_item13_a_group_commit_that_never_answers_gets_451_in_time(tmp_path: Path) -> None:
+    """The daemon's path: the handler waits on the committer's future itself, with its own timer."""
+    store = AnsweredByHand()
+    committer = GroupCommitter(store, lambda: None)  # type: ignore[arg-type]
+    async with serve(tmp_path, store=lambda app: committer.submit, store_timeout_s=0.3) as srv:
+        started = asyncio.get_running_loop().time()
+        reply = await probes.deliver(srv.port, probes.message())
+        assert reply.code == 451
+        assert asyncio.get_running_loop().time() - started < 2
+        store.batches[0][1].set_result([Accepted(7, False)])  # the late answer harms nothing
+        await asyncio.sleep(0)
+    await committer.close()

@@ -145,7 +145,7 @@ class InboxHandler:
         mail = IncomingMail(raw, "smtp", envelope.mail_from or None, _unique(envelope.rcpt_tos))
         started = time.monotonic()
         try:
-            accepted = await asyncio.wait_for(asyncio.shield(self._store(mail)), self._cfg.store_timeout_s)
+            accepted = await _within(self._store(mail), self._cfg.store_timeout_s)
         except Exception as exc:
             log.warning("smtp.store_failed", extra={"peer": _peer(session), "error": _describe(exc),
                                                     "ms": _ms(started)})
@@ -166,6 +166,27 @@ class InboxHandler:
         # aiosmtpd's default is "500 Error: (Class) message": permanent, and it leaks internals.
         log.error("smtp.handler_error", extra={"error": type(error).__name__}, exc_info=error)
         return TEMP_STORE
+
+
+async def _within(answer: Awaitable[Accepted], seconds: float) -> Accepted:
+    """The store's answer, or TimeoutError after `seconds`, never cancelling the store's work:
+    a commit that lands late is harmless (the sender retries; the dedup key knows the mail).
+
+    The group committer's answer is a plain future, awaited directly: `wait_for(shield(…))`
+    put two more turns of a busy event loop between the commit and the 250.
+    """
+    if not isinstance(answer, asyncio.Future) or isinstance(answer, asyncio.Task):
+        return await asyncio.wait_for(asyncio.shield(answer), seconds)
+    timer = asyncio.get_running_loop().call_later(seconds, _time_out, answer)
+    try:
+        return await answer
+    finally:
+        timer.cancel()
+
+
+def _time_out(answer: asyncio.Future[Accepted]) -> None:
+    if not answer.done():
+        answer.set_exception(TimeoutError())
 
 
 def _unique(addresses: list[str]) -> tuple[str, ...]:
