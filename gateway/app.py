@@ -83,7 +83,7 @@ async def open_app(settings: Settings, clock: Clock | None = None, migrate: bool
                              memory_mb=w.parse_memory_mb, processes=w.parse_processes)
         inbox = Inbox(engine)
         tx = Transactor(engine, sessions, settings.database.busy_timeout_ms)
-        worker = InboxWorker(tx, inbox, parser, settings, clock, engine.dialect.name)
+        worker = InboxWorker(tx, inbox, parser, settings, clock)
         queue = OutboxQueue(engine)
         sender = make_sender(settings, queue, clock)
         worker.on_processed = sender.wakeup.set
