@@ -1,0 +1,150 @@
+"""The parse budget in child processes (gateway/parsing.py, RELIABILITY 38–41): same answers as
+parsing inline; a mail past the deadline or the memory budget fails alone, its child is
+replaced, and the mails in the other children are not touched."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.errors import UnusableMail
+from gateway.parsing import ParseRunner
+from gateway.pipeline.parse import Limits
+from store.blobs import BlobStore
+from tests.conftest import CORPUS
+
+
+def _slow(data: bytes) -> bytes:
+    time.sleep(30)  # in the child, while it reads the job: a parse that never ends
+    return data
+
+
+def _slowish(data: bytes, seconds: float) -> bytes:
+    time.sleep(seconds)
+    return data
+
+
+def _huge(data: bytes) -> bytes:
+    return data * 10**10  # far past the child's address-space limit
+
+
+class Slow(bytes):
+    """Bytes whose unpickling, in the parse child, hangs."""
+
+    def __reduce__(self) -> tuple[object, tuple[bytes]]:
+        return _slow, (bytes(self),)
+
+
+class Slowish(bytes):
+    """Bytes whose unpickling, in the parse child, takes `seconds`."""
+
+    def __new__(cls, data: bytes, seconds: float) -> Slowish:
+        made = super().__new__(cls, data)
+        made.seconds = seconds  # type: ignore[attr-defined]
+        return made
+
+    def __reduce__(self) -> tuple[object, tuple[bytes, float]]:
+        return _slowish, (bytes(self), self.seconds)  # type: ignore[attr-defined]
+
+
+class Huge(bytes):
+    """Bytes whose unpickling, in the parse child, needs more memory than its budget."""
+
+    def __reduce__(self) -> tuple[object, tuple[bytes]]:
+        return _huge, (bytes(self),)
+
+
+MAIL = b"From: Anna <anna@borger.example>\r\nTo: k@statens-adm.example\r\nSubject: Hej\r\n\r\nTekst\r\n"
+
+
+@pytest.fixture
+async def runner(tmp_path: Path) -> AsyncIterator[ParseRunner]:
+    multiprocessing.set_start_method("forkserver", force=True)
+    parser = ParseRunner(BlobStore(tmp_path / "blobs"), Limits(), in_subprocess=True, processes=2, timeout_s=2.0,
+                         memory_mb=512)
+    yield parser
+    parser.close()
+
+
+def _children(parser: ParseRunner) -> list[int]:
+    return sorted(int(c.proc.pid or 0) for c in parser._children)
+
+
+async def test_children_parse_as_inline_does(runner: ParseRunner, tmp_path: Path) -> None:
+    inline = ParseRunner(BlobStore(tmp_path / "blobs"), Limits())
+    paths = sorted(CORPUS.rglob("*.eml"))[:12]
+    assert paths
+    raws = [p.read_bytes() for p in paths]
+    got = await asyncio.gather(*(runner.parse(raw, "x@borger.example") for raw in raws), return_exceptions=True)
+    for raw, answer in zip(raws, got, strict=True):
+        try:
+            expected: object = await inline.parse(raw, "x@borger.example")
+        except Exception as exc:
+            expected = exc
+        if isinstance(expected, Exception):
+            assert type(answer) is type(expected) and str(answer) == str(expected)
+        else:
+            assert dataclasses.asdict(answer) == dataclasses.asdict(expected)  # type: ignore[arg-type, call-overload]
+    assert len(_children(runner)) == 2  # both used, never more
+
+
+async def test_a_parse_past_the_deadline_fails_alone_and_its_child_is_replaced(runner: ParseRunner) -> None:
+    await asyncio.gather(runner.parse(Slowish(MAIL, 0)), runner.parse(Slowish(MAIL, 0)))  # both children warm
+    started = time.monotonic()
+    slow = asyncio.ensure_future(runner.parse(Slow(MAIL)))
+    await asyncio.sleep(0.3)
+    [stuck] = [int(c.proc.pid or 0) for c in runner._children if c not in runner._idle]
+    fine = [await runner.parse(MAIL) for _ in range(3)]  # the other child keeps parsing meanwhile
+    assert [m.subject for m in fine] == ["Hej"] * 3
+    [other] = [pid for pid in _children(runner) if pid != stuck]
+    await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+    neighbour = asyncio.ensure_future(runner.parse(Slowish(MAIL, 1.5)))  # still parsing when the stuck one is killed
+    with pytest.raises(UnusableMail, match="longer than 2 s"):
+        await slow
+    assert not neighbour.done()
+    assert (await neighbour).subject == "Hej"
+    assert time.monotonic() - started < 6
+    assert _children(runner) == [other]  # the stuck one is gone, the other untouched
+    both = await asyncio.gather(runner.parse(MAIL), runner.parse(MAIL))  # and a new one takes its place
+    assert [m.subject for m in both] == ["Hej", "Hej"]
+    assert len(_children(runner)) == 2 and other in _children(runner)
+
+
+async def test_a_child_that_dies_fails_its_mail_only(runner: ParseRunner) -> None:
+    assert (await runner.parse(MAIL)).subject == "Hej"
+    slow = asyncio.ensure_future(runner.parse(Slow(MAIL)))
+    await asyncio.sleep(0.3)
+    [busy] = [c for c in runner._children if c not in runner._idle]
+    os.kill(int(busy.proc.pid or 0), signal.SIGKILL)
+    with pytest.raises(UnusableMail, match="process died"):
+        await slow
+    assert (await runner.parse(MAIL)).subject == "Hej"
+
+
+async def test_a_mail_past_the_memory_budget_fails_and_the_next_one_parses(runner: ParseRunner) -> None:
+    with pytest.raises(UnusableMail, match="process died"):
+        await runner.parse(Huge(MAIL))
+    assert (await runner.parse(MAIL)).subject == "Hej"
+
+
+async def test_an_idle_child_killed_from_outside_costs_no_mail(runner: ParseRunner) -> None:
+    await asyncio.gather(runner.parse(MAIL), runner.parse(MAIL))
+    for pid in _children(runner):
+        os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(0.3)
+    assert [m.subject for m in await asyncio.gather(runner.parse(MAIL), runner.parse(MAIL))] == ["Hej", "Hej"]
+
+
+async def test_closing_the_runner_ends_every_child(runner: ParseRunner) -> None:
+    await asyncio.gather(runner.parse(MAIL), runner.parse(MAIL))
+    children = list(runner._children)
+    runner.close()
+    assert all(c.proc.exitcode is not None for c in children)
