@@ -103,7 +103,7 @@ class InboxWorker:
 
     async def _parse(self, mail: ClaimedMail) -> ParsedMail | Exception:
         try:
-            raw = await self._tx.run(read_raw, mail.id)
+            raw = await self._tx.read(read_raw, mail.id)
             return await self._parser.parse(raw, mail.envelope_from, mail.envelope_to)
         except Exception as exc:  # reported per mail
             return exc

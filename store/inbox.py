@@ -26,7 +26,6 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import Session
 
 from gateway.errors import StoreUnavailable
 from store.models import InboundMail, InboundRaw
@@ -191,8 +190,8 @@ def accepted_in_order(rows: list[dict[str, Any]], ids: dict[str, int], fresh: se
 _RAW = select(RAW.c.raw).where(RAW.c.inbound_id == bindparam("id"))
 
 
-def read_raw(session: Session, inbound_id: int) -> bytes:
-    return bytes(session.connection().execute(_RAW, {"id": inbound_id}).scalar() or b"")
+def read_raw(conn: Connection, inbound_id: int) -> bytes:
+    return bytes(conn.execute(_RAW, {"id": inbound_id}).scalar() or b"")
 
 
 class Inbox:

@@ -378,7 +378,9 @@ def yield_to_smtp(engine: Engine, busy_until: Any, max_wait_s: float = MAX_YIELD
     (its work is the same, done later). Bounded: a flood that never pauses slows the worker
     to a transaction per `max_wait_s`, never stops it.
     """
-    def before_begin(_conn: Any) -> None:
+    def before_begin(conn: Any) -> None:
+        if conn.get_execution_options().get("read_only"):
+            return  # a reader takes no write lock in WAL mode (Transactor.read)
         give_up = time.monotonic() + max_wait_s
         while (now := time.monotonic()) < busy_until.value and now < give_up:
             time.sleep(RETRY_EVERY_S / 2)

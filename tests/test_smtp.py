@@ -957,6 +957,10 @@ def test_the_worker_yields_to_smtp_commits_but_not_forever(tmp_path: Path) -> No
     assert timed_begin() < 0.15  # no commits lately: no delay
     busy_until.value = BUSY
     assert 1.9 < timed_begin() < 4  # a stuck writer delays, never blocks
+    started = time.monotonic()
+    with engine.connect() as conn:  # a reader (Transactor.read) takes no write lock: no wait
+        conn.execution_options(read_only=True).execute(text("SELECT 1"))
+    assert time.monotonic() - started < 0.15
     engine.dispose()
 
 
