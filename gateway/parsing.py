@@ -93,7 +93,11 @@ def _serve(conn: Connection, blob_dir: str, memory_mb: int, owner: int) -> None:
 
 
 class _ChildDied(Exception):
-    pass
+    """The child died with a job in hand."""
+
+
+class _ChildGone(Exception):
+    """The child was dead before it got the job (killed from outside while idle)."""
 
 
 class _Child:
@@ -120,7 +124,7 @@ class _Child:
         try:
             self.conn.send(job)
         except (EOFError, OSError) as exc:
-            raise _ChildDied() from exc
+            raise _ChildGone() from exc
         result: ParsedMail = await asyncio.wait_for(self._answer, timeout_s)
         return result
 
@@ -174,23 +178,28 @@ class ParseRunner:
                     envelope_to: tuple[str, ...] = ()) -> ParsedMail:
         if not self._in_subprocess:
             return parse_mail(raw, self._blobs.put, self._limits, envelope_from, envelope_to)
-        child = await self._take()
-        try:
-            result = await child.run((raw, self._limits, envelope_from, envelope_to), self._timeout)
-        except TimeoutError as exc:
-            self._discard(child)
-            raise UnusableMail(f"parsing took longer than {self._timeout:g} s") from exc
-        except _ChildDied as exc:
-            self._discard(child)
-            raise UnusableMail("the parser process died (memory budget)") from exc
-        except asyncio.CancelledError:
-            self._discard(child)  # it may still be parsing a job nobody waits for: a new one
-            raise
-        except Exception:
-            self._give_back(child)  # the parse of this mail raised; the child is fine
-            raise
-        self._give_back(child)
-        return result
+        job = (raw, self._limits, envelope_from, envelope_to)
+        while True:
+            child = await self._take()
+            try:
+                result = await child.run(job, self._timeout)
+            except _ChildGone:  # dead before it got the job (killed from outside): another takes it
+                self._discard(child)
+                continue
+            except TimeoutError as exc:
+                self._discard(child)
+                raise UnusableMail(f"parsing took longer than {self._timeout:g} s") from exc
+            except _ChildDied as exc:
+                self._discard(child)
+                raise UnusableMail("the parser process died (memory budget)") from exc
+            except asyncio.CancelledError:
+                self._discard(child)  # it may still be parsing a job nobody waits for: a new one
+                raise
+            except Exception:
+                self._give_back(child)  # the parse of this mail raised; the child is fine
+                raise
+            self._give_back(child)
+            return result
 
     async def _take(self) -> _Child:
         while True:

@@ -135,11 +135,27 @@ async def test_a_mail_past_the_memory_budget_fails_and_the_next_one_parses(runne
     assert (await runner.parse(MAIL)).subject == "Hej"
 
 
+def _kill_and_wait(pid: int) -> None:
+    """SIGKILL, then wait (without letting the event loop run) until the process is gone."""
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"{pid} still there")
+
+
 async def test_an_idle_child_killed_from_outside_costs_no_mail(runner: ParseRunner) -> None:
     await asyncio.gather(runner.parse(MAIL), runner.parse(MAIL))
     for pid in _children(runner):
         os.kill(pid, signal.SIGKILL)
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the loop sees their pipes close
+    assert [m.subject for m in await asyncio.gather(runner.parse(MAIL), runner.parse(MAIL))] == ["Hej", "Hej"]
+    for pid in _children(runner):  # gone before the loop noticed: the job cannot be written
+        _kill_and_wait(pid)
     assert [m.subject for m in await asyncio.gather(runner.parse(MAIL), runner.parse(MAIL))] == ["Hej", "Hej"]
 
 
