@@ -153,10 +153,14 @@ def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     conn = session.connection()
-    conn.execute(insert(T), rows)
+    conn.execute(_INSERT_OUTBOX, rows)
     indexed = [{"message_id": r["message_id"], "case_id": r["case_id"], "ours": True} for r in rows if r["case_id"]]
     if indexed:
-        conn.execute(insert(MessageIndex.__table__), indexed)  # type: ignore[attr-defined]
+        conn.execute(_INSERT_INDEX, indexed)
+
+
+_INSERT_OUTBOX = insert(T)
+_INSERT_INDEX = insert(MessageIndex.__table__)  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)
