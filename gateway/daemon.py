@@ -19,7 +19,7 @@ from gateway import metrics
 from gateway.app import App, open_app
 from gateway.ingest.smtp import InboxHandler, SmtpListener
 from gateway.settings import Settings
-from gateway.worker_process import child_loop
+from gateway.worker_process import Links, child_loop
 from store.inbox import BatchStore, GroupCommitter
 from store.sqlite_writer import SqliteInboxWriter
 
@@ -97,12 +97,12 @@ async def run_daemon(settings: Settings) -> int:
         # their own (gateway/worker_process.py): the second core for them, and an SMTP loop
         # that never waits behind a case transaction.
         separate = settings.worker.parse_in_subprocess
-        smtp_busy = getattr(writer, "busy_until", None)
-        worker = child_loop("worker", smtp_busy) if separate else _worker_loop
+        links = Links.make(getattr(writer, "busy_until", None))
+        worker = child_loop("worker", links) if separate else _worker_loop
         tasks = {asyncio.create_task(worker(app, stop), name="worker")}
         for name, run in extra_loops(settings):
             if separate and name == "sender":
-                run = child_loop("sender", smtp_busy)
+                run = child_loop("sender", links)
             tasks.add(asyncio.create_task(run(app, stop), name=name))
         log.info("daemon.started", extra={"pid": os.getpid(), "loops": sorted(t.get_name() for t in tasks)})
         await _until_stopped(stop, tasks)
@@ -114,6 +114,7 @@ async def run_daemon(settings: Settings) -> int:
         for task in pending:
             task.cancel()
         await committer.close()
+        links.close()
         failed = [t for t in done if not t.cancelled() and t.exception() is not None]
         for task in failed:
             log.error("daemon.loop_failed", extra={"loop": task.get_name(), "error": repr(task.exception())})

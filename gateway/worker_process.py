@@ -11,18 +11,21 @@ forwards wake-ups (a mail was committed, a notification was queued) over a socke
 restarts a child that dies, and on shutdown sends SIGTERM and waits for it to finish its
 batch. A child stops by itself when its socket pair closes, which is how it notices that the
 parent was killed; the mails it had claimed go back to the queue when their lease runs out.
-The worker child cannot wake the sender child: the sender polls once a second.
+The worker child wakes the sender child itself when it has queued notifications (`Links`):
+a receipt goes out within milliseconds, not at the sender's next poll a second later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import multiprocessing
 import os
 import signal
 import socket
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -39,15 +42,38 @@ RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 CHILD_NICENESS = 10
 
 
+@dataclass(frozen=True)
+class Links:
+    """What the children of one daemon share besides the settings."""
+
+    smtp_busy: Any = None  # the SQLite inbox writer's `busy_until` (store.sqlite_writer.yield_to_smtp)
+    # A socket pair: the worker child writes a byte to `notices_out` when it has queued
+    # notifications, the sender child wakes when `notices_in` has one.
+    notices_out: socket.socket | None = None
+    notices_in: socket.socket | None = None
+
+    @classmethod
+    def make(cls, smtp_busy: Any = None) -> Links:
+        out, into = socket.socketpair()
+        for end in (out, into):
+            end.setblocking(False)
+        return cls(smtp_busy, out, into)
+
+    def close(self) -> None:
+        for end in (self.notices_out, self.notices_in):
+            if end is not None:
+                end.close()
+
+
 class WorkerProcess:
     """One child process running `app.worker.run` (role "worker") or `app.sender.run` ("sender")."""
 
-    def __init__(self, settings: Settings, role: str, smtp_busy: Any = None) -> None:
+    def __init__(self, settings: Settings, role: str, links: Links = Links()) -> None:
         self._settings = settings
         self._ours, theirs = socket.socketpair()
         self._ours.setblocking(False)
         ctx = multiprocessing.get_context("forkserver")
-        self._proc: BaseProcess = ctx.Process(target=child_main, args=(settings, role, theirs, smtp_busy),
+        self._proc: BaseProcess = ctx.Process(target=child_main, args=(settings, role, theirs, links),
                                               name=f"gateway-{role}", daemon=False)
         self._theirs: socket.socket | None = theirs
 
@@ -93,20 +119,19 @@ class WorkerProcess:
         return code
 
 
-def child_loop(role: str, smtp_busy: Any = None) -> Callable[[App, asyncio.Event], Coroutine[Any, Any, None]]:
-    """A daemon loop that keeps one child of this role ("worker" or "sender") running until
-    `stop`. `smtp_busy`: the SQLite inbox writer's `busy_until` (`store.sqlite_writer.yield_to_smtp`)."""
+def child_loop(role: str, links: Links = Links()) -> Callable[[App, asyncio.Event], Coroutine[Any, Any, None]]:
+    """A daemon loop that keeps one child of this role ("worker" or "sender") running until `stop`."""
     async def run(app: App, stop: asyncio.Event) -> None:
         wakeup = app.worker.wakeup if role == "worker" else app.sender.wakeup
-        await _supervise(app, stop, role, wakeup, smtp_busy)
+        await _supervise(app, stop, role, wakeup, links)
 
     return run
 
 
-async def _supervise(app: App, stop: asyncio.Event, role: str, wakeup: asyncio.Event, smtp_busy: Any) -> None:
+async def _supervise(app: App, stop: asyncio.Event, role: str, wakeup: asyncio.Event, links: Links) -> None:
     restarts = 0
     while not stop.is_set():
-        child = WorkerProcess(app.settings, role, smtp_busy)
+        child = WorkerProcess(app.settings, role, links)
         pid = child.start()
         log.info("worker.process_started", extra={"role": role, "pid": pid})
         forward = asyncio.create_task(_forward_wakeups(wakeup, child))
@@ -140,7 +165,7 @@ async def _forward_wakeups(wakeup: asyncio.Event, child: WorkerProcess) -> None:
         child.wake()
 
 
-def child_main(settings: Settings, role: str, wake: socket.socket, smtp_busy: Any = None) -> None:
+def child_main(settings: Settings, role: str, wake: socket.socket, links: Links = Links()) -> None:
     """Entry point of the child process."""
     from gateway.logs import configure_logging
 
@@ -149,12 +174,12 @@ def child_main(settings: Settings, role: str, wake: socket.socket, smtp_busy: An
     configure_logging(settings.daemon.log_format, settings.daemon.log_level)
     os.nice(CHILD_NICENESS)
     try:
-        asyncio.run(_child(settings, role, wake, smtp_busy))
+        asyncio.run(_child(settings, role, wake, links))
     except KeyboardInterrupt:
         pass
 
 
-async def _child(settings: Settings, role: str, wake: socket.socket, smtp_busy: Any) -> None:
+async def _child(settings: Settings, role: str, wake: socket.socket, links: Links) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
@@ -169,17 +194,41 @@ async def _child(settings: Settings, role: str, wake: socket.socket, smtp_busy: 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     async with open_app(settings, migrate=False) as app:
-        if smtp_busy is not None and app.tx.sync_engine is not None:
-            yield_to_smtp(app.tx.sync_engine, smtp_busy)
+        if links.smtp_busy is not None and app.tx.sync_engine is not None:
+            yield_to_smtp(app.tx.sync_engine, links.smtp_busy)
         runner = app.worker if role == "worker" else app.sender
         wake.setblocking(False)
         loop.add_reader(wake.fileno(), _on_wake, wake, runner.wakeup, stop)
+        if role == "worker" and links.notices_out is not None:
+            app.worker.on_processed = functools.partial(_nudge, links.notices_out)
+        if role == "sender" and links.notices_in is not None:
+            loop.add_reader(links.notices_in.fileno(), _on_nudge, links.notices_in, runner.wakeup)
         log.info("worker.child_ready", extra={"role": role, "pid": os.getpid()})
         try:
             await runner.run(stop)
         finally:
             loop.remove_reader(wake.fileno())
             wake.close()
+
+
+def _nudge(notices: socket.socket) -> None:
+    try:
+        notices.send(b"n")
+    except OSError:
+        pass  # full of nudges the sender has not read yet (it will wake anyway), or it is gone
+
+
+def _on_nudge(notices: socket.socket, wakeup: asyncio.Event) -> None:
+    try:
+        if not notices.recv(4096):
+            asyncio.get_running_loop().remove_reader(notices.fileno())
+            return
+    except BlockingIOError:
+        return
+    except OSError:
+        asyncio.get_running_loop().remove_reader(notices.fileno())
+        return
+    wakeup.set()
 
 
 def _on_wake(wake: socket.socket, wakeup: asyncio.Event, stop: asyncio.Event) -> None:

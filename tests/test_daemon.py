@@ -8,6 +8,7 @@ and still becomes exactly one case.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import signal
@@ -330,3 +331,24 @@ async def test_every_process_of_the_daemon_leaves_when_it_is_killed(tmp_path: Pa
         proc.process.wait(10)
         await eventually(lambda: asyncio.sleep(0, not any(_alive(p) for p in below)), timeout=15,
                          what="every process the daemon started to leave")
+
+
+async def test_the_worker_child_wakes_the_sender_child_for_a_receipt(tmp_path: Path) -> None:
+    """The sender child polls once a second; woken by the worker child, it sends a new case's
+    receipt at once. Three mails in a row: each receipt within 0.6 s of its case (a poll alone
+    would make that happen for all three in about one run out of five)."""
+    with DaemonProcess(tmp_path) as proc:
+        proc.start()
+        outbound = tmp_path / "outbound" / "new"
+        for i, raw in enumerate(mails(3, "receipt")):
+            assert (await probes.deliver(proc.smtp_port, raw)).code == 250
+            await eventually(functools.partial(_count, proc, "support_case", i + 1), timeout=30, what="the case")
+            made = time.monotonic()
+            while len(list(outbound.glob("*"))) < i + 1:
+                assert time.monotonic() - made < 0.6, "the receipt waited for the sender's poll"
+                await asyncio.sleep(0.01)
+        assert proc.stop() == 0
+
+
+async def _count(proc: DaemonProcess, table: str, n: int) -> bool:
+    return bool(await proc.scalar(f"SELECT count(*) FROM {table}") >= n)
