@@ -889,6 +889,7 @@ async def test_sqlite_writer_waits_out_a_short_lock_and_gives_up_on_a_long_one(a
     writer, impatient = SqliteInboxWriter(url, busy_timeout_s=10), SqliteInboxWriter(url, busy_timeout_s=0.3)
     mail = IncomingMail(probes.message("locked a moment"), "smtp", "anna@borger.example", (ADDRESS,))
     try:
+        await asyncio.gather(writer.start(), impatient.start())  # started: under load that alone took over 0.5 s
         with exclusive_lock(app):
             pending = asyncio.ensure_future(writer.accept_many([mail], app.clock.now()))
             await asyncio.sleep(0.5)
