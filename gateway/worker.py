@@ -38,6 +38,10 @@ from store.transact import Transactor
 
 log = logging.getLogger("gateway.worker")
 
+# Mails whose parse is ready share a transaction (one fsync for up to eight). On SQLite that
+# transaction holds the one write lock; the worker child begins none while SMTP commits follow
+# each other (store/sqlite_writer.py, yield_to_smtp), so a burst's 250s never queue behind it
+# (bench/smtp.py: end to end +20 %, p99 DATA->250 21-28 ms).
 GROUP_MAX = 8
 
 
@@ -78,11 +82,6 @@ class InboxWorker:
         self.holder = f"{socket.gethostname()}:{os.getpid()}"
         self.wakeup = asyncio.Event()
         self.processed = 0
-        # Mails whose parse is ready share a transaction (one fsync for up to eight). On SQLite
-        # that transaction holds the one write lock; the worker child begins none while SMTP
-        # commits follow each other (store/sqlite_writer.py, yield_to_smtp), so a burst's 250s
-        # never queue behind it (bench/smtp.py: end to end +20 %, p99 DATA->250 21-28 ms).
-        self._group_max = GROUP_MAX
         self.on_processed: Callable[[], None] = lambda: None
 
     async def run_once(self, limit: int | None = None, only_id: int | None = None) -> list[Result]:
@@ -95,7 +94,7 @@ class InboxWorker:
         while pending:
             mail, future = pending.popleft()
             group = [(mail, await future)]  # wait with no transaction open
-            while pending and pending[0][1].done() and len(group) < self._group_max:
+            while pending and pending[0][1].done() and len(group) < GROUP_MAX:
                 ready, done = pending.popleft()
                 group.append((ready, done.result()))
             results.extend(await self._apply_group(group))

@@ -198,11 +198,11 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
             yield_to_smtp(app.tx.sync_engine, links.smtp_busy)
         runner = app.worker if role == "worker" else app.sender
         wake.setblocking(False)
-        loop.add_reader(wake.fileno(), _on_wake, wake, runner.wakeup, stop)
+        loop.add_reader(wake.fileno(), _on_readable, wake, runner.wakeup, functools.partial(_parent_gone, stop))
         if role == "worker" and links.notices_out is not None:
             app.worker.on_processed = functools.partial(_nudge, links.notices_out)
         if role == "sender" and links.notices_in is not None:
-            loop.add_reader(links.notices_in.fileno(), _on_nudge, links.notices_in, runner.wakeup)
+            loop.add_reader(links.notices_in.fileno(), _on_readable, links.notices_in, runner.wakeup, lambda: None)
         log.info("worker.child_ready", extra={"role": role, "pid": os.getpid()})
         try:
             await runner.run(stop)
@@ -218,29 +218,22 @@ def _nudge(notices: socket.socket) -> None:
         pass  # full of nudges the sender has not read yet (it will wake anyway), or it is gone
 
 
-def _on_nudge(notices: socket.socket, wakeup: asyncio.Event) -> None:
+def _on_readable(sock: socket.socket, wakeup: asyncio.Event, gone: Callable[[], None]) -> None:
+    """A byte on a wake-up socket sets `wakeup`; its end (EOF) calls `gone`."""
     try:
-        if not notices.recv(4096):
-            asyncio.get_running_loop().remove_reader(notices.fileno())
-            return
-    except BlockingIOError:
-        return
-    except OSError:
-        asyncio.get_running_loop().remove_reader(notices.fileno())
-        return
-    wakeup.set()
-
-
-def _on_wake(wake: socket.socket, wakeup: asyncio.Event, stop: asyncio.Event) -> None:
-    try:
-        data = wake.recv(4096)
+        data = sock.recv(4096)
     except BlockingIOError:
         return
     except OSError:
         data = b""
-    if not data:  # the parent is gone: finish the batch in hand and stop
-        log.warning("worker.parent_gone")
-        stop.set()
-        asyncio.get_running_loop().remove_reader(wake.fileno())
+    if data:
+        wakeup.set()
         return
-    wakeup.set()
+    asyncio.get_running_loop().remove_reader(sock.fileno())
+    gone()
+
+
+def _parent_gone(stop: asyncio.Event) -> None:
+    """The wake socket closed: the parent is gone. Finish the batch in hand and stop."""
+    log.warning("worker.parent_gone")
+    stop.set()

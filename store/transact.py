@@ -54,9 +54,9 @@ class Transactor:
         return await loop.run_in_executor(self._thread, lambda: self._run_here(self.sync_engine, fn, args, kwargs))
 
     async def read(self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """`fn(connection, …)` for reads only: a Core connection, no ORM session (a tenth of the
-        cost for one SELECT), and marked `read_only`, so it never waits for SMTP commits
-        (`store.sqlite_writer.yield_to_smtp`): in WAL mode a reader takes no write lock."""
+        """`fn(connection, …)` for reads only: a Core connection, no ORM session, marked
+        `read_only`, so it never waits for SMTP commits (`store.sqlite_writer.yield_to_smtp`):
+        in WAL mode a reader takes no write lock."""
         if self._thread is None:
             async with self._engine.connect() as conn:
                 return await conn.run_sync(fn, *args, **kwargs)
