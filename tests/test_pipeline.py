@@ -269,6 +269,33 @@ async def test_upgrade_moves_raw_bytes_of_an_older_store_into_their_own_table(tm
     assert moved == raw
 
 
+def test_head_is_the_newest_migration_script() -> None:
+    """`upgrade` skips alembic when the store says HEAD: a migration added without moving HEAD
+    would never run."""
+    from alembic.script import ScriptDirectory
+
+    from store.migrate import HEAD, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD
+
+
+async def test_upgrade_of_a_store_at_head_reads_one_row_and_an_older_store_is_migrated(tmp_path) -> None:
+    from store.engine import make_engine
+    from store.migrate import HEAD, current_revision, upgrade
+
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/fresh.db")
+    try:
+        assert await current_revision(engine) is None
+        await upgrade(engine, "0004")
+        assert await current_revision(engine) == "0004"
+        await upgrade(engine)
+        assert await current_revision(engine) == HEAD
+        await upgrade(engine)  # at head: nothing to do, nothing fails
+        assert await current_revision(engine) == HEAD
+    finally:
+        await engine.dispose()
+
+
 async def test_the_migrations_build_exactly_the_schema_of_the_models(app: App) -> None:
     """alembic's autogenerate finds nothing to add: no index or column lives in one place only.
     (On SQLite, BIGINT and INTEGER are the same 64-bit type; migration 0003 changes PostgreSQL only.)"""

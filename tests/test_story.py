@@ -12,7 +12,6 @@ import email
 import email.policy
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -27,6 +26,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from store import queries
 from store.engine import make_engine, resolve_url, session_factory
 from store.transact import run_in
+from tests.cli_proc import run_cli
 from tests.conftest import ADDRESS, ROOT, build_mail, free_port
 from tests.daemon_proc import DaemonProcess
 
@@ -107,14 +107,10 @@ async def daemon(tmp_path: Path, sink: tuple[Sink, int]) -> AsyncIterator[Daemon
 async def gateway(proc: DaemonProcess, *args: str, ok: bool = True) -> tuple[int, str, str]:
     """Run the `gateway` CLI against the daemon's configuration (without blocking the sink)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "--config", str(proc.config_path), *args, cwd=ROOT, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(child.communicate(), 60)
-    rc = child.returncode or 0
+    rc, out, err = await asyncio.to_thread(run_cli, ["--config", str(proc.config_path), *args], env, ROOT)
     if ok:
-        assert rc == 0, f"gateway {' '.join(args)} → {rc}\n{err.decode()}"
-    return rc, out.decode(), err.decode()
+        assert rc == 0, f"gateway {' '.join(args)} → {rc}\n{err}"
+    return rc, out, err
 
 
 async def show(proc: DaemonProcess, number: str) -> dict[str, Any]:
