@@ -41,7 +41,7 @@ class ApplySettings:
 
 
 def apply_plan(session: Session, plan: Plan, mail: ParsedMail, inbound_id: int, now: datetime,
-               cfg: ApplySettings) -> Result:
+               cfg: ApplySettings, claim: writes.Claim | None = None) -> Result:
     case_id: int | None = None
     if isinstance(plan, OpenCase):
         result, case_id = _open_case(session, plan, mail, inbound_id, now, cfg)
@@ -55,7 +55,7 @@ def apply_plan(session: Session, plan: Plan, mail: ParsedMail, inbound_id: int, 
         result = Result(Outcome.QUARANTINED, reason=plan.reason)
     writes.finish_inbound(session, inbound_id, result.action.value, result.reason, case_id, now,
                           subject=mail.subject, from_addr=mail.from_addr,
-                          state="quarantined" if isinstance(plan, Quarantine) else "done")
+                          state="quarantined" if isinstance(plan, Quarantine) else "done", claim=claim)
     return Result(result.action, result.case, result.reason, inbound_id, result.notifications)
 
 

@@ -4,7 +4,8 @@
     ├── ConfigError          bad configuration; names the key
     ├── UnusableMail         input that can never be processed (sysexits 65)
     ├── TemporaryFailure     try again later (sysexits 75; SMTP 451)
-    │   └── StoreUnavailable the database could not commit
+    │   ├── StoreUnavailable the database could not commit
+    │   └── LostClaim        another worker took the mail over when our lease ran out
     ├── NotFound             unknown case or user
     ├── Refused              an action the rules do not allow (illegal transition, outsider)
     └── DeliveryError        outbound relay problem
@@ -30,6 +31,11 @@ class TemporaryFailure(GatewayError):
 
 class StoreUnavailable(TemporaryFailure):
     pass
+
+
+class LostClaim(TemporaryFailure):
+    """The mail's lease ran out and another worker claimed it: this worker's transaction must
+    roll back, or the mail would be applied twice (two cases for one mail)."""
 
 
 class NotFound(GatewayError):

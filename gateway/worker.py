@@ -23,7 +23,7 @@ from sqlmodel import Session
 from gateway import metrics
 from gateway.apply import ApplySettings, apply_plan
 from gateway.clock import Clock
-from gateway.errors import UnusableMail
+from gateway.errors import LostClaim, UnusableMail
 from gateway.model import Classification, Context, Outcome, ParsedMail, Result
 from gateway.parsing import ParseRunner
 from gateway.pipeline.classify import classify
@@ -35,6 +35,7 @@ from store import queries
 from store.inbox import ClaimedMail, Inbox, read_raw
 from store.outbox import RateLimits
 from store.transact import Transactor
+from store.writes import Claim
 
 log = logging.getLogger("gateway.worker")
 
@@ -79,7 +80,7 @@ class InboxWorker:
         self._settings = settings
         self._steps = Steps.from_settings(settings)
         self._clock = clock
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.holder = f"{socket.gethostname()}:{os.getpid()}"[:100]
         self.wakeup = asyncio.Event()
         self.processed = 0
         self.on_processed: Callable[[], None] = lambda: None
@@ -115,11 +116,11 @@ class InboxWorker:
         """
         started = time.monotonic()
         if len(group) > 1 and all(isinstance(p, ParsedMail) for _, p in group):
-            work = [(mail.id, parsed) for mail, parsed in group]
+            work = [(self._claim(mail), parsed) for mail, parsed in group]
             try:
                 results = await self._tx.run(handle_all, self._steps, work, self._clock.now())  # type: ignore[arg-type]
-            except Exception:
-                log.info("worker.group_retry_single", extra={"size": len(group)})
+            except Exception as exc:
+                log.info("worker.group_retry_single", extra={"size": len(group), "error": type(exc).__name__})
             else:
                 return [self._done(result, started) for result in results]
         return [await self._process(mail, parsed) for mail, parsed in group]
@@ -131,13 +132,21 @@ class InboxWorker:
                 return await self._quarantine(mail, str(parsed))
             if isinstance(parsed, Exception):
                 raise parsed
-            result = (await self._tx.run(handle_all, self._steps, [(mail.id, parsed)], self._clock.now()))[0]
+            result = (await self._tx.run(handle_all, self._steps, [(self._claim(mail), parsed)],
+                                         self._clock.now()))[0]
+        except LostClaim as exc:
+            # Rolled back: the worker that holds the mail now applies it, once.
+            log.warning("mail.lost_claim", extra={"inbound_id": mail.id, "error": str(exc)})
+            return Result(Outcome.QUARANTINED, None, str(exc), mail.id, retry=True)
         except (OperationalError, DBAPIError) as exc:
             return await self._failed(mail, f"store: {type(exc).__name__}")
         except Exception as exc:
             log.exception("mail.failed", extra={"inbound_id": mail.id})
             return await self._failed(mail, f"{type(exc).__name__}: {exc}")
         return self._done(result, started)
+
+    def _claim(self, mail: ClaimedMail) -> tuple[int, Claim]:
+        return mail.id, Claim(self.holder, mail.attempts)
 
     def _done(self, result: Result, started: float | None = None) -> Result:
         metrics.record_outcome(result.action.value, time.monotonic() - started if started else 0.0)
@@ -149,7 +158,8 @@ class InboxWorker:
         return result
 
     async def _quarantine(self, mail: ClaimedMail, reason: str) -> Result:
-        await self._inbox.failed(mail.id, reason, attempts=1, max_attempts=1, now=self._clock.now())
+        await self._inbox.failed(mail.id, reason, attempts=1, max_attempts=1, now=self._clock.now(),
+                                 claim=Claim(self.holder, mail.attempts))
         metrics.record_outcome("quarantined", 0.0)
         log.warning("mail.quarantined", extra={"inbound_id": mail.id, "reason": reason})
         return Result(Outcome.QUARANTINED, None, reason, mail.id)
@@ -157,7 +167,10 @@ class InboxWorker:
     async def _failed(self, mail: ClaimedMail, error: str) -> Result:
         cfg = self._settings.worker
         state = await self._inbox.failed(mail.id, error, mail.attempts, cfg.max_attempts, self._clock.now(),
-                                         cfg.retry_delay_s)
+                                         cfg.retry_delay_s, claim=Claim(self.holder, mail.attempts))
+        if state == "lost":
+            log.warning("mail.lost_claim", extra={"inbound_id": mail.id, "error": error[:200]})
+            return Result(Outcome.QUARANTINED, None, error, mail.id, retry=True)
         log.warning("mail.retry" if state == "pending" else "mail.quarantined",
                     extra={"inbound_id": mail.id, "attempts": mail.attempts, "error": error[:200]})
         if state == "quarantined":
@@ -187,16 +200,19 @@ class InboxWorker:
                 fut.cancel()
 
 
-def handle_all(session: Session, steps: Steps, mails: list[tuple[int, ParsedMail]], now: datetime) -> list[Result]:
-    """The transaction of a group of parsed mails: each one classified, threaded, planned, applied."""
-    return [handle(session, steps, inbound_id, mail, now) for inbound_id, mail in mails]
+def handle_all(session: Session, steps: Steps, mails: list[tuple[tuple[int, Claim], ParsedMail]],
+               now: datetime) -> list[Result]:
+    """The transaction of a group of parsed mails: each one classified, threaded, planned, applied.
+    A mail whose claim was lost meanwhile raises LostClaim, and the group rolls back."""
+    return [handle(session, steps, inbound_id, mail, now, claim) for (inbound_id, claim), mail in mails]
 
 
-def handle(session: Session, steps: Steps, inbound_id: int, mail: ParsedMail, now: datetime) -> Result:
+def handle(session: Session, steps: Steps, inbound_id: int, mail: ParsedMail, now: datetime,
+           claim: Claim | None = None) -> Result:
     kind = classify(mail, steps.own_addresses, steps.message_id_domain)
     ctx = context(session, steps, mail, kind, now)
     plan = make_plan(mail, kind, ctx, steps.policy)
-    return apply_plan(session, plan, mail, inbound_id, now, steps.apply)
+    return apply_plan(session, plan, mail, inbound_id, now, steps.apply, claim)
 
 
 def context(session: Session, steps: Steps, mail: ParsedMail, kind: Classification, now: datetime) -> Context:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache, partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -29,6 +29,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import StoreUnavailable
 from store.models import InboundMail, InboundRaw
+
+if TYPE_CHECKING:
+    from store.writes import Claim
 
 T = InboundMail.__table__  # type: ignore[attr-defined]
 RAW = InboundRaw.__table__  # type: ignore[attr-defined]
@@ -233,10 +236,11 @@ class Inbox:
         return [ClaimedMail(r.id, r.source, r.envelope_from, tuple(r.envelope_to or ()), r.attempts) for r in rows]
 
     async def failed(self, inbound_id: int, error: str, attempts: int, max_attempts: int,
-                     now: datetime, retry_delay_s: float = 0.0) -> str:
+                     now: datetime, retry_delay_s: float = 0.0, claim: Claim | None = None) -> str:
         """Record a processing failure: back to pending, not to be claimed again before
         `retry_delay_s` × 2^(tries − 1) (at most an hour) has passed; or quarantined after the
-        last try (RELIABILITY 27)."""
+        last try (RELIABILITY 27). With `claim`, only while it holds: "lost" when another
+        worker has taken the mail since."""
         state = "quarantined" if attempts >= max_attempts else "pending"
         delay = min(retry_delay_s * 2 ** max(attempts - 1, 0), 3600.0)
         not_before = now + timedelta(seconds=delay) if state == "pending" and delay > 0 else None
@@ -244,9 +248,12 @@ class Inbox:
         if state == "quarantined":
             values.update(outcome="quarantined", reason=f"processing failed {attempts} times: {error[:500]}",
                           processed_at=now)
+        where = [T.c.id == inbound_id]
+        if claim is not None:
+            where += [T.c.state == "processing", T.c.claimed_by == claim.holder, T.c.attempts == claim.attempt]
         async with self._engine.begin() as conn:
-            await conn.execute(update(T).where(T.c.id == inbound_id).values(**values))
-        return state
+            done = await conn.execute(update(T).where(*where).values(**values))
+        return state if done.rowcount == 1 else "lost"
 
     async def release(self, ids: Sequence[int]) -> None:
         """Give back claims not started (graceful shutdown), without counting an attempt."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -10,6 +11,7 @@ from sqlalchemy import bindparam, insert, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
+from gateway.errors import LostClaim
 from gateway.model import CommentDraft, NewUser, Role, Source, Status, UserKind, UserRef
 from store.models import (
     AppUser,
@@ -170,14 +172,35 @@ def index_message_id(session: Session, message_id: str | None, case_id: int, our
 
 def finish_inbound(session: Session, inbound_id: int, outcome: str, reason: str,
                    case_id: int | None, now: datetime, subject: str = "", from_addr: str | None = None,
-                   state: str = "done") -> None:
-    session.connection().execute(_FINISH_INBOUND, {
-        "inbound_id": inbound_id, "state": state, "outcome": outcome, "reason": clean_text(reason, 2000),
-        "case_id": case_id, "processed_at": now, "claimed_until": None,
-        "subject": clean_text(subject, 500) or None, "from_addr": from_addr})
+                   state: str = "done", claim: Claim | None = None) -> None:
+    """Record the mail's outcome. With `claim`, only while that claim still holds: the lease may
+    have run out and another worker taken the mail, and then this whole transaction rolls back
+    (LostClaim) instead of applying the mail a second time."""
+    values = {"inbound_id": inbound_id, "state": state, "outcome": outcome, "reason": clean_text(reason, 2000),
+              "case_id": case_id, "processed_at": now, "claimed_until": None,
+              "subject": clean_text(subject, 500) or None, "from_addr": from_addr}
+    if claim is None:
+        session.connection().execute(_FINISH_INBOUND, values)
+        return
+    done = session.connection().execute(_FINISH_CLAIMED, {**values, "holder": claim.holder,
+                                                          "attempt": claim.attempt})
+    if done.rowcount != 1:
+        raise LostClaim(f"inbound mail {inbound_id}: the lease ran out and another worker claimed it")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who holds an inbox row: the worker's name and the claim's attempt number (each claim adds
+    one, so an old holder's attempt never matches again: a fencing token)."""
+
+    holder: str
+    attempt: int
 
 
 _FINISH_INBOUND = update(_INBOUND).where(_INBOUND.c.id == bindparam("inbound_id"))
+_FINISH_CLAIMED = update(_INBOUND).where(
+    _INBOUND.c.id == bindparam("inbound_id"), _INBOUND.c.state == "processing",
+    _INBOUND.c.claimed_by == bindparam("holder"), _INBOUND.c.attempts == bindparam("attempt"))
 
 
 def mark_bouncing(session: Session, address: str, reason: str, now: datetime) -> bool:

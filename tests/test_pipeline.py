@@ -13,7 +13,7 @@ from gateway.errors import ConfigError
 from gateway.model import Outcome, Status
 from store import queries, writes
 from store.engine import check_durability, make_engine, sync_sqlite_engine
-from store.inbox import IncomingMail
+from store.inbox import IncomingMail, read_raw
 from store.transact import run_in
 from tests.conftest import ADDRESS, MailBuilder, add_user, detail, make_settings, outbox
 
@@ -241,6 +241,38 @@ async def test_stale_claim_is_taken_back(app: App, mail: MailBuilder, clock) -> 
     clock.advance(seconds=61)
     [result] = await app.worker.run_once()
     assert result.action is Outcome.CREATED
+
+
+@pytest.mark.parametrize("together", [False, True], ids=["alone", "in-a-group"])
+async def test_a_worker_whose_lease_ran_out_applies_nothing(app: App, mail: MailBuilder, clock, together) -> None:
+    """A worker stalls past its lease, another worker claims the mail and makes the case; when
+    the first one wakes up its transaction rolls back: one case, not two (a mail is never
+    applied twice). A mail of its group that it still holds is applied once."""
+    from gateway.worker import InboxWorker
+
+    late = await app.accept(IncomingMail(mail(subject="Forsinket"), "test"))
+    kept = await app.accept(IncomingMail(mail(subject="Beholdt"), "test")) if together else None
+    stalled = await app.inbox.claim(10, app.worker.holder, clock.now(), lease_s=60)
+    parsed = [await app.parser.parse(await app.tx.read(read_raw, m.id), m.envelope_from, m.envelope_to)
+              for m in stalled]
+    clock.advance(seconds=61)
+    other = InboxWorker(app.tx, app.inbox, app.parser, app.settings, clock)
+    other.holder = "other-node"
+    [taken] = await other.run_once(only_id=late.inbound_id)
+    assert taken.action is Outcome.CREATED
+
+    results = await app.worker._apply_group(list(zip(stalled, parsed, strict=True)))
+
+    by_id = {r.inbound_id: r for r in results}
+    assert by_id[late.inbound_id].retry and "another worker" in by_id[late.inbound_id].reason
+    async with app.sessions() as session:
+        cases = (await session.execute(text("SELECT subject FROM support_case ORDER BY id"))).scalars().all()
+        row = (await session.execute(text("SELECT state, outcome, claimed_by FROM inbound_mail WHERE id = :i"),
+                                     {"i": late.inbound_id})).one()
+    assert cases == (["Forsinket", "Beholdt"] if together else ["Forsinket"])
+    assert tuple(row) == ("done", "created", "other-node")
+    if kept is not None:
+        assert by_id[kept.inbound_id].action is Outcome.CREATED
 
 
 async def test_upgrade_moves_raw_bytes_of_an_older_store_into_their_own_table(tmp_path) -> None:
