@@ -105,7 +105,8 @@ def _join_wrapped_attributions(lines: list[str], headers: re.Pattern[str]) -> li
     """Gmail wraps long attributions: "… Jens <jens@x.dk" + ">:", or "… Coe" + "<a@b> kirjoitti:"."""
     out: list[str] = []
     for line in lines:
-        if _may_continue(out[-1] if out else "", line) and not _is_attribution(out[-1], headers):
+        if line.endswith(":") and _may_continue(out[-1] if out else "", line) \
+                and not _is_attribution(out[-1], headers):
             previous = out[-1].rstrip()
             glue = "" if previous.endswith(("<", "(", "[")) or line.lstrip().startswith(">") else " "
             joined = previous + glue + line.strip()
@@ -123,7 +124,7 @@ def _may_continue(previous: str, line: str) -> bool:
 
 def _drop_quote_blocks(lines: list[str], headers: re.Pattern[str]) -> list[str]:
     """Remove `>` lines, and the attribution right above each block of them."""
-    drop = [bool(_QUOTED.match(line)) for line in lines]
+    drop = [">" in line and bool(_QUOTED.match(line)) for line in lines]
     for index, quoted in enumerate(drop):
         if not quoted or (index and drop[index - 1]):
             continue
@@ -139,13 +140,15 @@ def _history_start(lines: list[str], headers: re.Pattern[str]) -> int:
     """Index of the first line of quoted history (a header block, separator or attribution)."""
     window = _scan_window(lines)
     starts = [len(lines)]
-    scanned = "\n".join(_scan_form(line) for line in window)
+    scanned = "\n".join([_scan_form(line) for line in window])
     match = next((m for m in headers.finditer(scanned, _first_candidate(scanned))
                   if _plausible_header(m.group())), None) if _CANDIDATE.search(scanned) else None
     if match:
         starts.append(scanned.count("\n", 0, match.start() + match.group().startswith("\n")))
     for index, line in enumerate(window):
-        if _SEPARATOR.match(line) or _is_attribution(line, headers):
+        # Only a line with "--" can be a separator, only one ending in ":" an attribution.
+        if ("--" in line and _SEPARATOR.match(line)) or (line.rstrip().endswith(":")
+                                                        and _is_attribution(line, headers)):
             starts.append(index)
             break
     return _include_split_from(lines, min(starts))
@@ -188,7 +191,7 @@ def _scan_window(lines: list[str]) -> list[str]:
 def _scan_form(line: str) -> str:
     """The line as the header grammar sees it: stripped, and short enough to stay linear."""
     line = line.strip()
-    if line.endswith(":") and len(line) <= _HEADER_LINE:
+    if len(line) <= _LABEL_ONLY or (len(line) <= _HEADER_LINE and line.endswith(":")):
         return line
     return line[:_LABEL_ONLY]
 
@@ -218,8 +221,10 @@ def _squeeze_blank_lines(lines: Sequence[str]) -> list[str]:
     """Removing quotes leaves runs of blank lines; keep at most one."""
     out: list[str] = []
     for line in lines:
-        if line.strip() or (out and out[-1].strip()):
-            out.append(line if line.strip() else "")
+        if line.strip():
+            out.append(line)
+        elif out and out[-1]:  # blank lines are kept as "", every other kept line has text
+            out.append("")
     return out
 
 
