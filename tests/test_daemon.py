@@ -219,15 +219,20 @@ async def test_a_stale_claim_is_taken_back_after_the_lease(tmp_path: Path) -> No
     await Inbox(engine).accept(IncomingMail(raw, "smtp", "anna@borger.example", (probes.ADDRESS,)), now)
     async with engine.begin() as conn:
         await conn.execute(update(T).values(state="processing", attempts=1, claimed_by="dead-node:1",
-                                            claimed_until=now + timedelta(seconds=3)))
-    await engine.dispose()
-    with proc:
-        proc.start()
-        await asyncio.sleep(1.0)
-        assert await proc.scalar("SELECT state FROM inbound_mail") == "processing"
-        await eventually(lambda: settled(proc), timeout=15, what="the stale claim")
-        assert await proc.scalar("SELECT outcome FROM inbound_mail") == "created"
-        assert proc.stop() == 0
+                                            claimed_until=now + timedelta(seconds=60)))
+    try:
+        with proc:
+            proc.start()
+            # The lease runs out 2 s after the daemon is up, however long its start took.
+            async with engine.begin() as conn:
+                await conn.execute(update(T).values(claimed_until=datetime.now(UTC) + timedelta(seconds=2)))
+            await asyncio.sleep(1.0)
+            assert await proc.scalar("SELECT state FROM inbound_mail") == "processing"
+            await eventually(lambda: settled(proc), timeout=15, what="the stale claim")
+            assert await proc.scalar("SELECT outcome FROM inbound_mail") == "created"
+            assert proc.stop() == 0
+    finally:
+        await engine.dispose()
 
 
 async def test_item12_store_fault_in_the_daemon_answers_451_then_one_case(tmp_path: Path) -> None:
