@@ -74,8 +74,8 @@ def _open_case(session: Session, plan: OpenCase, mail: ParsedMail, inbound_id: i
     context = {"follows_number": plan.follows.number} if plan.follows else {}
     ids = outbox.enqueue(session, case, event, [outbox.recipient_of(requester, cfg.language)], now,
                          cfg.message_id_domain, context, refs=[mail.message_id] if mail.message_id else [],
-                         limits=cfg.limits)
-    ids += _tell_new_parties(session, case, plan.parties, requester.name, now, cfg)
+                         limits=cfg.limits, new_case=True)
+    ids += _tell_new_parties(session, case, plan.parties, requester.name, now, cfg, new_case=True)
     reason = "; ".join(filter(None, [f"follows {plan.follows.number}" if plan.follows else "", plan.note]))
     return Result(Outcome.CREATED, number, reason, notifications=tuple(ids)), case_id
 
@@ -104,11 +104,12 @@ def _append(session: Session, plan: AppendComment, mail: ParsedMail, inbound_id:
 
 
 def _tell_new_parties(session: Session, case: outbox.CaseHead, users: Sequence[UserRef], actor_name: str,
-                      now: datetime, cfg: ApplySettings) -> list[str]:
+                      now: datetime, cfg: ApplySettings, new_case: bool = False) -> list[str]:
     if not users:
         return []
     return outbox.enqueue(session, case, Event.SHARED, [outbox.recipient_of(u, cfg.language) for u in users],
-                          now, cfg.message_id_domain, {"actor_name": actor_name}, limits=cfg.limits)
+                          now, cfg.message_id_domain, {"actor_name": actor_name}, limits=cfg.limits,
+                          new_case=new_case)
 
 
 def _ignore(session: Session, plan: Ignore, mail: ParsedMail, inbound_id: int, now: datetime) -> Result:

@@ -55,7 +55,7 @@ _CASE_WINDOWS = select(func.count().filter(T.c.created_at >= bindparam("ten")), 
 
 
 def _over_limit(session: Session, event: Event, case_id: int | None, recipient: str,
-                now: datetime, limits: RateLimits) -> str | None:
+                now: datetime, limits: RateLimits, new_case: bool = False) -> str | None:
     conn = session.connection()
     if event.value in AUTOMATIC_ANSWERS:
         auto = conn.execute(_AUTO_ANSWERS, {"recipient": recipient, "day": now - timedelta(days=1),
@@ -63,6 +63,10 @@ def _over_limit(session: Session, event: Event, case_id: int | None, recipient: 
         if auto >= limits.auto_answers_per_day:
             return f"rate limit: {limits.auto_answers_per_day} automatic answers a day to this address"
     if case_id is None:
+        return None
+    if new_case and min(limits.per_case_10_minutes, limits.per_case_hour) >= 2:
+        # A case made in this transaction has at most its receipt and a "shared" row for one
+        # recipient so far: the counts are 0 or 1, under any limit of 2 or more.
         return None
     ten, hour = conn.execute(_CASE_WINDOWS, {"case_id": case_id, "recipient": recipient,
                                              "ten": now - timedelta(minutes=10),
@@ -112,8 +116,9 @@ def thread_ids(session: Session, case_id: int) -> list[str]:
 
 def enqueue(session: Session, case: CaseHead | SupportCase, event: Event, recipients: Sequence[Recipient],
             now: datetime, message_id_domain: str, context: dict[str, Any] | None = None,
-            refs: list[str] | None = None, limits: RateLimits = RateLimits()) -> list[str]:
-    """Queue one message per recipient; returns their Message-IDs. `refs`: the thread, when known."""
+            refs: list[str] | None = None, limits: RateLimits = RateLimits(), new_case: bool = False) -> list[str]:
+    """Queue one message per recipient; returns their Message-IDs. `refs`: the thread, when known.
+    `new_case`: the case was made in this transaction, so it has no earlier rows to count."""
     head = case if isinstance(case, CaseHead) else CaseHead.of(case)
     refs = refs if refs is not None else thread_ids(session, head.id)
     rows: list[dict[str, Any]] = []
@@ -125,7 +130,7 @@ def enqueue(session: Session, case: CaseHead | SupportCase, event: Event, recipi
         ctx = {"case_number": head.number, "case_subject": head.subject, "status": head.status,
                "thread_ids": refs, **(context or {})}
         held = "recipient is bouncing" if rcpt.bouncing else _over_limit(
-            session, event, head.id, rcpt.email, now, limits)
+            session, event, head.id, rcpt.email, now, limits, new_case)
         rows.append(_row(event, head.id, rcpt, now, new_message_id(message_id_domain), ctx, held))
     _insert(session, rows)
     return [row["message_id"] for row in rows]
