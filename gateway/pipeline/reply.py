@@ -140,17 +140,20 @@ def _history_start(lines: list[str], headers: re.Pattern[str]) -> int:
     """Index of the first line of quoted history (a header block, separator or attribution)."""
     window = _scan_window(lines)
     starts = [len(lines)]
-    scanned = "\n".join([_scan_form(line) for line in window])
+    forms = _scan_forms(window)
+    scanned = "\n".join(forms)
     match = next((m for m in headers.finditer(scanned, _first_candidate(scanned))
                   if _plausible_header(m.group())), None) if _CANDIDATE.search(scanned) else None
     if match:
         starts.append(scanned.count("\n", 0, match.start() + match.group().startswith("\n")))
-    for index, line in enumerate(window):
-        # Only a line with "--" can be a separator, only one ending in ":" an attribution.
-        if ("--" in line and _SEPARATOR.match(line)) or (line.rstrip().endswith(":")
-                                                        and _is_attribution(line, headers)):
-            starts.append(index)
-            break
+    for index, form in enumerate(forms):
+        # A separator starts with "--" once stripped; an attribution ends in ":" (a stripped
+        # line over _LABEL_ONLY that ends in ":" keeps it in its form when it can be one).
+        if form[:2] == "--" or form[-1:] == ":":
+            line = window[index]
+            if _SEPARATOR.match(line) or _is_attribution(line, headers):
+                starts.append(index)
+                break
     return _include_split_from(lines, min(starts))
 
 
@@ -188,12 +191,11 @@ def _scan_window(lines: list[str]) -> list[str]:
     return lines[:_SCAN_LINES]
 
 
-def _scan_form(line: str) -> str:
-    """The line as the header grammar sees it: stripped, and short enough to stay linear."""
-    line = line.strip()
-    if len(line) <= _LABEL_ONLY or (len(line) <= _HEADER_LINE and line.endswith(":")):
-        return line
-    return line[:_LABEL_ONLY]
+def _scan_forms(lines: list[str]) -> list[str]:
+    """The lines as the header grammar sees them: stripped, and short enough to stay linear
+    (a line that may be an attribution whole, any other cut to its "Label:" start)."""
+    return [s if len(s) <= _LABEL_ONLY or (len(s) <= _HEADER_LINE and s[-1] == ":") else s[:_LABEL_ONLY]
+            for s in map(str.strip, lines)]
 
 
 def _include_split_from(lines: list[str], start: int) -> int:
