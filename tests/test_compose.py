@@ -191,6 +191,27 @@ def test_missing_template_fails_at_start(tmp_path: Path) -> None:
         Renderer(tmp_path / "templates", SETTINGS)
 
 
+def test_a_broken_template_cache_never_stops_rendering(tmp_path: Path) -> None:
+    """Compiled templates are cached on disk; a damaged cache file or a folder that cannot be
+    written (disk full, gone) only means compiling again."""
+    import jinja2
+
+    from gateway.notify.compose import QuietBytecodeCache
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    env = jinja2.Environment(loader=jinja2.DictLoader({"t.j2": "Hej {{ name }}"}),
+                             bytecode_cache=QuietBytecodeCache(str(folder)))
+    assert env.get_template("t.j2").render(name="Jens") == "Hej Jens"
+    [cached] = list(folder.iterdir())
+    cached.write_bytes(b"j2" + b"\x00" * 40)  # damaged: right magic, garbage after it
+    env.cache.clear()  # type: ignore[union-attr]
+    assert env.get_template("t.j2").render(name="Mette") == "Hej Mette"
+    shutil.rmtree(folder)  # the folder gone: nowhere to write the compiled code
+    env.cache.clear()  # type: ignore[union-attr]
+    assert env.get_template("t.j2").render(name="Ole") == "Hej Ole"
+
+
 @pytest.mark.parametrize("lang", ["da", "en"])
 @pytest.mark.parametrize("event", list(Event))
 def test_render_sample(lang: str, event: Event) -> None:

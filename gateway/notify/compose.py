@@ -13,6 +13,7 @@ so the library never re-parses them. `EmailMessage` still builds the MIME body.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import unicodedata
@@ -31,6 +32,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import jinja2
+import jinja2.bccache
 
 from gateway.addresses import canonical
 from gateway.errors import ConfigError, PermanentDeliveryError
@@ -176,10 +178,25 @@ def _plural_days(days: int, language: str) -> str:
     return f"{days} day" if days == 1 else f"{days} days"
 
 
+class QuietBytecodeCache(jinja2.FileSystemBytecodeCache):
+    """jinja2's cache of compiled templates, which is only a speed-up: a full or read-only disk,
+    or a damaged cache file, means compiling in memory, never a daemon that cannot start."""
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        with contextlib.suppress(OSError):
+            super().dump_bytecode(bucket)
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            super().load_bytecode(bucket)
+        except (OSError, EOFError, ValueError, TypeError):
+            bucket.reset()
+
+
 @functools.lru_cache(maxsize=1)
 def _bytecode_cache() -> jinja2.BytecodeCache | None:
     try:
-        return jinja2.FileSystemBytecodeCache()  # checks the folder is the user's own, mode 0700
+        return QuietBytecodeCache()  # jinja2 checks the folder is the user's own, mode 0700
     except (OSError, RuntimeError):
         return None  # no usable temp folder: compile each time
 
