@@ -13,6 +13,9 @@ N / the time until the N-th case exists (the bench polls the store).
 Load 2 (latency): an asyncio client with the same number of sessions sends N distinct mails
 (gen_corpus.py --fixed-size SIZE with a new Message-ID each) and times each final dot → reply.
 
+It also prints the CPU each process of the daemon spent a mail during load 1 (from /proc, by
+the names of gateway/procname.py: gw-daemon is the SMTP listener's process).
+
 Targets (issue 3): acknowledged >= 60% of the floor, end to end >= 50%, p99 DATA→250 < 100 ms.
 """
 
@@ -51,6 +54,7 @@ class Result:
     p99_ms: float
     client_rate: float
     refused: int
+    cpu_ms: dict[str, float] | None = None  # per mail of load 1, by process
 
 
 def free_port() -> int:
@@ -89,19 +93,35 @@ def run_null_server(port: int, size_limit: int) -> None:
     asyncio.run(main())
 
 
-def tree_cpu_s(pid: int) -> float:
-    """CPU seconds used so far by a process and all its descendants (Linux /proc)."""
-    total, todo = 0.0, [pid]
+def tree_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """Each process of the tree under `pid`: its name (gw-worker, …; gateway/procname.py) and
+    the CPU seconds it has used so far (Linux /proc)."""
+    found, todo = {}, [pid]
     while todo:
         p = todo.pop()
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            found[p] = (Path(f"/proc/{p}/comm").read_text().strip(),
+                        (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
             for task in Path(f"/proc/{p}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         except (OSError, IndexError, ValueError):
             continue
-    return total
+    return found
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by a process and all its descendants."""
+    return sum(cpu for _, cpu in tree_cpu(pid).values())
+
+
+def cpu_by_name(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                n: int) -> dict[str, float]:
+    """Milliseconds of CPU a mail, by process name (the parse processes together)."""
+    spent: dict[str, float] = {}
+    for pid, (name, cpu) in after.items():
+        spent[name] = spent.get(name, 0.0) + (cpu - before.get(pid, (name, 0.0))[1]) * 1000 / n
+    return {name: ms for name, ms in sorted(spent.items(), key=lambda kv: -kv[1]) if ms >= 0.005}
 
 
 def wait_idle(pid: int, timeout: float = 15.0) -> None:
@@ -167,15 +187,17 @@ def bench_gateway(args: argparse.Namespace, folder: Path) -> Result:
         proc.start()
         assert proc.process is not None
         wait_idle(proc.process.pid)
+        cpu_before = tree_cpu(proc.process.pid)
         started = time.perf_counter()
         seconds = smtp_source(proc.smtp_port, args.n, args.sessions, args.size)
         asyncio.run(_wait_cases(proc, args.n, timeout=600))
         e2e = time.perf_counter() - started
+        cpu = cpu_by_name(cpu_before, tree_cpu(proc.process.pid), args.n)
         p50, p99, rate, refused = latency(proc.smtp_port, distinct_mails(args.n, args.size, "gw"), args.sessions)
         asyncio.run(_wait_cases(proc, 2 * args.n - refused, timeout=600))
         if proc.stop() != 0:
             print(proc.tail(), file=sys.stderr)
-    return Result("gateway run", args.n / seconds, args.n / e2e, p50, p99, rate, refused)
+    return Result("gateway run", args.n / seconds, args.n / e2e, p50, p99, rate, refused, cpu)
 
 
 def bench_nodes(args: argparse.Namespace, folder: Path) -> Result:
@@ -223,6 +245,10 @@ def report(floor: Result, gateway: Result, args: argparse.Namespace) -> None:
         print(f"{r.name:28} {r.ack_rate:8.0f} {e2e} {r.p50_ms:8.1f} {r.p99_ms:8.1f} {r.client_rate:9.0f} "
               f"{r.refused:8d}")
     ack, e2e = gateway.ack_rate / floor.ack_rate, (gateway.e2e_rate or 0) / floor.ack_rate
+    if gateway.cpu_ms:
+        print("CPU per mail (load 1, until the last case): "
+              + ", ".join(f"{name} {ms:.2f} ms" for name, ms in gateway.cpu_ms.items())
+              + f"; {sum(gateway.cpu_ms.values()):.2f} ms in all")
     print(f"\nacknowledged / floor = {ack:.0%} (target >= 60%)   end to end / floor = {e2e:.0%} (target >= 50%)"
           f"   p99 DATA->250 = {gateway.p99_ms:.0f} ms (target < 100)")
 

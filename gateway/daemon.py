@@ -18,6 +18,7 @@ from typing import Any
 from gateway import metrics
 from gateway.app import App, open_app
 from gateway.ingest.smtp import InboxHandler, SmtpListener
+from gateway.procname import name_process
 from gateway.settings import Settings
 from gateway.worker_process import Links, child_loop
 from store.inbox import BatchStore, GroupCommitter
@@ -74,6 +75,7 @@ _CHILD_MODULES = ["gateway.parsing", "gateway.worker_process", "store.sqlite_wri
 
 
 async def run_daemon(settings: Settings) -> int:
+    name_process("gw-daemon")
     _clean_children()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -30,6 +30,7 @@ from typing import Any
 from gateway.errors import UnusableMail
 from gateway.model import ParsedMail
 from gateway.pipeline.parse import Limits, parse_mail
+from gateway.procname import name_process
 from store.blobs import BlobStore
 
 _blobs: BlobStore | None = None
@@ -73,6 +74,7 @@ def _parse_in_child(raw: bytes, limits: Limits, envelope_from: str | None,
 def _serve(conn: Connection, blob_dir: str, memory_mb: int, owner: int) -> None:
     """The child: "ready", then one answer per job — ("ok", ParsedMail) or ("error", exception)
     — until its pipe closes."""
+    name_process("gw-parse")
     _init_child(blob_dir, memory_mb, owner)
     conn.send(("ready", None))
     while True:

@@ -30,6 +30,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from gateway.app import App, open_app
+from gateway.procname import name_process
 from gateway.settings import Settings
 from store.sqlite_writer import yield_to_smtp
 
@@ -169,6 +170,7 @@ def child_main(settings: Settings, role: str, wake: socket.socket, links: Links 
     """Entry point of the child process."""
     from gateway.logs import configure_logging
 
+    name_process(f"gw-{role}")
     multiprocessing.set_forkserver_preload(["gateway.parsing"])  # its parse pool, as in the parent
     multiprocessing.set_start_method("forkserver", force=True)
     configure_logging(settings.daemon.log_format, settings.daemon.log_level)

@@ -42,6 +42,7 @@ from typing import Any
 from sqlalchemy import Engine, bindparam, event, insert, select
 
 from gateway.errors import StoreUnavailable
+from gateway.procname import name_process
 from store.engine import sync_sqlite_engine
 from store.inbox import (
     RAW,
@@ -219,6 +220,7 @@ def _serve(url: str, busy_timeout_s: float, sock: socket.socket, busy_until: Any
     EOF. This thread reads and hashes; a second one commits, so the hashing of one batch
     overlaps the INSERTs and the fsync of the one before."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the daemon, which closes our socket
+    name_process("gw-writer")
     stream = sock.makefile("rb")
 
     def send(reply: tuple[str, Any]) -> None:

@@ -332,6 +332,10 @@ async def test_every_process_of_the_daemon_leaves_when_it_is_killed(tmp_path: Pa
         below = _descendants(proc.process.pid)
         names = {Path(f"/proc/{p}/comm").read_text().strip() for p in below if _alive(p)}
         assert len(below) >= 5, names  # writer, worker, sender, fork server(s), parse processes
+        # each named for `top` and `ps`, the fork servers and the resource tracker excepted
+        assert Path(f"/proc/{proc.process.pid}/comm").read_text().strip() == "gw-daemon"
+        on_sqlite = proc.settings.database.url.startswith("sqlite")
+        assert {"gw-worker", "gw-sender", "gw-parse"} | ({"gw-writer"} if on_sqlite else set()) <= names, names
         proc.process.kill()
         proc.process.wait(10)
         await eventually(lambda: asyncio.sleep(0, not any(_alive(p) for p in below)), timeout=15,
