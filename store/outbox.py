@@ -19,6 +19,7 @@ from sqlmodel import Session, col
 from sqlmodel import select as model_select
 
 from gateway.model import Event, UserRef
+from store.driver import DriverStatement
 from store.models import AppUser, CaseParty, MessageIndex, Outbox, SupportCase
 from store.queries import capped_count
 
@@ -158,14 +159,15 @@ def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     conn = session.connection()
-    conn.execute(_INSERT_OUTBOX, rows)
-    indexed = [{"message_id": r["message_id"], "case_id": r["case_id"], "ours": True} for r in rows if r["case_id"]]
-    if indexed:
-        conn.execute(_INSERT_INDEX, indexed)
+    _INSERT_OUTBOX.execute_many(conn, rows)
+    _INSERT_INDEX.execute_many(conn, [{"message_id": r["message_id"], "case_id": r["case_id"], "ours": True}
+                                      for r in rows if r["case_id"]])
 
 
-_INSERT_OUTBOX = insert(T)
-_INSERT_INDEX = insert(MessageIndex.__table__)  # type: ignore[attr-defined]
+_INSERT_OUTBOX = DriverStatement(insert(T), ["created_at", "event", "case_id", "recipient", "recipient_name",
+                                             "language", "message_id", "context", "state", "attempts",
+                                             "next_attempt_at", "last_error"])
+_INSERT_INDEX = DriverStatement(insert(MessageIndex.__table__), ["message_id", "case_id", "ours"])  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True, slots=True)

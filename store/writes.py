@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 
 from gateway.errors import LostClaim
 from gateway.model import CommentDraft, NewUser, Role, Source, Status, UserKind, UserRef
+from store.driver import DriverStatement
 from store.models import (
     AppUser,
     Attachment,
@@ -41,7 +42,7 @@ def next_case_number(session: Session, prefix: str, digits: int) -> str:
     if conn.dialect.name == "postgresql":
         value = conn.execute(text("SELECT nextval('case_number_seq')")).scalar_one()
     else:
-        value = conn.execute(_BUMP_CASE_COUNTER).scalar()
+        value = _BUMP_CASE_COUNTER.scalar(conn, {})
         if value is None:
             conn.execute(insert(_COUNTER).values(name="case", value=1))
             value = 1
@@ -49,8 +50,8 @@ def next_case_number(session: Session, prefix: str, digits: int) -> str:
 
 
 _COUNTER = Counter.__table__  # type: ignore[attr-defined]
-_BUMP_CASE_COUNTER = (update(_COUNTER).where(_COUNTER.c.name == "case").values(value=_COUNTER.c.value + 1)
-                      .returning(_COUNTER.c.value))
+_BUMP_CASE_COUNTER = DriverStatement(update(_COUNTER).where(_COUNTER.c.name == "case")
+                                     .values(value=_COUNTER.c.value + 1).returning(_COUNTER.c.value), [])
 _USERS = AppUser.__table__  # type: ignore[attr-defined]
 _CASES = SupportCase.__table__  # type: ignore[attr-defined]
 _HISTORY = StatusChange.__table__  # type: ignore[attr-defined]
@@ -60,12 +61,19 @@ _PARTIES = CaseParty.__table__  # type: ignore[attr-defined]
 _INDEX = MessageIndex.__table__  # type: ignore[attr-defined]
 _INBOUND = InboundMail.__table__  # type: ignore[attr-defined]
 # Statements built once: building one per call cost about as much again as running it
-# (SQLAlchemy builds the construct and its cache key each time; 53 -> 29 us an INSERT).
-_INSERT_USER = insert(_USERS).returning(_USERS.c.id)
-_INSERT_CASE = insert(_CASES).returning(_CASES.c.id)
-_INSERT_HISTORY = insert(_HISTORY)
-_INSERT_COMMENT = insert(_COMMENTS).returning(_COMMENTS.c.id)
-_INSERT_ATTACHMENTS = insert(_ATTACHMENTS)
+# (SQLAlchemy builds the construct and its cache key each time; 53 -> 29 us an INSERT), and on
+# SQLite run by the driver (store/driver.py).
+_INSERT_USER = DriverStatement(insert(_USERS).returning(_USERS.c.id),
+                               ["email", "name", "kind", "role", "created_at"])
+_INSERT_CASE = DriverStatement(insert(_CASES).returning(_CASES.c.id), [
+    "number", "subject", "requester_id", "status", "follows_id", "created_at", "updated_at", "status_changed_at"])
+_INSERT_HISTORY = DriverStatement(insert(_HISTORY),
+                                  ["case_id", "at", "by_id", "by_label", "from_status", "to_status", "reason"])
+_INSERT_COMMENT = DriverStatement(insert(_COMMENTS).returning(_COMMENTS.c.id), [
+    "case_id", "author_id", "created_at", "source", "public", "visible_text", "full_text", "html", "inbound_id",
+    "kind"])
+_INSERT_ATTACHMENTS = DriverStatement(insert(_ATTACHMENTS),
+                                      ["comment_id", "name", "size", "sha256", "content_type", "inline"])
 
 # The mail path writes through SQLAlchemy Core: rows it never reads back need no ORM
 # unit of work (measured: a new case cost 5.5 ms in ORM flushes, most of the transaction).
@@ -83,9 +91,9 @@ def ensure_user(session: Session, who: UserRef | NewUser, now: datetime) -> User
         return who
     # The caller looked the address up in this transaction already; the unique index guards a race.
     email, name = who.email.lower(), clean_text(who.name, 200)
-    new_id = session.connection().execute(_INSERT_USER, {
+    new_id = _INSERT_USER.scalar(session.connection(), {
         "email": email, "name": name, "kind": UserKind.PERSON.value, "role": Role.CUSTOMER.value,
-        "created_at": now}).scalar_one()
+        "created_at": now})
     return UserRef(int(new_id), email, name, UserKind.PERSON, Role.CUSTOMER)
 
 
@@ -112,11 +120,11 @@ def create_case(session: Session, number: str, subject: str, requester: UserRef,
                 follows_id: int | None = None) -> int:
     """A new case in Registreret, with its first history row; returns its id."""
     conn = session.connection()
-    case_id = int(conn.execute(_INSERT_CASE, {
+    case_id = int(_INSERT_CASE.scalar(conn, {
         "number": number, "subject": clean_text(subject, 500), "requester_id": requester.id,
         "status": Status.REGISTRERET.value, "follows_id": follows_id, "created_at": now, "updated_at": now,
-        "status_changed_at": now}).scalar_one())
-    conn.execute(_INSERT_HISTORY, {
+        "status_changed_at": now}))
+    _INSERT_HISTORY.execute(conn, {
         "case_id": case_id, "at": now, "by_id": requester.id, "by_label": requester.email[:100],
         "from_status": None, "to_status": Status.REGISTRERET.value,
         "reason": f"follows {follows_id}" if follows_id else None})
@@ -140,13 +148,13 @@ def change_status(session: Session, case: SupportCase, to: Status, now: datetime
 def add_comment(session: Session, case_id: int, author_id: int | None, draft: CommentDraft,
                 source: Source, now: datetime, inbound_id: int | None = None, kind: str = "comment") -> int:
     conn = session.connection()
-    comment_id = int(conn.execute(_INSERT_COMMENT, {
+    comment_id = int(_INSERT_COMMENT.scalar(conn, {
         "case_id": case_id, "author_id": author_id, "created_at": now, "source": source.value,
         "public": draft.public, "visible_text": clean_text(draft.visible_text),
         "full_text": clean_text(draft.full_text), "html": clean_text(draft.html) if draft.html else None,
-        "inbound_id": inbound_id, "kind": kind}).scalar_one())
+        "inbound_id": inbound_id, "kind": kind}))
     if draft.attachments:
-        conn.execute(_INSERT_ATTACHMENTS, [
+        _INSERT_ATTACHMENTS.execute_many(conn, [
             {"comment_id": comment_id, "name": clean_text(att.name, 255), "size": att.size, "sha256": att.sha256,
              "content_type": clean_text(att.content_type, 200), "inline": att.inline}
             for att in draft.attachments])
@@ -166,8 +174,13 @@ def index_message_id(session: Session, message_id: str | None, case_id: int, our
     if not message_id:
         return
     conn = session.connection()
-    conn.execute(_insert_ignoring(conn.dialect.name, _INDEX, "message_id"),
-                 {"message_id": message_id[:998], "case_id": case_id, "ours": ours})
+    _index_ignoring(conn.dialect.name).execute(conn, {"message_id": message_id[:998], "case_id": case_id,
+                                                      "ours": ours})
+
+
+@cache
+def _index_ignoring(dialect: str) -> DriverStatement:
+    return DriverStatement(_insert_ignoring(dialect, _INDEX, "message_id"), ["message_id", "case_id", "ours"])
 
 
 def finish_inbound(session: Session, inbound_id: int, outcome: str, reason: str,
@@ -180,9 +193,9 @@ def finish_inbound(session: Session, inbound_id: int, outcome: str, reason: str,
               "case_id": case_id, "processed_at": now, "claimed_until": None,
               "subject": clean_text(subject, 500) or None, "from_addr": from_addr}
     if claim is None:
-        session.connection().execute(_FINISH_INBOUND, values)
+        _FINISH_INBOUND.execute(session.connection(), values)
         return
-    done = session.connection().execute(_FINISH_CLAIMED, {**values, "holder": claim.holder,
+    done = _FINISH_CLAIMED.execute(session.connection(), {**values, "holder": claim.holder,
                                                           "attempt": claim.attempt})
     if done.rowcount != 1:
         raise LostClaim(f"inbound mail {inbound_id}: the lease ran out and another worker claimed it")
@@ -197,10 +210,13 @@ class Claim:
     attempt: int
 
 
-_FINISH_INBOUND = update(_INBOUND).where(_INBOUND.c.id == bindparam("inbound_id"))
-_FINISH_CLAIMED = update(_INBOUND).where(
+_FINISHED = ["state", "outcome", "reason", "case_id", "processed_at", "claimed_until", "subject", "from_addr"]
+_FINISH_INBOUND = DriverStatement(update(_INBOUND).where(_INBOUND.c.id == bindparam("inbound_id")),
+                                  _FINISHED, ["inbound_id"])
+_FINISH_CLAIMED = DriverStatement(update(_INBOUND).where(
     _INBOUND.c.id == bindparam("inbound_id"), _INBOUND.c.state == "processing",
-    _INBOUND.c.claimed_by == bindparam("holder"), _INBOUND.c.attempts == bindparam("attempt"))
+    _INBOUND.c.claimed_by == bindparam("holder"), _INBOUND.c.attempts == bindparam("attempt")),
+    _FINISHED, ["inbound_id", "holder", "attempt"])
 
 
 def mark_bouncing(session: Session, address: str, reason: str, now: datetime) -> bool:

@@ -474,3 +474,50 @@ async def test_item31_start_up_refuses_postgresql_without_synchronous_commit(tmp
     with pytest.raises(ConfigError, match="synchronous_commit=off"):
         async with open_app(settings):
             pass
+
+
+@pytest.mark.sqlite_only
+def test_statements_run_by_the_driver_write_what_sqlalchemy_writes(tmp_path) -> None:
+    """store/driver.py runs the worker's hot statements on pysqlite with the converters
+    SQLAlchemy compiled: each stores the same column values as SQLAlchemy's own execution
+    (dates, JSON, booleans, None, NUL-free text), and RETURNING and rowcount agree."""
+    from datetime import UTC, datetime
+
+    from store import outbox as queue
+    from store import writes as w
+    from store.engine import sync_sqlite_engine
+
+    url = make_settings(tmp_path).database.url
+    engine = sync_sqlite_engine(url, 5000)
+    now = datetime(2026, 11, 28, 3, 4, 5, 678901, tzinfo=UTC)
+    user = {"email": "jens@x.dk", "name": "Jens Ærø", "kind": "person", "role": "customer", "created_at": now}
+    case = {"number": "SAG-9", "subject": "Spørgsmål", "requester_id": None, "status": "registreret",
+            "follows_id": None, "created_at": now, "updated_at": now, "status_changed_at": now}
+    row = {"created_at": now, "event": "receipt", "case_id": None, "recipient": "jens@x.dk",
+           "recipient_name": "Jens", "language": "da", "message_id": "<m@x>", "attempts": 0, "next_attempt_at": now,
+           "context": {"case_subject": "Spørgsmål", "thread_ids": ["<a@b>"], "n": 1, "none": None},
+           "state": "pending", "last_error": None}
+
+    def written(via_driver: bool) -> list[tuple[object, ...]]:
+        with engine.connect() as conn, conn.begin():
+            def run(statement: w.DriverStatement, params: dict, table: str) -> tuple[object, ...]:
+                if via_driver:
+                    result = statement.execute(conn, params)
+                else:
+                    result = conn.execute(statement._statement, params)
+                new_id = result.fetchone()[0] if table in ("app_user", "support_case") else None
+                last = conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY rowid DESC LIMIT 1").one()
+                return (new_id, *last)
+
+            made = [run(w._INSERT_USER, user, "app_user")]
+            case["requester_id"] = made[0][0]
+            made.append(run(w._INSERT_CASE, case, "support_case"))
+            row["case_id"] = made[1][0]
+            made.append(run(queue._INSERT_OUTBOX, row, "outbox"))
+            conn.rollback()
+        return made
+
+    try:
+        assert written(via_driver=True) == written(via_driver=False)
+    finally:
+        engine.dispose()
