@@ -65,11 +65,11 @@ def encoded_subject(words: int) -> bytes:
     ("item41_100k_folded_lines", b"From: a@borger.example\r\nSubject: x" + b"\r\n y" * 100_000 + b"\r\n\r\nb\r\n"),
 ])
 async def test_item38_item39_item40_item41_parser_bombs_are_quarantined_cheaply(app: App, name: str, raw: bytes) -> None:
-    started = time.perf_counter()
+    started = time.process_time()  # CPU of this process and its store thread, whatever else runs
     assert precheck(raw, Limits()) is not None
     result = await ingest(app, raw)
     assert result.action is Outcome.QUARANTINED, name
-    assert time.perf_counter() - started < 5.0  # the measured figure (well under 1 s) is in BENCHMARKS.md
+    assert time.process_time() - started < 5.0  # the measured figure (well under 1 s) is in BENCHMARKS.md
     async with app.sessions() as session:
         [row] = await run_in(session, queries.list_inbox, "quarantined")
     assert row["size"] == len(raw)  # kept, never dropped
@@ -514,9 +514,9 @@ async def test_item42_twenty_thousand_addresses_are_bounded_and_never_notified(t
                + f"\r\nAuthentication-Results: {AUTHSERV}; dmarc=pass header.from=borger.example\r\n".encode()
                + b"Subject: Til alle\r\nMessage-ID: <mange@borger.example>\r\n\r\nHej alle sammen.\r\n")
         assert len(raw) > 400_000
-        started = time.perf_counter()
+        started = time.process_time()
         result = await ingest(app, raw)
-        assert time.perf_counter() - started < 10.0
+        assert time.process_time() - started < 10.0
         rows = await outbox(app)
         assert (await table_counts(app))["app_user"] == users_before
         if not raised_limits:

@@ -216,10 +216,12 @@ def test_visible_text_is_stable_on_its_own_output() -> None:
     "a\n" * 500_000,
 ], ids=["one line", "many lines", "on-on lines", "alternating quotes", "tiny lines"])
 def test_visible_text_is_bounded_on_a_megabyte(text: str) -> None:
-    started = time.perf_counter()
+    # CPU time of this process: the work is bounded whatever else runs on the machine (the
+    # PostgreSQL suite runs beside this one); a quadratic pattern takes minutes, not seconds.
+    started = time.process_time()
     visible_text(text)
     is_courtesy_reply(text)
-    assert time.perf_counter() - started < 5
+    assert time.process_time() - started < 5
 
 
 # --- is_courtesy_reply -------------------------------------------------------------------------
@@ -318,11 +320,11 @@ HOSTILE_HTML = {
 
 @pytest.mark.parametrize("html", HOSTILE_HTML.values(), ids=HOSTILE_HTML.keys())
 def test_item51_html_is_bounded_on_a_megabyte(html: str) -> None:
-    started = time.perf_counter()
+    started = time.process_time()
     text = html_to_text(html)
     sanitize_html(html)
     visible_text(text)
-    assert time.perf_counter() - started < 5
+    assert time.process_time() - started < 5
     assert len(text) <= len(html) * 2
 
 
