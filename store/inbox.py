@@ -66,6 +66,7 @@ class ClaimedMail:
     envelope_from: str | None
     envelope_to: tuple[str, ...]
     attempts: int
+    size: int = 0  # of the raw bytes
 
 
 def dedup_key(raw: bytes) -> str:
@@ -197,6 +198,15 @@ def read_raw(conn: Connection, inbound_id: int) -> bytes:
     return bytes(conn.execute(_RAW, {"id": inbound_id}).scalar() or b"")
 
 
+def read_raws(conn: Connection, inbound_ids: Sequence[int]) -> dict[int, bytes]:
+    """The raw bytes of several (small) mails in one SELECT."""
+    rows = conn.execute(_RAWS, {"ids": list(inbound_ids)})
+    return {int(inbound_id): bytes(raw or b"") for inbound_id, raw in rows}
+
+
+_RAWS = select(RAW.c.inbound_id, RAW.c.raw).where(RAW.c.inbound_id.in_(bindparam("ids", expanding=True)))
+
+
 class Inbox:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -228,12 +238,13 @@ class Inbox:
         stmt = (update(T).where(T.c.id.in_(pick.scalar_subquery()))
                 .values(state="processing", claimed_until=now + timedelta(seconds=lease_s),
                         claimed_by=holder[:100], attempts=T.c.attempts + 1)
-                .returning(T.c.id, T.c.source, T.c.envelope_from, T.c.envelope_to, T.c.attempts))
+                .returning(T.c.id, T.c.source, T.c.envelope_from, T.c.envelope_to, T.c.attempts, T.c.size))
         async with self._engine.begin() as conn:
             rows = sorted((await conn.execute(stmt)).all(), key=lambda r: r.id)
         # The raw bytes are read one mail at a time, when it is parsed (`read_raw`): RETURNING
         # them from the UPDATE makes SQLite buffer every claimed row, several 35 MB mails at once.
-        return [ClaimedMail(r.id, r.source, r.envelope_from, tuple(r.envelope_to or ()), r.attempts) for r in rows]
+        return [ClaimedMail(r.id, r.source, r.envelope_from, tuple(r.envelope_to or ()), r.attempts, r.size or 0)
+                for r in rows]
 
     async def failed(self, inbound_id: int, error: str, attempts: int, max_attempts: int,
                      now: datetime, retry_delay_s: float = 0.0, claim: Claim | None = None) -> str:

@@ -521,3 +521,26 @@ def test_statements_run_by_the_driver_write_what_sqlalchemy_writes(tmp_path) -> 
         assert written(via_driver=True) == written(via_driver=False)
     finally:
         engine.dispose()
+
+
+async def test_a_batch_reads_its_small_mails_together_and_a_big_one_alone(app: App, mail: MailBuilder,
+                                                                          monkeypatch) -> None:
+    import gateway.worker as worker_module
+    from store import inbox as inbox_module
+
+    monkeypatch.setattr(worker_module, "SMALL_MAIL", 2000)
+    together: list[list[int]] = []
+    read_many = inbox_module.read_raws
+
+    def spy(conn, ids):  # type: ignore[no-untyped-def]
+        together.append(list(ids))
+        return read_many(conn, ids)
+
+    monkeypatch.setattr(worker_module, "read_raws", spy)
+    small = [await app.accept(IncomingMail(mail(subject=f"Lille {i}"), "test")) for i in range(3)]
+    big = await app.accept(IncomingMail(mail(subject="Stor", body="x" * 5000), "test"))
+    results = await app.worker.run_once()
+    assert together == [[a.inbound_id for a in small]]
+    assert {r.inbound_id for r in results} == {a.inbound_id for a in [*small, big]}
+    assert all(r.action is Outcome.CREATED for r in results)
+    assert (await detail(app, results[-1].case))["subject"] == "Stor"
