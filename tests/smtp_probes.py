@@ -144,14 +144,12 @@ async def smuggle(port: int, end_of_data: bytes) -> list[Reply]:
         await smtp.greet()
         for line in ("MAIL FROM:<outer@borger.example>", f"RCPT TO:<{ADDRESS}>", "DATA"):
             replies.append(await smtp.command(line))
-        await smtp.send(smuggle_payload(end_of_data) + b"\r\n.\r\n")
-        while True:  # every reply the server gives until it falls silent
-            try:
-                replies.append(await smtp.reply(timeout=0.3))
-            except TimeoutError:
-                break
-            if replies[-1].code == 0:
-                break
+        # QUIT right behind: replies come in order, so every reply to the payload (one 250, or
+        # more if a smuggled message was accepted) arrives before QUIT's 221, however slow
+        # the store's commit is (a silence window of 0.3 s missed the 250 on a loaded machine).
+        await smtp.send(smuggle_payload(end_of_data) + b"\r\n.\r\nQUIT\r\n")
+        while (reply := await smtp.reply()).code not in (0, 221):
+            replies.append(reply)
     finally:
         await smtp.close()
     return replies
