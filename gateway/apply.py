@@ -28,6 +28,7 @@ from gateway.model import (
     UserRef,
 )
 from store import outbox, writes
+from store.inbox import Claim
 from store.models import SupportCase
 
 
@@ -41,7 +42,7 @@ class ApplySettings:
 
 
 def apply_plan(session: Session, plan: Plan, mail: ParsedMail, inbound_id: int, now: datetime,
-               cfg: ApplySettings, claim: writes.Claim | None = None) -> Result:
+               cfg: ApplySettings, claim: Claim | None = None) -> Result:
     case_id: int | None = None
     if isinstance(plan, OpenCase):
         result, case_id = _open_case(session, plan, mail, inbound_id, now, cfg)

@@ -32,10 +32,9 @@ from gateway.pipeline.plan import PlanPolicy, make_plan
 from gateway.pipeline.thread import thread_keys
 from gateway.settings import Settings
 from store import queries
-from store.inbox import ClaimedMail, Inbox, read_raw, read_raws
+from store.inbox import Claim, ClaimedMail, Inbox, read_raw, read_raws
 from store.outbox import RateLimits
 from store.transact import Transactor
-from store.writes import Claim
 
 log = logging.getLogger("gateway.worker")
 
@@ -132,7 +131,7 @@ class InboxWorker:
         """
         started = time.monotonic()
         if len(group) > 1 and all(isinstance(p, ParsedMail) for _, p in group):
-            work = [(self._claim(mail), parsed) for mail, parsed in group]
+            work = [(mail.id, self._claim(mail), parsed) for mail, parsed in group]
             try:
                 results = await self._tx.run(handle_all, self._steps, work, self._clock.now())  # type: ignore[arg-type]
             except Exception as exc:
@@ -148,7 +147,7 @@ class InboxWorker:
                 return await self._quarantine(mail, str(parsed))
             if isinstance(parsed, Exception):
                 raise parsed
-            result = (await self._tx.run(handle_all, self._steps, [(self._claim(mail), parsed)],
+            result = (await self._tx.run(handle_all, self._steps, [(mail.id, self._claim(mail), parsed)],
                                          self._clock.now()))[0]
         except LostClaim as exc:
             # Rolled back: the worker that holds the mail now applies it, once.
@@ -161,8 +160,8 @@ class InboxWorker:
             return await self._failed(mail, f"{type(exc).__name__}: {exc}")
         return self._done(result, started)
 
-    def _claim(self, mail: ClaimedMail) -> tuple[int, Claim]:
-        return mail.id, Claim(self.holder, mail.attempts)
+    def _claim(self, mail: ClaimedMail) -> Claim:
+        return Claim(self.holder, mail.attempts)
 
     def _done(self, result: Result, started: float | None = None) -> Result:
         metrics.record_outcome(result.action.value, time.monotonic() - started if started else 0.0)
@@ -175,7 +174,7 @@ class InboxWorker:
 
     async def _quarantine(self, mail: ClaimedMail, reason: str) -> Result:
         await self._inbox.failed(mail.id, reason, attempts=1, max_attempts=1, now=self._clock.now(),
-                                 claim=Claim(self.holder, mail.attempts))
+                                 claim=self._claim(mail))
         metrics.record_outcome("quarantined", 0.0)
         log.warning("mail.quarantined", extra={"inbound_id": mail.id, "reason": reason})
         return Result(Outcome.QUARANTINED, None, reason, mail.id)
@@ -183,7 +182,7 @@ class InboxWorker:
     async def _failed(self, mail: ClaimedMail, error: str) -> Result:
         cfg = self._settings.worker
         state = await self._inbox.failed(mail.id, error, mail.attempts, cfg.max_attempts, self._clock.now(),
-                                         cfg.retry_delay_s, claim=Claim(self.holder, mail.attempts))
+                                         cfg.retry_delay_s, claim=self._claim(mail))
         if state == "lost":
             log.warning("mail.lost_claim", extra={"inbound_id": mail.id, "error": error[:200]})
             return Result(Outcome.QUARANTINED, None, error, mail.id, retry=True)
@@ -216,11 +215,11 @@ class InboxWorker:
                 fut.cancel()
 
 
-def handle_all(session: Session, steps: Steps, mails: list[tuple[tuple[int, Claim], ParsedMail]],
+def handle_all(session: Session, steps: Steps, mails: list[tuple[int, Claim, ParsedMail]],
                now: datetime) -> list[Result]:
     """The transaction of a group of parsed mails: each one classified, threaded, planned, applied.
     A mail whose claim was lost meanwhile raises LostClaim, and the group rolls back."""
-    return [handle(session, steps, inbound_id, mail, now, claim) for (inbound_id, claim), mail in mails]
+    return [handle(session, steps, inbound_id, mail, now, claim) for inbound_id, claim, mail in mails]
 
 
 def handle(session: Session, steps: Steps, inbound_id: int, mail: ParsedMail, now: datetime,

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache, partial
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -29,9 +29,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from gateway.errors import StoreUnavailable
 from store.models import InboundMail, InboundRaw
-
-if TYPE_CHECKING:
-    from store.writes import Claim
 
 T = InboundMail.__table__  # type: ignore[attr-defined]
 RAW = InboundRaw.__table__  # type: ignore[attr-defined]
@@ -67,6 +64,24 @@ class ClaimedMail:
     envelope_to: tuple[str, ...]
     attempts: int
     size: int = 0  # of the raw bytes
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who holds an inbox row: the worker's name and the claim's attempt number (each claim adds
+    one, so an old holder's attempt never matches again: a fencing token)."""
+
+    holder: str
+    attempt: int
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {"holder": self.holder, "attempt": self.attempt}
+
+
+# The row is still held by the claim whose `params` are bound: a write with this in its WHERE
+# changes nothing once the lease ran out and another worker claimed the mail.
+CLAIM_HOLDS = (T.c.state == "processing", T.c.claimed_by == bindparam("holder"), T.c.attempts == bindparam("attempt"))
 
 
 def dedup_key(raw: bytes) -> str:
@@ -259,11 +274,9 @@ class Inbox:
         if state == "quarantined":
             values.update(outcome="quarantined", reason=f"processing failed {attempts} times: {error[:500]}",
                           processed_at=now)
-        where = [T.c.id == inbound_id]
-        if claim is not None:
-            where += [T.c.state == "processing", T.c.claimed_by == claim.holder, T.c.attempts == claim.attempt]
+        stmt = update(T).where(T.c.id == inbound_id, *(CLAIM_HOLDS if claim else ())).values(**values)
         async with self._engine.begin() as conn:
-            done = await conn.execute(update(T).where(*where).values(**values))
+            done = await conn.execute(stmt, claim.params if claim else {})
         return state if done.rowcount == 1 else "lost"
 
     async def release(self, ids: Sequence[int]) -> None:

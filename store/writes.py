@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -14,6 +13,7 @@ from sqlmodel import Session, select
 from gateway.errors import LostClaim
 from gateway.model import CommentDraft, NewUser, Role, Source, Status, UserKind, UserRef
 from store.driver import DriverStatement
+from store.inbox import CLAIM_HOLDS, Claim
 from store.models import (
     AppUser,
     Attachment,
@@ -195,28 +195,16 @@ def finish_inbound(session: Session, inbound_id: int, outcome: str, reason: str,
     if claim is None:
         _FINISH_INBOUND.execute(session.connection(), values)
         return
-    done = _FINISH_CLAIMED.execute(session.connection(), {**values, "holder": claim.holder,
-                                                          "attempt": claim.attempt})
+    done = _FINISH_CLAIMED.execute(session.connection(), {**values, **claim.params})
     if done.rowcount != 1:
         raise LostClaim(f"inbound mail {inbound_id}: the lease ran out and another worker claimed it")
-
-
-@dataclass(frozen=True)
-class Claim:
-    """Who holds an inbox row: the worker's name and the claim's attempt number (each claim adds
-    one, so an old holder's attempt never matches again: a fencing token)."""
-
-    holder: str
-    attempt: int
 
 
 _FINISHED = ["state", "outcome", "reason", "case_id", "processed_at", "claimed_until", "subject", "from_addr"]
 _FINISH_INBOUND = DriverStatement(update(_INBOUND).where(_INBOUND.c.id == bindparam("inbound_id")),
                                   _FINISHED, ["inbound_id"])
-_FINISH_CLAIMED = DriverStatement(update(_INBOUND).where(
-    _INBOUND.c.id == bindparam("inbound_id"), _INBOUND.c.state == "processing",
-    _INBOUND.c.claimed_by == bindparam("holder"), _INBOUND.c.attempts == bindparam("attempt")),
-    _FINISHED, ["inbound_id", "holder", "attempt"])
+_FINISH_CLAIMED = DriverStatement(update(_INBOUND).where(_INBOUND.c.id == bindparam("inbound_id"), *CLAIM_HOLDS),
+                                  _FINISHED, ["inbound_id", "holder", "attempt"])
 
 
 def mark_bouncing(session: Session, address: str, reason: str, now: datetime) -> bool:

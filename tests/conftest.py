@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import shutil
 import socket
@@ -49,33 +50,29 @@ def database_url(tmp_path: Path) -> str:
     return f"sqlite+aiosqlite:///{db}"
 
 
-_template: list[Path] = []
-
-
+@functools.cache
 def _sqlite_template() -> Path:
     """One migrated SQLite store per pytest process, copied for each test: a copy is a
     millisecond, a migration ~150 ms (tests of the migrations themselves start empty files)."""
-    if not _template:
-        import asyncio
-        import concurrent.futures
-        import tempfile
+    import asyncio
+    import concurrent.futures
+    import tempfile
 
-        from store.engine import make_engine
-        from store.migrate import upgrade
+    from store.engine import make_engine
+    from store.migrate import upgrade
 
-        path = Path(tempfile.mkdtemp(prefix="gw-template-")) / "gateway.db"
+    path = Path(tempfile.mkdtemp(prefix="gw-template-")) / "gateway.db"
 
-        async def migrate() -> None:
-            engine = make_engine(f"sqlite+aiosqlite:///{path}")
-            try:
-                await upgrade(engine)
-            finally:
-                await engine.dispose()
+    async def migrate() -> None:
+        engine = make_engine(f"sqlite+aiosqlite:///{path}")
+        try:
+            await upgrade(engine)
+        finally:
+            await engine.dispose()
 
-        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # callers may be inside a running loop
-            pool.submit(asyncio.run, migrate()).result()
-        _template.append(path)
-    return _template[0]
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:  # callers may be inside a running loop
+        pool.submit(asyncio.run, migrate()).result()
+    return path
 
 
 def make_settings(tmp_path: Path, **sections: dict[str, Any]) -> Settings:
