@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session
@@ -43,6 +44,10 @@ log = logging.getLogger("gateway.worker")
 # each other (store/sqlite_writer.py, yield_to_smtp), so a burst's 250s never queue behind it
 # (bench/smtp.py: end to end +20 %, p99 DATA->250 21-28 ms).
 GROUP_MAX = 8
+# Batches claimed and parsing ahead of the writes: the next batch parses while this one is
+# written. Not more: parsing a whole burst while it arrives took the CPU the SMTP listener
+# needed (bench/smtp.py with 8 batches ahead: acknowledged 70 -> 51 % of the floor).
+AHEAD = 2
 SMALL_MAIL = 256 * 1024  # raw bytes read together for a batch's mails up to this size
 
 
@@ -86,22 +91,21 @@ class InboxWorker:
         self.on_processed: Callable[[], None] = lambda: None
 
     async def run_once(self, limit: int | None = None, only_id: int | None = None) -> list[Result]:
+        """One batch from claim to outcome (the CLI's `process`, a mail handled at once)."""
         cfg = self._settings.worker
         claimed = await self._inbox.claim(limit or cfg.batch_size, self.holder, self._clock.now(), cfg.lease_s,
                                           only_id=only_id)
-        raws = await self._read_small(claimed)
-        # Parse ahead (in the child process) while earlier mails are being applied.
-        pending = deque((mail, asyncio.ensure_future(self._parse(mail, raws.pop(mail.id, None))))
-                        for mail in claimed)
+        flow = await self._start(claimed)
         results: list[Result] = []
-        while pending:
-            mail, future = pending.popleft()
-            group = [(mail, await future)]  # wait with no transaction open
-            while pending and pending[0][1].done() and len(group) < GROUP_MAX:
-                ready, done = pending.popleft()
-                group.append((ready, done.result()))
-            results.extend(await self._apply_group(group))
+        while flow:
+            await asyncio.wait([flow[0][1]])  # wait with no transaction open
+            results.extend(await self._apply_group(_take_ready(flow)))
         return results
+
+    async def _start(self, claimed: list[ClaimedMail]) -> deque[tuple[ClaimedMail, asyncio.Future[Any]]]:
+        """The claimed mails in order, each with its parse under way (in the child processes)."""
+        raws = await self._read_small(claimed)
+        return deque((mail, asyncio.ensure_future(self._parse(mail, raws.pop(mail.id, None)))) for mail in claimed)
 
     async def _read_small(self, claimed: list[ClaimedMail]) -> dict[int, bytes]:
         """The raw bytes of the batch's small mails in one read (a read a mail was a tenth of the
@@ -194,25 +198,106 @@ class InboxWorker:
         return Result(Outcome.QUARANTINED, None, error, mail.id, retry=True)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Process the inbox until `stop` is set; finishes the batch in hand first."""
-        interval = self._settings.worker.poll_interval_s
-        while not stop.is_set():
+        """Process the inbox until `stop` is set.
+
+        Two loops share the flow of claimed mails. The feeder claims and starts parsing up to
+        AHEAD batches ahead; the applier writes the outcomes in order, a group of parsed mails
+        per transaction. While SMTP commits come one after another, the applier waits for them
+        to pause (store.sqlite_writer.yield_to_smtp) but the parsing goes on, on the other core:
+        after a burst only the writes are left. On stop, the group in hand is finished and the
+        mails not yet applied are given back to the inbox, their attempt not counted.
+        """
+        flow: deque[tuple[ClaimedMail, asyncio.Future[Any]]] = deque()
+        room, arrived, halt = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        feeder = asyncio.ensure_future(self._feed(flow, stop, halt, room, arrived))
+        try:
+            await self._apply_flow(flow, stop, room, arrived)
+        finally:
+            # The feeder is not cancelled: a claim cut off halfway would leave its mails
+            # claimed and not in the flow (and aiosqlite's connection inside a transaction).
+            halt.set()
             try:
-                results = await self.run_once()
-                if results and all(r.retry for r in results):
-                    await asyncio.sleep(min(interval * 4, 5.0))  # only failures: don't spin
+                await feeder
+            finally:
+                for _, parse in flow:
+                    parse.cancel()
+                await self._give_back([mail for mail, _ in flow])
+
+    async def _feed(self, flow: deque[tuple[ClaimedMail, asyncio.Future[Any]]], stop: asyncio.Event,
+                    halt: asyncio.Event, room: asyncio.Event, arrived: asyncio.Event) -> None:
+        cfg = self._settings.worker
+        window = cfg.batch_size * AHEAD
+        while not (stop.is_set() or halt.is_set()):
+            if len(flow) >= window:
+                room.clear()
+                await _first(stop, halt, room)
+                continue
+            self.wakeup.clear()  # before the claim: a wake-up during it is not lost
+            try:
+                claimed = await self._inbox.claim(min(cfg.batch_size, window - len(flow)), self.holder,
+                                                  self._clock.now(), cfg.lease_s)
+                if claimed:
+                    flow.extend(await self._start(claimed))
+                    arrived.set()
+                    continue
             except (OperationalError, DBAPIError, OSError) as exc:
                 log.warning("worker.store_error", extra={"error": type(exc).__name__})
-                results = []
-                await asyncio.sleep(1.0)
-            if results:
+                await _first(stop, halt, timeout=1.0)
                 continue
-            self.wakeup.clear()
-            wait_stop = asyncio.ensure_future(stop.wait())
-            wait_wake = asyncio.ensure_future(self.wakeup.wait())
-            await asyncio.wait({wait_stop, wait_wake}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-            for fut in (wait_stop, wait_wake):
-                fut.cancel()
+            await _first(stop, halt, self.wakeup, timeout=cfg.poll_interval_s)
+
+    async def _apply_flow(self, flow: deque[tuple[ClaimedMail, asyncio.Future[Any]]], stop: asyncio.Event,
+                          room: asyncio.Event, arrived: asyncio.Event) -> None:
+        interval = self._settings.worker.poll_interval_s
+        while not stop.is_set():
+            if not flow:
+                arrived.clear()
+                await _first(stop, arrived)
+                continue
+            await _first(stop, flow[0][1])  # wait with no transaction open
+            if stop.is_set():
+                return
+            try:
+                results = await self._apply_group(_take_ready(flow))
+            except (OperationalError, DBAPIError, OSError) as exc:  # recording the failure failed too
+                log.warning("worker.store_error", extra={"error": type(exc).__name__})
+                results = []
+                await _first(stop, timeout=1.0)
+            room.set()
+            if results and all(r.retry for r in results):
+                await _first(stop, timeout=min(interval * 4, 5.0))  # only failures: don't spin
+
+    async def _give_back(self, mails: list[ClaimedMail]) -> None:
+        if not mails:
+            return
+        try:
+            await self._inbox.release([mail.id for mail in mails], self.holder)
+        except Exception as exc:  # their lease runs out and another claim takes them
+            log.warning("worker.release_failed", extra={"count": len(mails), "error": type(exc).__name__})
+        else:
+            log.info("worker.released", extra={"count": len(mails)})
+
+
+def _take_ready(flow: deque[tuple[ClaimedMail, asyncio.Future[Any]]]) -> list[tuple[ClaimedMail, Any]]:
+    """The head of the flow (its parse done) and the parsed mails right behind it, up to
+    GROUP_MAX: they share a transaction."""
+    mail, future = flow.popleft()
+    group = [(mail, future.result())]
+    while flow and flow[0][1].done() and len(group) < GROUP_MAX:
+        ready, done = flow.popleft()
+        group.append((ready, done.result()))
+    return group
+
+
+async def _first(*waits: asyncio.Event | asyncio.Future[Any], timeout: float | None = None) -> None:
+    """Until one of the events is set or futures done, or `timeout` seconds have passed."""
+    pending = [w if isinstance(w, asyncio.Future) else asyncio.ensure_future(w.wait()) for w in waits]
+    try:
+        await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait, task in zip(waits, pending, strict=True):
+            if task is not wait:
+                task.cancel()
 
 
 def handle_all(session: Session, steps: Steps, mails: list[tuple[int, Claim, ParsedMail]],

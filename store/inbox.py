@@ -279,12 +279,14 @@ class Inbox:
             done = await conn.execute(stmt, claim.params if claim else {})
         return state if done.rowcount == 1 else "lost"
 
-    async def release(self, ids: Sequence[int]) -> None:
-        """Give back claims not started (graceful shutdown), without counting an attempt."""
+    async def release(self, ids: Sequence[int], holder: str) -> None:
+        """Give back claims not started (graceful shutdown), without counting an attempt; only
+        those `holder` still holds."""
         if not ids:
             return
         async with self._engine.begin() as conn:
-            await conn.execute(update(T).where(T.c.id.in_(list(ids)), T.c.state == "processing")
+            await conn.execute(update(T).where(T.c.id.in_(list(ids)), T.c.state == "processing",
+                                               T.c.claimed_by == holder[:100])
                                .values(state="pending", claimed_until=None, attempts=T.c.attempts - 1))
 
     async def reprocess(self, inbound_id: int | None = None, quarantined: bool = False) -> int:

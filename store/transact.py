@@ -40,9 +40,15 @@ class Transactor:
         url = engine.url.render_as_string(hide_password=False)
         self.sync_engine: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._read_engine: Engine | None = None
+        self._read_thread: ThreadPoolExecutor | None = None
         if is_file_sqlite(url):
             self.sync_engine = sync_sqlite_engine(url, busy_timeout_ms)
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-tx")
+            # Reads have a connection and a thread of their own: never queued behind a write
+            # transaction that waits for SQLite's lock or for the SMTP commits to pause.
+            self._read_engine = sync_sqlite_engine(url, busy_timeout_ms)
+            self._read_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
 
     async def run(self, fn: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`fn(session, *args, **kwargs)` in one transaction: committed when it returns,
@@ -56,18 +62,19 @@ class Transactor:
     async def read(self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`fn(connection, …)` for reads only: a Core connection, no ORM session, marked
         `read_only`, so it never waits for SMTP commits (`store.sqlite_writer.yield_to_smtp`):
-        in WAL mode a reader takes no write lock."""
-        if self._thread is None:
+        in WAL mode a reader takes no write lock. On SQLite it runs on a thread and connection
+        of its own, beside a write transaction in progress."""
+        if self._read_thread is None:
             async with self._engine.connect() as conn:
                 return await conn.run_sync(fn, *args, **kwargs)
-        engine = self.sync_engine
+        engine = self._read_engine
         assert engine is not None
 
         def here() -> R:
             with engine.connect() as conn:
                 return fn(conn.execution_options(read_only=True), *args, **kwargs)
 
-        return await asyncio.get_running_loop().run_in_executor(self._thread, here)
+        return await asyncio.get_running_loop().run_in_executor(self._read_thread, here)
 
     @staticmethod
     def _run_here(engine: Engine | None, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
@@ -75,10 +82,12 @@ class Transactor:
             return fn(session, *args, **kwargs)
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._thread.shutdown(wait=True)
-        if self.sync_engine is not None:
-            self.sync_engine.dispose()
+        for thread in (self._thread, self._read_thread):
+            if thread is not None:
+                thread.shutdown(wait=True)
+        for engine in (self.sync_engine, self._read_engine):
+            if engine is not None:
+                engine.dispose()
 
 
 async def run_in(session: AsyncSession, fn: Callable[Concatenate[Session, P], R], *args: P.args,
