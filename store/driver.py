@@ -7,6 +7,11 @@ of its column types, and pysqlite runs the SQL on the transaction's own connecti
 transaction, same BEGIN-at-first-write). Every other driver (asyncpg, aiosqlite in memory)
 runs the statement through SQLAlchemy as before. `store.sqlite_writer.DriverInsert` does the
 same for the inbox's INSERTs.
+
+SELECTs too: an `IN` over a fixed list becomes its own `?`s once; an `IN` over a parameter
+(`email IN :emails`) gets as many `?`s as the call has values, its SQL kept per length. Rows
+are the driver's tuples (by position), with no result processing: the queries that use this
+read columns that need none.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class DriverStatement:
         self._names = {*columns, *binds}
         self._constants: dict[str, Any] = {}
         self._sqlite: tuple[str, list[tuple[str, Converter]]] | None = None
+        self._expanding: set[str] = set()  # parameters that are lists (IN :name)
+        self._by_length: dict[tuple[int, ...], str] = {}
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """A cursor: `.fetchone()`, `.rowcount` (SQLAlchemy's result on other drivers has both)."""
@@ -38,8 +45,33 @@ class DriverStatement:
             return conn.execute(self._statement, dict(params))
         sql, order = self._sqlite or self._prepare(conn.dialect)
         given = {**self._constants, **params} if self._constants else params
+        if self._expanding:
+            if not all(params[key] for key in self._expanding):
+                return conn.execute(self._statement, dict(params))  # SQLAlchemy's empty IN
+            return self._execute_expanding(conn, sql, order, given)
         return conn.connection.driver_connection.execute(  # type: ignore[union-attr]
             sql, [fn(given[key]) if fn else given[key] for key, fn in order])
+
+    def _execute_expanding(self, conn: Connection, sql: str, order: list[tuple[str, Converter]],
+                           given: Mapping[str, Any]) -> Any:
+        values: list[Any] = []
+        lengths: list[int] = []
+        for key, fn in order:
+            if key in self._expanding:
+                items = list(given[key])
+                values.extend([fn(v) for v in items] if fn else items)
+                lengths.append(len(items))
+            else:
+                values.append(fn(given[key]) if fn else given[key])
+        shape = tuple(lengths)
+        text = self._by_length.get(shape)
+        if text is None:
+            text = sql
+            for key, count in zip([k for k, _ in order if k in self._expanding], lengths, strict=True):
+                text = text.replace(f"__[POSTCOMPILE_{key}]", ", ".join(["?"] * count), 1)
+            if len(self._by_length) < 64:
+                self._by_length[shape] = text
+        return conn.connection.driver_connection.execute(text, values)  # type: ignore[union-attr]
 
     def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
@@ -48,6 +80,8 @@ class DriverStatement:
             conn.execute(self._statement, [dict(r) for r in rows])
             return
         sql, order = self._sqlite or self._prepare(conn.dialect)
+        if self._expanding:
+            raise TypeError("execute_many takes no list parameters")
         given = [{**self._constants, **row} for row in rows] if self._constants else rows
         conn.connection.driver_connection.executemany(  # type: ignore[union-attr]
             sql, [[fn(row[key]) if fn else row[key] for key, fn in order] for row in given])
@@ -57,12 +91,25 @@ class DriverStatement:
         row = self.execute(conn, params).fetchone()
         return row[0] if row is not None else None
 
+    def rows(self, conn: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Every row, as tuples in the order of the SELECT's columns."""
+        return [tuple(row) for row in self.execute(conn, params)]
+
     def _prepare(self, dialect: Dialect) -> tuple[str, list[tuple[str, Converter]]]:
         compiled = self._statement.compile(dialect=dialect, column_keys=self._columns)  # type: ignore[attr-defined]
+        sql = str(compiled)
         order: list[tuple[str, Converter]] = []
         for key in compiled.positiontup or ():
             bind = compiled.binds[key]
             convert = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if bind.expanding and key in self._names:
+                self._expanding.add(key)
+            elif bind.expanding:  # IN over a fixed list: a ? for each of its values
+                sql = sql.replace(f"__[POSTCOMPILE_{key}]", ", ".join(["?"] * len(bind.value)), 1)
+                for i, value in enumerate(bind.value):
+                    self._constants[f"{key}[{i}]"] = convert(value) if convert else value
+                    order.append((f"{key}[{i}]", None))
+                continue
             if key not in self._names:  # a literal of the statement ("name = 'case'"): fixed
                 if bind.callable is not None or bind.value is None:  # a default SQLAlchemy computes
                     raise TypeError(f"{self._statement}: parameter {key} is not among {sorted(self._names)}")
@@ -70,5 +117,5 @@ class DriverStatement:
                 self._constants[key] = value
                 convert = None
             order.append((key, convert))
-        self._sqlite = (str(compiled), order)
+        self._sqlite = (sql, order)
         return self._sqlite

@@ -55,12 +55,16 @@ _CASE_WINDOWS = select(func.count().filter(T.c.created_at >= bindparam("ten")), 
     T.c.created_at >= bindparam("hour"))
 
 
+_RUN_AUTO_ANSWERS = DriverStatement(_AUTO_ANSWERS, (), ["recipient", "day", "cap"])
+_RUN_CASE_WINDOWS = DriverStatement(_CASE_WINDOWS, (), ["case_id", "recipient", "ten", "hour"])
+
+
 def _over_limit(session: Session, event: Event, case_id: int | None, recipient: str,
                 now: datetime, limits: RateLimits, new_case: bool = False) -> str | None:
     conn = session.connection()
     if event.value in AUTOMATIC_ANSWERS:
-        auto = conn.execute(_AUTO_ANSWERS, {"recipient": recipient, "day": now - timedelta(days=1),
-                                            "cap": limits.auto_answers_per_day}).scalar_one()
+        auto = _RUN_AUTO_ANSWERS.scalar(conn, {"recipient": recipient, "day": now - timedelta(days=1),
+                                                "cap": limits.auto_answers_per_day})
         if auto >= limits.auto_answers_per_day:
             return f"rate limit: {limits.auto_answers_per_day} automatic answers a day to this address"
     if case_id is None:
@@ -69,9 +73,9 @@ def _over_limit(session: Session, event: Event, case_id: int | None, recipient: 
         # A case made in this transaction has at most its receipt and a "shared" row for one
         # recipient so far: the counts are 0 or 1, under any limit of 2 or more.
         return None
-    ten, hour = conn.execute(_CASE_WINDOWS, {"case_id": case_id, "recipient": recipient,
-                                             "ten": now - timedelta(minutes=10),
-                                             "hour": now - timedelta(hours=1)}).one()
+    ten, hour = _RUN_CASE_WINDOWS.rows(conn, {"case_id": case_id, "recipient": recipient,
+                                              "ten": now - timedelta(minutes=10),
+                                              "hour": now - timedelta(hours=1)})[0]
     if ten >= limits.per_case_10_minutes:
         return f"rate limit: {limits.per_case_10_minutes} mails in 10 minutes on this case"
     if hour >= limits.per_case_hour:

@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from gateway.errors import NotFound
 from gateway.model import ACTIVE_STATUSES, DONE_STATUSES, CaseRef, Role, Status, UserKind, UserRef
+from store.driver import DriverStatement
 from store.models import (
     AppUser,
     Attachment,
@@ -79,36 +80,46 @@ _RECENT_FROM = capped_count(_IN.c.from_addr == bindparam("address"), _IN.c.proce
                             _IN.c.outcome.in_(["created", "commented", "reopened"]))
 
 
+# The same, run by the driver on SQLite (store/driver.py): rows are tuples in column order.
+_RUN_USER_REFS = DriverStatement(_USER_REFS, (), ["emails"])
+_RUN_CASE_BY_NUMBER = DriverStatement(_CASE_BY_NUMBER, (), ["number"])
+_RUN_CASES_BY_MESSAGE_ID = DriverStatement(_CASES_BY_MESSAGE_ID, (), ["message_ids"])
+_RUN_CASE_REF = DriverStatement(_CASE_REF, (), ["id"])
+_RUN_PARTY_IDS = DriverStatement(_PARTY_IDS, (), ["id"])
+_RUN_RECENT_FROM = DriverStatement(_RECENT_FROM, (), ["address", "since", "cap"])
+
+
 def user_refs(session: Session, emails: Sequence[str]) -> list[UserRef]:
     """The registered users among these (canonical) addresses."""
     if not emails:
         return []
-    rows = session.connection().execute(_USER_REFS, {"emails": [e.lower() for e in emails]})
-    return [UserRef(r.id, r.email, r.name, UserKind(r.kind), Role(r.role), r.organisation_id, r.language,
-                    r.bouncing_since is not None) for r in rows]
+    rows = _RUN_USER_REFS.rows(session.connection(), {"emails": [e.lower() for e in emails]})
+    return [UserRef(id_, email, name, UserKind(kind), Role(role), organisation_id, language, bouncing is not None)
+            for id_, email, name, kind, role, organisation_id, language, bouncing in rows]
 
 
 def case_id_by_number(session: Session, number: str) -> int | None:
-    return session.connection().execute(_CASE_BY_NUMBER, {"number": number.upper()}).scalar()
+    found = _RUN_CASE_BY_NUMBER.scalar(session.connection(), {"number": number.upper()})
+    return int(found) if found is not None else None
 
 
 def case_id_by_message_ids(session: Session, message_ids: Sequence[str]) -> int | None:
     """The case of the newest referenced Message-ID that we know (ids come newest first)."""
     if not message_ids:
         return None
-    rows = session.connection().execute(_CASES_BY_MESSAGE_ID, {"message_ids": list(message_ids)})
+    rows = _RUN_CASES_BY_MESSAGE_ID.rows(session.connection(), {"message_ids": list(message_ids)})
     by_id = {mid: case_id for mid, case_id in rows}
     return next((by_id[mid] for mid in message_ids if mid in by_id), None)
 
 
 def case_ref_by_id(session: Session, case_id: int) -> CaseRef | None:
     conn = session.connection()
-    row = conn.execute(_CASE_REF, {"id": case_id}).first()
-    if row is None:
+    found = _RUN_CASE_REF.rows(conn, {"id": case_id})
+    if not found:
         return None
-    parties = frozenset(conn.execute(_PARTY_IDS, {"id": case_id}).scalars())
-    return CaseRef(row.id, row.number, row.subject, Status(row.status), row.requester_id, row.assignee_id,
-                   parties, row.organisation_id)
+    id_, number, subject, status, requester_id, assignee_id, organisation_id = found[0]
+    parties = frozenset(user_id for (user_id,) in _RUN_PARTY_IDS.rows(conn, {"id": case_id}))
+    return CaseRef(id_, number, subject, Status(status), requester_id, assignee_id, parties, organisation_id)
 
 
 def recent_from(session: Session, address: str, now: datetime, cap: int) -> int:
@@ -116,8 +127,8 @@ def recent_from(session: Session, address: str, now: datetime, cap: int) -> int:
     counted up to `cap`; 0 when `cap` is 0 (the detector is off)."""
     if cap <= 0:
         return 0
-    return int(session.connection().execute(_RECENT_FROM, {"address": address, "since": now - timedelta(hours=1),
-                                                           "cap": cap}).scalar_one())
+    return int(_RUN_RECENT_FROM.scalar(session.connection(), {"address": address, "since": now - timedelta(hours=1),
+                                                               "cap": cap}))
 
 
 def require_case(session: Session, number: str) -> SupportCase:

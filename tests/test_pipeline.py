@@ -523,6 +523,58 @@ def test_statements_run_by_the_driver_write_what_sqlalchemy_writes(tmp_path) -> 
         engine.dispose()
 
 
+@pytest.mark.sqlite_only
+def test_selects_run_by_the_driver_read_what_sqlalchemy_reads(tmp_path) -> None:
+    """The worker's SELECTs on pysqlite (store/driver.py): an IN over a fixed list and over a
+    parameter of 1, 2 and 3 values, dates bound, counts capped; the rows equal SQLAlchemy's."""
+    from datetime import UTC, datetime, timedelta
+
+    from store import outbox as queue
+    from store import queries as q
+    from store.engine import sync_sqlite_engine
+
+    url = make_settings(tmp_path).database.url
+    engine = sync_sqlite_engine(url, 5000)
+    now = datetime(2026, 11, 28, 3, 4, 5, tzinfo=UTC)
+    try:
+        with engine.connect() as conn, conn.begin():
+            for i, email in enumerate(["a@x.dk", "b@x.dk", "c@x.dk"]):
+                conn.exec_driver_sql(
+                    "INSERT INTO app_user (email, name, kind, role, language, created_at, bouncing_since) "
+                    "VALUES (?, ?, 'person', 'customer', 'da', '2026-11-28 00:00:00', ?)",
+                    (email, f"N{i}", "2026-11-27 00:00:00" if i == 1 else None))
+            for i, (event, state, minutes) in enumerate([("receipt", "sent", 5), ("followup", "pending", 30),
+                                                          ("status", "sent", 5), ("receipt", "held", 5),
+                                                          ("rejected", "sent", 60 * 30)]):
+                at = (now - timedelta(minutes=minutes)).strftime("%Y-%m-%d %H:%M:%S.%f")
+                conn.exec_driver_sql(
+                    "INSERT INTO outbox (created_at, event, recipient, recipient_name, language, message_id, "
+                    "attempts, next_attempt_at, context, state) VALUES (?, ?, 'a@x.dk', 'A', 'da', ?, 0, ?, '{}', ?)",
+                    (at, event, f"<o{i}@x>", at, state))
+            cases = [
+                (q._RUN_USER_REFS, {"emails": ["a@x.dk"]}), (q._RUN_USER_REFS, {"emails": ["c@x.dk", "b@x.dk"]}),
+                (q._RUN_USER_REFS, {"emails": ["a@x.dk", "nobody@x.dk", "b@x.dk"]}),
+                (q._RUN_USER_REFS, {"emails": []}),
+                (queue._RUN_AUTO_ANSWERS, {"recipient": "a@x.dk", "day": now - timedelta(days=1), "cap": 40}),
+                (queue._RUN_AUTO_ANSWERS, {"recipient": "a@x.dk", "day": now - timedelta(days=1), "cap": 1}),
+                (queue._RUN_AUTO_ANSWERS, {"recipient": "a@x.dk", "day": now - timedelta(minutes=10), "cap": 40}),
+                (q._RUN_RECENT_FROM, {"address": "a@x.dk", "since": now - timedelta(hours=1), "cap": 5}),
+            ]
+            for statement, params in cases:
+                by_driver = sorted(statement.rows(conn, params))
+                by_sqlalchemy = sorted(tuple(r) for r in conn.execute(statement._statement, params))
+                # dates come back as the driver's text: compare what the callers read of them
+                assert [tuple(v is not None if isinstance(v, datetime) or k == 7 else v for k, v in enumerate(r))
+                        for r in by_driver] == [tuple(v is not None if isinstance(v, datetime) or k == 7 else v
+                                                      for k, v in enumerate(r)) for r in by_sqlalchemy], params
+            assert queue._RUN_AUTO_ANSWERS.scalar(conn, cases[4][1]) == 2  # receipt, followup; not held, not old
+            assert queue._RUN_AUTO_ANSWERS.scalar(conn, cases[5][1]) == 1  # capped
+            assert len(q._RUN_USER_REFS.rows(conn, cases[2][1])) == 2
+            conn.rollback()
+    finally:
+        engine.dispose()
+
+
 async def test_a_batch_reads_its_small_mails_together_and_a_big_one_alone(app: App, mail: MailBuilder,
                                                                           monkeypatch) -> None:
     import gateway.worker as worker_module
