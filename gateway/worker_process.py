@@ -32,6 +32,7 @@ from typing import Any
 from gateway.app import App, open_app
 from gateway.procname import name_process
 from gateway.settings import Settings
+from store.engine import defer_fsync
 from store.sqlite_writer import yield_to_smtp
 
 log = logging.getLogger("gateway.worker_process")
@@ -198,6 +199,8 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
     async with open_app(settings, migrate=False) as app:
         if links.smtp_busy is not None and app.tx.sync_engine is not None:
             yield_to_smtp(app.tx.sync_engine, links.smtp_busy)
+        if role == "worker" and app.tx.sync_engine is not None:
+            defer_fsync(app.tx.sync_engine)  # durable with the next FULL commit (store/engine.py)
         runner = app.worker if role == "worker" else app.sender
         wake.setblocking(False)
         loop.add_reader(wake.fileno(), _on_readable, wake, runner.wakeup, functools.partial(_parent_gone, stop))

@@ -404,6 +404,31 @@ async def test_item31_the_engine_runs_sqlite_in_wal_with_synchronous_full(tmp_pa
 
 
 @pytest.mark.sqlite_only
+def test_only_the_workers_own_connection_defers_its_fsync(tmp_path) -> None:
+    """store.engine.defer_fsync: NORMAL on the worker's engine, on the connection it has and on
+    any it makes later; every other connection to the file stays FULL (their commits fsync the
+    WAL, the worker's frames with it)."""
+    from store.engine import defer_fsync
+
+    url = f"sqlite+aiosqlite:///{tmp_path}/store.db"
+    worker, other = sync_sqlite_engine(url, 1000), sync_sqlite_engine(url, 1000)
+    try:
+        with worker.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+        defer_fsync(worker)
+        with worker.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+        worker.dispose()  # a new connection gets it too
+        with worker.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1
+        with other.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+    finally:
+        worker.dispose()
+        other.dispose()
+
+
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize(("pragmas", "refused"), [
     ((), None),
     (("PRAGMA synchronous=EXTRA",), None),
