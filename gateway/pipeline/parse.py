@@ -381,13 +381,9 @@ def _delivery_status(part: email.message.Message) -> list[DeliveryReport]:
 
 
 def _inner_message_id(part: email.message.Message) -> str | None:
-    if part.get_content_type() in _REPORT_NAMES:
-        payload = part.get_payload()
-        blocks = payload if isinstance(payload, list) else [payload]
-        b"\n".join(b.as_bytes() if isinstance(b, email.message.Message) else str(b).encode("utf-8", "replace")
-                          for b in blocks)
-        _REPORT_NAMES[part.get_content_type()]
-    elif part.get_content_type() == "message/rfc822":
+    """The Message-ID of the returned mail in a report: its message/rfc822 part, or the headers
+    of a text/rfc822-headers part."""
+    if part.get_content_type() == "message/rfc822":
         inner = part.get_payload(0) if part.is_multipart() else None
         return h.first_id(inner.get("Message-ID")) if isinstance(inner, email.message.Message) else None
     headers = email.message_from_string(str(part.get_payload())[:65536])
