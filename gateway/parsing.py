@@ -203,6 +203,15 @@ class ParseRunner:
             self._give_back(child)
             return result
 
+    async def start(self) -> None:
+        """Start every child now rather than with the first mails: starting them (a fork server
+        of the worker's own, its imports) took ~0.25 s of CPU from the first burst."""
+        if not self._in_subprocess:
+            return
+        children = await asyncio.gather(*(self._take() for _ in range(self._processes - self._started)))
+        for child in children:
+            self._give_back(child)
+
     async def _take(self) -> _Child:
         while True:
             if self._idle:

@@ -201,6 +201,8 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
             yield_to_smtp(app.tx.sync_engine, links.smtp_busy)
         if role == "worker" and app.tx.sync_engine is not None:
             defer_fsync(app.tx.sync_engine)  # durable with the next FULL commit (store/engine.py)
+        if role == "worker":
+            await app.parser.start()
         runner = app.worker if role == "worker" else app.sender
         wake.setblocking(False)
         loop.add_reader(wake.fileno(), _on_readable, wake, runner.wakeup, functools.partial(_parent_gone, stop))

@@ -289,6 +289,18 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _names(pids: set[int]) -> set[str]:
+    """The names (`comm`) of those still alive."""
+    found = set()
+    for pid in pids:
+        try:
+            if _alive(pid):
+                found.add(Path(f"/proc/{pid}/comm").read_text().strip())
+        except OSError:
+            continue
+    return found
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
@@ -326,11 +338,15 @@ async def test_every_process_of_the_daemon_leaves_when_it_is_killed(tmp_path: Pa
     the parse processes all notice and leave by themselves (nobody reaps them here)."""
     with DaemonProcess(tmp_path) as proc:
         proc.start()
-        assert (await probes.deliver(proc.smtp_port, probes.message("one"))).code == 250
-        await eventually(lambda: settled(proc), what="the mail")  # the parse pool runs now
         assert proc.process is not None
+        # the worker starts its parse processes before it takes mail, not with the first one
+        pid = proc.process.pid
+        await eventually(lambda: asyncio.sleep(0, "gw-parse" in _names(_descendants(pid))),
+                         what="the parse processes, before any mail")
+        assert (await probes.deliver(proc.smtp_port, probes.message("one"))).code == 250
+        await eventually(lambda: settled(proc), what="the mail")
         below = _descendants(proc.process.pid)
-        names = {Path(f"/proc/{p}/comm").read_text().strip() for p in below if _alive(p)}
+        names = _names(below)
         assert len(below) >= 5, names  # writer, worker, sender, fork server(s), parse processes
         # each named for `top` and `ps`, the fork servers and the resource tracker excepted
         assert Path(f"/proc/{proc.process.pid}/comm").read_text().strip() == "gw-daemon"

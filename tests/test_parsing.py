@@ -96,6 +96,15 @@ async def test_children_parse_as_inline_does(runner: ParseRunner, tmp_path: Path
     assert len(_children(runner)) == 2  # both used, never more
 
 
+async def test_start_brings_up_every_child_before_the_first_mail(runner: ParseRunner) -> None:
+    await runner.start()
+    started = _children(runner)
+    assert len(started) == 2 and all(started)
+    await runner.start()  # again: nothing more
+    await asyncio.gather(*(runner.parse(MAIL) for _ in range(4)))
+    assert _children(runner) == started  # the mails went to the children already running
+
+
 async def test_a_parse_past_the_deadline_fails_alone_and_its_child_is_replaced(runner: ParseRunner) -> None:
     await asyncio.gather(runner.parse(Slowish(MAIL, 0)), runner.parse(Slowish(MAIL, 0)))  # both children warm
     started = time.monotonic()
