@@ -33,7 +33,7 @@ from gateway.app import App, open_app
 from gateway.procname import name_process
 from gateway.settings import Settings
 from store.engine import defer_fsync
-from store.sqlite_writer import yield_to_smtp
+from store.sqlite_writer import smtp_quiet, yield_to_smtp
 
 log = logging.getLogger("gateway.worker_process")
 
@@ -199,6 +199,7 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
     async with open_app(settings, migrate=False) as app:
         if links.smtp_busy is not None and app.tx.sync_engine is not None:
             yield_to_smtp(app.tx.sync_engine, links.smtp_busy)
+            app.worker.smtp_quiet = functools.partial(smtp_quiet, links.smtp_busy)
         if role == "worker" and app.tx.sync_engine is not None:
             defer_fsync(app.tx.sync_engine)  # durable with the next FULL commit (store/engine.py)
         if role == "worker":

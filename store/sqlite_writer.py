@@ -367,6 +367,11 @@ class DriverInsert:
         return sql
 
 
+def smtp_quiet(busy_until: Any) -> bool:
+    """No SMTP commit runs or waits, and none came in the last QUIET_S."""
+    return time.monotonic() >= busy_until.value
+
+
 def yield_to_smtp(engine: Engine, busy_until: Any, max_wait_s: float = MAX_YIELD_S) -> None:
     """In another process on the same SQLite file (the worker, the sender): before each
     transaction, keep out of the way of the inbox writer's commits while they come.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -598,6 +599,36 @@ def test_selects_run_by_the_driver_read_what_sqlalchemy_reads(tmp_path) -> None:
             conn.rollback()
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(("quiet", "largest"), [(False, 8), (True, 32)])
+async def test_groups_grow_only_while_the_smtp_commits_pause(app: App, mail: MailBuilder, monkeypatch,
+                                                             quiet: bool, largest: int) -> None:
+    """The worker's loop writes up to GROUP_MAX parsed mails a transaction, QUIET_GROUP_MAX
+    while no SMTP commit runs or came lately (the daemon's SQLite writer says which)."""
+    sizes: list[int] = []
+    apply_group = app.worker._apply_group
+
+    async def spy(group):  # type: ignore[no-untyped-def]
+        sizes.append(len(group))
+        return await apply_group(group)
+
+    monkeypatch.setattr(app.worker, "_apply_group", spy)
+    app.worker.smtp_quiet = lambda: quiet
+    for i in range(0, 70, 10):
+        await app.accept_many([IncomingMail(mail(subject=f"Gruppe {j}"), "test") for j in range(i, i + 10)])
+    stop = asyncio.Event()
+    loop = asyncio.create_task(app.worker.run(stop))
+    try:
+        for _ in range(300):
+            if sum(sizes) >= 70:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await loop
+    assert sum(sizes) == 70
+    assert max(sizes) == largest, sizes
 
 
 async def test_a_batch_reads_its_small_mails_together_and_a_big_one_alone(app: App, mail: MailBuilder,
