@@ -145,6 +145,7 @@ class AccountReader:
         self.backoff = Backoff(app.settings.imap.backoff_initial_s, app.settings.imap.backoff_max_s)
         self.state = FolderState()
         self._keywords = False
+        self._searched = 0  # the highest UID the last SEARCH of this session answered
         self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"imap-{account.name}")
         self._mover_pool = ThreadPoolExecutor(1, thread_name_prefix=f"imap-{account.name}-after")
         self._log = {"account": account.name}
@@ -221,6 +222,7 @@ class AccountReader:
         if after.uidvalidity != info.uidvalidity:  # rebuilt between the two SELECTs: next round
             raise ImapProblem(f"folder {a.folder!r} changed its UIDVALIDITY while it was opened")
         self._keywords = info.keywords
+        self._searched = 0
         if self.state.uidvalidity != info.uidvalidity:
             if self.state.uidvalidity is not None:
                 log.warning("imap.uidvalidity_changed", extra={**self._log, "folder": a.folder,
@@ -236,7 +238,9 @@ class AccountReader:
 
     async def scan(self) -> int:
         """Take every waiting message of the folder into the inbox; how many were taken or set aside."""
-        uids = [u for u in await self.call(self.box.search, self.criteria()) if u > self._floor()]
+        found = await self.call(self.box.search, self.criteria())
+        self._searched = max([self._searched, *found])
+        uids = [u for u in found if u > self._floor()]
         progress = 0
         for start in range(0, len(uids), SIZE_WINDOW):
             window = uids[start:start + SIZE_WINDOW]
@@ -385,14 +389,24 @@ class AccountReader:
             return
         await self.call(self.box.idle_start)
         try:
-            while not stop.is_set() and time.monotonic() < deadline:
-                if await self.call(self.box.idle_wait, IDLE_SLICE_S):
-                    break
-                await self.lease.renew_if_due()
+            if not await self._arrived_before_idle():
+                while not stop.is_set() and time.monotonic() < deadline:
+                    if await self.call(self.box.idle_wait, IDLE_SLICE_S):
+                        break
+                    await self.lease.renew_if_due()
         except BaseException:
             self.box.forget_idle()
             raise
         await self.call(self.box.idle_end)
+
+    async def _arrived_before_idle(self) -> bool:
+        """A message that came after the last SEARCH and before IDLE began is not announced in
+        IDLE: Dovecot reports it only in the answer to DONE, after the whole wait (a poll
+        interval). So once IDLE runs, the second connection searches as the scan does, for UIDs
+        past the last SEARCH's; what comes later, IDLE announces."""
+        seen = max(self._searched, self._floor())
+        newer = await self.call_mover(self.mover.search_fresh, [*self.criteria(), "UID", f"{seen + 1}:*"])
+        return any(uid > seen for uid in newer)
 
 
 # -- entry points -----------------------------------------------------------------------------

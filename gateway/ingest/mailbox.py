@@ -202,6 +202,12 @@ class Mailbox:
     def search(self, criteria: list[str]) -> list[int]:
         return sorted(int(u) for u in self._guard(self.client.search, criteria))
 
+    def search_fresh(self, criteria: list[str]) -> list[int]:
+        """SEARCH after a NOOP: Dovecot brings messages that arrived since this connection's
+        last command into its view on NOOP, not on SEARCH."""
+        self._guard(self.client.noop)
+        return self.search(criteria)
+
     def sizes(self, uids: Sequence[int]) -> dict[int, int]:
         data = self._guard(self.client.fetch, list(uids), ["RFC822.SIZE"])
         return {int(uid): int(item[b"RFC822.SIZE"]) for uid, item in data.items() if b"RFC822.SIZE" in item}
