@@ -199,10 +199,11 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
     async with open_app(settings, migrate=False) as app:
         if links.smtp_busy is not None and app.tx.sync_engine is not None:
             yield_to_smtp(app.tx.sync_engine, links.smtp_busy)
-            app.worker.smtp_quiet = functools.partial(smtp_quiet, links.smtp_busy)
-        if role == "worker" and app.tx.sync_engine is not None:
-            defer_fsync(app.tx.sync_engine)  # durable with the next FULL commit (store/engine.py)
         if role == "worker":
+            if links.smtp_busy is not None:
+                app.worker.smtp_quiet = functools.partial(smtp_quiet, links.smtp_busy)
+            if app.tx.sync_engine is not None:
+                defer_fsync(app.tx.sync_engine)  # durable with the next FULL commit (store/engine.py)
             await app.parser.start()
         runner = app.worker if role == "worker" else app.sender
         wake.setblocking(False)

@@ -1,4 +1,4 @@
-"""The listener's DATA reader (gateway.ingest.smtp.read_data) against the rules it must keep.
+"""The listener's DATA reader (gateway.ingest.smtp_data.read_data) against the rules it must keep.
 
 The reader takes everything up to the next ".<CRLF>" at a time, where aiosmtpd reads a line at
 a time. The reference below is aiosmtpd's rule written out line by line: lines end at <CRLF>
@@ -16,10 +16,10 @@ import asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.ingest.smtp import LINE_TOO_LONG, read_data
+from gateway.ingest.smtp_data import LINE_TOO_LONG, TOO_MUCH_DATA, read_data
 
 LINE_LIMIT = 1001  # aiosmtpd's line_length_limit, also its StreamReader limit
-TOO_BIG = "552 Error: Too much mail data"
+TOO_BIG = TOO_MUCH_DATA
 NEXT = b"MAIL FROM:<next@example.org>\r\n"
 
 
