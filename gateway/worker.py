@@ -272,8 +272,10 @@ class InboxWorker:
                 results = []
                 await _first(stop, timeout=1.0)
             room.set()
-            if results and all(r.retry for r in results):
-                await _first(stop, timeout=min(interval * 4, 5.0))  # only failures: don't spin
+            if results and all(r.retry for r in results) and not flow:
+                # only failures and nothing else in hand: don't spin. Never with claims in hand:
+                # their leases would run out while it waits (two nodes stole each other's mails).
+                await _first(stop, timeout=min(interval * 4, 5.0))
 
     async def _give_back(self, mails: list[ClaimedMail]) -> None:
         if not mails:
