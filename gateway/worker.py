@@ -33,7 +33,7 @@ from gateway.pipeline.plan import PlanPolicy, make_plan
 from gateway.pipeline.thread import thread_keys
 from gateway.settings import Settings
 from store import queries
-from store.inbox import Claim, ClaimedMail, Inbox, read_raw, read_raws
+from store.inbox import Claim, ClaimedMail, Inbox, claim_mails, read_raw, read_raws
 from store.outbox import RateLimits
 from store.transact import Transactor
 
@@ -41,7 +41,7 @@ log = logging.getLogger("gateway.worker")
 
 # Mails whose parse is ready share a transaction (one commit for up to eight). On SQLite that
 # transaction holds the one write lock; the worker child begins none while SMTP commits follow
-# each other (store/sqlite_writer.py, yield_to_smtp), so a burst's 250s never queue behind it
+# each other (store/sqlite_writer.py, smtp_pause), so a burst's 250s never queue behind it
 # (bench/smtp.py: end to end +20 %, p99 DATA->250 21-28 ms).
 GROUP_MAX = 8
 # While the SMTP commits pause, a group may be larger: it keeps no 250 waiting, and fewer, larger
@@ -100,14 +100,20 @@ class InboxWorker:
     async def run_once(self, limit: int | None = None, only_id: int | None = None) -> list[Result]:
         """One batch from claim to outcome (the CLI's `process`, a mail handled at once)."""
         cfg = self._settings.worker
-        claimed = await self._inbox.claim(limit or cfg.batch_size, self.holder, self._clock.now(), cfg.lease_s,
-                                          only_id=only_id)
+        claimed = await self._claim_batch(limit or cfg.batch_size, only_id)
         flow = await self._start(claimed)
         results: list[Result] = []
         while flow:
             await asyncio.wait([flow[0][1]])  # wait with no transaction open
             results.extend(await self._apply_group(_take_ready(flow)))
         return results
+
+    async def _claim_batch(self, limit: int, only_id: int | None = None) -> list[ClaimedMail]:
+        """A claim on the same transaction thread as the writes of the outcomes, in turn with
+        them: as a connection of its own it waited for their lock, 30-90 ms a claim while a
+        backlog drained, and the flow ran dry meanwhile. It does not wait for SMTP pauses."""
+        return await self._tx.run_now(claim_mails, limit, self.holder, self._clock.now(),
+                                      self._settings.worker.lease_s, only_id)
 
     async def _start(self, claimed: list[ClaimedMail]) -> deque[tuple[ClaimedMail, asyncio.Future[Any]]]:
         """The claimed mails in order, each with its parse under way (in the child processes)."""
@@ -210,7 +216,7 @@ class InboxWorker:
         Two loops share the flow of claimed mails. The feeder claims and starts parsing up to
         AHEAD batches ahead; the applier writes the outcomes in order, a group of parsed mails
         per transaction. While SMTP commits come one after another, the applier waits for them
-        to pause (store.sqlite_writer.yield_to_smtp) but the parsing goes on, on the other core:
+        to pause (store.sqlite_writer.smtp_pause) but the parsing goes on, on the other core:
         after a burst only the writes are left. On stop, the group in hand is finished and the
         mails not yet applied are given back to the inbox, their attempt not counted.
         """
@@ -241,8 +247,7 @@ class InboxWorker:
                 continue
             self.wakeup.clear()  # before the claim: a wake-up during it is not lost
             try:
-                claimed = await self._inbox.claim(min(cfg.batch_size, window - len(flow)), self.holder,
-                                                  self._clock.now(), cfg.lease_s)
+                claimed = await self._claim_batch(min(cfg.batch_size, window - len(flow)))
                 if claimed:
                     flow.extend(await self._start(claimed))
                     arrived.set()

@@ -33,7 +33,7 @@ from gateway.app import App, open_app
 from gateway.procname import name_process
 from gateway.settings import Settings
 from store.engine import defer_fsync
-from store.sqlite_writer import smtp_quiet, yield_to_smtp
+from store.sqlite_writer import smtp_pause, smtp_quiet
 
 log = logging.getLogger("gateway.worker_process")
 
@@ -48,7 +48,7 @@ CHILD_NICENESS = 10
 class Links:
     """What the children of one daemon share besides the settings."""
 
-    smtp_busy: Any = None  # the SQLite inbox writer's `busy_until` (store.sqlite_writer.yield_to_smtp)
+    smtp_busy: Any = None  # the SQLite inbox writer's `busy_until` (store.sqlite_writer.smtp_pause)
     # A socket pair: the worker child writes a byte to `notices_out` when it has queued
     # notifications, the sender child wakes when `notices_in` has one.
     notices_out: socket.socket | None = None
@@ -198,7 +198,7 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
         loop.add_signal_handler(sig, on_signal)
     async with open_app(settings, migrate=False) as app:
         if links.smtp_busy is not None and app.tx.sync_engine is not None:
-            yield_to_smtp(app.tx.sync_engine, links.smtp_busy)
+            app.tx.before_write = functools.partial(smtp_pause, links.smtp_busy)
         if role == "worker":
             if links.smtp_busy is not None:
                 app.worker.smtp_quiet = functools.partial(smtp_quiet, links.smtp_busy)

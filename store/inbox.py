@@ -26,6 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.orm import Session
 
 from gateway.errors import StoreUnavailable
 from store.models import InboundMail, InboundRaw
@@ -222,10 +223,32 @@ def read_raws(conn: Connection, inbound_ids: Sequence[int]) -> dict[int, bytes]:
 _RAWS = select(RAW.c.inbound_id, RAW.c.raw).where(RAW.c.inbound_id.in_(bindparam("ids", expanding=True)))
 
 
+def claim_mails(db: Connection | Session, limit: int, holder: str, now: datetime, lease_s: float,
+                only_id: int | None = None) -> list[ClaimedMail]:
+    """Take up to `limit` pending (or abandoned) mails, oldest first, under a lease."""
+    conn = db.connection() if isinstance(db, Session) else db
+    # `claimed_until` of a pending mail is when a failed one may be tried again
+    due = or_(and_(T.c.state == "pending", or_(T.c.claimed_until.is_(None), T.c.claimed_until <= now)),
+              and_(T.c.state == "processing", T.c.claimed_until < now))
+    pick = select(T.c.id).where(due).order_by(T.c.id).limit(limit)
+    if only_id is not None:
+        pick = pick.where(T.c.id == only_id)
+    if conn.dialect.name == "postgresql":
+        pick = pick.with_for_update(skip_locked=True)
+    stmt = (update(T).where(T.c.id.in_(pick.scalar_subquery()))
+            .values(state="processing", claimed_until=now + timedelta(seconds=lease_s),
+                    claimed_by=holder[:100], attempts=T.c.attempts + 1)
+            .returning(T.c.id, T.c.source, T.c.envelope_from, T.c.envelope_to, T.c.attempts, T.c.size))
+    rows = sorted(conn.execute(stmt).all(), key=lambda r: r.id)
+    # The raw bytes are read one mail at a time, when it is parsed (`read_raw`): RETURNING
+    # them from the UPDATE makes SQLite buffer every claimed row, several 35 MB mails at once.
+    return [ClaimedMail(r.id, r.source, r.envelope_from, tuple(r.envelope_to or ()), r.attempts, r.size or 0)
+            for r in rows]
+
+
 class Inbox:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._dialect = engine.dialect.name
 
     async def accept(self, mail: IncomingMail, now: datetime) -> Accepted:
         return (await self.accept_many([mail], now))[0]
@@ -241,25 +264,10 @@ class Inbox:
 
     async def claim(self, limit: int, holder: str, now: datetime, lease_s: float,
                     only_id: int | None = None) -> list[ClaimedMail]:
-        """Take up to `limit` pending (or abandoned) mails, oldest first, under a lease."""
-        # `claimed_until` of a pending mail is when a failed one may be tried again
-        due = or_(and_(T.c.state == "pending", or_(T.c.claimed_until.is_(None), T.c.claimed_until <= now)),
-                  and_(T.c.state == "processing", T.c.claimed_until < now))
-        pick = select(T.c.id).where(due).order_by(T.c.id).limit(limit)
-        if only_id is not None:
-            pick = pick.where(T.c.id == only_id)
-        if self._dialect == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
-        stmt = (update(T).where(T.c.id.in_(pick.scalar_subquery()))
-                .values(state="processing", claimed_until=now + timedelta(seconds=lease_s),
-                        claimed_by=holder[:100], attempts=T.c.attempts + 1)
-                .returning(T.c.id, T.c.source, T.c.envelope_from, T.c.envelope_to, T.c.attempts, T.c.size))
+        """Take up to `limit` pending (or abandoned) mails, oldest first, under a lease (the
+        worker runs `claim_mails` on its Transactor instead, beside its other writes)."""
         async with self._engine.begin() as conn:
-            rows = sorted((await conn.execute(stmt)).all(), key=lambda r: r.id)
-        # The raw bytes are read one mail at a time, when it is parsed (`read_raw`): RETURNING
-        # them from the UPDATE makes SQLite buffer every claimed row, several 35 MB mails at once.
-        return [ClaimedMail(r.id, r.source, r.envelope_from, tuple(r.envelope_to or ()), r.attempts, r.size or 0)
-                for r in rows]
+            return await conn.run_sync(claim_mails, limit, holder, now, lease_s, only_id)
 
     async def failed(self, inbound_id: int, error: str, attempts: int, max_attempts: int,
                      now: datetime, retry_delay_s: float = 0.0, claim: Claim | None = None) -> str:

@@ -59,6 +59,7 @@ RETRY_EVERY_S = 0.001
 MAX_ROWS_PER_INSERT = 200  # 13 values a row, far below SQLite's 32766 variables
 MAX_YIELD_S = 0.5  # the longest a worker transaction waits for the SMTP commits to pause
 QUIET_S = 0.05  # a pause this long between SMTP commits lets the worker in
+PAUSE_POLL_S = 0.005  # how often a waiting worker looks while an SMTP commit runs
 BUSY = float("inf")  # `busy_until` while a commit waits or runs
 WRITER_AUTOCHECKPOINT_PAGES = 8000
 _HEADER = 8  # bytes of frame length, big-endian
@@ -74,7 +75,7 @@ class SqliteInboxWriter:
         self._busy_timeout_s = busy_timeout_s
         self._ctx = multiprocessing.get_context("forkserver")
         # Shared memory: until when (time.monotonic) our commits want SQLite's write lock:
-        # infinity while one waits or runs, QUIET_S past the last. `yield_to_smtp` reads it.
+        # infinity while one waits or runs, QUIET_S past the last. `smtp_pause` reads it.
         self.busy_until = self._ctx.RawValue("d", 0.0)
         self._proc: BaseProcess | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -372,9 +373,10 @@ def smtp_quiet(busy_until: Any) -> bool:
     return time.monotonic() >= busy_until.value
 
 
-def yield_to_smtp(engine: Engine, busy_until: Any, max_wait_s: float = MAX_YIELD_S) -> None:
-    """In another process on the same SQLite file (the worker, the sender): before each
-    transaction, keep out of the way of the inbox writer's commits while they come.
+async def smtp_pause(busy_until: Any, max_wait_s: float = MAX_YIELD_S) -> None:
+    """In another process on the same SQLite file (the worker, the sender): before each write
+    transaction (`Transactor.before_write`), keep out of the way of the inbox writer's commits
+    while they come.
 
     SQLite has one write lock per database. A worker transaction holds it for its whole
     length, and the 250s of every session on the listener wait behind it; a niced worker
@@ -383,16 +385,12 @@ def yield_to_smtp(engine: Engine, busy_until: Any, max_wait_s: float = MAX_YIELD
     waits: during a burst the cases come a moment later, right after it. Measured with
     bench/smtp.py: acknowledged mails/s +10 %, p50 DATA→250 14 → 9 ms, the same end to end
     (its work is the same, done later). Bounded: a flood that never pauses slows the worker
-    to a transaction per `max_wait_s`, never stops it.
+    to a transaction per `max_wait_s`, never stops it. It waits on the event loop, a few
+    wake-ups per commit, not on the transaction thread (a claim goes on meanwhile).
     """
-    def before_begin(conn: Any) -> None:
-        if conn.get_execution_options().get("read_only"):
-            return  # a reader takes no write lock in WAL mode (Transactor.read)
-        give_up = time.monotonic() + max_wait_s
-        while (now := time.monotonic()) < busy_until.value and now < give_up:
-            time.sleep(RETRY_EVERY_S / 2)
-
-    event.listen(engine, "begin", before_begin)
+    give_up = time.monotonic() + max_wait_s
+    while (now := time.monotonic()) < (until := busy_until.value) and now < give_up:
+        await asyncio.sleep(min(until, give_up) - now if until != BUSY else PAUSE_POLL_S)
 
 
 def _busy(exc: BaseException) -> bool:

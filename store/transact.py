@@ -17,7 +17,7 @@ plain values.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -49,10 +49,22 @@ class Transactor:
             # transaction that waits for SQLite's lock or for the SMTP commits to pause.
             self._read_engine = sync_sqlite_engine(url, busy_timeout_ms)
             self._read_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
+        # Awaited before each `run` (not `run_now`): in the worker and sender processes, until the
+        # SMTP commits pause (store.sqlite_writer.smtp_pause). It waits on the event loop, not on
+        # the transaction thread, so a `run_now` (a claim) is never queued behind the wait.
+        self.before_write: Callable[[], Awaitable[None]] | None = None
 
     async def run(self, fn: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`fn(session, *args, **kwargs)` in one transaction: committed when it returns,
         rolled back when it raises."""
+        if self.before_write is not None:
+            await self.before_write()
+        return await self.run_now(fn, *args, **kwargs)
+
+    async def run_now(self, fn: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """`run` without `before_write`: for a short transaction the others depend on (the
+        worker's claims). On SQLite it takes its turn on the same thread as every other write
+        of this process, so the two never wait on each other's lock."""
         if self._thread is None:
             async with self._sessions() as session, session.begin():
                 return await session.run_sync(fn, *args, **kwargs)  # type: ignore[arg-type]
@@ -60,9 +72,8 @@ class Transactor:
         return await loop.run_in_executor(self._thread, lambda: self._run_here(self.sync_engine, fn, args, kwargs))
 
     async def read(self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """`fn(connection, …)` for reads only: a Core connection, no ORM session, marked
-        `read_only`, so it never waits for SMTP commits (`store.sqlite_writer.yield_to_smtp`):
-        in WAL mode a reader takes no write lock. On SQLite it runs on a thread and connection
+        """`fn(connection, …)` for reads only: a Core connection, no ORM session, and it never
+        waits for SMTP commits (`before_write`): in WAL mode a reader takes no write lock. On SQLite it runs on a thread and connection
         of its own, beside a write transaction in progress."""
         if self._read_thread is None:
             async with self._engine.connect() as conn:
@@ -72,7 +83,7 @@ class Transactor:
 
         def here() -> R:
             with engine.connect() as conn:
-                return fn(conn.execution_options(read_only=True), *args, **kwargs)
+                return fn(conn, *args, **kwargs)
 
         return await asyncio.get_running_loop().run_in_executor(self._read_thread, here)
 

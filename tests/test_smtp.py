@@ -935,34 +935,38 @@ async def test_a_dead_inbox_writer_process_fails_its_batch_and_the_next_batch_st
         assert (await conn.execute(select(func.count()).select_from(table))).scalar_one() == 1
 
 
-def test_the_worker_yields_to_smtp_commits_but_not_forever(tmp_path: Path) -> None:
+async def test_the_worker_yields_to_smtp_commits_but_not_forever_and_claims_do_not_wait(tmp_path: Path) -> None:
+    import functools
     import multiprocessing
-    import threading
 
-    from sqlalchemy import create_engine
+    from store.engine import make_engine, session_factory
+    from store.sqlite_writer import BUSY, smtp_pause
+    from store.transact import Transactor
 
-    from store.sqlite_writer import BUSY, yield_to_smtp
-
-    engine = create_engine(f"sqlite:///{tmp_path}/x.db")
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/x.db")
+    tx = Transactor(engine, session_factory(engine))
     busy_until = multiprocessing.get_context("forkserver").RawValue("d", BUSY)
-    yield_to_smtp(engine, busy_until, max_wait_s=2.0)
+    tx.before_write = functools.partial(smtp_pause, busy_until, max_wait_s=2.0)
 
-    def timed_begin() -> float:
+    async def timed(run: Callable[..., Awaitable[Any]]) -> float:
         started = time.monotonic()
-        with engine.begin() as conn:
-            conn.execute(text("SELECT 1"))
+        await run(lambda db: db.execute(text("SELECT 1")))
         return time.monotonic() - started
 
-    threading.Timer(0.2, lambda: setattr(busy_until, "value", time.monotonic() + 0.3)).start()
-    assert 0.45 < timed_begin() < 1.8  # waited for the commit, then for the quiet after it
-    assert timed_begin() < 0.15  # no commits lately: no delay
-    busy_until.value = BUSY
-    assert 1.9 < timed_begin() < 4  # a stuck writer delays, never blocks
-    started = time.monotonic()
-    with engine.connect() as conn:  # a reader (Transactor.read) takes no write lock: no wait
-        conn.execution_options(read_only=True).execute(text("SELECT 1"))
-    assert time.monotonic() - started < 0.15
-    engine.dispose()
+    try:
+        asyncio.get_running_loop().call_later(0.2, lambda: setattr(busy_until, "value", time.monotonic() + 0.3))
+        assert 0.45 < await timed(tx.run) < 1.8  # waited for the commit, then for the quiet after it
+        assert await timed(tx.run) < 0.15  # no commits lately: no delay
+        busy_until.value = BUSY
+        waiting = asyncio.ensure_future(timed(tx.run))
+        await asyncio.sleep(0.1)
+        # a claim (run_now) is not queued behind the write that waits, nor is a read
+        assert await timed(tx.run_now) < 0.15 and not waiting.done()
+        assert await timed(tx.read) < 0.15 and not waiting.done()
+        assert 1.9 < await waiting < 4  # a stuck writer delays, never blocks
+    finally:
+        tx.close()
+        await engine.dispose()
 
 
 class AnsweredByHand:
