@@ -2,10 +2,10 @@
 limit and a deadline, so one hostile mail can neither stall nor kill the daemon; they also put
 the parsing on the second core while the event loop goes on.
 
-Each child has a pipe of its own and parses one mail at a time; the event loop reads its
-answers as they come (`loop.add_reader`), with no thread in between. A child past the deadline,
-or dead (the memory budget), is replaced, and only the mail it was parsing fails: the others
-are in other children or wait for one. concurrent.futures' process pool, used before, cost the
+Each child has a pipe of its own and parses one mail at a time, with the next one waiting in
+its pipe; the event loop reads its answers as they come (`loop.add_reader`), with no thread in
+between. A child past the deadline, or dead (the memory budget), is replaced, and only the mail
+it was parsing fails: the ones behind it go to another child. concurrent.futures' process pool, used before, cost the
 worker 0.56 ms of CPU per 20 KB mail in its feeder and manager threads (the parse itself is
 0.94 ms), and on a timeout it killed the whole pool, failing the mails of the other children.
 
@@ -24,6 +24,7 @@ import resource
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -99,13 +100,15 @@ class _ChildDied(Exception):
 
 
 class _ChildGone(Exception):
-    """The child was dead before it got the job (killed from outside while idle)."""
+    """The child was gone before it began the job (killed from outside, or for another mail)."""
 
 
 class _Child:
-    """One parse process and our end of its pipe; at most one job in hand."""
+    """One parse process and our end of its pipe. It parses its jobs in the order they were
+    written; the one it is parsing (the head) has the deadline."""
 
-    def __init__(self, blob_dir: str, memory_mb: int) -> None:
+    def __init__(self, blob_dir: str, memory_mb: int, timeout_s: float, retire: Callable[[_Child], None],
+                 freed: Callable[[], None]) -> None:
         ctx = multiprocessing.get_context("forkserver")
         ours, theirs = ctx.Pipe(duplex=True)
         self.proc = ctx.Process(target=_serve, args=(theirs, blob_dir, memory_mb, os.getpid()),
@@ -114,41 +117,93 @@ class _Child:
         theirs.close()  # its EOF is ours: the child leaves when we close or die
         self.conn = ours
         self._loop = asyncio.get_running_loop()
-        self._answer: asyncio.Future[Any] = self._loop.create_future()
-        self.alive = True  # until its pipe closes
+        self._timeout = timeout_s
+        self._retire = retire
+        self._freed = freed
+        self._ready: asyncio.Future[None] = self._loop.create_future()
+        self._jobs: deque[asyncio.Future[Any]] = deque()
+        self._deadline: asyncio.TimerHandle | None = None
+        self.head_started = 0.0  # when it began the job it is parsing
+        self.alive = True  # until its pipe closes or it is killed
         self._loop.add_reader(ours.fileno(), self._readable)
 
-    async def ready(self) -> None:
-        await asyncio.wait_for(self._answer, START_TIMEOUT_S)
+    @property
+    def load(self) -> int:
+        """Jobs written to it and not answered yet."""
+        return len(self._jobs)
 
-    async def run(self, job: tuple[Any, ...], timeout_s: float) -> ParsedMail:
-        self._answer = self._loop.create_future()
+    @property
+    def ready(self) -> bool:
+        return self._ready.done() and self.alive
+
+    async def started(self) -> None:
+        await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT_S)
+
+    def submit(self, job: tuple[Any, ...]) -> asyncio.Future[Any]:
+        """Write the job to the child; the future has its answer."""
         try:
             self.conn.send(job)
         except (EOFError, OSError) as exc:
             raise _ChildGone() from exc
-        result: ParsedMail = await asyncio.wait_for(self._answer, timeout_s)
-        return result
+        answer: asyncio.Future[Any] = self._loop.create_future()
+        self._jobs.append(answer)
+        if len(self._jobs) == 1:
+            self._begin_head()
+        return answer
+
+    def _begin_head(self) -> None:
+        self.head_started = time.monotonic()
+        self._deadline = self._loop.call_later(self._timeout, self._overdue)
+
+    def _overdue(self) -> None:
+        self._deadline = None
+        self._end(TimeoutError())
 
     def _readable(self) -> None:
         try:
             kind, value = self.conn.recv()
         except (EOFError, OSError):
-            self.alive = False
-            self._loop.remove_reader(self.conn.fileno())
-            if not self._answer.done():
-                self._answer.set_exception(_ChildDied())
+            self._end(_ChildDied())
             return
         except Exception as exc:  # an answer we cannot unpickle; the child itself is fine
             kind, value = "error", RuntimeError(f"the parse answer could not be read: {type(exc).__name__}: {exc}")
-        if self._answer.done():  # a job given up on (its caller was cancelled): nothing waits for it
+        if kind == "ready":
+            if not self._ready.done():
+                self._ready.set_result(None)
             return
-        if kind == "error":
-            self._answer.set_exception(value)
-        else:
-            self._answer.set_result(value)
+        if not self._jobs:
+            return
+        answer = self._jobs.popleft()
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        if self._jobs:
+            self._begin_head()  # the next job was already in its pipe: it has begun
+        if not answer.done():  # else given up on (its caller was cancelled): nothing waits for it
+            if kind == "error":
+                answer.set_exception(value)
+            else:
+                answer.set_result(value)
+        self._freed()
+
+    def _end(self, head_error: BaseException) -> None:
+        """Dead or overdue: the job it was parsing fails with `head_error`; the ones behind it
+        had not begun, and go to another child."""
+        if not self.alive:
+            return
+        self.alive = False
+        if not self._ready.done():
+            self._ready.set_exception(_ChildDied())
+        for i, answer in enumerate(self._jobs):
+            if not answer.done():
+                answer.set_exception(head_error if i == 0 else _ChildGone())
+        self._jobs.clear()
+        self._retire(self)
 
     def close(self, kill: bool = False) -> None:
+        self.alive = False
+        if self._deadline is not None:
+            self._deadline.cancel()
         with contextlib.suppress(Exception):
             self._loop.remove_reader(self.conn.fileno())
         self.conn.close()
@@ -161,7 +216,17 @@ class _Child:
 
 
 class ParseRunner:
-    """Parses inline (CLI, tests) or in up to `processes` child processes (the daemon)."""
+    """Parses inline (CLI, tests) or in up to `processes` child processes (the daemon).
+
+    A child is given its next small mail while it still parses the one before (up to `DEPTH`
+    jobs), so it never waits for the worker's event loop between two mails: that loop shares
+    its process with the transactions, and a child that waited for it to hand over the next
+    job was idle half the time while a backlog drained. A big mail goes only to a child with
+    nothing in hand: writing it into a busy child's pipe would block the loop.
+    """
+
+    DEPTH = 2
+    SMALL_JOB = 48 * 1024  # raw bytes; fits a pipe's buffer beside the job before it
 
     def __init__(self, blobs: BlobStore, limits: Limits, in_subprocess: bool = False, processes: int = 1,
                  timeout_s: float = 30.0, memory_mb: int = 1024) -> None:
@@ -171,8 +236,7 @@ class ParseRunner:
         self._processes = max(1, processes)
         self._timeout = timeout_s
         self._memory_mb = memory_mb
-        self._idle: deque[_Child] = deque()
-        self._waiters: deque[asyncio.Future[_Child | None]] = deque()
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._started = 0  # children running or starting
         self._children: set[_Child] = set()
 
@@ -181,95 +245,88 @@ class ParseRunner:
         if not self._in_subprocess:
             return parse_mail(raw, self._blobs.put, self._limits, envelope_from, envelope_to)
         job = (raw, self._limits, envelope_from, envelope_to)
+        depth = self.DEPTH if len(raw) <= self.SMALL_JOB else 1
         while True:
-            child = await self._take()
+            child = await self._slot(depth)
             try:
-                result = await child.run(job, self._timeout)
+                answer = child.submit(job)
             except _ChildGone:  # dead before it got the job (killed from outside): another takes it
-                self._discard(child)
+                self._retire(child)
+                continue
+            try:
+                result: ParsedMail = await answer
+            except _ChildGone:  # it died for a mail in front of ours, before ours began
                 continue
             except TimeoutError as exc:
-                self._discard(child)
                 raise UnusableMail(f"parsing took longer than {self._timeout:g} s") from exc
             except _ChildDied as exc:
-                self._discard(child)
                 raise UnusableMail("the parser process died (memory budget)") from exc
-            except asyncio.CancelledError:
-                self._discard(child)  # it may still be parsing a job nobody waits for: a new one
-                raise
-            except Exception:
-                self._give_back(child)  # the parse of this mail raised; the child is fine
-                raise
-            self._give_back(child)
             return result
 
     async def start(self) -> None:
         """Start every child now rather than with the first mails: starting them (a fork server
         of the worker's own, its imports) took ~0.25 s of CPU from the first burst."""
-        if not self._in_subprocess:
-            return
-        children = await asyncio.gather(*(self._take() for _ in range(self._processes - self._started)))
-        for child in children:
-            self._give_back(child)
+        if self._in_subprocess:
+            await asyncio.gather(*(self._new_child() for _ in range(self._processes - self._started)))
 
-    async def _take(self) -> _Child:
+    async def _slot(self, depth: int) -> _Child:
+        """A child with nothing in hand; else a new child while there are fewer than
+        `processes`; else the one with the fewest jobs, if fewer than `depth` (of two with as
+        many, the one that began its job last: the other may be stuck); else wait for an answer
+        or a retired child."""
         while True:
-            if self._idle:
-                child = self._idle.popleft()
-                if child.alive:
-                    return child
-                self._discard(child)  # died while idle (killed from outside): nobody's mail is lost
-                continue
+            ready = [c for c in self._children if c.ready]
+            best = min(ready, key=lambda c: (c.load, -c.head_started)) if ready else None
+            if best is not None and best.load == 0:
+                return best
             if self._started < self._processes:
-                self._started += 1
-                new: _Child | None = None
-                try:
-                    new = _Child(str(self._blobs.root), self._memory_mb)
-                    self._children.add(new)
-                    await new.ready()
-                    return new
-                except BaseException:
-                    if new is not None:
-                        self._discard(new)
-                    else:
-                        self._started -= 1
-                        self._wake_one(None)
-                    raise
-            waiter: asyncio.Future[_Child | None] = asyncio.get_running_loop().create_future()
+                return await self._new_child()
+            if best is not None and best.load < depth:
+                return best
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
-                given = await waiter
+                await waiter
             except asyncio.CancelledError:
-                handed = waiter.result() if waiter.done() and not waiter.cancelled() else None
-                if handed is not None:
-                    self._give_back(handed)  # handed to us as we were cancelled
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken as it was cancelled: the next one looks instead
                 raise
-            if given is not None:
-                return given
-            # None: a child was retired; its place is free for a new one
 
-    def _give_back(self, child: _Child) -> None:
-        if not self._wake_one(child):
-            self._idle.append(child)
+    async def _new_child(self) -> _Child:
+        self._started += 1
+        child: _Child | None = None
+        try:
+            child = _Child(str(self._blobs.root), self._memory_mb, self._timeout, self._retire, self._wake_one)
+            self._children.add(child)
+            await child.started()
+            return child
+        except BaseException:
+            if child is not None:
+                self._retire(child)
+            else:
+                self._started -= 1
+                self._wake_one()
+            raise
 
-    def _wake_one(self, child: _Child | None) -> bool:
+    def _wake_one(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(child)
-                return True
-        return False
+                waiter.set_result(None)
+                return
 
-    def _discard(self, child: _Child) -> None:
-        child.close(kill=True)
+    def _retire(self, child: _Child) -> None:
+        """Kill it and free its place (a new one starts when a mail needs it)."""
+        if child not in self._children:
+            return
         self._children.discard(child)
         self._started -= 1
-        self._wake_one(None)
+        child.close(kill=True)
+        self._wake_one()
 
     def close(self) -> None:
         """Each child sees its pipe close and leaves (one busy with a parse: killed)."""
         for child in self._children:
-            child.close(kill=child not in self._idle)
+            child.close(kill=child.load > 0)
         self._children.clear()
-        self._idle.clear()
         self._started = 0

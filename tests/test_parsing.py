@@ -110,7 +110,7 @@ async def test_a_parse_past_the_deadline_fails_alone_and_its_child_is_replaced(r
     started = time.monotonic()
     slow = asyncio.ensure_future(runner.parse(Slow(MAIL)))
     await asyncio.sleep(0.3)
-    [stuck] = [int(c.proc.pid or 0) for c in runner._children if c not in runner._idle]
+    [stuck] = [int(c.proc.pid or 0) for c in runner._children if c.load]
     fine = [await runner.parse(MAIL) for _ in range(3)]  # the other child keeps parsing meanwhile
     assert [m.subject for m in fine] == ["Hej"] * 3
     [other] = [pid for pid in _children(runner) if pid != stuck]
@@ -131,7 +131,7 @@ async def test_a_child_that_dies_fails_its_mail_only(runner: ParseRunner) -> Non
     assert (await runner.parse(MAIL)).subject == "Hej"
     slow = asyncio.ensure_future(runner.parse(Slow(MAIL)))
     await asyncio.sleep(0.3)
-    [busy] = [c for c in runner._children if c not in runner._idle]
+    [busy] = [c for c in runner._children if c.load]
     os.kill(int(busy.proc.pid or 0), signal.SIGKILL)
     with pytest.raises(UnusableMail, match="process died"):
         await slow
@@ -173,3 +173,51 @@ async def test_closing_the_runner_ends_every_child(runner: ParseRunner) -> None:
     children = list(runner._children)
     runner.close()
     assert all(c.proc.exitcode is not None for c in children)
+
+
+@pytest.fixture
+async def one_child(tmp_path: Path) -> AsyncIterator[ParseRunner]:
+    multiprocessing.set_start_method("forkserver", force=True)
+    parser = ParseRunner(BlobStore(tmp_path / "blobs"), Limits(), in_subprocess=True, processes=1, timeout_s=2.0,
+                         memory_mb=512)
+    await parser.start()
+    yield parser
+    parser.close()
+
+
+async def test_a_small_mail_waits_in_a_busy_childs_pipe_and_a_big_one_does_not(one_child: ParseRunner) -> None:
+    [child] = one_child._children
+    first = asyncio.ensure_future(one_child.parse(Slowish(MAIL, 0.5)))
+    await asyncio.sleep(0.1)
+    second = asyncio.ensure_future(one_child.parse(MAIL))  # written now, parsed as soon as the first is done
+    await asyncio.sleep(0.1)
+    assert child.load == 2
+    big = MAIL + b"x" * (ParseRunner.SMALL_JOB + 1)
+    third = asyncio.ensure_future(one_child.parse(big))
+    await asyncio.sleep(0.1)
+    assert child.load == 2  # not written into a busy child's pipe: it waits for an empty one
+    assert [m.subject for m in await asyncio.gather(first, second, third)] == ["Hej"] * 3
+    assert one_child._children == {child} and child.load == 0
+
+
+async def test_the_mail_behind_an_overdue_one_is_parsed_by_the_next_child(one_child: ParseRunner) -> None:
+    [stuck] = one_child._children
+    slow = asyncio.ensure_future(one_child.parse(Slow(MAIL)))
+    await asyncio.sleep(0.2)
+    behind = asyncio.ensure_future(one_child.parse(MAIL))
+    await asyncio.sleep(0.2)
+    assert stuck.load == 2
+    with pytest.raises(UnusableMail, match="longer than 2 s"):
+        await slow
+    assert (await behind).subject == "Hej"  # not failed with it: it had not begun
+    assert stuck not in one_child._children and len(one_child._children) == 1
+
+
+async def test_the_mail_behind_one_that_kills_its_child_is_parsed_by_the_next(one_child: ParseRunner) -> None:
+    [child] = one_child._children
+    huge = asyncio.ensure_future(one_child.parse(Huge(MAIL)))
+    behind = asyncio.ensure_future(one_child.parse(MAIL))
+    with pytest.raises(UnusableMail, match="process died"):
+        await huge
+    assert (await behind).subject == "Hej"
+    assert child not in one_child._children
