@@ -26,6 +26,7 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.addresses import canonical, local_and_tag
+from gateway.ingest.smtp_connection import NamesForTables, PlainAddresses
 from gateway.ingest.smtp_data import TOO_MUCH_DATA, read_data
 from gateway.settings import SmtpSettings
 from store.inbox import Accepted, IncomingMail, header_end
@@ -95,7 +96,7 @@ def hop_count(raw: bytes) -> int:
     return len(_RECEIVED.findall(raw, 0, end if end is not None else min(len(raw), 1_048_576)))
 
 
-class InboxHandler:
+class InboxHandler(NamesForTables):
     """aiosmtpd handler hooks. State lives in the envelope; the store is one callable."""
 
     def __init__(self, store: Store, cfg: SmtpSettings, addresses: tuple[str, ...],
@@ -251,7 +252,7 @@ class Gate:
 def _protocol_class(lmtp: bool, gate: Gate) -> type[SMTP]:
     base: type[SMTP] = LMTP if lmtp else SMTP
 
-    class GatewaySMTP(base):  # type: ignore[valid-type, misc]
+    class GatewaySMTP(NamesForTables, PlainAddresses, base):  # type: ignore[valid-type, misc]
         """aiosmtpd's protocol plus connection caps, a session deadline and graceful shutdown."""
 
         _gw_started = False
