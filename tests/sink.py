@@ -30,6 +30,7 @@ class SinkHandler:
     data_reply: str | None = None
     data_stall_s: float = 0.0  # > 0: sit on the DATA reply that long (a slow relay, RELIABILITY 82)
     stalling: int = 0  # DATA replies being sat on right now
+    stall_matching: tuple[bytes, float] | None = None  # sit that long on a DATA that contains the bytes
 
 
     async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: Any) -> str:
@@ -45,6 +46,8 @@ class SinkHandler:
                 await asyncio.sleep(self.data_stall_s)
             finally:
                 self.stalling -= 1
+        if self.stall_matching and self.stall_matching[0] in (envelope.original_content or envelope.content):
+            await asyncio.sleep(self.stall_matching[1])
         if self.data_reply:
             return self.data_reply
         self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos),

@@ -309,3 +309,19 @@ async def test_maildir_default_delivers_files(app: App, mail: MailBuilder) -> No
     [path] = list(folder.iterdir())
     assert b"[SAG-000001]" in path.read_bytes()
 
+
+
+async def test_one_recipients_notices_arrive_in_the_order_they_were_made(relayed: App, sink: Sink,
+                                                                          mail: MailBuilder) -> None:
+    """Sent at once to different recipients, one after the other to the same one: the relay's
+    slow answer on the first must not let the second overtake it."""
+    for subject in ("Første sag", "Anden sag"):
+        await ingest(relayed, mail(subject=subject))
+    await ingest(relayed, mail(subject="Fra en anden", sender="mette@borger.example"))
+    sink.handler.stall_matching = (b"SAG-000001", 0.5)
+    started = time.monotonic()
+    assert await relayed.sender.run_once() == 3
+    got = [(m.recipients[0], m.message["Subject"].split()[0]) for m in sink.messages]
+    assert got[0] == ("mette@borger.example", "[SAG-000003]")  # not held up behind another recipient's mail
+    assert got[1:] == [("jens@borger.example", "[SAG-000001]"), ("jens@borger.example", "[SAG-000002]")]
+    assert time.monotonic() - started < 5

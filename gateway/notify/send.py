@@ -76,7 +76,17 @@ class Sender:
                 metrics.record_notification(item.event, sent=True)
                 log.info("notify.sent", extra={"outbox_id": item.id, "event": item.event, "reply": reply[:80]})
 
-        await asyncio.gather(*(one(item) for item in due))
+        # One recipient's notices go one after the other, in the order they were made (a status
+        # change, then the answer after it); different recipients' at once.
+        by_recipient: dict[str, list[DueNotification]] = {}
+        for item in due:
+            by_recipient.setdefault(item.recipient.lower(), []).append(item)
+
+        async def in_order(items: list[DueNotification]) -> None:
+            for item in items:
+                await one(item)
+
+        await asyncio.gather(*(in_order(items) for items in by_recipient.values()))
         return len(due)
 
     async def _deliver(self, due: DueNotification) -> str | None:
