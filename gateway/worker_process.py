@@ -34,6 +34,7 @@ from gateway.procname import name_process
 from gateway.settings import Settings
 from store.engine import defer_fsync
 from store.sqlite_writer import smtp_pause, smtp_quiet
+from store.wal import Checkpointer, checkpoint_elsewhere
 
 log = logging.getLogger("gateway.worker_process")
 
@@ -197,8 +198,14 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     async with open_app(settings, migrate=False) as app:
-        if links.smtp_busy is not None and app.tx.sync_engine is not None:
+        checkpoints: Checkpointer | None = None
+        if links.smtp_busy is not None and app.tx.sync_engine is not None:  # SQLite, with the SMTP writer
             app.tx.before_write = functools.partial(smtp_pause, links.smtp_busy)
+            await checkpoint_elsewhere(app.tx.sync_engine, app.engine)  # the worker's Checkpointer does them
+            if role == "worker":
+                checkpoints = Checkpointer(app.engine.url.render_as_string(hide_password=False),
+                                           settings.database.busy_timeout_ms,
+                                           functools.partial(smtp_quiet, links.smtp_busy))
         if role == "worker":
             if links.smtp_busy is not None:
                 app.worker.smtp_quiet = functools.partial(smtp_quiet, links.smtp_busy)
@@ -213,11 +220,15 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
         if role == "sender" and links.notices_in is not None:
             loop.add_reader(links.notices_in.fileno(), _on_readable, links.notices_in, runner.wakeup, lambda: None)
         log.info("worker.child_ready", extra={"role": role, "pid": os.getpid()})
+        checkpointing = asyncio.ensure_future(checkpoints.run(stop)) if checkpoints else None
         try:
             await runner.run(stop)
         finally:
             loop.remove_reader(wake.fileno())
             wake.close()
+            if checkpointing is not None:
+                stop.set()
+                await checkpointing
 
 
 def _nudge(notices: socket.socket) -> None:

@@ -80,11 +80,11 @@ def defer_fsync(engine: Engine) -> None:
 
     Their commits are written to the WAL without an fsync of their own. They become durable
     with the next commit that has one: every other connection stays synchronous=FULL (the SMTP
-    writer's 250s, the worker's claims, the sender's claim of a notification before it sends it,
-    the API), and an fsync of the WAL file covers every frame written before it. So nothing
-    leaves the gateway (a receipt, an answer) while the case it tells of could still be lost,
-    and a power cut can only take back outcomes that nobody has seen outside: their mails are
-    still `processing` in the durable inbox and are processed again when the lease runs out.
+    writer's 250s, the sender's claim of a notification before it sends it, the API), and an
+    fsync of the WAL file covers every frame written before it. So nothing leaves the gateway
+    (a receipt, an answer) while the case it tells of could still be lost, and a power cut can
+    only take back outcomes that nobody has seen outside: their mails are still `processing`
+    (or, with the claim taken back too, `pending`) in the durable inbox and are processed again.
     A crash of the process loses nothing (SQLite's WAL survives it either way). The fsync was
     a quarter of the worker's time on a burst (bench/smtp.py).
     """
