@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.pipeline.htmltext import html_to_text, sanitize_html
 from gateway.pipeline.reply import is_courtesy_reply, visible_text
@@ -366,3 +368,31 @@ def test_item87_item88_sanitize_html(html: str, present: list[str], absent: list
         assert needle in cleaned
     for needle in absent:
         assert needle not in cleaned
+
+
+_LINES = ["Hej", "", "  ", "Tak for svaret.", "Mvh Jens", "- et punkt", "-- ", "--", "___", "====", "**",
+          "~~", "Sent from my iPhone", "Sendt fra min iPhone", "* fed *", "\t", "1. januar", "X" * 80,
+          "Fra: Jens", "> citat", "Den 1. jan. 2026 skrev Jens <j@b.dk>:", "-----Original Message-----",
+          "tekst med : kolon", "a > b", "\ufeff", "\u200b", "æøå ÆØÅ"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(_LINES) | st.text("aæ .,-_=*~\t:>", max_size=12), max_size=14),
+       st.sampled_from(["\n", "\r\n", "\r"]))
+def test_the_steps_a_text_cannot_need_are_skipped_with_the_same_answer(lines: list[str], end: str) -> None:
+    """visible_text skips a step when the text lacks the characters it looks for; every step
+    run on every text (below) gives the same answers."""
+    import gateway.pipeline.reply as reply
+
+    text = end.join(lines)
+    normal = reply._normalise(text)
+    every = [line.rstrip() for line in normal.split("\n")]
+    if not any(line.strip() for line in every):
+        assert visible_text(text) == ""
+        return
+    headers = reply._header_regex(("da", "en"))
+    every = reply._join_wrapped_attributions(every, headers)
+    kept = reply._drop_quote_blocks(every, headers)
+    kept = reply._drop_trailing_noise(kept[: reply._history_start(kept, headers)])
+    result = "\n".join(reply._squeeze_blank_lines(kept)).strip("\n")
+    assert visible_text(text) == (result if result.strip() else "\n".join(every).strip())
