@@ -218,7 +218,8 @@ def _comments(session: Session, case_id: int | None, include_internal: bool) -> 
                                     .order_by(col(Attachment.id)))).all()
         out.append({
             "author": author["email"] if author else None, "source": comment.source, "public": comment.public,
-            "kind": comment.kind, "visible_text": comment.visible_text, "full_text": comment.full_text,
+            "kind": comment.kind, "visible_text": comment.visible_text,
+            "full_text": comment.full_text or comment.visible_text,  # "": the same text
             "created_at": _iso(comment.created_at),
             "attachments": [{"name": a.name, "size": a.size, "sha256": a.sha256, "content_type": a.content_type}
                             for a in files],

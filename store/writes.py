@@ -148,10 +148,12 @@ def change_status(session: Session, case: SupportCase, to: Status, now: datetime
 def add_comment(session: Session, case_id: int, author_id: int | None, draft: CommentDraft,
                 source: Source, now: datetime, inbound_id: int | None = None, kind: str = "comment") -> int:
     conn = session.connection()
+    # A mail without quoted history has one text: stored once, full_text "" (store/models.py).
+    full = "" if draft.full_text == draft.visible_text else clean_text(draft.full_text)
     comment_id = int(_INSERT_COMMENT.scalar(conn, {
         "case_id": case_id, "author_id": author_id, "created_at": now, "source": source.value,
         "public": draft.public, "visible_text": clean_text(draft.visible_text),
-        "full_text": clean_text(draft.full_text), "html": clean_text(draft.html) if draft.html else None,
+        "full_text": full, "html": clean_text(draft.html) if draft.html else None,
         "inbound_id": inbound_id, "kind": kind}))
     if draft.attachments:
         _INSERT_ATTACHMENTS.execute_many(conn, [
