@@ -5,9 +5,8 @@ the parsing on the second core while the event loop goes on.
 Each child has a pipe of its own and parses one mail at a time, with the next one waiting in
 its pipe; the event loop reads its answers as they come (`loop.add_reader`), with no thread in
 between. A child past the deadline, or dead (the memory budget), is replaced, and only the mail
-it was parsing fails: the ones behind it go to another child. concurrent.futures' process pool, used before, cost the
-worker 0.56 ms of CPU per 20 KB mail in its feeder and manager threads (the parse itself is
-0.94 ms), and on a timeout it killed the whole pool, failing the mails of the other children.
+it was parsing fails: the ones behind it go to another child. concurrent.futures' process pool,
+used before, cost the 0.56 ms of CPU per 20 KB mail in its feeder and manager threads (the parse itself is 0.94 ms), and on a timeout it killed the whole pool, failing the mails of the other children.
 
 A job is written to the child's pipe from the event loop, which blocks while a large mail goes
 through the pipe: the runner lives in the worker's own process (`gateway run`), where nothing

@@ -199,16 +199,16 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
         loop.add_signal_handler(sig, on_signal)
     async with open_app(settings, migrate=False) as app:
         checkpoints: Checkpointer | None = None
-        if links.smtp_busy is not None and app.tx.sync_engine is not None:  # SQLite, with the SMTP writer
+        shared = app.tx.sync_engine if links.smtp_busy is not None else None  # SQLite, with the SMTP writer
+        if shared is not None:
             app.tx.before_write = functools.partial(smtp_pause, links.smtp_busy)
-            await checkpoint_elsewhere(app.tx.sync_engine, app.engine)  # the worker's Checkpointer does them
-            if role == "worker":
-                checkpoints = Checkpointer(app.engine.url.render_as_string(hide_password=False),
-                                           settings.database.busy_timeout_ms,
-                                           functools.partial(smtp_quiet, links.smtp_busy))
+            await checkpoint_elsewhere(shared, app.engine)  # the worker's Checkpointer does them
         if role == "worker":
             if links.smtp_busy is not None:
                 app.worker.smtp_quiet = functools.partial(smtp_quiet, links.smtp_busy)
+            if shared is not None:
+                checkpoints = Checkpointer(app.engine.url.render_as_string(hide_password=False),
+                                           settings.database.busy_timeout_ms, app.worker.smtp_quiet)
             if app.tx.sync_engine is not None:
                 defer_fsync(app.tx.sync_engine)  # durable with the next FULL commit (store/engine.py)
             await app.parser.start()

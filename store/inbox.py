@@ -262,13 +262,6 @@ class Inbox:
         except (OperationalError, DBAPIError, OSError) as exc:
             raise StoreUnavailable(f"inbox commit failed: {type(exc).__name__}") from exc
 
-    async def claim(self, limit: int, holder: str, now: datetime, lease_s: float,
-                    only_id: int | None = None) -> list[ClaimedMail]:
-        """Take up to `limit` pending (or abandoned) mails, oldest first, under a lease (the
-        worker runs `claim_mails` on its Transactor instead, beside its other writes)."""
-        async with self._engine.begin() as conn:
-            return await conn.run_sync(claim_mails, limit, holder, now, lease_s, only_id)
-
     async def failed(self, inbound_id: int, error: str, attempts: int, max_attempts: int,
                      now: datetime, retry_delay_s: float = 0.0, claim: Claim | None = None) -> str:
         """Record a processing failure: back to pending, not to be claimed again before

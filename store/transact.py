@@ -73,7 +73,8 @@ class Transactor:
 
     async def read(self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`fn(connection, …)` for reads only: a Core connection, no ORM session, and it never
-        waits for SMTP commits (`before_write`): in WAL mode a reader takes no write lock. On SQLite it runs on a thread and connection
+        waits for SMTP commits (`before_write`): in WAL mode a reader takes no write lock. On
+        SQLite it runs on a thread and connection
         of its own, beside a write transaction in progress."""
         if self._read_thread is None:
             async with self._engine.connect() as conn:

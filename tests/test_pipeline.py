@@ -14,7 +14,7 @@ from gateway.errors import ConfigError
 from gateway.model import Outcome, Status
 from store import queries, writes
 from store.engine import check_durability, make_engine, sync_sqlite_engine
-from store.inbox import IncomingMail, read_raw
+from store.inbox import IncomingMail, claim_mails, read_raw
 from store.transact import run_in
 from tests.conftest import ADDRESS, MailBuilder, add_user, detail, make_settings, outbox
 
@@ -236,7 +236,7 @@ async def test_item27_processing_failure_retries_then_quarantines(app: App, mail
 
 async def test_stale_claim_is_taken_back(app: App, mail: MailBuilder, clock) -> None:
     accepted = await app.accept(IncomingMail(mail(), "test"))
-    claimed = await app.inbox.claim(10, "dead-node", clock.now(), lease_s=60)
+    claimed = await app.tx.run_now(claim_mails, 10, "dead-node", clock.now(), lease_s=60)
     assert [c.id for c in claimed] == [accepted.inbound_id]
     assert await app.worker.run_once() == []  # still leased to the dead node
     clock.advance(seconds=61)
@@ -253,7 +253,7 @@ async def test_a_worker_whose_lease_ran_out_applies_nothing(app: App, mail: Mail
 
     late = await app.accept(IncomingMail(mail(subject="Forsinket"), "test"))
     kept = await app.accept(IncomingMail(mail(subject="Beholdt"), "test")) if together else None
-    stalled = await app.inbox.claim(10, app.worker.holder, clock.now(), lease_s=60)
+    stalled = await app.tx.run_now(claim_mails, 10, app.worker.holder, clock.now(), lease_s=60)
     parsed = [await app.parser.parse(await app.tx.read(read_raw, m.id), m.envelope_from, m.envelope_to)
               for m in stalled]
     clock.advance(seconds=61)
