@@ -550,6 +550,7 @@ async def test_api_loop_serves_on_port_zero_and_stops(gw: App, caplog: pytest.Lo
             break
         await asyncio.sleep(0.02)
     assert ports and ports[0], "api.listening was never logged"
+    assert any(r.getMessage() == "api.deprecated_agent_tokens" for r in caplog.records)  # LEGACY_TOKEN is set
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}") as c:
         assert (await c.get("/healthz")).status_code == 200
         assert (await c.get("/cases")).status_code == 401
