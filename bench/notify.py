@@ -86,13 +86,17 @@ async def gateway_run(port: int, n: int, concurrency: int) -> tuple[float, float
             started = time.perf_counter()
             async with app.sessions() as session, session.begin():
                 from gateway.model import Role, UserKind
+                from store.queries import user_ref
+                from store.transact import run_in
 
-                user = await writes.add_user(session, "jens@borger.example", "Jens", None, UserKind.PERSON,
-                                             Role.CUSTOMER, app.clock.now())
-                case = await writes.create_case(session, "SAG-000001", "Benchmark", user.id or 0, app.clock.now())
+                user = await run_in(session, writes.add_user, "jens@borger.example", "Jens", None, UserKind.PERSON,
+                                    Role.CUSTOMER, app.clock.now())
+                case_id = await run_in(session, writes.create_case, "SAG-000001", "Benchmark", user_ref(user),
+                                       app.clock.now())
+                case = outbox.CaseHead(case_id, "SAG-000001", "Benchmark", "registreret")
                 recipients = [Recipient(f"modtager{i}@borger.example", f"Modtager {i}", "da") for i in range(n)]
-                await outbox.enqueue(session, case, Event.STATUS, recipients, app.clock.now(),
-                                     settings.mail.message_id_domain, {"previous_status": "registreret"})
+                await run_in(session, outbox.enqueue, case, Event.STATUS, recipients, app.clock.now(),
+                             settings.mail.message_id_domain, {"previous_status": "registreret"})
             queued = time.perf_counter() - started
             due = await app.outbox.claim(n, app.clock.now(), 1)
             sample = [app.sender._renderer.compose(notice_of(d)) for d in due]

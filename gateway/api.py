@@ -1,10 +1,11 @@
 """The HTTP API for agents and integrations (SPEC §8), served by `gateway run` on uvicorn.
 
-Auth is a bearer token. Agent tokens come from `api.agent_tokens`; a caller with one acts as
-the agent named in `X-Acting-User` (or the JSON field `as`). A requester token is bound to one
-customer's address by an HMAC with the reply-token secret, issued only to agents
-(`POST /users/token`); its holder acts as that customer, on the cases they are party to.
-No or unknown token → 401; a valid token for something its holder may not do → 403.
+Auth is a bearer token (`gateway.credentials`): an agent's own token acts as that agent only;
+a service token acts for the agent it names in `X-Acting-User` (or the JSON field `as`), and
+the history records both; a requester token (`POST /users/token`, issued to agents and
+services) acts as one customer, on the cases they are party to, until it expires or is revoked.
+No, unknown, expired or revoked token → 401; a valid token for something its holder may not
+do → 403.
 
 Every rule is `gateway.lifecycle`'s; this module only translates HTTP to those calls and
 their errors to status codes (404, 403, 409, 422), never to a 500.
@@ -15,11 +16,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
@@ -34,12 +33,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import lifecycle, metrics
+from gateway import credentials, lifecycle, metrics
 from gateway.addresses import canonical
+from gateway.credentials import Caller
 from gateway.errors import GatewayError, NotFound, Refused, TemporaryFailure
 from gateway.model import Role, Source
 from gateway.openapi import LIST_FILTERS, openapi_document
-from gateway.tokens import requester_email, requester_token
 from store import queries
 from store.models import Organisation
 from store.transact import run_in
@@ -96,12 +95,6 @@ async def _on_error(request: Request, exc: Exception) -> Response:
 # --- request helpers ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Caller:
-    agent: bool
-    email: str | None = None  # the requester's address; None for an agent token
-
-
 def _gw(request: Request) -> App:
     return request.app.state.gateway  # type: ignore[no-any-return]
 
@@ -118,20 +111,10 @@ async def _caller(request: Request) -> Caller:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
-    gw = _gw(request)
-    raw = token.encode("latin-1", "replace")
-    if any(hmac.compare_digest(raw, t.encode()) for t in gw.settings.api.agent_tokens):
-        return Caller(agent=True)
-    email = requester_email(gw.settings.mail.reply_token_secret, token)
-    user = None
-    if email is not None:
-        async with gw.sessions() as session:
-            user = await run_in(session, queries.user_by_email, email)
-    if user is None:
-        raise ApiError(401, "unknown token", {"WWW-Authenticate": 'Bearer error="invalid_token"'})
-    if user.role == Role.AGENT.value:
-        raise ApiError(403, "requester tokens are for customers; agents use an agent token")
-    return Caller(agent=False, email=user.email)
+    try:
+        return await credentials.authenticate(_gw(request), token)
+    except credentials.Unauthenticated as exc:
+        raise ApiError(401, str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
 
 
 async def _body_bytes(request: Request) -> bytes:
@@ -181,29 +164,38 @@ def _required(body: dict[str, Any], name: str) -> str:
     return value
 
 
-async def _agent_actor(request: Request, caller: Caller, body: dict[str, Any]) -> str:
+Acting = tuple[str, str | None]  # the acting user's address, and the service they act through
+
+
+async def _agent_actor(request: Request, caller: Caller, body: dict[str, Any]) -> Acting:
+    """The agent an agent token belongs to, or the one a service token names for this request."""
     if not caller.agent:
         raise ApiError(403, "this action is for agents")
-    email = request.headers.get("x-acting-user") or _field(body, "as", required=False)
-    address = canonical(email)
+    named = request.headers.get("x-acting-user") or _field(body, "as", required=False)
+    if caller.service is None:
+        assert caller.email is not None
+        if named is not None and canonical(named) != caller.email:
+            raise ApiError(403, "an agent token acts only as its own agent")
+        return caller.email, None
+    address = canonical(named)
     if address is None:
-        raise ApiError(422, "name the acting agent in the X-Acting-User header or the field 'as'")
+        raise ApiError(422, "a service token names the acting agent in the X-Acting-User header or the field 'as'")
     async with _gw(request).sessions() as session:
         user = await run_in(session, queries.user_by_email, address)
     if user is None or user.role != Role.AGENT.value:
         raise ApiError(403, f"{address} is not a registered agent")
-    return user.email
+    return user.email, caller.service
 
 
-async def _actor(request: Request, caller: Caller, body: dict[str, Any]) -> str:
-    """An agent (named by the agent-token caller) or the requester holding the token."""
+async def _actor(request: Request, caller: Caller, body: dict[str, Any]) -> Acting:
+    """An agent (as `_agent_actor`) or the requester holding the token."""
     if caller.agent:
         return await _agent_actor(request, caller, body)
     named = request.headers.get("x-acting-user") or body.get("as")
     if named is not None and canonical(str(named)) != caller.email:
         raise ApiError(403, "a requester token acts only as its own user")
     assert caller.email is not None
-    return caller.email
+    return caller.email, None
 
 
 def _ok(data: Any, status: int = 200) -> JSONResponse:
@@ -317,45 +309,49 @@ async def case_detail(request: Request) -> Response:
         return _ok(await run_in(session, queries.case_detail, number, include_internal=caller.agent))
 
 
-async def _posted(request: Request, actor_of: Callable[[Request, Caller, dict[str, Any]], Awaitable[str]]
-                  ) -> tuple[dict[str, Any], str]:
-    """The JSON body of an action and the acting user (`_agent_actor` or `_actor`)."""
+async def _posted(request: Request, actor_of: Callable[[Request, Caller, dict[str, Any]], Awaitable[Acting]]
+                  ) -> tuple[dict[str, Any], str, str | None]:
+    """The JSON body of an action, the acting user and the service they act through
+    (`_agent_actor` or `_actor`)."""
     caller = await _caller(request)
     body = await _json(request)
-    return body, await actor_of(request, caller, body)
+    actor, via = await actor_of(request, caller, body)
+    return body, actor, via
 
 
 async def post_status(request: Request) -> Response:
-    body, actor = await _posted(request, _agent_actor)
+    body, actor, via = await _posted(request, _agent_actor)
     return _ok(await lifecycle.set_status(_gw(request), _number(request), _required(body, "status"), actor,
-                                          _field(body, "reason", False)))
+                                          _field(body, "reason", False), via=via))
 
 
 async def post_assign(request: Request) -> Response:
-    body, actor = await _posted(request, _agent_actor)
-    return _ok(await lifecycle.assign(_gw(request), _number(request), _required(body, "agent"), actor))
+    body, actor, via = await _posted(request, _agent_actor)
+    return _ok(await lifecycle.assign(_gw(request), _number(request), _required(body, "agent"), actor, via=via))
 
 
 async def post_reply(request: Request) -> Response:
-    body, actor = await _posted(request, _agent_actor)
+    body, actor, via = await _posted(request, _agent_actor)
     files = _json_attachments(body)
     return _ok(await lifecycle.reply(_gw(request), _number(request), _required(body, "text"), actor, files,
-                                     source=Source.API))
+                                     source=Source.API, via=via))
 
 
 async def post_note(request: Request) -> Response:
-    body, actor = await _posted(request, _agent_actor)
-    return _ok(await lifecycle.note(_gw(request), _number(request), _required(body, "text"), actor, Source.API))
+    body, actor, via = await _posted(request, _agent_actor)
+    return _ok(await lifecycle.note(_gw(request), _number(request), _required(body, "text"), actor, Source.API,
+                                    via=via))
 
 
 async def post_share(request: Request) -> Response:
-    body, actor = await _posted(request, _actor)
-    return _ok(await lifecycle.share(_gw(request), _number(request), _required(body, "email"), actor))
+    body, actor, via = await _posted(request, _actor)
+    return _ok(await lifecycle.share(_gw(request), _number(request), _required(body, "email"), actor, via=via))
 
 
 async def post_close(request: Request) -> Response:
-    body, actor = await _posted(request, _actor)
-    return _ok(await lifecycle.close(_gw(request), _number(request), actor, _field(body, "reason", False)))
+    body, actor, via = await _posted(request, _actor)
+    return _ok(await lifecycle.close(_gw(request), _number(request), actor, _field(body, "reason", False),
+                                     via=via))
 
 
 async def post_comment(request: Request) -> Response:
@@ -398,20 +394,22 @@ async def _own_organisation(session: Any, email: str) -> str | None:
 
 
 async def issue_token(request: Request) -> Response:
-    """A requester token for one customer, for the portal acting on their behalf (agents only)."""
+    """A requester token for one customer, for the portal acting on their behalf (agents and
+    services only); it expires after `api.requester_token_lifetime_s`."""
     caller = await _caller(request)
     if not caller.agent:
         raise ApiError(403, "only agents may issue requester tokens")
     body = await _json(request)
-    address = canonical(_required(body, "email"))
-    if address is None:
-        raise ApiError(422, "email must be an e-mail address")
-    async with _gw(request).sessions() as session:
-        user = await run_in(session, queries.require_user, address)
-    if user.role == Role.AGENT.value:
-        raise Refused(f"{address} is an agent; agents use agent tokens")
-    return _ok({"email": user.email, "token": requester_token(_gw(request).settings.mail.reply_token_secret,
-                                                               user.email)})
+    return _ok(await credentials.issue_requester_token(_gw(request), _required(body, "email")))
+
+
+async def unbounce(request: Request) -> Response:
+    """Clear a user's bouncing mark (agents and services); the mail held for it goes out."""
+    caller = await _caller(request)
+    if not caller.agent:
+        raise ApiError(403, "only agents may clear a bouncing mark")
+    body = await _json(request)
+    return _ok(await lifecycle.unbounce(_gw(request), _required(body, "email")))
 
 
 # --- the application ------------------------------------------------------------------------------
@@ -430,6 +428,7 @@ def build_api(app: App, loops: LoopWatch | None = None) -> Starlette:
         Route("/cases/{number}/close", post_close, methods=["POST"]),
         Route("/cases/{number}/comments", post_comment, methods=["POST"]),
         Route("/users/search", search_users), Route("/users/token", issue_token, methods=["POST"]),
+        Route("/users/unbounce", unbounce, methods=["POST"]),
     ]
     handlers: dict[Any, Any] = {Exception: _on_error, HTTPException: _on_error, ApiError: _on_error,
                                 GatewayError: _on_error, OperationalError: _on_error, DBAPIError: _on_error}
@@ -471,6 +470,9 @@ async def _serve(server: uvicorn.Server) -> None:
 async def api_loop(app: App, stop: asyncio.Event) -> None:
     """Serve the API until `stop` is set (`api.host`/`api.port`; port 0 picks a free one)."""
     cfg = app.settings.api
+    if cfg.agent_tokens:
+        log.warning("api.deprecated_agent_tokens", extra={"count": len(cfg.agent_tokens),
+                                                          "replace_with": "gateway tokens issue --service NAME"})
     api = build_api(app, _sibling_loops())
     config = uvicorn.Config(api, host=cfg.host, port=cfg.port, log_config=None, access_log=False, lifespan="off",
                             server_header=False, timeout_graceful_shutdown=int(app.settings.daemon.grace_s))

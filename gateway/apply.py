@@ -119,23 +119,34 @@ def _ignore(session: Session, plan: Ignore, mail: ParsedMail, inbound_id: int, n
         writes.add_comment(session, plan.case.id, plan.author.id, draft, Source.EMAIL, now, inbound_id,
                                  kind="courtesy")
         writes.index_message_id(session, mail.message_id, plan.case.id, ours=False)
-    marked = []
-    if plan.bounced_recipients and _is_about_our_mail(session, mail):
-        for address in plan.bounced_recipients:
-            if writes.mark_bouncing(session, address, plan.reason, now):
-                marked.append(address)
-    reason = plan.reason + (f"; marked bouncing: {', '.join(marked)}" if marked else "")
+    reason = plan.reason
+    if plan.bounced_recipients:
+        reason += "; " + _mark_bouncing(session, plan.bounced_recipients, mail, plan.reason, now)
     return Result(Outcome.IGNORED, plan.case.number if plan.case else None, reason)
 
 
-def _is_about_our_mail(session: Session, mail: ParsedMail) -> bool:
-    from store.models import MessageIndex
+def _mark_bouncing(session: Session, named: tuple[str, ...], mail: ParsedMail, reason: str, now: datetime) -> str:
+    """Mark a recipient bouncing only when the report names them AND cites a mail of ours that
+    went to them. Anyone can write a delivery report: one that had only to cite some mail of
+    ours could silence any address (a customer citing their own receipt, naming a colleague)."""
+    cited = outbox.recipients_of_messages(session, _cited_ids(mail))
+    if not cited:
+        return "nothing marked: the report cites no mail of ours"
+    marked, foreign, unknown = [], [], []
+    for address in named:
+        if address not in cited:
+            foreign.append(address)
+        elif writes.mark_bouncing(session, address, reason, now):
+            marked.append(address)
+        else:
+            unknown.append(address)
+    return "; ".join(f"{label}: {', '.join(found)}" for label, found in (
+        ("marked bouncing", marked), ("not marked, not a recipient of the cited mail", foreign),
+        ("not marked, no such user", unknown)) if found)
 
-    for mid in filter(None, (mail.original_message_id, *mail.in_reply_to, *mail.references)):
-        row = session.get(MessageIndex, mid)
-        if row is not None and row.ours:
-            return True
-    return False
+
+def _cited_ids(mail: ParsedMail) -> list[str]:
+    return list(dict.fromkeys(filter(None, (mail.original_message_id, *mail.in_reply_to, *mail.references))))
 
 
 def _reject(session: Session, plan: Reject, now: datetime, cfg: ApplySettings) -> Result:

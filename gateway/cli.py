@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("text")
     search.add_argument("--org", required=True)
     search.add_argument("--json", action="store_true")
+    for name, text in (("unbounce", "clear a bouncing mark; the notifications held for it go out"),
+                       ("revoke-tokens", "refuse every requester token issued to this user so far")):
+        action = users.add_parser(name, help=text)
+        action.add_argument("email")
+        action.add_argument("--json", action="store_true")
 
     cases = sub.add_parser("cases").add_subparsers(dest="cases_command", required=True)
     clist = cases.add_parser("list")
@@ -95,7 +100,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     imap = sub.add_parser("imap").add_subparsers(dest="imap_command", required=True)
     imap.add_parser("check", help="test every configured IMAP account")
+    _token_commands(sub)
     return p
+
+
+def _token_commands(sub: Any) -> None:
+    tokens = sub.add_parser("tokens", help="API tokens of agents and services (stored as hashes)").add_subparsers(
+        dest="tokens_command", required=True)
+    issue = tokens.add_parser("issue", help="a new token, printed this once")
+    who = issue.add_mutually_exclusive_group(required=True)
+    who.add_argument("--agent", metavar="EMAIL", help="acts as this agent and no one else")
+    who.add_argument("--service", metavar="NAME", help="an integration that acts for the agent it names")
+    issue.add_argument("--json", action="store_true")
+    tlist = tokens.add_parser("list", help="every token: id, kind, holder, created, last used, revoked")
+    tlist.add_argument("--json", action="store_true")
+    revoke = tokens.add_parser("revoke", help="refuse a token from now on")
+    revoke.add_argument("id", type=int)
 
 
 def _case_actions(cases: Any) -> None:
@@ -164,6 +184,8 @@ async def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.model import Role, UserKind
     from store import queries, writes
 
+    if args.users_command in ("unbounce", "revoke-tokens"):
+        return await _user_action(settings, args)
     async with open_app(settings) as app, app.sessions() as session:
         if args.users_command == "add":
             from gateway.addresses import canonical
@@ -184,6 +206,18 @@ async def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
             from gateway.lifecycle import search_users
 
             _print(await search_users(session, args.text, args.org), args.json)
+    return EX_OK
+
+
+async def _user_action(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway import credentials, lifecycle
+    from gateway.app import open_app
+
+    async with open_app(settings) as app:
+        if args.users_command == "unbounce":
+            _print(await lifecycle.unbounce(app, args.email), args.json)
+        else:
+            _print(await credentials.revoke_requester_tokens(app, args.email), args.json)
     return EX_OK
 
 
@@ -278,10 +312,33 @@ async def cmd_imap(settings: Settings, args: argparse.Namespace) -> int:
     return await check_accounts(settings)
 
 
+async def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway import credentials
+    from gateway.app import open_app
+
+    async with open_app(settings) as app:
+        if args.tokens_command == "issue":
+            issued = await credentials.issue_api_token(app, args.agent, args.service)
+            if args.json:
+                _print(issued, True)
+            else:
+                print(issued["token"])
+                holder = issued["agent"] or issued["service"]
+                print(f"gateway: API token {issued['id']} for {issued['kind']} {holder}; it is shown only now",
+                      file=sys.stderr)
+        elif args.tokens_command == "list":
+            _print(await credentials.list_api_tokens(app), args.json)
+        else:
+            revoked = await credentials.revoke_api_token(app, args.id)
+            print(f"API token {args.id} revoked" if revoked["changed"] else f"API token {args.id} was revoked already")
+    return EX_OK
+
+
 COMMANDS: dict[str, Handler] = {
     "ingest": cmd_ingest, "db": cmd_db, "users": cmd_users, "cases": cmd_cases, "outbox": cmd_outbox,
     "inbox": cmd_inbox, "reprocess": cmd_reprocess, "run": cmd_run, "maintenance": cmd_maintenance,
     "render": cmd_render, "imap": cmd_imap,
+    "tokens": cmd_tokens,
 }
 
 

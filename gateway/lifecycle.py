@@ -166,6 +166,7 @@ class _Tx:
     case: SupportCase
     actor: AppUser
     now: datetime
+    via: str | None = None  # the API service the agent acts through, recorded beside them
 
     @property
     def case_id(self) -> int:
@@ -192,7 +193,7 @@ class _Tx:
 
     async def change_status(self, to: Status, reason: str | None, event: Event = Event.STATUS) -> list[str]:
         previous = await run_in(self.session, writes.change_status, self.case, to, self.now, self.actor.id,
-                                              self.actor.email, reason)
+                                self.actor.email, reason, self.via)
         return await self.notify(event, {"previous_status": previous.value, "actor_name": self.actor.name})
 
 
@@ -219,14 +220,15 @@ async def _user(session: AsyncSession, email: str | None, role: str = "acting us
 
 
 @asynccontextmanager
-async def _action(app: App, number: str, actor_email: str | None, name: str) -> AsyncIterator[_Tx]:
+async def _action(app: App, number: str, actor_email: str | None, name: str,
+                  via: str | None = None) -> AsyncIterator[_Tx]:
     async with app.sessions() as session, session.begin():
         case = await _lock_case(session, number)
         actor = await _user(session, actor_email)
-        yield _Tx(app, session, case, actor, app.clock.now())
+        yield _Tx(app, session, case, actor, app.clock.now(), via)
     metrics.record_action(name)
     app.sender.wakeup.set()  # committed: send now rather than at the next poll
-    log.info("case.action", extra={"case": case.number, "action": name, "actor_id": actor.id})
+    log.info("case.action", extra={"case": case.number, "action": name, "actor_id": actor.id, "via": via})
 
 
 def _result(tx: _Tx, action: str, changed: bool, notifications: list[str], **extra: Any) -> dict[str, Any]:
@@ -248,10 +250,10 @@ def _refuse_closed(tx: _Tx) -> None:
 
 
 async def set_status(app: App, number: str, status: Status | str, actor: str | None,
-                     reason: str | None = None) -> dict[str, Any]:
+                     reason: str | None = None, via: str | None = None) -> dict[str, Any]:
     target = status if isinstance(status, Status) else parse_status(status)
     reason = _text(reason, "reason", required=False) or None
-    async with _action(app, number, actor, "status") as tx:
+    async with _action(app, number, actor, "status", via) as tx:
         _require_agent(tx, "set a status")
         current = Status(tx.case.status)
         refusal = agent_refusal(current, target, tx.case.assignee_id is not None)
@@ -265,8 +267,9 @@ async def set_status(app: App, number: str, status: Status | str, actor: str | N
         return _result(tx, "status", True, ids, previous_status=current.value)
 
 
-async def assign(app: App, number: str, agent: str | None, actor: str | None) -> dict[str, Any]:
-    async with _action(app, number, actor, "assign") as tx:
+async def assign(app: App, number: str, agent: str | None, actor: str | None,
+                 via: str | None = None) -> dict[str, Any]:
+    async with _action(app, number, actor, "assign", via) as tx:
         _require_agent(tx, "assign cases")
         _refuse_closed(tx)
         assignee = await _user(tx.session, agent, "assignee")
@@ -285,15 +288,16 @@ async def assign(app: App, number: str, agent: str | None, actor: str | None) ->
 
 
 async def reply(app: App, number: str, text: str | None, actor: str | None,
-                attachments: Sequence[NewAttachment] = (), source: Source = Source.AGENT) -> dict[str, Any]:
+                attachments: Sequence[NewAttachment] = (), source: Source = Source.AGENT,
+                via: str | None = None) -> dict[str, Any]:
     """A public answer: a comment the customer sees, and a `reply` mail to the parties."""
     body = _text(text)
     stored = await _store_attachments(app, attachments)
-    async with _action(app, number, actor, "reply") as tx:
+    async with _action(app, number, actor, "reply", via) as tx:
         _require_agent(tx, "reply")
         _refuse_closed(tx)
         await run_in(tx.session, writes.add_comment, tx.case_id, tx.actor.id, CommentDraft(body, body, None, stored),
-                                 source, tx.now)
+                     source, tx.now, via=via)
         tx.case.updated_at = tx.now
         tx.session.add(tx.case)
         ids = await tx.notify(Event.REPLY, {"actor_name": tx.actor.name})
@@ -301,22 +305,23 @@ async def reply(app: App, number: str, text: str | None, actor: str | None,
 
 
 async def note(app: App, number: str, text: str | None, actor: str | None,
-               source: Source = Source.AGENT) -> dict[str, Any]:
+               source: Source = Source.AGENT, via: str | None = None) -> dict[str, Any]:
     """An internal note: kept on the case, never mailed, never shown to customers."""
     body = _text(text)
-    async with _action(app, number, actor, "note") as tx:
+    async with _action(app, number, actor, "note", via) as tx:
         _require_agent(tx, "write internal notes")
         draft = CommentDraft(body, body, None, (), public=False)
-        await run_in(tx.session, writes.add_comment, tx.case_id, tx.actor.id, draft, source, tx.now)
+        await run_in(tx.session, writes.add_comment, tx.case_id, tx.actor.id, draft, source, tx.now, via=via)
         return _result(tx, "note", True, [])
 
 
 # --- actions of agents and of the customer side ----------------------------------------------------
 
 
-async def share(app: App, number: str, email: str | None, actor: str | None) -> dict[str, Any]:
+async def share(app: App, number: str, email: str | None, actor: str | None,
+                via: str | None = None) -> dict[str, Any]:
     """Share with a user of the requester's own organisation (SPEC §1, §5); anyone else is refused."""
-    async with _action(app, number, actor, "share") as tx:
+    async with _action(app, number, actor, "share", via) as tx:
         if not tx.is_agent and not await tx.admits_actor():
             raise Forbidden(f"{tx.actor.email} is not a party of {tx.case.number}")
         _refuse_closed(tx)
@@ -348,10 +353,11 @@ async def _share_target(tx: _Tx, email: str | None) -> AppUser:
     return target
 
 
-async def close(app: App, number: str, actor: str | None, reason: str | None = None) -> dict[str, Any]:
+async def close(app: App, number: str, actor: str | None, reason: str | None = None,
+                via: str | None = None) -> dict[str, Any]:
     """"Luk" (rule 5): the requester closes a case they regret; agents may close as well."""
     why = _text(reason, "reason", required=False) or None
-    async with _action(app, number, actor, "close") as tx:
+    async with _action(app, number, actor, "close", via) as tx:
         if not tx.is_agent and tx.actor.id != tx.case.requester_id:
             raise Forbidden(f"only the requester of {tx.case.number} (or an agent) may close it")
         current = Status(tx.case.status)
@@ -408,6 +414,26 @@ async def search_users(session: AsyncSession, text: str, org: str, limit: int = 
         or_(func.lower(AppUser.name).like(pattern, escape="\\"), func.lower(AppUser.email).like(pattern, escape="\\")),
     ).order_by(col(AppUser.name), col(AppUser.email)).limit(limit))).all()
     return [{"email": u.email, "name": u.name, "kind": u.kind, "organisation": org_row.name} for u in rows]
+
+
+async def unbounce(app: App, email: str | None) -> dict[str, Any]:
+    """The operator's word that mail to a user works again (`gateway users unbounce`,
+    `POST /users/unbounce`): the mark goes, and the notifications held for it go out."""
+    address = require_address(email)
+    async with app.sessions() as session, session.begin():
+        was = await run_in(session, writes.clear_bouncing, address)
+        released = await run_in(session, outbox.release_bouncing, address, app.clock.now())
+    app.sender.wakeup.set()
+    log.info("user.unbounced", extra={"was_bouncing": was, "released": released})
+    return {"email": address, "was_bouncing": was, "released": released}
+
+
+def require_address(email: str | None) -> str:
+    """The canonical form of an address given by an operator or agent, or InvalidInput."""
+    address = canonical(email)
+    if address is None:
+        raise InvalidInput(f"not a valid e-mail address: {email!r}")
+    return address
 
 
 # --- the CLI -------------------------------------------------------------------------------------

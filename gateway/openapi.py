@@ -14,7 +14,8 @@ _EMAIL = {"type": "string", "format": "email", "maxLength": 320}
 _NUMBER_PARAM = {"name": "number", "in": "path", "required": True, "example": "SAG-000001",
                  "schema": {"type": "string", "pattern": "^[A-Za-z0-9-]{1,40}$"}}
 _ACTING = {"name": "X-Acting-User", "in": "header", "required": False,
-           "description": "With an agent token: the acting agent's address.", "schema": _EMAIL}
+           "description": "With a service token: the agent it acts for (required for actions). With an agent "
+                          "token: if given, the token's own agent.", "schema": _EMAIL}
 _AS = {"as": {**_EMAIL, "description": "The acting agent (instead of X-Acting-User)."}}
 _TEXT = {"type": "string", "minLength": 1, "maxLength": lifecycle.MAX_TEXT}
 _ATTACHMENTS = {"type": "array", "maxItems": lifecycle.MAX_ATTACHMENTS, "items": {
@@ -108,6 +109,11 @@ def openapi_document() -> dict[str, Any]:
                 "Issue a requester token for a customer (agents)", _json_content(_ref("Token")), [],
                 _json_content({"type": "object", "required": ["email"], "properties": {"email": _EMAIL}}),
                 errors="400 401 403 404 409 415 422 503")},
+            "/users/unbounce": {"post": _operation(
+                "Clear a user's bouncing mark; the notifications held for it go out (agents)",
+                _json_content(_ref("Unbounced")), [],
+                _json_content({"type": "object", "required": ["email"], "properties": {"email": _EMAIL}}),
+                errors="400 401 403 404 415 422 503")},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -139,6 +145,10 @@ def _schemas() -> dict[str, Any]:
                                         "changed": {"type": "boolean"},
                                         "notifications": {"type": "array", "items": {"type": "string"}}}},
         "User": user,
-        "Token": {"type": "object", "required": ["email", "token"],
-                  "properties": {"email": {"type": "string"}, "token": {"type": "string"}}},
+        "Token": {"type": "object", "required": ["email", "token", "expires_at"],
+                  "properties": {"email": {"type": "string"}, "token": {"type": "string"},
+                                 "expires_at": {"type": "string", "format": "date-time"}}},
+        "Unbounced": {"type": "object", "required": ["email", "was_bouncing", "released"],
+                      "properties": {"email": {"type": "string"}, "was_bouncing": {"type": "boolean"},
+                                     "released": {"type": "integer", "description": "held notifications sent again"}}},
     }

@@ -145,6 +145,12 @@ class ApiSettings:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8025
+    # HMAC key of requester tokens, apart from the reply-token secret: rotating it ends portal
+    # sessions without breaking the reply addresses in customers' mailboxes.
+    requester_token_secret: str = ""
+    requester_token_lifetime_s: int = 3600
+    # Deprecated: shared tokens that act for any agent, kept working as service tokens named
+    # "api.agent_tokens" until replaced by `gateway tokens issue` (logged at start-up).
     agent_tokens: tuple[str, ...] = ()
 
 
@@ -305,6 +311,12 @@ def _validate(obj: Any, prefix: str) -> None:
                 raise ConfigError(f"mail.addresses: not an e-mail address: {address!r}")
         if len(obj.reply_token_secret) < 16:
             raise ConfigError("mail.reply_token_secret: must be at least 16 characters")
+    if isinstance(obj, ApiSettings) and obj.enabled and len(obj.requester_token_secret) < 16:
+        raise ConfigError("api.requester_token_secret: must be at least 16 characters when the API is enabled")
+    if isinstance(obj, ApiSettings) and not 60 <= obj.requester_token_lifetime_s <= 30 * 86400:
+        raise ConfigError("api.requester_token_lifetime_s: must be 60 s to 30 days")
+    if isinstance(obj, Settings) and obj.api.enabled and obj.api.requester_token_secret == obj.mail.reply_token_secret:
+        raise ConfigError("api.requester_token_secret: must differ from mail.reply_token_secret")
     if isinstance(obj, SmtpSettings | ApiSettings) and not 0 <= obj.port <= 65535:
         raise ConfigError(f"{prefix}port: must be 0-65535")
     if isinstance(obj, PolicySettings) and obj.close_after_days < 0:

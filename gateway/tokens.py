@@ -3,8 +3,13 @@
 The token is the case number plus a truncated HMAC-SHA256 over it with the configured secret.
 Case numbers alone are guessable; the MAC is not. Verification is constant-time.
 
-Requester tokens for the HTTP API (`r1.<address>.<mac>`) are made here too, with the same
-secret under a context prefix, so one kind can never pass for the other.
+Requester tokens for the HTTP API are made here too, with a secret of their own
+(`api.requester_token_secret`): rotating it ends every portal session and no reply address
+in a customer's mailbox. Each carries its address, issue time, lifetime and the user's token
+generation under one MAC; `gateway users revoke-tokens` bumps the generation.
+
+API tokens of agents and services are random (256 bits); the store keeps only their SHA-256,
+and a token is found by that hash, so no comparison runs over the secret itself.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import binascii
 import hashlib
 import hmac
 import re
+import secrets
+from dataclasses import dataclass
 
 from gateway.addresses import local_and_tag
 
@@ -67,27 +74,66 @@ def numbers_from_recipients(secret: str, recipients: tuple[str, ...] | list[str]
 
 # --- requester tokens for the HTTP API --------------------------------------------------------
 
-_REQUESTER_CONTEXT = b"gateway-api-requester\x00"
-_REQUESTER_TOKEN = re.compile(r"^r1\.([A-Za-z0-9_-]{4,600})\.([A-Za-z0-9_-]{24})$")
+_REQUESTER_CONTEXT = b"gateway-api-requester-v2\x00"
+_REQUESTER_TOKEN = re.compile(r"^r2\.([A-Za-z0-9_-]{8,1000})\.([A-Za-z0-9_-]{32})$")
+CLOCK_SKEW_S = 60  # another node's clock may run this far ahead of ours
 
 
-def _requester_mac(secret: str, email: str) -> str:
-    # A context prefix keeps these MACs apart from the reply tokens made with the same secret.
-    return _b64(hmac.new(secret.encode(), _REQUESTER_CONTEXT + email.encode(), hashlib.sha256).digest()[:18])
+@dataclass(frozen=True, slots=True)
+class RequesterClaims:
+    """What a valid requester token says: for whom, when it was issued, for how long, and the
+    user's token generation at the time."""
+
+    email: str
+    issued_at: int  # Unix seconds
+    lifetime_s: int
+    generation: int
+
+    def valid_at(self, now: int) -> bool:
+        return self.issued_at - CLOCK_SKEW_S <= now < self.issued_at + self.lifetime_s
+
+    @property
+    def expires_at(self) -> int:
+        return self.issued_at + self.lifetime_s
 
 
-def requester_token(secret: str, email: str) -> str:
-    """`r1.<address>.<mac>`: unguessable without the secret, bound to one address."""
-    return f"r1.{_b64(email.encode())}.{_requester_mac(secret, email)}"
+def _requester_mac(secret: str, payload: bytes) -> str:
+    return _b64(hmac.new(secret.encode(), _REQUESTER_CONTEXT + payload, hashlib.sha256).digest()[:24])
 
 
-def requester_email(secret: str, token: str) -> str | None:
-    """The address a requester token was issued for, or None if it is forged or malformed."""
+def requester_token(secret: str, claims: RequesterClaims) -> str:
+    """`r2.<claims>.<mac>`: unforgeable without the secret, bound to one address and time."""
+    payload = f"{claims.email}\n{claims.issued_at}\n{claims.lifetime_s}\n{claims.generation}".encode()
+    return f"r2.{_b64(payload)}.{_requester_mac(secret, payload)}"
+
+
+def requester_claims(secret: str, token: str) -> RequesterClaims | None:
+    """The claims of a requester token, or None if it is forged, malformed or of the old
+    format (`r1.`, which had no expiry). Whether it is still valid is the caller's check."""
     match = _REQUESTER_TOKEN.match(token)
     if not match:
         return None
     try:
-        email = base64.urlsafe_b64decode(match.group(1) + "=" * (-len(match.group(1)) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
+        payload = base64.urlsafe_b64decode(match.group(1) + "=" * (-len(match.group(1)) % 4))
+    except (binascii.Error, ValueError):
         return None
-    return email if hmac.compare_digest(match.group(2), _requester_mac(secret, email)) else None
+    if not hmac.compare_digest(match.group(2), _requester_mac(secret, payload)):
+        return None
+    try:  # signed by us, so well-formed; a failure here means a format this version does not know
+        email, issued, lifetime, generation = payload.decode().split("\n")
+        return RequesterClaims(email, int(issued), int(lifetime), int(generation))
+    except ValueError:
+        return None
+
+
+# --- API tokens of agents and services -----------------------------------------------------------
+
+API_TOKEN_PREFIX = "gwt_"  # tells the kind apart without a lookup, and secret scanners find it
+
+
+def new_api_token() -> str:
+    return API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def api_token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Column, Index, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -30,6 +30,9 @@ class AppUser(SQLModel, table=True):
     bouncing_since: datetime | None = None
     bounce_reason: str | None = Field(default=None, max_length=500)
     created_at: datetime
+    # Requester tokens name the generation they were issued in; `users revoke-tokens` bumps it.
+    # A server default only: the mail path's INSERTs (store/driver.py) name their columns.
+    token_generation: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
 
 
 class SupportCase(SQLModel, table=True):
@@ -70,6 +73,7 @@ class Comment(SQLModel, table=True):
     html: str | None = None
     inbound_id: int | None = Field(default=None, foreign_key="inbound_mail.id")
     kind: str = Field(default="comment", max_length=20)  # comment | courtesy | auto_reply
+    via: str | None = Field(default=None, max_length=100)  # the service an agent acted through
 
 
 class Attachment(SQLModel, table=True):
@@ -93,6 +97,23 @@ class StatusChange(SQLModel, table=True):
     from_status: str | None = Field(default=None, max_length=30)
     to_status: str = Field(max_length=30)
     reason: str | None = Field(default=None, max_length=1000)
+    via: str | None = Field(default=None, max_length=100)  # the service an agent acted through
+
+
+class ApiToken(SQLModel, table=True):
+    """A bearer token of the HTTP API, kept only as the SHA-256 of its text (shown once, at
+    issue). `agent`: acts as its user and no one else; `service`: an integration named `name`
+    that acts for the agent it names in each request."""
+
+    __tablename__ = "api_token"
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=10)  # agent | service
+    user_id: int | None = Field(default=None, foreign_key="app_user.id", index=True)
+    name: str = Field(default="", max_length=100)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
 
 
 class InboundMail(SQLModel, table=True):

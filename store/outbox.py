@@ -42,6 +42,7 @@ class RateLimits:
 
 
 AUTOMATIC_ANSWERS = (Event.RECEIPT.value, Event.FOLLOWUP.value, Event.REJECTED.value)
+BOUNCING = "recipient is bouncing"  # the `last_error` of a row held for that reason
 
 
 # Held rows were never sent, so they don't count. Each count reads only its window through an
@@ -134,7 +135,7 @@ def enqueue(session: Session, case: CaseHead | SupportCase, event: Event, recipi
         seen.add(rcpt.email)
         ctx = {"case_number": head.number, "case_subject": head.subject, "status": head.status,
                "thread_ids": refs, **(context or {})}
-        held = "recipient is bouncing" if rcpt.bouncing else _over_limit(
+        held = BOUNCING if rcpt.bouncing else _over_limit(
             session, event, head.id, rcpt.email, now, limits, new_case)
         rows.append(_row(event, head.id, rcpt, now, new_message_id(message_id_domain), ctx, held))
     _insert(session, rows)
@@ -144,7 +145,7 @@ def enqueue(session: Session, case: CaseHead | SupportCase, event: Event, recipi
 def enqueue_without_case(session: Session, event: Event, recipient: Recipient, now: datetime,
                          message_id_domain: str, context: dict[str, Any],
                          limits: RateLimits = RateLimits()) -> str:
-    held = "recipient is bouncing" if recipient.bouncing else _over_limit(
+    held = BOUNCING if recipient.bouncing else _over_limit(
         session, event, None, recipient.email, now, limits)
     row = _row(event, None, recipient, now, new_message_id(message_id_domain), context, held)
     _insert(session, [row])
@@ -242,3 +243,19 @@ def recipients_for(session: Session, case: SupportCase, exclude_user_id: int | N
     by_id = {u.id: u for u in users}
     return [recipient_of(by_id[i], default_language) for i in dict.fromkeys(ids)
             if i in by_id and i != exclude_user_id]
+
+
+def recipients_of_messages(session: Session, message_ids: Sequence[str]) -> set[str]:
+    """The recipients of our notifications with these Message-IDs that we tried to send."""
+    if not message_ids:
+        return set()
+    rows = session.execute(select(T.c.recipient).where(T.c.message_id.in_(list(message_ids)), T.c.attempts > 0))
+    return {recipient for (recipient,) in rows}
+
+
+def release_bouncing(session: Session, recipient: str, now: datetime) -> int:
+    """Rows held because the recipient was bouncing go out again (after `users unbounce`)."""
+    result = session.connection().execute(
+        update(T).where(T.c.recipient == recipient, T.c.state == "held", T.c.last_error == BOUNCING)
+        .values(state="pending", next_attempt_at=now, attempts=0, last_error=None))
+    return int(result.rowcount or 0)

@@ -218,7 +218,7 @@ def _comments(session: Session, case_id: int | None, include_internal: bool) -> 
                                     .order_by(col(Attachment.id)))).all()
         out.append({
             "author": author["email"] if author else None, "source": comment.source, "public": comment.public,
-            "kind": comment.kind, "visible_text": comment.visible_text,
+            "kind": comment.kind, "via": comment.via, "visible_text": comment.visible_text,
             "full_text": comment.full_text or comment.visible_text,  # "": the same text
             "created_at": _iso(comment.created_at),
             "attachments": [{"name": a.name, "size": a.size, "sha256": a.sha256, "content_type": a.content_type}
@@ -230,7 +230,8 @@ def _comments(session: Session, case_id: int | None, include_internal: bool) -> 
 def _history(session: Session, case_id: int | None) -> list[dict[str, Any]]:
     rows = (session.exec(select(StatusChange).where(StatusChange.case_id == case_id)
                                .order_by(col(StatusChange.at), col(StatusChange.id)))).all()
-    return [{"at": _iso(r.at), "by": r.by_label, "from": r.from_status, "to": r.to_status, "reason": r.reason}
+    return [{"at": _iso(r.at), "by": r.by_label, "via": r.via, "from": r.from_status, "to": r.to_status,
+             "reason": r.reason}
             for r in rows]
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import bindparam, insert, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
-from gateway.errors import LostClaim
+from gateway.errors import LostClaim, NotFound
 from gateway.model import CommentDraft, NewUser, Role, Source, Status, UserKind, UserRef
 from store.driver import DriverStatement
 from store.inbox import CLAIM_HOLDS, Claim
@@ -71,7 +71,7 @@ _INSERT_HISTORY = DriverStatement(insert(_HISTORY),
                                   ["case_id", "at", "by_id", "by_label", "from_status", "to_status", "reason"])
 _INSERT_COMMENT = DriverStatement(insert(_COMMENTS).returning(_COMMENTS.c.id), [
     "case_id", "author_id", "created_at", "source", "public", "visible_text", "full_text", "html", "inbound_id",
-    "kind"])
+    "kind", "via"])
 _INSERT_ATTACHMENTS = DriverStatement(insert(_ATTACHMENTS),
                                       ["comment_id", "name", "size", "sha256", "content_type", "inline"])
 
@@ -132,7 +132,8 @@ def create_case(session: Session, number: str, subject: str, requester: UserRef,
 
 
 def change_status(session: Session, case: SupportCase, to: Status, now: datetime,
-                        by_id: int | None, by_label: str, reason: str | None = None) -> Status:
+                        by_id: int | None, by_label: str, reason: str | None = None, via: str | None = None) -> Status:
+    """`by_label` is who acted; `via`, the service they acted through (an API service token)."""
     previous = Status(case.status)
     case.status = to.value
     case.updated_at = now
@@ -141,12 +142,14 @@ def change_status(session: Session, case: SupportCase, to: Status, now: datetime
     assert case.id is not None
     session.add(StatusChange(case_id=case.id, at=now, by_id=by_id, by_label=by_label[:100],
                              from_status=previous.value, to_status=to.value,
-                             reason=clean_text(reason, 1000) if reason else None))
+                             reason=clean_text(reason, 1000) if reason else None,
+                             via=clean_text(via, 100) if via else None))
     return previous
 
 
 def add_comment(session: Session, case_id: int, author_id: int | None, draft: CommentDraft,
-                source: Source, now: datetime, inbound_id: int | None = None, kind: str = "comment") -> int:
+                source: Source, now: datetime, inbound_id: int | None = None, kind: str = "comment",
+                via: str | None = None) -> int:
     conn = session.connection()
     # A mail without quoted history has one text: stored once, full_text "" (store/models.py).
     full = "" if draft.full_text == draft.visible_text else clean_text(draft.full_text)
@@ -154,7 +157,7 @@ def add_comment(session: Session, case_id: int, author_id: int | None, draft: Co
         "case_id": case_id, "author_id": author_id, "created_at": now, "source": source.value,
         "public": draft.public, "visible_text": clean_text(draft.visible_text),
         "full_text": full, "html": clean_text(draft.html) if draft.html else None,
-        "inbound_id": inbound_id, "kind": kind}))
+        "inbound_id": inbound_id, "kind": kind, "via": clean_text(via, 100) if via else None}))
     if draft.attachments:
         _INSERT_ATTACHMENTS.execute_many(conn, [
             {"comment_id": comment_id, "name": clean_text(att.name, 255), "size": att.size, "sha256": att.sha256,
@@ -217,3 +220,25 @@ def mark_bouncing(session: Session, address: str, reason: str, now: datetime) ->
     user.bounce_reason = clean_text(reason, 500)
     session.add(user)
     return True
+
+
+def clear_bouncing(session: Session, address: str) -> bool:
+    """The operator's word that mail to `address` works again; False when it was not marked."""
+    user = user_by_email(session, address)
+    if user is None:
+        raise NotFound(f"no user {address}")
+    was = user.bouncing_since is not None
+    user.bouncing_since = None
+    user.bounce_reason = None
+    session.add(user)
+    return was
+
+
+def bump_token_generation(session: Session, address: str) -> int:
+    """Refuse every requester token issued to this user so far; returns the new generation."""
+    generation = session.execute(update(_USERS).where(_USERS.c.email == address.lower())
+                                 .values(token_generation=_USERS.c.token_generation + 1)
+                                 .returning(_USERS.c.token_generation)).scalar()
+    if generation is None:
+        raise NotFound(f"no user {address}")
+    return int(generation)

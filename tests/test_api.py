@@ -9,7 +9,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +17,27 @@ import httpx
 import pytest
 
 from gateway import api as api_module
-from gateway import lifecycle, metrics
-from gateway.api import build_api, requester_email, requester_token
+from gateway import credentials, lifecycle, metrics
+from gateway.api import build_api
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
 from gateway.model import Status
-from store import queries
+from gateway.tokens import RequesterClaims, api_token_hash, requester_claims, requester_token
+from store import api_tokens, queries
 from store.models import ImapFolderState
 from store.transact import run_in
 from tests.conftest import add_user, free_port, make_settings
 
-AGENT_TOKEN = "agent-token-for-tests-0123456789"
+# Tokens with known text, stored as the gateway stores them (hashes), so helpers can name them.
+AGENT_TOKEN = "gwt_agent-token-for-tests-0123456789"
+OTHER_AGENT_TOKEN = "gwt_other-agent-token-for-tests-0123456789"
+SERVICE_TOKEN = "gwt_service-token-for-tests-0123456789"
+LEGACY_TOKEN = "legacy-shared-token-from-the-config-0123"
 REQUESTER = "jens@kunde.example"
 COLLEAGUE = "mette@kunde.example"
 OUTSIDER = "ole@andet.example"
 AGENT = "anne@sa.example"
+OTHER_AGENT = "bo@sa.example"
 ORG = "Kunde A/S"
 
 
@@ -40,6 +46,13 @@ async def seed(app: App) -> list[str]:
     await add_user(app, COLLEAGUE, "Mette Madsen", ORG)
     await add_user(app, OUTSIDER, "Ole Olsen", "Andet ApS")
     await add_user(app, AGENT, "Anne Agent", agent=True)
+    await add_user(app, OTHER_AGENT, "Bo Agent", agent=True)
+    async with app.sessions() as session, session.begin():
+        for token, who in ((AGENT_TOKEN, AGENT), (OTHER_AGENT_TOKEN, OTHER_AGENT)):
+            user = await run_in(session, queries.require_user, who)
+            await run_in(session, api_tokens.add, api_tokens.AGENT, api_token_hash(token), app.clock.now(), user.id)
+        await run_in(session, api_tokens.add, api_tokens.SERVICE, api_token_hash(SERVICE_TOKEN), app.clock.now(),
+                     name="portal")
     numbers = []
     for who in (REQUESTER, REQUESTER, OUTSIDER):
         async with app.sessions() as session, session.begin():
@@ -53,7 +66,7 @@ async def seed(app: App) -> list[str]:
 
 
 def settings_for(tmp_path: Path, port: int = 0):
-    return make_settings(tmp_path, api={"agent_tokens": (AGENT_TOKEN,), "port": port})
+    return make_settings(tmp_path, api={"agent_tokens": (LEGACY_TOKEN,), "port": port})
 
 
 @pytest.fixture
@@ -70,15 +83,23 @@ async def client(gw: App) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def agent(acting: str | None = AGENT) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {AGENT_TOKEN}"}
+def agent(acting: str | None = AGENT, token: str = AGENT_TOKEN) -> dict[str, str]:
+    """An agent's own token; `acting` may name that agent (and no other)."""
+    headers = {"Authorization": f"Bearer {token}"}
     if acting:
         headers["X-Acting-User"] = acting
     return headers
 
 
-def requester(app: App, email: str = REQUESTER) -> dict[str, str]:
-    return {"Authorization": f"Bearer {requester_token(app.settings.mail.reply_token_secret, email)}"}
+def service(acting: str | None = AGENT, token: str = SERVICE_TOKEN) -> dict[str, str]:
+    """A service token, acting for the agent it names."""
+    return agent(acting, token)
+
+
+def requester(app: App, email: str = REQUESTER, issued: datetime | None = None, generation: int = 0) -> dict[str, str]:
+    claims = RequesterClaims(email, int((issued or app.clock.now()).timestamp()),
+                             app.settings.api.requester_token_lifetime_s, generation)
+    return {"Authorization": f"Bearer {requester_token(app.settings.api.requester_token_secret, claims)}"}
 
 
 # --- tokens -----------------------------------------------------------------------------------------
@@ -86,14 +107,166 @@ def requester(app: App, email: str = REQUESTER) -> dict[str, str]:
 
 def test_requester_tokens_are_bound_and_unforgeable() -> None:
     secret = "a-secret-of-sufficient-length"
-    token = requester_token(secret, REQUESTER)
-    assert requester_email(secret, token) == REQUESTER
-    assert requester_email("another-secret-of-some-length", token) is None
+    claims = RequesterClaims(REQUESTER, 1_767_600_000, 3600, 2)
+    token = requester_token(secret, claims)
+    assert requester_claims(secret, token) == claims
+    assert requester_claims("another-secret-of-some-length", token) is None
     prefix, payload, mac = token.split(".")
-    other = base64.urlsafe_b64encode(OUTSIDER.encode()).decode().rstrip("=")
-    assert requester_email(secret, f"{prefix}.{other}.{mac}") is None  # someone else's address, same MAC
-    assert requester_email(secret, token[:-1] + ("A" if token[-1] != "A" else "B")) is None
-    assert requester_email(secret, "SAG-000001") is None
+    for forged in (RequesterClaims(OUTSIDER, 1_767_600_000, 3600, 2), RequesterClaims(REQUESTER, 1_767_600_000, 10**9, 2),
+                   RequesterClaims(REQUESTER, 1_767_600_000, 3600, 3)):
+        other = base64.urlsafe_b64encode(
+            f"{forged.email}\n{forged.issued_at}\n{forged.lifetime_s}\n{forged.generation}".encode()).decode()
+        assert requester_claims(secret, f"{prefix}.{other.rstrip('=')}.{mac}") is None  # other claims, same MAC
+    assert requester_claims(secret, token[:-1] + ("A" if token[-1] != "A" else "B")) is None
+    assert requester_claims(secret, "SAG-000001") is None
+    assert claims.valid_at(claims.issued_at) and claims.valid_at(claims.issued_at + 3599)
+    assert not claims.valid_at(claims.issued_at + 3600) and not claims.valid_at(claims.issued_at - 3600)
+
+
+def _old_format_token(secret: str, email: str) -> str:
+    """`r1.<address>.<mac>` as the gateway made them before tokens expired (issue 17 item 4)."""
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+    mac = hmac.new(secret.encode(), b"gateway-api-requester\x00" + email.encode(), hashlib.sha256).digest()[:18]
+    return f"r1.{b64(email.encode())}.{b64(mac)}"
+
+
+async def test_item17_4_old_format_tokens_are_refused(client: httpx.AsyncClient, gw: App) -> None:
+    for secret in (gw.settings.mail.reply_token_secret, gw.settings.api.requester_token_secret):
+        old = {"Authorization": f"Bearer {_old_format_token(secret, REQUESTER)}"}
+        assert (await client.get("/cases", headers=old)).status_code == 401
+    # a new-format token signed with the reply-token secret is no requester token either
+    claims = RequesterClaims(REQUESTER, int(gw.clock.now().timestamp()), 3600, 0)
+    reply_signed = {"Authorization": f"Bearer {requester_token(gw.settings.mail.reply_token_secret, claims)}"}
+    assert (await client.get("/cases", headers=reply_signed)).status_code == 401
+    assert (await client.get("/cases", headers=requester(gw))).status_code == 200
+
+
+async def test_item17_4_requester_tokens_expire(client: httpx.AsyncClient, gw: App, clock: FrozenClock) -> None:
+    issued = await client.post("/users/token", headers=agent(None), json={"email": REQUESTER})
+    token = {"Authorization": f"Bearer {issued.json()['token']}"}
+    assert issued.json()["expires_at"] == (clock.now().replace(microsecond=0) + timedelta(hours=1)).isoformat()
+    clock.advance(minutes=59)
+    assert (await client.get("/cases", headers=token)).status_code == 200
+    clock.advance(minutes=1)
+    expired = await client.get("/cases", headers=token)
+    assert expired.status_code == 401 and "expired" in expired.json()["error"]
+    assert expired.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_item17_4_revoke_tokens_refuses_every_earlier_one(client: httpx.AsyncClient, gw: App) -> None:
+    issued = [(await client.post("/users/token", headers=agent(None), json={"email": who})).json()["token"]
+              for who in (REQUESTER, REQUESTER, COLLEAGUE)]
+    assert await credentials.revoke_requester_tokens(gw, REQUESTER.upper()) == {"email": REQUESTER, "revoked": True}
+    for token, status in zip(issued, (401, 401, 200), strict=True):
+        response = await client.get("/cases", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == status
+        if status == 401:
+            assert "revoked" in response.json()["error"]
+    fresh = (await client.post("/users/token", headers=agent(None), json={"email": REQUESTER})).json()["token"]
+    assert (await client.get("/cases", headers={"Authorization": f"Bearer {fresh}"})).status_code == 200
+    with pytest.raises(lifecycle.NotFound):
+        await credentials.revoke_requester_tokens(gw, "nobody@kunde.example")
+
+
+@pytest.mark.parametrize(("api", "message"), [
+    ({"requester_token_secret": ""}, "at least 16 characters"),
+    ({"requester_token_secret": "too-short"}, "at least 16 characters"),
+    ({"requester_token_secret": "development-only-secret-change-me"}, "must differ from mail.reply_token_secret"),
+    ({"requester_token_lifetime_s": 0}, "60 s to 30 days"),
+])
+def test_item17_4_requester_token_settings(tmp_path: Path, api: dict[str, Any], message: str) -> None:
+    from gateway.errors import ConfigError
+    from gateway.settings import load_settings
+    from tests.conftest import ROOT
+
+    env = {f"GATEWAY_API__{key.upper()}": str(value) for key, value in api.items()}
+    with pytest.raises(ConfigError, match=message):
+        load_settings(ROOT / "config" / "gateway.toml", env=env)
+    load_settings(ROOT / "config" / "gateway.toml", env={**env, "GATEWAY_API__ENABLED": "false",
+                                                         "GATEWAY_API__REQUESTER_TOKEN_LIFETIME_S": "3600"})
+    chosen = load_settings(ROOT / "config" / "gateway.toml",
+                           env={"GATEWAY_API__REQUESTER_TOKEN_SECRET": "from-the-environment-0123"})
+    assert chosen.api.requester_token_secret == "from-the-environment-0123"
+    assert chosen.api.requester_token_lifetime_s == 3600
+
+
+# --- agent and service tokens (issue 17 item 3) -----------------------------------------------------
+
+
+async def test_item17_3_an_agent_token_acts_only_as_its_agent(client: httpx.AsyncClient, gw: App) -> None:
+    """The attack: one token, and a header naming whichever agent the caller likes."""
+    body = {"status": "paabegyndt"}
+    for headers in (agent(OTHER_AGENT), agent(None) | {"X-Acting-User": OTHER_AGENT.upper()}):
+        response = await client.post("/cases/SAG-000001/status", headers=headers, json=body)
+        assert response.status_code == 403 and "its own agent" in response.json()["error"]
+    response = await client.post("/cases/SAG-000001/status", headers=agent(None), json={**body, "as": OTHER_AGENT})
+    assert response.status_code == 403
+    assert (await client.post("/cases/SAG-000001/status", headers=agent(None), json=body)).status_code == 200
+    assert (await client.post("/cases/SAG-000001/note", headers=agent(None, OTHER_AGENT_TOKEN),
+                              json={"text": "Bo"})).status_code == 200
+    case = (await client.get("/cases/SAG-000001", headers=agent(None))).json()
+    assert [(h["by"], h["via"]) for h in case["history"]][1:] == [(AGENT, None)]
+    assert [(c["author"], c["via"]) for c in case["comments"]] == [(OTHER_AGENT, None)]
+
+
+async def test_item17_3_a_service_token_is_recorded_with_both_names(client: httpx.AsyncClient, gw: App) -> None:
+    assert (await client.post("/cases/SAG-000001/status", headers=service(None),
+                              json={"status": "paabegyndt"})).status_code == 422
+    assert (await client.post("/cases/SAG-000001/status", headers=service(REQUESTER),
+                              json={"status": "paabegyndt"})).status_code == 403
+    assert (await client.post("/cases/SAG-000001/status", headers=service("nobody@sa.example"),
+                              json={"status": "paabegyndt"})).status_code == 403
+    r = await client.post("/cases/SAG-000001/status", headers=service(OTHER_AGENT), json={"status": "paabegyndt"})
+    assert r.status_code == 200
+    r = await client.post("/cases/SAG-000001/reply", headers=service(None), json={"text": "Svar", "as": AGENT})
+    assert r.status_code == 200
+    assert (await client.get("/cases?status=all", headers=service(None))).status_code == 200  # reads need no agent
+    case = (await client.get("/cases/SAG-000001", headers=agent(None))).json()
+    assert (case["history"][-1]["by"], case["history"][-1]["via"]) == (OTHER_AGENT, "portal")
+    assert [(c["author"], c["via"]) for c in case["comments"]] == [(AGENT, "portal")]
+
+
+async def test_item17_3_deprecated_config_tokens_act_as_a_service(client: httpx.AsyncClient, gw: App) -> None:
+    legacy = {"Authorization": f"Bearer {LEGACY_TOKEN}"}
+    r = await client.post("/cases/SAG-000001/status", headers=legacy, json={"status": "paabegyndt"})
+    assert r.status_code == 422  # a service names the agent it acts for
+    r = await client.post("/cases/SAG-000001/status", headers={**legacy, "X-Acting-User": AGENT},
+                          json={"status": "paabegyndt"})
+    assert r.status_code == 200
+    case = (await client.get("/cases/SAG-000001", headers=agent(None))).json()
+    assert (case["history"][-1]["by"], case["history"][-1]["via"]) == (AGENT, "api.agent_tokens")
+
+
+async def test_item17_3_issue_list_revoke(client: httpx.AsyncClient, gw: App, clock: FrozenClock) -> None:
+    issued = await credentials.issue_api_token(gw, agent=AGENT.upper())
+    assert issued["kind"] == "agent" and issued["agent"] == AGENT and issued["token"].startswith("gwt_")
+    mine = {"Authorization": f"Bearer {issued['token']}"}
+    clock.advance(minutes=5)
+    assert (await client.get("/cases", headers=mine)).status_code == 200
+    listed = {t["id"]: t for t in await credentials.list_api_tokens(gw)}
+    assert listed[issued["id"]]["last_used_at"] == clock.now().isoformat()
+    assert listed[issued["id"]]["revoked_at"] is None and listed[issued["id"]]["agent"] == AGENT
+    assert issued["token"] not in repr(listed) and api_token_hash(issued["token"]) not in repr(listed)
+    assert await credentials.revoke_api_token(gw, issued["id"]) == {"id": issued["id"], "revoked": True,
+                                                                    "changed": True}
+    refused = await client.get("/cases", headers=mine)
+    assert refused.status_code == 401 and "revoked" in refused.json()["error"]
+    assert (await credentials.revoke_api_token(gw, issued["id"]))["changed"] is False
+    with pytest.raises(lifecycle.NotFound):
+        await credentials.revoke_api_token(gw, 9999)
+    with pytest.raises(lifecycle.Refused, match="not an agent"):
+        await credentials.issue_api_token(gw, agent=REQUESTER)
+    with pytest.raises(lifecycle.InvalidInput):
+        await credentials.issue_api_token(gw, service="\x00bad")
+    async with gw.sessions() as session:
+        stored = await run_in(session, api_tokens.listing)
+    assert all(set(row) == {"id", "kind", "agent", "service", "created_at", "last_used_at", "revoked_at"}
+               for row in stored)
 
 
 # --- auth ----------------------------------------------------------------------------------------------
@@ -102,6 +275,7 @@ def test_requester_tokens_are_bound_and_unforgeable() -> None:
 @pytest.mark.parametrize("headers", [
     {}, {"Authorization": "Basic dXNlcjpwdw=="}, {"Authorization": "Bearer "},
     {"Authorization": "Bearer wrong-token"}, {"Authorization": "Bearer r1.amVuc0BrdW5kZS5leGFtcGxl.AAAAAAAAAAAAAAAAAAAAAAAA"},
+    {"Authorization": "Bearer gwt_no-such-token-0123456789"}, {"Authorization": f"Bearer {AGENT_TOKEN}x"},
     {"Authorization": "Bearer ÿÿÿ".encode("latin-1")},
 ])
 async def test_no_or_wrong_token_is_401(client: httpx.AsyncClient, headers: dict[str, Any]) -> None:
@@ -134,16 +308,6 @@ async def test_requester_acts_only_on_own_cases(client: httpx.AsyncClient, gw: A
     # a requester token never acts as someone else
     response = await client.post("/cases/SAG-000003/close", headers={**ole, "X-Acting-User": REQUESTER}, json={})
     assert response.status_code == 403
-
-
-async def test_agent_token_needs_a_registered_agent(client: httpx.AsyncClient) -> None:
-    body = {"status": "paabegyndt"}
-    assert (await client.post("/cases/SAG-000001/status", headers=agent(None), json=body)).status_code == 422
-    assert (await client.post("/cases/SAG-000001/status", headers=agent(REQUESTER), json=body)).status_code == 403
-    assert (await client.post("/cases/SAG-000001/status", headers=agent("nobody@sa.example"),
-                               json=body)).status_code == 403
-    response = await client.post("/cases/SAG-000001/status", headers=agent(None), json={**body, "as": AGENT})
-    assert response.status_code == 200 and response.json()["status"] == "paabegyndt"
 
 
 async def test_requester_token_for_an_agent_is_refused(client: httpx.AsyncClient, gw: App) -> None:
@@ -289,6 +453,25 @@ async def test_user_search(client: httpx.AsyncClient, gw: App) -> None:
     assert (await client.get("/users/search", params={"text": "x"}, headers=agent(None))).status_code == 422
 
 
+async def test_item17_1_unbounce_releases_the_held_mail(client: httpx.AsyncClient, gw: App) -> None:
+    from store import writes
+    from tests.conftest import outbox
+
+    async with gw.sessions() as session, session.begin():
+        assert await run_in(session, writes.mark_bouncing, COLLEAGUE, "bounce: test", gw.clock.now())
+    assert (await client.post("/cases/SAG-000001/share", headers=agent(), json={"email": COLLEAGUE})).status_code == 200
+    [held] = await outbox(gw)
+    assert held["state"] == "held" and held["last_error"] == "recipient is bouncing"
+    body = {"email": COLLEAGUE.upper()}
+    assert (await client.post("/users/unbounce", headers=requester(gw), json=body)).status_code == 403
+    r = await client.post("/users/unbounce", headers=service(None), json=body)
+    assert r.status_code == 200 and r.json() == {"email": COLLEAGUE, "was_bouncing": True, "released": 1}
+    [released] = await outbox(gw)
+    assert released["state"] == "pending" and released["last_error"] is None
+    assert (await client.post("/users/unbounce", headers=agent(), json={"email": "x@y.example"})).status_code == 404
+    assert (await client.post("/users/unbounce", headers=agent(), json={"email": "no address"})).status_code == 422
+
+
 # --- operations --------------------------------------------------------------------------------------------
 
 
@@ -354,7 +537,7 @@ async def test_openapi_document_is_valid(client: httpx.AsyncClient) -> None:
     assert set(doc["paths"]) >= {"/cases", "/cases/{number}", "/cases/{number}/status", "/cases/{number}/assign",
                                  "/cases/{number}/reply", "/cases/{number}/note", "/cases/{number}/share",
                                  "/cases/{number}/close", "/cases/{number}/comments", "/users/search",
-                                 "/healthz", "/metrics"}
+                                 "/users/token", "/users/unbounce", "/healthz", "/metrics"}
 
 
 async def test_api_loop_serves_on_port_zero_and_stops(gw: App, caplog: pytest.LogCaptureFixture) -> None:
@@ -367,6 +550,7 @@ async def test_api_loop_serves_on_port_zero_and_stops(gw: App, caplog: pytest.Lo
             break
         await asyncio.sleep(0.02)
     assert ports and ports[0], "api.listening was never logged"
+    assert any(r.getMessage() == "api.deprecated_agent_tokens" for r in caplog.records)  # LEGACY_TOKEN is set
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports[0]}") as c:
         assert (await c.get("/healthz")).status_code == 200
         assert (await c.get("/cases")).status_code == 401
@@ -386,7 +570,8 @@ class ServedApi:
         self.ready = threading.Event()
         self.loop = asyncio.new_event_loop()
         self.stop: asyncio.Event | None = None
-        self.secret = self.settings.mail.reply_token_secret
+        self.requester = RequesterClaims(REQUESTER, int(FrozenClock().now().timestamp()), 3600, 0)
+        self.secret = self.settings.api.requester_token_secret
         self.thread = threading.Thread(target=self.loop.run_until_complete, args=(self._main(),), daemon=True)
 
     async def _main(self) -> None:
@@ -432,9 +617,8 @@ def test_schemathesis_finds_no_server_error(served: ServedApi) -> None:
     base = f"http://127.0.0.1:{served.port}"
     schema = schemathesis.openapi.from_url(f"{base}/openapi.json")
     who = st.sampled_from([
-        {"Authorization": f"Bearer {AGENT_TOKEN}", "X-Acting-User": AGENT},
-        {"Authorization": f"Bearer {AGENT_TOKEN}"},
-        {"Authorization": f"Bearer {requester_token(served.secret, REQUESTER)}"},
+        agent(AGENT), agent(None), service(AGENT), service(None),
+        {"Authorization": f"Bearer {requester_token(served.secret, served.requester)}"},
         {"Authorization": "Bearer nonsense"},
     ])
     failures: list[str] = []

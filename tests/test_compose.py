@@ -411,3 +411,79 @@ def test_any_subject_and_name_round_trip_without_extra_headers(renderer: Rendere
     shown = msg["To"].addresses[0].display_name
     expected = header_text(name, 64)
     assert shown == expected or (shown.endswith("…") and expected.startswith(shown[:-1]))
+
+
+# --- the MIME tree (issue 17, item 2) ----------------------------------------------------------------
+
+# Text that tries to end or split a part: boundary lines of the old fixed "None" boundary and of
+# the library's own "===…==" form, line breaks of every kind, and encoded-words.
+_BOUNDARY_LIKE = st.sampled_from([
+    "--None--", "--None", "\r\n--None\r\n", "\n--None--\n", "--", "=_", "===============",
+    "--===============0123456789==", "\r\n--===============0123456789==--\r\n", "Content-Type: text/html",
+    "\r\n\r\nX-Evil: 1\r\n", "\u2028", "\u2029", "\u0085", "\r", "\n", "=?utf-8?q?a=0D=0A--None?=",
+    "=?utf-8?b?LS1Ob25lLS0=?=", "A" * 69, "ø" * 40, ".", "\r\n.\r\n", "=", "=3D", "\x00",
+])
+_HOSTILE_TEXT = st.lists(_BOUNDARY_LIKE | st.text(st.characters(codec="utf-8"), max_size=40),
+                         max_size=8).map("".join)
+
+
+def _parsed(raw: bytes) -> EmailMessage:
+    """As a receiving client reads it; an SMTPUTF8 message (RFC 6532) is UTF-8 text."""
+    if raw.isascii():
+        return parse(raw)
+    return message_from_string(raw.decode("utf-8"), policy=email_policy.default)  # type: ignore[return-value]
+
+
+def _parts_of(raw: bytes) -> list[tuple[str, str]]:
+    """(content type, decoded text) of every part below the root, parsed strictly."""
+    msg = _parsed(raw)
+    assert not msg.defects, msg.defects
+    assert msg.get_content_type() == "multipart/alternative"
+    boundary = msg.get_boundary()
+    assert boundary and boundary != "None"
+    parts = []
+    for part in msg.iter_parts():
+        assert not part.is_multipart() and not part.defects
+        parts.append((part.get_content_type(), part.get_content().replace("\r\n", "\n")))
+    assert sum(1 for _ in msg.walk()) == 3  # the root and its two parts, nothing nested
+    return parts
+
+
+def test_item17_2_a_subject_holding_the_old_boundary_keeps_both_parts(renderer: Renderer) -> None:
+    n = notice(Event.RECEIPT, case_subject="A" * 69 + "--None--")
+    rendered = renderer.render(n)
+    assert _parts_of(renderer.compose(n)) == [("text/plain", rendered.text), ("text/html", rendered.html)]
+    n = notice(Event.STATUS, case_subject="Sag --None\r\nContent-Type: text/html\r\n\r\n<b>x</b>")
+    rendered = renderer.render(n)
+    assert _parts_of(renderer.compose(n)) == [("text/plain", rendered.text), ("text/html", rendered.html)]
+
+
+def test_item17_2_every_message_has_its_own_boundary(renderer: Renderer) -> None:
+    boundaries = {parse(renderer.compose(notice(Event.STATUS))).get_boundary() for _ in range(20)}
+    assert len(boundaries) == 20
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(event=st.sampled_from(list(Event)), subject=_HOSTILE_TEXT, name=_HOSTILE_TEXT, actor=_HOSTILE_TEXT,
+       comment=_HOSTILE_TEXT, utf8_address=st.booleans())
+def test_item17_2_any_text_parses_back_to_exactly_the_intended_parts(
+        renderer: Renderer, event: Event, subject: str, name: str, actor: str, comment: str,
+        utf8_address: bool) -> None:
+    """Whatever a customer or an agent typed (subject, names, the status comment that is never
+    rendered), the message is the two alternatives we rendered and our headers, nothing else."""
+    address = "søren@kommune.example" if utf8_address else "soeren.hansen@kommune.example"
+    n = notice(event, case_subject=subject, recipient_name=name, actor_name=actor or None, reason=comment,
+               recipient_email=address)
+    rendered = renderer.render(n)
+    raw = renderer.compose(n)
+    assert _parts_of(raw) == [("text/plain", rendered.text), ("text/html", rendered.html)]
+    msg = _parsed(raw)
+    assert {k.lower() for k in msg} == EXPECTED_HEADERS - ({"reply-to"} if event is Event.REJECTED else set())
+    assert len(msg.keys()) == len({k.lower() for k in msg})  # each header once
+    assert str(msg["Subject"]) == rendered.subject == header_text(rendered.subject, 10_000)
+    assert [a.addr_spec for a in msg["To"].addresses] == [address]
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    assert b"\r" not in head.replace(b"\r\n", b"") and b"\n" not in head.replace(b"\r\n", b"")
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
+    if not utf8_address:
+        assert all(0x20 <= byte < 0x7F for byte in raw.replace(b"\r\n", b""))  # 7-bit throughout

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from gateway import lifecycle
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
 from gateway.model import Outcome
@@ -21,7 +22,7 @@ from store import queries
 from store.inbox import IncomingMail
 from store.models import Outbox, SupportCase
 from store.transact import run_in
-from tests.conftest import ADDRESS, MailBuilder, free_port, make_settings
+from tests.conftest import ADDRESS, MailBuilder, add_user, free_port, make_settings
 from tests.sink import Sink
 
 
@@ -280,26 +281,99 @@ async def test_subject_injection_gives_no_extra_header_or_recipient(relayed: App
     assert got.message["Bcc"] is None and b"\nBcc:" not in got.data
 
 
+AGENT = "anne@statens-adm.example"
+
+
+def delivery_report(sender: str, cited: str, *failed: str) -> bytes:
+    """A multipart/report (RFC 3464) that says `failed` could not be reached by the mail `cited`."""
+    recipients = "".join(f"Final-Recipient: rfc822; {who}\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+                         for who in failed)
+    return (
+        f"From: {sender}\r\nTo: {ADDRESS}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
+        f"Message-ID: <dsn-{abs(hash((sender, cited, failed)))}@mx.borger.example>\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain\r\n\r\nMailbox unknown\r\n"
+        "--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.borger.example\r\n\r\n"
+        f"{recipients}"
+        f"--b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: {cited}\r\nSubject: x\r\n--b--\r\n"
+    ).encode()
+
+
 async def test_item74_bounce_of_our_notification_marks_recipient_and_holds(relayed: App, sink: Sink,
                                                                     mail: MailBuilder) -> None:
     await ingest(relayed, mail())
     await relayed.sender.run_once()
     ours = sink.messages[0].message["Message-ID"]
-    dsn = (
-        "From: MAILER-DAEMON@mx.borger.example\r\nTo: " + ADDRESS + "\r\nSubject: Undelivered Mail Returned to Sender\r\n"
-        "Message-ID: <dsn-1@mx.borger.example>\r\nMIME-Version: 1.0\r\n"
-        'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
-        "--b\r\nContent-Type: text/plain\r\n\r\nMailbox unknown\r\n"
-        "--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.borger.example\r\n\r\n"
-        "Final-Recipient: rfc822; jens@borger.example\r\nAction: failed\r\nStatus: 5.1.1\r\n"
-        "--b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: " + ours + "\r\nSubject: x\r\n--b--\r\n")
-    result = await ingest(relayed, dsn.encode())
-    assert result.action is Outcome.IGNORED and "jens@borger.example" in result.reason
+    result = await ingest(relayed, delivery_report("MAILER-DAEMON@mx.borger.example", ours, "jens@borger.example"))
+    assert result.action is Outcome.IGNORED and "marked bouncing: jens@borger.example" in result.reason
     await ingest(relayed, mail(subject="Nyt spørgsmål", body="Endnu et"))
     assert await relayed.sender.run_once() == 0
     rows = await outbox(relayed)
     assert [r["state"] for r in rows] == ["sent", "held"]
     assert len(sink.messages) == 1
+
+
+async def _bouncing(app: App) -> dict[str, bool]:
+    async with app.sessions() as session:
+        return {u["email"]: u["bouncing"] for u in await run_in(session, queries.list_users)}
+
+
+async def test_item17_1_a_forged_report_cannot_silence_a_colleague(relayed: App, sink: Sink,
+                                                                  mail: MailBuilder) -> None:
+    """The attack of issue 17: an outsider mails in once, gets a receipt, then sends a report
+    citing that receipt that names a colleague. Only a recipient of the cited mail can be
+    marked, and only when the report names them."""
+    await add_user(relayed, AGENT, "Anne Agent", agent=True)  # agents could be silenced the same way
+    await ingest(relayed, mail(sender="mette@firma.example", subject="Min sag"))  # the colleague's case
+    await ingest(relayed, mail(sender="ole@andet.example", subject="Hej"))
+    assert await relayed.sender.run_once() == 2
+    receipt = next(m.message["Message-ID"] for m in sink.messages if m.recipients == ["ole@andet.example"])
+    forged = await ingest(relayed, delivery_report("ole@andet.example", receipt, "mette@firma.example", AGENT))
+    # the colleague's next status mail goes out, not held
+    await lifecycle.set_status(relayed, "SAG-000001", "paabegyndt", AGENT)
+    assert [r["state"] for r in await outbox(relayed)] == ["sent", "sent", "pending"]
+    assert await relayed.sender.run_once() == 1
+    assert sink.messages[-1].recipients == ["mette@firma.example"]
+    assert await _bouncing(relayed) == {AGENT: False, "mette@firma.example": False, "ole@andet.example": False}
+    # and the outcome says why nobody was marked
+    assert forged.action is Outcome.IGNORED and "marked bouncing" not in forged.reason
+    assert f"not a recipient of the cited mail: mette@firma.example, {AGENT}" in forged.reason
+    stray = await ingest(relayed, delivery_report("ole@andet.example", "<x@andet.example>", "mette@firma.example"))
+    assert "nothing marked: the report cites no mail of ours" in stray.reason
+
+
+async def test_item17_1_a_report_marks_only_the_recipient_it_names(relayed: App, sink: Sink,
+                                                                  mail: MailBuilder) -> None:
+    """A real bounce of the receipt to Ole, which also lists an address the receipt never went
+    to: Ole is marked, the other is not."""
+    await ingest(relayed, mail(sender="mette@firma.example", subject="Min sag"))
+    await ingest(relayed, mail(sender="ole@andet.example", subject="Hej"))
+    await relayed.sender.run_once()
+    receipt = next(m.message["Message-ID"] for m in sink.messages if m.recipients == ["ole@andet.example"])
+    report = await ingest(relayed, delivery_report("MAILER-DAEMON@mx.andet.example", receipt, "OLE@andet.example",
+                                                   "mette@firma.example"))
+    assert "marked bouncing: ole@andet.example" in report.reason
+    assert "not a recipient of the cited mail: mette@firma.example" in report.reason
+    assert await _bouncing(relayed) == {"mette@firma.example": False, "ole@andet.example": True}
+
+
+async def test_item17_1_unbounce_sends_the_held_mail(relayed: App, sink: Sink, mail: MailBuilder) -> None:
+    await ingest(relayed, mail())
+    await relayed.sender.run_once()
+    await ingest(relayed, delivery_report("MAILER-DAEMON@mx.borger.example", sink.messages[0].message["Message-ID"],
+                                          "jens@borger.example"))
+    await ingest(relayed, mail(subject="Nyt spørgsmål", body="Endnu et"))
+    assert await relayed.sender.run_once() == 0
+    done = await lifecycle.unbounce(relayed, "Jens@Borger.example")
+    assert done == {"email": "jens@borger.example", "was_bouncing": True, "released": 1}
+    assert await _bouncing(relayed) == {"jens@borger.example": False}
+    assert await relayed.sender.run_once() == 1
+    assert [r["state"] for r in await outbox(relayed)] == ["sent", "sent"]
+    assert [m.message["Subject"].split()[0] for m in sink.messages] == ["[SAG-000001]", "[SAG-000002]"]
+    again = await lifecycle.unbounce(relayed, "jens@borger.example")
+    assert again == {"email": "jens@borger.example", "was_bouncing": False, "released": 0}
+    with pytest.raises(lifecycle.NotFound):
+        await lifecycle.unbounce(relayed, "nobody@borger.example")
 
 
 async def test_maildir_default_delivers_files(app: App, mail: MailBuilder) -> None:

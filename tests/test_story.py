@@ -36,7 +36,6 @@ OUTSIDER = "ole@andet.example"
 MAILBOX = "post@kunde.example"
 AGENT = "anne@sa.example"
 ORG = "Kunde A/S"
-TOKEN = "story-agent-token-0123456789"
 PORTAL = "https://serviceportal.statens-adm.example"
 
 
@@ -91,7 +90,7 @@ async def sink() -> AsyncIterator[tuple[Sink, int]]:
 @pytest.fixture
 async def daemon(tmp_path: Path, sink: tuple[Sink, int]) -> AsyncIterator[DaemonProcess]:
     proc = DaemonProcess(tmp_path, outbound={"transport": f"smtp://127.0.0.1:{sink[1]}", "backoff_initial_s": 1.0},
-                         api={"enabled": True, "port": free_port(), "agent_tokens": [TOKEN]},
+                         api={"enabled": True, "port": free_port()},
                          portal={"url": PORTAL})
     await asyncio.to_thread(proc.start)
     try:
@@ -225,8 +224,9 @@ async def test_full_story(daemon: DaemonProcess, sink: tuple[Sink, int]) -> None
         health = await api.get("/healthz")
         assert health.status_code == 200 and health.json()["loops"] == {
             "api": True, "maintenance": True, "sender": True, "worker": True}
+        _, token, _ = await gateway(daemon, "tokens", "issue", "--agent", AGENT)  # the agent's own token
         response = await api.post("/cases/SAG-000001/status", json={"status": "udfoert"},
-                                  headers={"Authorization": f"Bearer {TOKEN}", "X-Acting-User": AGENT})
+                                  headers={"Authorization": f"Bearer {token.strip()}"})
         assert response.status_code == 200, response.text
         assert "gateway_outbox_depth" in (await api.get("/metrics")).text
     done = (await mails.wait_for(4))[3]
