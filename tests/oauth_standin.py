@@ -79,6 +79,7 @@ class IdentityProvider:
         self.tokens: dict[str, Token] = {}
         self.grants: dict[str, int] = {}
         self.introspections = 0
+        self.introspection_down = False  # answers 503: Dovecot then says [UNAVAILABLE] (pitfall 5)
         self._lock = threading.Lock()
         self._https = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -179,6 +180,8 @@ class IdentityProvider:
                      "access_token": token}
 
     def introspect(self, mailbox: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        if self.introspection_down:
+            return 503, {"error": "temporarily_unavailable"}
         if (form.get("client_id"), form.get("client_secret")) != (INTROSPECT_ID, INTROSPECT_SECRET):
             return 401, {"error": "invalid_client"}
         with self._lock:

@@ -33,7 +33,7 @@ from gateway.clock import SystemClock
 from gateway.errors import ConfigError, TokenUnavailable
 from gateway.ingest.imap import AccountReader, imap_loop
 from gateway.ingest.imap_check import check_accounts
-from gateway.ingest.oauth import REFRESH_MARGIN_S, MsalTokenSource, token_sources
+from gateway.ingest.oauth import MsalTokenSource, token_sources
 from gateway.settings import ImapAccount, load_settings
 from store import queries
 from store.models import InboundMail
@@ -314,6 +314,23 @@ async def test_check_says_what_is_wrong(idp: IdentityProvider, dovecot: Dovecot,
     assert f"secret-of-{app_id}" not in out and "not-the-secret" not in out
 
 
+async def test_server_that_cannot_check_the_token_now_is_told_apart_and_not_renewed(
+        idp: IdentityProvider, dovecot: Dovecot, app_id: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Dovecot answers [UNAVAILABLE] when its introspection endpoint fails: the token was not
+    refused, so it is not renewed, and the words say to try later rather than blame the app."""
+    acct = oauth_account(idp, dovecot, MAILBOXES[0], app_id, name="box")
+    idp.introspection_down = True
+    try:
+        assert await check_accounts(imap_settings(tmp_path, acct)) == 1
+    finally:
+        idp.introspection_down = False
+    out = capsys.readouterr().out
+    assert out.startswith(f"FAILED box: 127.0.0.1:{dovecot.port} could not check the OAuth2 token for "
+                          f"{MAILBOXES[0]} now (its identity provider did not answer): [UNAVAILABLE]"), out
+    assert idp.grants[app_id] == 1
+
+
 def test_missing_secret_stops_gateway_run_and_check_names_it(idp: IdentityProvider, dovecot: Dovecot,
                                                              tmp_path: Path) -> None:
     config = tmp_path / "gateway.toml"
@@ -350,7 +367,7 @@ def test_token_is_kept_until_a_minute_before_it_expires_and_renewed_once_after_a
     acct = oauth_account(idp, dovecot, MAILBOXES[0], app_id)
     source = token_sources([acct], clock=lambda: now[0])[acct.name]
     first = source.token()
-    now[0] += LIFETIME_S - REFRESH_MARGIN_S - 1
+    now[0] += LIFETIME_S - 61  # a minute and a second left
     assert source.token() == first and idp.grants[app_id] == 1
     now[0] += 2  # less than a minute left: not good enough for a new login
     second = source.token()
