@@ -95,8 +95,6 @@ class MsalTokenSource:
         try:
             client.remove_tokens_for_client()
             result = client.acquire_token_for_client(scopes=[self.account.scope])
-        except TokenUnavailable:
-            raise
         except Exception as exc:
             raise self._unreachable(exc) from exc
         if not isinstance(result, dict) or not result.get("access_token"):
