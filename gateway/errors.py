@@ -5,7 +5,8 @@
     ├── UnusableMail         input that can never be processed (sysexits 65)
     ├── TemporaryFailure     try again later (sysexits 75; SMTP 451)
     │   ├── StoreUnavailable the database could not commit
-    │   └── LostClaim        another worker took the mail over when our lease ran out
+    │   ├── LostClaim        another worker took the mail over when our lease ran out
+    │   └── TokenUnavailable no OAuth2 access token: endpoint unreachable, tenant/client/secret refused
     ├── NotFound             unknown case or user
     ├── Refused              an action the rules do not allow (illegal transition, outsider)
     └── DeliveryError        outbound relay problem
@@ -36,6 +37,11 @@ class StoreUnavailable(TemporaryFailure):
 class LostClaim(TemporaryFailure):
     """The mail's lease ran out and another worker claimed it: this worker's transaction must
     roll back, or the mail would be applied twice (two cases for one mail)."""
+
+
+class TokenUnavailable(TemporaryFailure):
+    """The token endpoint gave no access token; the message says why in plain words. Temporary
+    for the account (it backs off and tries again), though an operator may have to act."""
 
 
 class NotFound(GatewayError):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -85,6 +87,18 @@ class ImapAccount:
     poll_interval_s: float = 30.0
     idle: bool = True
     max_message_size: int = 35_000_000
+    # OAuth2 (Microsoft 365): the client-credentials grant of an Entra app (gateway/ingest/oauth.py).
+    # The secret itself never is a setting: client_secret_env names the variable that holds it.
+    auth: Literal["password", "xoauth2", "oauthbearer"] = "password"
+    tenant: str = ""
+    client_id: str = ""
+    client_secret_env: str = ""
+    token_url: str = ""  # default: Microsoft's token URL for the tenant
+    scope: str = "https://outlook.office365.com/.default"
+
+    @property
+    def token_endpoint(self) -> str:
+        return self.token_url or f"https://login.microsoftonline.com/{self.tenant}/oauth2/v2.0/token"
 
 
 @dataclass(frozen=True)
@@ -329,3 +343,32 @@ def _validate(obj: Any, prefix: str) -> None:
         raise ConfigError("worker.retry_delay_s: must not be negative")
     if isinstance(obj, WorkerSettings) and not 1 <= obj.parse_processes <= 64:
         raise ConfigError("worker.parse_processes: must be 1-64")
+    if isinstance(obj, ImapAccount):
+        _validate_imap_auth(obj, prefix)
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OAUTH_KEYS = ("tenant", "client_id", "client_secret_env")
+
+
+def _validate_imap_auth(a: ImapAccount, prefix: str) -> None:
+    if a.auth == "password":
+        for key in (*_OAUTH_KEYS, "token_url"):
+            if getattr(a, key):
+                raise ConfigError(f"{prefix}{key}: only used with auth = \"xoauth2\" or \"oauthbearer\"")
+        return
+    for key in _OAUTH_KEYS:
+        if not getattr(a, key):
+            raise ConfigError(f"{prefix}{key}: required with auth = {a.auth!r}")
+    if a.password:
+        raise ConfigError(f"{prefix}password: not used with auth = {a.auth!r}; remove it")
+    if not _ENV_NAME.fullmatch(a.client_secret_env):  # never echo it: it may be a pasted secret
+        raise ConfigError(f"{prefix}client_secret_env: must be the NAME of the environment variable that "
+                          "holds the secret (letters, digits and _), never the secret itself")
+    path = urllib.parse.urlsplit(a.token_endpoint)
+    if path.scheme != "https" or not path.path.endswith("/oauth2/v2.0/token"):
+        raise ConfigError(f"{prefix}token_url: must be https://<host>/<tenant>/oauth2/v2.0/token")
+    if path.path.split("/")[1:2] != [a.tenant]:
+        raise ConfigError(f"{prefix}token_url: its tenant differs from {prefix}tenant ({a.tenant!r})")
+    if not a.scope.strip():
+        raise ConfigError(f"{prefix}scope: must not be empty")

@@ -8,6 +8,11 @@ the passwd-file: the folders are 0755 and the file 0644 (a 0700 folder gives "[U
 Temporary authentication failure" on every login). As non-root, every Dovecot user is set to
 the current user (the recipe's non-root variant).
 
+Optional OAuth2 (OAUTH2-IMAP.md §3): `oauth2` maps a mailbox to its introspection URL. Each such
+mailbox gets an `oauth2` passdb of its own (`username_filter`), because Dovecot 2.3 sends the
+introspection endpoint the token alone; the passwd-file passdb then serves only PLAIN/LOGIN, so
+the tests' own clients still log in to those mailboxes with a password.
+
 Optional TLS: a throw-away CA and a server certificate for `localhost`/127.0.0.1 made with the
 `openssl` command; `ca_file` is what a client must trust. `imaps_port` is then the implicit TLS
 listener, and the plain port offers STARTTLS.
@@ -50,7 +55,8 @@ def _free_port() -> int:
 class Dovecot:
     """One private Dovecot instance. `start()`, `stop()`, `restart()`; users via `add_user()`."""
 
-    def __init__(self, root: Path | None = None, tls: bool = False, spare_users: int = 0) -> None:
+    def __init__(self, root: Path | None = None, tls: bool = False, spare_users: int = 0,
+                 oauth2: dict[str, str] | None = None) -> None:
         binary = dovecot_binary()
         if binary is None:
             raise RuntimeError(MISSING)
@@ -60,6 +66,7 @@ class Dovecot:
         self.port = _free_port()
         self.imaps_port = _free_port() if tls else 0
         self.tls = tls
+        self.oauth2 = dict(oauth2 or {})
         self.users: dict[str, str] = {}
         # Users made before the start are known at once; fresh_user() hands them out.
         self._spare = [f"user{i}-{os.getpid()}@example.test" for i in range(spare_users)]
@@ -78,6 +85,10 @@ class Dovecot:
         self._write_users()
         if self.tls:
             self._make_certificates()
+        for i, (mailbox, url) in enumerate(self.oauth2.items()):
+            self.users.setdefault(mailbox, "secret")  # the test's own side logs in with a password
+            (self.root / f"oauth2-{i}.conf.ext").write_text(_oauth2_args(url), encoding="utf-8")
+        self._write_users()
         (self.root / "dovecot.conf").write_text(self._config(), encoding="utf-8")
         if os.geteuid() == 0:
             os.chown(self.root / "mail", pwd.getpwnam("nobody").pw_uid, grp.getgrnam("nogroup").gr_gid)
@@ -105,7 +116,7 @@ state_dir = {r}/state
 protocols = imap
 listen = 127.0.0.1
 {ssl}disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{" xoauth2 oauthbearer" if self.oauth2 else ""}
 # a refused login answers at once, so a client's own back-off is what the tests see
 auth_failure_delay = 0
 log_path = {r}/dovecot.log
@@ -114,9 +125,10 @@ mail_max_userip_connections = 50
 login_trusted_networks = 127.0.0.0/8
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%u {r}/users
 }}
-userdb {{
+{self._oauth2_passdbs()}userdb {{
   driver = static
   args = {identity} home={r}/mail/%u
 }}
@@ -138,6 +150,15 @@ service anvil {{
   }}
 {anvil_chroot}}}
 {extra}"""
+
+    def _oauth2_passdbs(self) -> str:
+        return "".join(f"""passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  username_filter = {mailbox}
+  args = {self.root}/oauth2-{i}.conf.ext
+}}
+""" for i, mailbox in enumerate(self.oauth2))
 
     def _make_certificates(self) -> None:
         d = self.root / "tls"
@@ -260,6 +281,11 @@ service anvil {{
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 
+    def kick(self, username: str) -> None:
+        """Drop every connection of one user (`doveadm kick`), as a server does when it ends a session."""
+        subprocess.run(["doveadm", "-c", str(self.root / "dovecot.conf"), "kick", username], check=True,
+                       capture_output=True, timeout=10)
+
     def log_tail(self, lines: int = 30) -> str:
         text = ""
         for name in ("stderr.log", "dovecot.log"):
@@ -298,3 +324,17 @@ service anvil {{
             if not c.folder_exists(folder):
                 return 0
             return int(c.folder_status(folder, [b"MESSAGES"])[b"MESSAGES"])
+
+
+def _oauth2_args(introspection_url: str) -> str:
+    """The `oauth2` passdb's settings (OAUTH2-IMAP.md §3, step 5; pitfalls 3-7)."""
+    return f"""introspection_mode = post
+introspection_url = {introspection_url}
+client_id = dovecot
+client_secret = introspect-secret
+username_attribute = username
+active_attribute = active
+active_value = true
+scope = IMAP.AccessAsApp
+timeout_msecs = 3000
+"""

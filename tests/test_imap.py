@@ -739,8 +739,8 @@ async def test_item95_message_expunged_between_search_and_fetch_is_skipped(
             return found
 
     class Reader(AccountReader):
-        def __init__(self, app: App, acct: ImapAccount, holder: str) -> None:
-            super().__init__(app, acct, holder)
+        def __init__(self, app: App, acct: ImapAccount, holder: str, *rest: Any) -> None:
+            super().__init__(app, acct, holder, *rest)
             self.box = ExpungedMeanwhile(acct)
 
     dovecot.append(user, mails(3, "x"))
@@ -853,8 +853,8 @@ async def test_item97_hostile_server_with_a_huge_literal_is_bounded(
     timeout_s = 3.0  # the hostile account's socket timeout (the default is SOCKET_TIMEOUT_S)
 
     class ShortTimeout(AccountReader):
-        def __init__(self, app: App, acct: ImapAccount, holder: str) -> None:
-            super().__init__(app, acct, holder)
+        def __init__(self, app: App, acct: ImapAccount, holder: str, *rest: Any) -> None:
+            super().__init__(app, acct, holder, *rest)
             if acct.name == "hostile":
                 self.box = Mailbox(acct, timeout_s=timeout_s)
 

@@ -21,6 +21,11 @@ Then IDLE when the server offers it (checked in short slices so `stop` is honour
 about a second, re-issued every `poll_interval_s` with a scan in between, the polling
 fallback), else a plain wait of `poll_interval_s`.
 
+An account logs in by password or by OAuth2 (XOAUTH2 / OAUTHBEARER, gateway.ingest.oauth); the
+accounts of one Entra app share one token source. A shared mailbox is an account whose username
+is its address: each mail read from an account has that address as its recipient unless the
+server wrote a Delivered-To (the reply token may be there).
+
 Failures of the server (cannot connect, login refused, TLS, connection lost, folder missing)
 become `ImapProblem` with plain words, translated once in `gateway.ingest.mailbox`. The reader then logs
 one line, waits a capped exponential back-off with jitter and reconnects. A bad account never
@@ -50,6 +55,7 @@ from typing import Any, TypeVar
 from gateway.app import App
 from gateway.errors import ConfigError, TemporaryFailure
 from gateway.ingest.mailbox import DONE_KEYWORD, ImapProblem, Mailbox
+from gateway.ingest.oauth import TokenSource, token_sources
 from gateway.settings import ImapAccount
 from store.imap_state import FolderState, load_state, save_state
 from store.inbox import Accepted, IncomingMail, header_end
@@ -134,13 +140,13 @@ class AccountReader:
 
     lease_retry_s = LEASE_RETRY_S
 
-    def __init__(self, app: App, account: ImapAccount, holder: str) -> None:
+    def __init__(self, app: App, account: ImapAccount, holder: str, tokens: TokenSource | None = None) -> None:
         self.app = app
         self.account = account
-        self.box = Mailbox(account)
+        self.box = Mailbox(account, tokens=tokens)
         # A second connection, with a thread of its own, moves (flags, deletes) what is committed,
         # while the first one fetches the next batch: on one connection the two took turns.
-        self.mover = Mailbox(account)
+        self.mover = Mailbox(account, tokens=tokens)
         self.lease = Lease(app.engine, f"imap:{account.name}", holder, app.clock.now, LEASE_S)
         self.backoff = Backoff(app.settings.imap.backoff_initial_s, app.settings.imap.backoff_max_s)
         self.state = FolderState()
@@ -317,7 +323,8 @@ class AccountReader:
     def fetch(self, uids: list[int]) -> dict[int, IncomingMail]:
         """In the account's thread: a batch's raw bytes as inbox mails (the writer hashes them)."""
         source = f"imap:{self.account.name}"
-        return {uid: IncomingMail(raw, source, None, envelope_to_of(raw))
+        mailbox = (self.account.username,) if self.account.username.count("@") == 1 else ()
+        return {uid: IncomingMail(raw, source, None, envelope_to_of(raw) or mailbox)
                 for uid, raw in sorted(self.box.bodies(uids).items())}
 
     async def _store(self, mails: dict[int, IncomingMail]) -> tuple[list[int], list[int]]:
@@ -422,14 +429,17 @@ def check_config(accounts: Sequence[ImapAccount]) -> None:
             raise ConfigError(f"imap.accounts {a.name}: folder {a.folder!r} cannot also be where mail is moved to")
 
 
-async def imap_loop(app: App, stop: asyncio.Event, reader: type[AccountReader] = AccountReader) -> None:
+async def imap_loop(app: App, stop: asyncio.Event, reader: type[AccountReader] = AccountReader,
+                    tokens: dict[str, TokenSource] | None = None) -> None:
     """Read every configured account until `stop`; the daemon runs this beside the SMTP edge."""
     accounts = app.settings.imap.accounts
     check_config(accounts)
+    tokens = token_sources(accounts) if tokens is None else tokens
     if not accounts:  # nothing to read: do not end early, the daemon would take that as a failure
         await stop.wait()
         return
     holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     async with asyncio.TaskGroup() as group:
         for account in accounts:
-            group.create_task(reader(app, account, holder).run(stop), name=f"imap:{account.name}")
+            group.create_task(reader(app, account, holder, tokens.get(account.name)).run(stop),
+                              name=f"imap:{account.name}")

@@ -2,6 +2,9 @@
 (`gateway.ingest.imap.AccountReader` drives it).
 
 Every failure of the server becomes `ImapProblem` with plain words (`translate`), once, here.
+An account logs in with its password, or by XOAUTH2 / OAUTHBEARER with a token from its
+`TokenSource` (gateway.ingest.oauth): a refused token is renewed once and tried again on the same
+connection; a fresh token refused too means the app may not read this mailbox.
 Certificates are always verified; a literal a hostile server announces is bounded before it is
 read (RELIABILITY 97). Only UIDs are used, and folder names only go through the imapclient API.
 """
@@ -22,8 +25,11 @@ from typing import Any, TypeVar
 from imapclient import IMAPClient
 from imapclient.exceptions import LoginError
 
-from gateway.errors import TemporaryFailure
+from gateway.errors import TemporaryFailure, TokenUnavailable
+from gateway.ingest.oauth import TokenSource
 from gateway.settings import ImapAccount
+
+log = logging.getLogger("gateway.imap")
 
 SEEN = "\\Seen"
 DONE_KEYWORD = "$GatewayIngested"   # set in flag mode, so a rescan can skip what was taken
@@ -60,9 +66,11 @@ def translate(exc: BaseException, account: ImapAccount, connecting: bool = False
     where = f"{account.host}:{account.port}"
     if isinstance(exc, ImapProblem):
         return exc
+    if isinstance(exc, TokenUnavailable):
+        return ImapProblem(str(exc))
     if isinstance(exc, LoginError):
-        said = str(exc).strip("b'\"")[:200]
-        return ImapProblem(f"login refused by {where} for {account.username}: {said} (check username and password)")
+        return ImapProblem(f"login refused by {where} for {account.username}: {_said(exc)} "
+                           "(check username and password)")
     if isinstance(exc, ssl.SSLCertVerificationError):
         return ImapProblem(f"TLS failure with {where}: certificate not trusted ({exc.verify_message})")
     if isinstance(exc, ssl.SSLError):
@@ -83,12 +91,18 @@ def translate(exc: BaseException, account: ImapAccount, connecting: bool = False
     return ImapProblem(f"unexpected error with {where}: {type(exc).__name__}: {str(exc)[:200]}")
 
 
+def _said(exc: BaseException) -> str:
+    return str(exc).strip("b'\"")[:200]
+
+
 class Mailbox:
     """Blocking IMAP I/O for one account. Every call is made from the account's own thread."""
 
-    def __init__(self, account: ImapAccount, timeout_s: float = SOCKET_TIMEOUT_S) -> None:
+    def __init__(self, account: ImapAccount, timeout_s: float = SOCKET_TIMEOUT_S,
+                 tokens: TokenSource | None = None) -> None:
         self.account = account
         self._timeout = timeout_s
+        self._tokens = tokens
         self._client: IMAPClient | None = None
         self._idling = False
         self._empty_wakeups = 0
@@ -122,8 +136,45 @@ class Mailbox:
         except Exception as exc:
             self.close()
             raise translate(exc, a, connecting=True) from exc
-        self._guard(client.login, a.username, a.password)
+        self._login(client)
         self.can_idle = a.idle and bool(self._guard(client.has_capability, "IDLE"))
+
+    def _login(self, client: IMAPClient) -> None:
+        a = self.account
+        if a.auth == "password":
+            self._guard(client.login, a.username, a.password)
+            return
+        if self._tokens is None:
+            raise ImapProblem(f"account {a.name} logs in by {a.auth} but has no token source")
+        token = self._tokens.token()
+        try:
+            self._authenticate(client, token)
+            return
+        except LoginError as exc:
+            if "[UNAVAILABLE]" in str(exc):  # RFC 5530: the server could not check the token now
+                raise ImapProblem(f"{a.host}:{a.port} could not check the OAuth2 token for {a.username} now "
+                                  f"(its identity provider did not answer): {_said(exc)}") from exc
+        log.info("imap.token_refused", extra={"account": a.name})
+        try:
+            self._authenticate(client, self._tokens.renew(token))
+        except LoginError as exc:
+            raise ImapProblem(f"login refused by {a.host}:{a.port} for {a.username} with a fresh OAuth2 token: "
+                              "the app is not granted this mailbox (FullAccess) or lacks IMAP.AccessAsApp: "
+                              f"{_said(exc)}") from exc
+
+    def _authenticate(self, client: IMAPClient, token: str) -> None:
+        """XOAUTH2 (Microsoft's) or OAUTHBEARER (RFC 7628); a refusal is the LoginError itself."""
+        a = self.account
+        mechanism = "XOAUTH2" if a.auth == "xoauth2" else "OAUTHBEARER"
+        if not self._guard(client.has_capability, f"AUTH={mechanism}"):
+            raise ImapProblem(f"{a.host}:{a.port} does not offer AUTH={mechanism} (auth = {a.auth!r})")
+        login = client.oauth2_login if a.auth == "xoauth2" else client.oauthbearer_login
+        try:
+            login(a.username, token)
+        except LoginError:
+            raise
+        except Exception as exc:
+            raise translate(exc, a) from exc
 
     @staticmethod
     def _quiet_imaplib(client: IMAPClient) -> None:
