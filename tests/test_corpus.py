@@ -1,4 +1,4 @@
-"""Every real-world mail of ../shared/corpus goes through the whole pipeline; manifest expectations hold.
+"""Every real-world mail of tests/corpus goes through the whole pipeline; manifest expectations hold.
 
 One parametrised test. Each entry is parsed once (field expectations) and ingested through the
 worker into a real SQLite store (outcome expectations: no exception; auto-replies and bounces

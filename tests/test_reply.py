@@ -1,4 +1,4 @@
-"""Reply text (SPEC §5) and HTML to text: the shared corpus, then table-driven cases."""
+"""Reply text (SPEC §5) and HTML to text: the corpus (tests/corpus), then table-driven cases."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from gateway.pipeline.htmltext import html_to_text, sanitize_html
 from gateway.pipeline.reply import is_courtesy_reply, visible_text
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+CORPUS = Path(__file__).resolve().parent / "corpus"
 DEFAULT_LANGUAGES = ("da", "en")
 
 # --- the corpus ----------------------------------------------------------------------------------
