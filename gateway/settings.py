@@ -7,6 +7,7 @@ given as JSON (`GATEWAY_MAIL__ADDRESSES='["a@x", "b@x"]'`). Errors name the key.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import os
@@ -43,6 +44,8 @@ class MailSettings:
     reply_token_secret: str = "change-me-in-production"
     case_prefix: str = "SAG-"
     case_digits: int = 6
+    # Tried in order for text that names no charset or a wrong one, before detection.
+    charset_fallbacks: tuple[str, ...] = ("utf-8", "windows-1252")
 
 
 @dataclass(frozen=True)
@@ -305,6 +308,11 @@ def _validate(obj: Any, prefix: str) -> None:
                 raise ConfigError(f"mail.addresses: not an e-mail address: {address!r}")
         if len(obj.reply_token_secret) < 16:
             raise ConfigError("mail.reply_token_secret: must be at least 16 characters")
+        for charset in obj.charset_fallbacks:
+            try:
+                codecs.lookup(charset)
+            except LookupError:
+                raise ConfigError(f"mail.charset_fallbacks: unknown charset {charset!r}") from None
     if isinstance(obj, SmtpSettings | ApiSettings) and not 0 <= obj.port <= 65535:
         raise ConfigError(f"{prefix}port: must be 0-65535")
     if isinstance(obj, PolicySettings) and obj.close_after_days < 0:

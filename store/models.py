@@ -67,6 +67,7 @@ class Comment(SQLModel, table=True):
     # The whole text with its quoted history; "" when it is the visible text (most first mails):
     # 20 KB less to write a case. Readers use `full_text or visible_text` (store/queries.py).
     full_text: str = ""
+    signature: str = ""  # the last signature block, kept apart from visible_text (issue 22)
     html: str | None = None
     inbound_id: int | None = Field(default=None, foreign_key="inbound_mail.id")
     kind: str = Field(default="comment", max_length=20)  # comment | courtesy | auto_reply

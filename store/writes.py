@@ -71,7 +71,7 @@ _INSERT_HISTORY = DriverStatement(insert(_HISTORY),
                                   ["case_id", "at", "by_id", "by_label", "from_status", "to_status", "reason"])
 _INSERT_COMMENT = DriverStatement(insert(_COMMENTS).returning(_COMMENTS.c.id), [
     "case_id", "author_id", "created_at", "source", "public", "visible_text", "full_text", "html", "inbound_id",
-    "kind"])
+    "kind", "signature"])
 _INSERT_ATTACHMENTS = DriverStatement(insert(_ATTACHMENTS),
                                       ["comment_id", "name", "size", "sha256", "content_type", "inline"])
 
@@ -154,7 +154,7 @@ def add_comment(session: Session, case_id: int, author_id: int | None, draft: Co
         "case_id": case_id, "author_id": author_id, "created_at": now, "source": source.value,
         "public": draft.public, "visible_text": clean_text(draft.visible_text),
         "full_text": full, "html": clean_text(draft.html) if draft.html else None,
-        "inbound_id": inbound_id, "kind": kind}))
+        "inbound_id": inbound_id, "kind": kind, "signature": clean_text(draft.signature)}))
     if draft.attachments:
         _INSERT_ATTACHMENTS.execute_many(conn, [
             {"comment_id": comment_id, "name": clean_text(att.name, 255), "size": att.size, "sha256": att.sha256,

@@ -143,3 +143,5 @@ def _check_comment(comment: dict[str, Any], expect: dict[str, Any], name: str) -
         assert _norm(needle) in _norm(visible)
     for needle in expect.get("reply_text_not_contains", []):
         assert _norm(needle) not in _norm(visible)
+    for needle in expect.get("signature_contains", []):  # kept with the comment, apart (issue 22)
+        assert _norm(needle) in _norm(comment["signature"])
