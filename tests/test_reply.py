@@ -263,7 +263,22 @@ HTML: list[tuple[str, str, str]] = [
      "<p>Tekst</p></body></html>", "Tekst"),
     ("unclosed head keeps the body", "<head><meta charset=utf-8><p>Tekst", "Tekst"),
     ("outlook conditional comments", "<!--[if gte mso 9]><xml><o:x/></xml><![endif]--><p>Tekst</p>", "Tekst"),
-    ("word list markers", "<p><![if !supportLists]>·<![endif]>Punkt</p>", "·Punkt"),
+    ("word list markers", "<p><![if !supportLists]>·<![endif]>Punkt</p>", "- Punkt"),
+    ("word bulleted list as lines",
+     "<p class=MsoNormal>Hej</p><p class=MsoListParagraphCxSpFirst style='mso-list:l0 level1 lfo1'>"
+     "<![if !supportLists]><span style='font-family:Symbol'>·<span style='font:7.0pt \"Times New Roman\"'>"
+     "&nbsp;&nbsp;&nbsp;&nbsp;&nbsp;&nbsp; </span></span><![endif]>Første</p>"
+     "<p class=MsoListParagraphCxSpLast style='mso-list:l0 level1 lfo1'><![if !supportLists]>"
+     "<span style='font-family:Symbol'>·<span>&nbsp;&nbsp; </span></span><![endif]>Anden</p><p class=MsoNormal>Mvh</p>",
+     "Hej\n\n- Første\n- Anden\n\nMvh"),
+    ("word numbered list keeps its numbers",
+     "<p class=MsoListParagraph><![if !supportLists]><span>1.<span>&nbsp;&nbsp; </span></span><![endif]>Et</p>"
+     "<p class=MsoListParagraph><![if !supportLists]><span>2.<span>&nbsp; </span></span><![endif]>To</p>",
+     "1. Et\n2. To"),
+    ("word wingdings bullet", "<p class=MsoListParagraph><![if !supportLists]><span style='font-family:Wingdings'>"
+     "§<span>&nbsp; </span></span><![endif]>Punkt</p>", "- Punkt"),
+    ("emphasis dropped", "<p>Det er <b>meget</b> <i>vigtigt</i> at <strong>I</strong> <em>svarer</em></p>",
+     "Det er meget vigtigt at I svarer"),
     ("heading", "<h1>Titel</h1><p>Tekst</p>", "Titel\n\nTekst"),
     ("lists", "<ul><li>a</li><li>b<ul><li>c</li></ul></li></ul><ol><li>x</li><li>y</li></ol>",
      "- a\n- b\n  - c\n\n1. x\n2. y"),
@@ -379,3 +394,79 @@ def test_the_steps_a_text_cannot_need_are_skipped_with_the_same_answer(lines: li
     kept, _signature = reply._split_signature(kept)
     result = "\n".join(reply._squeeze_blank_lines(reply._drop_trailing_noise(kept))).strip("\n")
     assert visible_text(text) == (result if result.strip() else "\n".join(every).strip())
+
+
+# --- quote headers beyond Danish and English (issue 22) ------------------------------------------
+
+LANGUAGE_HEADERS: list[tuple[str, str]] = [
+    ("dutch gmail, het volgende", "Op 18 juli 2013 10:23 schreef Sander Datema het volgende:\n\nOud"),
+    ("dutch outlook", "Van: Jan <jan@x.nl>\nVerzonden: maandag 3 maart 2026 10:12\nAan: K\nOnderwerp: Sag\n\nOud"),
+    ("german gmail", "Am 03.03.2026 um 10:12 schrieb Jens Hansen <jens@x.de>:\n\n> Alt"),
+    ("german outlook", "Von: Jens <jens@x.de>\nGesendet: Montag, 3. März 2026 10:12\nAn: K\nBetreff: Sag\n\nAlt"),
+    ("german separator", "-----Ursprüngliche Nachricht-----\nVon: Jens\nGesendet: heute\nAn: K\n\nAlt"),
+    ("swedish", "Den 3 mars 2026 kl. 10:12 skrev Anna Svensson <anna@x.se>:\n\nGammal"),
+    ("swedish outlook", "Från: Anna <anna@x.se>\nSkickat: den 3 mars 2026 10:12\nTill: K\nÄmne: Sag\n\nGammal"),
+    ("norwegian gmail", "tir. 3. mar. 2026 kl. 10:12 skrev Ola Nordmann <ola@x.no>:\n\nGammel"),
+    ("norwegian outlook", "Fra: Ola <ola@x.no>\nSendt: tirsdag 3. mars 2026 10:12\nTil: K\nEmne: Sak\n\nGammel"),
+    ("french", "Le 3 mars 2026 à 10:12, Jean Dupont <jean@x.fr> a écrit :\n\nAncien"),
+    ("french outlook", "De : Jean <jean@x.fr>\nEnvoyé : lundi 3 mars 2026 10:12\nÀ : K\nObjet : Sag\n\nAncien"),
+    ("russian outlook", "От: Иван <ivan@x.ru>\nОтправлено: 3 марта 2026 г. 10:12\nКому: K\nТема: Дело\n\nСтарый"),
+    ("russian outlook without addresses", "От: Иван Петров\nОтправлено: 3 марта 2026 г. 10:12\nКому: Kundebetjening\n"
+                                          "Тема: Дело\n\nСтарый"),
+    ("russian gmail", "3 марта 2026 г., в 10:12, Иван Петров написал(а):\n\n> Старый"),
+    ("finnish outlook", "Lähettäjä: Matti <matti@x.fi>\nLähetetty: 3. maaliskuuta 2026 10.12\n"
+                        "Vastaanottaja: K\nAihe: Asia\n\nVanha"),
+    ("windows mail with left-to-right marks",
+     "От: Alexander L (abc@example.com)\nОтправлено: \u200eчетверг\u200e, \u200e26\u200e \u200eиюня\u200e "
+     "\u200e2014\u200e г. \u200e15\u200e:\u200e05\nКому: Alex (alex@example.com)\n\nHello!"),
+    ("danish windows mail with marks", "Fra:\u200e Jens\nSendt:\u200e \u200e3.\u200e marts 2026\nTil:\u200e K\n"
+                                       "Emne:\u200e Sag\n\nGammel"),
+    ("zoho dashes", "---- On Wed, 24 Feb 2021 14:02:50 +0530 john@gmail.com wrote ----\n\nOld"),
+]
+
+
+@pytest.mark.parametrize("history", [c[1] for c in LANGUAGE_HEADERS], ids=[c[0] for c in LANGUAGE_HEADERS])
+def test_quote_headers_in_other_languages_end_the_reply(history: str) -> None:
+    assert visible_text("Nyt svar her.\n\n" + history) == "Nyt svar her."
+
+
+def test_a_header_block_that_opens_the_text_is_not_history() -> None:
+    text = "Fra: A <a@b.dk>\nSendt: i dag\nTil: B\nEmne: x\n\nMit svar\n\nDen 3. mar. 2026 skrev K <k@s.dk>:\n> gl"
+    assert visible_text(text) == "Fra: A <a@b.dk>\nSendt: i dag\nTil: B\nEmne: x\n\nMit svar"
+
+
+# --- signatures (issue 22) --------------------------------------------------------------------
+
+SIGNATURES: list[tuple[str, str, str, str]] = [
+    ("danish closing and name", "Hej\n\nDet virker.\n\nMed venlig hilsen\nJens Hansen\nTlf. 12 34 56 78",
+     "Hej\n\nDet virker.", "Med venlig hilsen\nJens Hansen\nTlf. 12 34 56 78"),
+    ("closing with the name on its line", "Hej\n\nDet virker.\n\nMvh Jens", "Hej\n\nDet virker.", "Mvh Jens"),
+    ("dash dash space", "Svar\n\n-- \nJens Hansen\nStatens Administration", "Svar",
+     "--\nJens Hansen\nStatens Administration"),
+    ("closing then delimiter: one block", "Svar\n\nHilsen\nJens\n\n-- \nJens Hansen", "Svar",
+     "Hilsen\nJens\n\n--\nJens Hansen"),
+    ("device footer", "Svar\n\nSendt fra min iPhone", "Svar", "Sendt fra min iPhone"),
+    ("english regards", "Hi,\n\nStill broken.\n\nBest regards,\nJohn Doe", "Hi,\n\nStill broken.",
+     "Best regards,\nJohn Doe"),
+    ("german", "Hallo\n\nDanke.\n\nMit freundlichen Grüßen\nHans Müller", "Hallo\n\nDanke.",
+     "Mit freundlichen Grüßen\nHans Müller"),
+    ("swedish slash name", "Hej Anna,\n\nDet fungerar.\n\n/Johan", "Hej Anna,\n\nDet fungerar.", "/Johan"),
+    ("signature above the quoted history",
+     "Svar\n\nMvh\nJens\n\nDen 3. mar. 2026 kl. 10.12 skrev K <k@s.dk>:\n> gl", "Svar", "Mvh\nJens"),
+    ("a PS after the closing is no signature", "Tak\n\nMvh Jens\n\nPS: det virker stadig ikke",
+     "Tak\n\nMvh Jens\n\nPS: det virker stadig ikke", ""),
+    ("a question after the closing is no signature", "Hej\n\nHilsen\nJens\nHvornår kommer I?",
+     "Hej\n\nHilsen\nJens\nHvornår kommer I?", ""),
+    ("'Tak' and 'Thanks' are not closings", "Hi. I am fine.\n\nThanks,\nAlex", "Hi. I am fine.\n\nThanks,\nAlex", ""),
+    ("a closing word inside a sentence", "Hej\n\nHilsen fra os alle i afdelingen", "Hej\n\nHilsen fra os alle i afdelingen",
+     ""),
+    ("'Best' starting a sentence", "Hej\n\nBest practice is to restart", "Hej\n\nBest practice is to restart", ""),
+    ("only a signature keeps it visible", "Med venlig hilsen\nJens", "Med venlig hilsen\nJens", ""),
+    ("a long tail is no signature", "Svar\n\n--\n" + "linje\n" * 30, "Svar\n\n--\n" + "\n".join(["linje"] * 30), ""),
+]
+
+
+@pytest.mark.parametrize(("text", "visible", "signature"), [c[1:] for c in SIGNATURES],
+                         ids=[c[0] for c in SIGNATURES])
+def test_signature_is_split_off(text: str, visible: str, signature: str) -> None:
+    assert split_reply(text) == (visible, signature)

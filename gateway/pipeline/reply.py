@@ -298,7 +298,7 @@ _CLOSING = re.compile(
     r"|(?:bien\s+)?cordialement|(?:meilleures\s+)?salutations|bien\s+à\s+vous"
     r"|pozdrawiam|z\s+powa(?:ż|z)aniem|с\s+уважением|ystävällisin\s+terveisin|terveisin"
     r"|cordiali\s+saluti|distinti\s+saluti|saludos|atentamente|un\s+saludo|s\s+pozdravem)"
-    r"[\s,.!]*(?:[,\s]\s*[A-ZÆØÅÄÖÜÉ][\w'.-]*(?:\s+[A-ZÆØÅÄÖÜÉ][\w'.-]*){0,3})?[\s,.!]*$",
+    r"[\s,.!]*(?-i:(?:[,\s]\s*[A-ZÆØÅÄÖÜÉ][\w'.-]*(?:\s+[A-ZÆØÅÄÖÜÉ][\w'.-]*){0,3})?)[\s,.!]*$",
     re.IGNORECASE,
 )
 _INITIAL_CLOSING = re.compile(r"^/\s?[A-ZÆØÅÄÖÜ][\w.-]{0,30}$")  # Swedish and Danish "/Jens" on its own
