@@ -470,3 +470,31 @@ SIGNATURES: list[tuple[str, str, str, str]] = [
                          ids=[c[0] for c in SIGNATURES])
 def test_signature_is_split_off(text: str, visible: str, signature: str) -> None:
     assert split_reply(text) == (visible, signature)
+
+
+MORE_REPLIES: list[tuple[str, str, str, str]] = [
+    # (case, text, visible, signature)
+    ("text under a device footer is history",
+     "Svar\n\nSent from my Wiko RIDGE FAB 4G\n\nGammel tekst uden citat", "Svar", "Sent from my Wiko RIDGE FAB 4G"),
+    ("a sentence is no device footer", "Here is another email\n\nSent from my desk, is much easier than my phone.",
+     "Here is another email\n\nSent from my desk, is much easier than my phone.", ""),
+    ("french outlook mobile footer", "Svar\n\nEnvoyé à partir de Outlook pour iOS<https://aka.ms/o0ukef>\n"
+     "________________________________\nDe : K <k@s.dk>\nEnvoyé : 3 mars\nÀ : J\nObjet : Sag", "Svar",
+     "Envoyé à partir de Outlook pour iOS<https://aka.ms/o0ukef>"),
+    ("'wrote' without its colon", "Svar\n\nOn Wed, 14 Nov 2018 08:14:43 -0200 John Doe <john@doe.com> wrote\n\nOld",
+     "Svar", ""),
+    ("a label line over the header block", "Svar\n\n====\n\nMessage du : 12/12/2016 13:20\nDe : \"K\" <k@s.fr>\n"
+     "A : m@x.fr\nCopie à :\nSujet : sag\n\nAncien", "Svar", ""),
+    ("a mailing-list footer under underscores",
+     "Hi folks\n\n-Abhishek Kona\n\n__\nriak-users mailing list\nriak-users@lists.basho.com",
+     "Hi folks\n\n-Abhishek Kona", "__\nriak-users mailing list\nriak-users@lists.basho.com"),
+    ("a quote line re-wrapped by the client",
+     "Svar\n\nOp 12 december 2016 19:05 schreef K <\nk@s.nl>:\n\n> Beste Jeroen, winkel Kortrijk heeft je vraag "
+     "beantwoord, lang genoeg\nom te breken\n>\n> Groet", "Svar", ""),
+]
+
+
+@pytest.mark.parametrize(("text", "visible", "signature"), [c[1:] for c in MORE_REPLIES],
+                         ids=[c[0] for c in MORE_REPLIES])
+def test_more_reply_shapes(text: str, visible: str, signature: str) -> None:
+    assert split_reply(text) == (visible, signature)

@@ -52,6 +52,7 @@ _WRAPPED_TAIL = re.compile(
     r"^\s*(?:[<(\[]?\s*" + _ADDRESS + r"\s*[>)\]]?\s*)?[>)\]]?\s*(?:[^\s:]+(?:\s+[^\s:]+){0,2})?\s*:?$"
 )
 _WRAPPED_TAIL_LEN = 120
+_REWRAPPED_WIDTH = 60  # a quoted line at least this long may have been wrapped by the client
 _SEPARATOR = re.compile(
     r"^\s*-{2,}\s*(?:original message|oprindelig (?:meddelelse|besked|e-?mail)|opprinnelig melding"
     r"|ursprungligt meddelande|urspr(?:ü|ue)ngliche nachricht|originalnachricht|message d'origine"
@@ -68,6 +69,11 @@ _WROTE = re.compile(
     r"(?!\w)[^\n:]{0,60}\s?:$",
     re.IGNORECASE,
 )
+# "On Wed, 14 Nov 2018 08:14:43 -0200 John Doe <john@doe.com> wrote": no colon, so only with
+# a date and an address right before the verb at the end of the line.
+_WROTE_NO_COLON = re.compile(
+    r"^(?=[^\n]*\d)[^\n]{0,200}?[<(\[]\s*" + _ADDRESS + r"\s*[>)\]]\s*(?:wrote|schrieb|skrev|schreef|a écrit"
+    r"|ha scritto|escribió|написал\(а\)|написал|kirjoitti)$", re.IGNORECASE)
 # Outlook's header block, in more languages than the library: a From line, then Sent/To/Subject.
 _BLOCK_FROM = re.compile(
     r"^[\s*]*(?:from|fra|från|von|van|de|da|od|от|від|lähettäjä|feladó|afsender|avsändare|kimden|remitente"
@@ -76,8 +82,9 @@ _BLOCK_LABEL = re.compile(
     r"^[\s*]*(?:sent|sendt|skickat|gesendet|verzonden|envoyé|enviado|enviada|inviato|wysłano|odesláno|отправлено"
     r"|дата|date|datum|dato|päivämäärä|lähetetty|data|fecha|to|til|till|an|aan|à|a|para|do|komu|кому"
     r"|vastaanottaja|címzett|subject|emne|ämne|betreff|onderwerp|objet|oggetto|asunto|assunto|temat|předmět"
-    r"|тема|aihe|tárgy|cc|kopi|kopia|копия|kopie|发送时间|收件人|主题|件名|宛先|送信日時|제목|받는\s?사람)[\s*]*:",
+    r"|тема|aihe|tárgy|sujet|copie à|cc|kopi|kopia|копия|kopie|发送时间|收件人|主题|件名|宛先|送信日時|제목|받는\s?사람)[\s*]*:",
     re.IGNORECASE)
+_LABEL_LINE = re.compile(r"^[^\W\d_][\w .'-]{0,30}?\s?:\s?\S")
 _BLOCK_LINES = 6  # a From line and the labels that follow it within this many lines
 _LABEL = re.compile(r"^[\s>*]*[^\W\d_][^\W\d_ ]{0,15}(?: [^\W\d_]{1,15})?[\s*]*:", re.MULTILINE)
 _RULE = re.compile(r"^\s*[-_=*~]{2,}\s*$")  # "--", "____…" left after a cut
@@ -85,10 +92,12 @@ _FROM_LABEL = re.compile(r"^[\s>*]*(?:from|fra|från|von|de|da|van|od|от|afsen
 _DEVICE_FOOTER = re.compile(
     r"^\s*(?:sent from my|sent from (?:mail|outlook|yahoo|typeapp)|sent with (?:sparrow|proton|spark|blackberry)"
     r"|sent via|get outlook for|sendt fra min|sendt fra (?:mail|outlook|yahoo)|hent outlook til|skickat från min"
-    r"|von meinem|gesendet von|verzonden (?:vanaf|met) mijn|envoyé (?:de|depuis) mon|inviato da|enviado desde mi"
-    r"|wysłano z|отправлено с|lähetetty)\b.{0,80}$",
+    r"|von meinem|gesendet von|verzonden (?:vanaf|met) mijn|envoyé (?:de|depuis) mon|envoyé à partir de"
+    r"|inviato da|enviado desde mi|wysłano z|отправлено с|lähetetty)\b(?![^\n]*,\s)[^\n]{0,80}(?<![.!?])$",
     re.IGNORECASE,
 )
+
+_FOOTER_ANYWHERE = re.compile(_DEVICE_FOOTER.pattern, re.IGNORECASE | re.MULTILINE)
 
 
 def visible_text(text: str, languages: tuple[str, ...] = LANGUAGES) -> str:
@@ -110,7 +119,7 @@ def split_reply(text: str, languages: tuple[str, ...] = LANGUAGES) -> tuple[str,
     if ":" in text:
         lines = _join_wrapped_attributions(lines, headers)
     kept = _drop_quote_blocks(lines, headers) if ">" in text else lines
-    if ":" in text or _RULE_FIRST.match(text) or _RULE_NEXT.search(text):
+    if ":" in text or _RULE_FIRST.match(text) or _RULE_NEXT.search(text) or _FOOTER_ANYWHERE.search(text):
         kept = kept[: _history_start_below_top(kept, headers)]
     kept, signature = _split_signature(_drop_trailing_noise(kept, footers=False))
     result = "\n".join(_squeeze_blank_lines(_drop_trailing_noise(kept))).strip("\n")
@@ -152,6 +161,13 @@ def _is_attribution(line: str, headers: re.Pattern[str]) -> bool:
     return bool(_ATTRIBUTION.match(line) or _WROTE.match(line) or headers.search(line))
 
 
+def _is_bare_attribution(line: str) -> bool:
+    line = line.strip()
+    return len(line) <= _HEADER_LINE and line.endswith(("wrote", "schrieb", "skrev", "schreef", "écrit", "scritto",
+                                                         "escribió", "написал", "(а)", "kirjoitti")) \
+        and bool(_WROTE_NO_COLON.match(line))
+
+
 def _join_wrapped_attributions(lines: list[str], headers: re.Pattern[str]) -> list[str]:
     """Gmail wraps long attributions: "… Jens <jens@x.dk" + ">:", or "… Coe" + "<a@b> kirjoitti:"."""
     out: list[str] = []
@@ -184,7 +200,17 @@ def _drop_quote_blocks(lines: list[str], headers: re.Pattern[str]) -> list[str]:
             above -= 1
         if above >= 0 and not drop[above] and _is_attribution(lines[above], headers):
             drop[above] = True
+    _drop_rewrapped_quote_lines(lines, drop)
     return [line for line, dropped in zip(lines, drop, strict=True) if not dropped]
+
+
+def _drop_rewrapped_quote_lines(lines: list[str], drop: list[bool]) -> None:
+    """A client that re-wraps a quote leaves the tail of a long "> " line unmarked, with quoted
+    lines right above and below it; an answer between quotes has a blank line around it."""
+    for index in range(1, len(lines) - 1):
+        if drop[index - 1] and _QUOTED.match(lines[index - 1]) and not drop[index] and lines[index].strip() \
+                and _QUOTED.match(lines[index + 1]) and len(lines[index - 1]) >= _REWRAPPED_WIDTH:
+            drop[index] = True
 
 
 def _history_start(lines: list[str], headers: re.Pattern[str]) -> int:
@@ -205,6 +231,9 @@ def _history_start(lines: list[str], headers: re.Pattern[str]) -> int:
             if _SEPARATOR.match(line) or _is_attribution(line, headers):
                 starts.append(index)
                 break
+        elif _is_bare_attribution(window[index]) or (_DEVICE_FOOTER.match(form) and index):
+            starts.append(index + bool(_DEVICE_FOOTER.match(form)))  # below a device footer: history
+            break
     block = _header_block(forms, min(starts))
     if block is not None:
         starts.append(block)
@@ -231,7 +260,8 @@ def _header_block(forms: list[str], before: int) -> int | None:
         following = forms[index + 1 : index + _BLOCK_LINES]
         labels = 1 + sum(1 for form in following if _BLOCK_LABEL.match(form))
         if labels >= 2 and _plausible_header("\n".join(forms[index : index + _BLOCK_LINES])):
-            return index
+            above = index - 1  # "Message du : 12/12/2016 13:20", "Date: …" over the From line
+            return above if above >= 0 and _LABEL_LINE.match(forms[above]) else index
     return None
 
 
@@ -302,6 +332,7 @@ _CLOSING = re.compile(
     re.IGNORECASE,
 )
 _INITIAL_CLOSING = re.compile(r"^/\s?[A-ZÆØÅÄÖÜ][\w.-]{0,30}$")  # Swedish and Danish "/Jens" on its own
+_UNDERSCORES = re.compile(r"^_{2,}$")
 _QUESTION = re.compile(r"\?(?:\s|$)")  # a question, not the "?" of a URL
 _SIGNATURE_LINES = 12
 _SIGNATURE_WIDTH = 100
@@ -324,7 +355,7 @@ def _signature_limits(line: str, last: bool) -> tuple[int, int] | None:
     """How many and how wide the lines below may be if a signature starts at `line`, or None."""
     if not line or len(line) > _SIGNATURE_WIDTH:
         return None
-    if line == "--":
+    if line == "--" or _UNDERSCORES.match(line):  # "-- ", or a list footer under "__…"
         return _DELIMITED_LINES, _DELIMITED_WIDTH
     if _CLOSING.match(line) or _DEVICE_FOOTER.match(line) or (last and _INITIAL_CLOSING.match(line)):
         return _SIGNATURE_LINES, _SIGNATURE_WIDTH
