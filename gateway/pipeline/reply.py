@@ -132,13 +132,17 @@ _RULE_FIRST = re.compile(r"[ \t*]*[-_=]")  # a line that may start a separator, 
 _RULE_NEXT = re.compile(r"\n[ \t*]*[-_=]")  # ... or after a line break (a literal first: fast)
 
 
-_INVISIBLE = str.maketrans({"\ufeff": None, "\u200b": None, "\x00": None, "\u200e": None, "\u200f": None})
+_INVISIBLE = ("\ufeff", "\u200b", "\x00", "\u200e", "\u200f")
 
 
 def _normalise(text: str) -> str:
     """One kind of line end; no zero-width or direction marks (Windows Mail puts left-to-right
     marks inside its quote headers: "Sendt:\u200e \u200e3.\u200e marts")."""
-    return text.replace("\r\n", "\n").replace("\r", "\n").translate(_INVISIBLE)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    for mark in _INVISIBLE:  # str.replace per mark: a third of the cost of str.translate
+        if mark in text:
+            text = text.replace(mark, "")
+    return text
 
 
 @lru_cache(maxsize=16)
@@ -344,7 +348,11 @@ def _split_signature(lines: list[str]) -> tuple[list[str], list[str]]:
     """(text, signature): the signature starts at the first marker below which only a signature
     follows; a text that would be all signature keeps it all."""
     first = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
-    for index in range(first + 1, len(lines)):
+    start, count = len(lines), 0
+    while start > first + 1 and count <= _DELIMITED_LINES:  # no signature has more lines:
+        start -= 1  # the search starts that far from the end
+        count += bool(lines[start].strip())
+    for index in range(start, len(lines)):
         limits = _signature_limits(lines[index].strip(), index == len(lines) - 1)
         if limits is not None and _signature_tail(lines[index + 1 :], *limits):
             return lines[:index], lines[index:]
