@@ -25,6 +25,7 @@ from store.models import (
     Organisation,
     StatusChange,
     SupportCase,
+    joined_text,
 )
 from store.queries import user_by_email
 
@@ -148,8 +149,8 @@ def change_status(session: Session, case: SupportCase, to: Status, now: datetime
 def add_comment(session: Session, case_id: int, author_id: int | None, draft: CommentDraft,
                 source: Source, now: datetime, inbound_id: int | None = None, kind: str = "comment") -> int:
     conn = session.connection()
-    # A mail without quoted history has one text: stored once, full_text "" (store/models.py).
-    full = "" if draft.full_text == draft.visible_text else clean_text(draft.full_text)
+    # A mail without quoted history is its visible text and signature: full_text "" (store/models.py).
+    full = "" if draft.full_text == joined_text(draft.visible_text, draft.signature) else clean_text(draft.full_text)
     comment_id = int(_INSERT_COMMENT.scalar(conn, {
         "case_id": case_id, "author_id": author_id, "created_at": now, "source": source.value,
         "public": draft.public, "visible_text": clean_text(draft.visible_text),

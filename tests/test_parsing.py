@@ -291,3 +291,22 @@ def test_the_fallback_list_comes_from_the_settings(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="charset_fallbacks"):
         load_settings(Path(__file__).resolve().parent.parent / "config" / "gateway.toml",
                       env={**env, "GATEWAY_MAIL__CHARSET_FALLBACKS": '["no-such-charset"]'})
+
+
+def _multipart(kind: str, parts: list[tuple[str, str]]) -> bytes:
+    body = b"".join(b"--B\r\nContent-Type: " + ctype.encode() + b"; charset=utf-8\r\n\r\n" + text.encode() + b"\r\n"
+                    for ctype, text in parts)
+    return (b"From: a@b.example\r\nTo: k@statens-adm.example\r\nSubject: Hej\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/" + kind.encode() + b'; boundary="B"\r\n\r\n' + body + b"--B--\r\n")
+
+
+@pytest.mark.parametrize(("raw", "text"), [
+    (_multipart("mixed", [("text/plain", "Første del"), ("text/html", "<p>Anden <b>del</b></p>")]),
+     "Første del\nAnden del"),
+    (_multipart("alternative", [("text/plain", "Teksten"), ("text/html", "<p>Teksten</p>")]), "Teksten"),
+    (_multipart("mixed", [("text/html", "<p>Kun <i>HTML</i></p>")]), "Kun HTML"),
+], ids=["html beside plain is content", "html as an alternative is not", "html only"])
+def test_html_parts_outside_an_alternative_are_content(raw: bytes, text: str) -> None:
+    from gateway.pipeline.parse import parse_mail
+
+    assert parse_mail(raw).text.strip() == text

@@ -178,11 +178,13 @@ def _body_texts(message: email.message.Message, fallbacks: tuple[str, ...]) -> t
     """The readable text/plain and text/html parts, decoded from bytes with their charset.
 
     Parts inside an attachment (a forwarded message/rfc822 with a filename, a container marked
-    attachment) are not body text; a named inline text part is both body and attachment.
+    attachment) are not body text; a named inline text part is both body and attachment. An
+    HTML part outside any multipart/alternative is content of its own, not another rendering of
+    a plain part: beside plain parts, its text takes its place among them.
     """
-    plain: list[str] = []
-    html: list[str] = []
+    parts: list[tuple[str, str, bool]] = []  # (subtype, text, inside a multipart/alternative)
     blocked: set[int] = set()
+    alternative: set[int] = set()
     for part in message.walk():
         if id(part) in blocked:
             if part.is_multipart():
@@ -192,13 +194,20 @@ def _body_texts(message: email.message.Message, fallbacks: tuple[str, ...]) -> t
         if part.is_multipart():
             if disposition == "attachment" or (part.get_content_type() == "message/rfc822" and _filename(part)):
                 blocked.update(id(p) for p in _children(part))
+            elif id(part) in alternative or part.get_content_type() == "multipart/alternative":
+                alternative.update(id(p) for p in _children(part))
             continue
         ctype = part.get_content_type()
         if ctype in ("text/plain", "text/html") and disposition != "attachment":
-            (plain if ctype == "text/plain" else html).append(_text_of(part, fallbacks))
+            parts.append((ctype[5:], _text_of(part, fallbacks), id(part) in alternative))
         elif part.get_content_maintype() == "multipart":  # boundary never found: show what is there
-            plain.append(_text_of(part, fallbacks))
-    return [t for t in plain if t.strip()], [t for t in html if t.strip()]
+            parts.append(("plain", _text_of(part, fallbacks), False))
+    parts = [p for p in parts if p[1].strip()]
+    html = [text for kind, text, _ in parts if kind == "html"]
+    if not any(kind == "plain" for kind, _, _ in parts):
+        return [], html
+    return [text if kind == "plain" else html_to_text(text) for kind, text, inside in parts
+            if kind == "plain" or not inside], html
 
 
 # The notices mail programs put before the first part for readers without MIME.
