@@ -62,7 +62,8 @@ class App:
 
 def limits_of(settings: Settings) -> Limits:
     w = settings.worker
-    return Limits(w.max_header_bytes, w.max_header_line_bytes, w.max_mime_parts, w.max_mime_depth)
+    return Limits(w.max_header_bytes, w.max_header_line_bytes, w.max_mime_parts, w.max_mime_depth,
+                  charset_fallbacks=settings.mail.charset_fallbacks)
 
 
 @asynccontextmanager

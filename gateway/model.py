@@ -144,9 +144,10 @@ class ParsedMail:
     original_message_id: str | None = None  # of the mail a report is about
     envelope_from: str | None = None
     envelope_to: tuple[str, ...] = ()
-    # The new part of `text` without the quoted history (pipeline.reply.visible_text), found in
-    # the parse step, off the store's transaction; None when the mail was built elsewhere.
+    # The new part of `text` without the quoted history and the signature (pipeline.reply),
+    # found in the parse step, off the store's transaction; None when the mail was built elsewhere.
     new_text: str | None = None
+    signature: str = ""  # the last signature block of the new part, kept apart
 
     def header(self, name: str) -> str | None:
         name = name.lower()
@@ -269,6 +270,7 @@ class CommentDraft:
     html: str | None
     attachments: tuple[StoredAttachment, ...]
     public: bool = True
+    signature: str = ""  # shown apart from visible_text, or hidden
 
 
 @dataclass(frozen=True, slots=True)

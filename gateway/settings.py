@@ -7,6 +7,7 @@ given as JSON (`GATEWAY_MAIL__ADDRESSES='["a@x", "b@x"]'`). Errors name the key.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import json
 import os
@@ -45,6 +46,8 @@ class MailSettings:
     reply_token_secret: str = "change-me-in-production"
     case_prefix: str = "SAG-"
     case_digits: int = 6
+    # Tried in order for text that names no charset or a wrong one, before detection.
+    charset_fallbacks: tuple[str, ...] = ("utf-8", "windows-1252")
 
 
 @dataclass(frozen=True)
@@ -325,6 +328,11 @@ def _validate(obj: Any, prefix: str) -> None:
                 raise ConfigError(f"mail.addresses: not an e-mail address: {address!r}")
         if len(obj.reply_token_secret) < 16:
             raise ConfigError("mail.reply_token_secret: must be at least 16 characters")
+        for charset in obj.charset_fallbacks:
+            try:
+                codecs.lookup(charset)
+            except LookupError:
+                raise ConfigError(f"mail.charset_fallbacks: unknown charset {charset!r}") from None
     if isinstance(obj, ApiSettings) and obj.enabled and len(obj.requester_token_secret) < 16:
         raise ConfigError("api.requester_token_secret: must be at least 16 characters when the API is enabled")
     if isinstance(obj, ApiSettings) and not 60 <= obj.requester_token_lifetime_s <= 30 * 86400:

@@ -67,9 +67,10 @@ class Comment(SQLModel, table=True):
     source: str = Field(max_length=10)
     public: bool = True
     visible_text: str = ""
-    # The whole text with its quoted history; "" when it is the visible text (most first mails):
-    # 20 KB less to write a case. Readers use `full_text or visible_text` (store/queries.py).
+    # The whole text with its quoted history; "" when it is the visible text and signature (most
+    # first mails): 20 KB less to write a case. Readers use `full_text or joined_text(…)`.
     full_text: str = ""
+    signature: str = ""  # the last signature block, kept apart from visible_text (issue 22)
     html: str | None = None
     inbound_id: int | None = Field(default=None, foreign_key="inbound_mail.id")
     kind: str = Field(default="comment", max_length=20)  # comment | courtesy | auto_reply
@@ -218,3 +219,8 @@ class ImapFolderState(SQLModel, table=True):
     last_uid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
     failures: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # type: ignore[type-arg]
     last_fetch_at: datetime | None = None
+
+
+def joined_text(visible: str, signature: str) -> str:
+    """A comment's whole text when it had no quoted history: its visible text and signature."""
+    return f"{visible}\n\n{signature}" if signature else visible

@@ -24,6 +24,7 @@ from store.models import (
     Outbox,
     StatusChange,
     SupportCase,
+    joined_text,
 )
 
 
@@ -219,7 +220,8 @@ def _comments(session: Session, case_id: int | None, include_internal: bool) -> 
         out.append({
             "author": author["email"] if author else None, "source": comment.source, "public": comment.public,
             "kind": comment.kind, "via": comment.via, "visible_text": comment.visible_text,
-            "full_text": comment.full_text or comment.visible_text,  # "": the same text
+            "full_text": comment.full_text or joined_text(comment.visible_text, comment.signature),  # "": no history
+            "signature": comment.signature,  # shown apart (or hidden); not in visible_text
             "created_at": _iso(comment.created_at),
             "attachments": [{"name": a.name, "size": a.size, "sha256": a.sha256, "content_type": a.content_type}
                             for a in files],

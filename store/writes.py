@@ -25,6 +25,7 @@ from store.models import (
     Organisation,
     StatusChange,
     SupportCase,
+    joined_text,
 )
 from store.queries import user_by_email
 
@@ -71,7 +72,7 @@ _INSERT_HISTORY = DriverStatement(insert(_HISTORY),
                                   ["case_id", "at", "by_id", "by_label", "from_status", "to_status", "reason"])
 _INSERT_COMMENT = DriverStatement(insert(_COMMENTS).returning(_COMMENTS.c.id), [
     "case_id", "author_id", "created_at", "source", "public", "visible_text", "full_text", "html", "inbound_id",
-    "kind", "via"])
+    "kind", "via", "signature"])
 _INSERT_ATTACHMENTS = DriverStatement(insert(_ATTACHMENTS),
                                       ["comment_id", "name", "size", "sha256", "content_type", "inline"])
 
@@ -151,13 +152,14 @@ def add_comment(session: Session, case_id: int, author_id: int | None, draft: Co
                 source: Source, now: datetime, inbound_id: int | None = None, kind: str = "comment",
                 via: str | None = None) -> int:
     conn = session.connection()
-    # A mail without quoted history has one text: stored once, full_text "" (store/models.py).
-    full = "" if draft.full_text == draft.visible_text else clean_text(draft.full_text)
+    # A mail without quoted history is its visible text and signature: full_text "" (store/models.py).
+    full = "" if draft.full_text == joined_text(draft.visible_text, draft.signature) else clean_text(draft.full_text)
     comment_id = int(_INSERT_COMMENT.scalar(conn, {
         "case_id": case_id, "author_id": author_id, "created_at": now, "source": source.value,
         "public": draft.public, "visible_text": clean_text(draft.visible_text),
         "full_text": full, "html": clean_text(draft.html) if draft.html else None,
-        "inbound_id": inbound_id, "kind": kind, "via": clean_text(via, 100) if via else None}))
+        "inbound_id": inbound_id, "kind": kind, "via": clean_text(via, 100) if via else None,
+        "signature": clean_text(draft.signature)}))
     if draft.attachments:
         _INSERT_ATTACHMENTS.execute_many(conn, [
             {"comment_id": comment_id, "name": clean_text(att.name, 255), "size": att.size, "sha256": att.sha256,

@@ -25,8 +25,7 @@ from store import queries, writes
 from store.transact import run_in
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-CORPUS = SHARED / "corpus"
+CORPUS = ROOT / "tests" / "corpus"  # third-party test data: see tests/corpus/LICENSES.md
 ADDRESS = "kundebetjening@statens-adm.example"
 
 

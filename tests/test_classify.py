@@ -1,4 +1,4 @@
-"""Classify (SPEC §6, RELIABILITY 71-77): table-driven rules, then the shared corpus."""
+"""Classify (SPEC §6, RELIABILITY 71-77): table-driven rules, then the corpus (tests/corpus)."""
 
 from __future__ import annotations
 
@@ -225,9 +225,9 @@ def test_only_bounces_name_recipients() -> None:
     assert classify(m, OWN, OWN_DOMAIN).bounced_recipients == ()
 
 
-# --- the shared corpus ------------------------------------------------------------------------
+# --- the corpus -------------------------------------------------------------------------------
 
-CORPUS = Path("/work/shared/corpus")
+CORPUS = Path(__file__).resolve().parent / "corpus"
 
 # Where this classifier deliberately differs from a manifest kind expectation, and why. Every
 # entry is still asserted: the test checks the kind named here instead. None at present: every

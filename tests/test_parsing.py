@@ -221,3 +221,92 @@ async def test_the_mail_behind_one_that_kills_its_child_is_parsed_by_the_next(on
         await huge
     assert (await behind).subject == "Hej"
     assert child not in one_child._children
+
+
+# --- charsets (issue 22): the declared one and its superset, the fallback list, then detection ---
+
+def _mail(body: bytes, ctype: str | None = "text/plain; charset=utf-8", subject: bytes = b"Hej") -> bytes:
+    head = b"From: a@b.example\r\nTo: k@statens-adm.example\r\nSubject: " + subject + b"\r\n"
+    if ctype:
+        head += b"MIME-Version: 1.0\r\nContent-Type: " + ctype.encode() + b"\r\nContent-Transfer-Encoding: 8bit\r\n"
+    return head + b"\r\n" + body + b"\r\n"
+
+
+CHARSETS: list[tuple[str, bytes, str, str]] = [
+    # (case, raw mail, expected subject, expected text)
+    ("koi8-r subject and body with no charset anywhere",
+     _mail("привет, как дела".encode("koi8_r"), None, "тест тест".encode("koi8_r")), "тест тест", "привет, как дела"),
+    ("gb2312 declared, gb18030 bytes", _mail("你好，€ 𠀀".encode("gb18030"), "text/plain; charset=gb2312"),
+     "Hej", "你好，€ 𠀀"),
+    ("ks_c_5601-1987 declared, cp949 bytes", _mail("똠방각하".encode("cp949"), "text/plain; charset=ks_c_5601-1987"),
+     "Hej", "똠방각하"),
+    ("big5 declared, hkscs bytes", _mail("中文測試".encode("big5hkscs"), "text/plain; charset=big5"), "Hej", "中文測試"),
+    ("iso-8859-1 declared, windows-1252 quotes and euro",
+     _mail("“Prisen” er 100 € – ikke mere".encode("cp1252"), "text/plain; charset=iso-8859-1"),
+     "Hej", "“Prisen” er 100 € – ikke mere"),
+    ("iso-8859-1 without C1 bytes stays latin-1", _mail("Rød grød med fløde".encode("latin-1"),
+                                                       "text/plain; charset=iso-8859-1"), "Hej", "Rød grød med fløde"),
+    ("utf-8 labelled iso-8859-1", _mail("Rød grød".encode(), "text/plain; charset=iso-8859-1"), "Hej", "Rød grød"),
+    ("windows-1252 labelled utf-8", _mail("Rød grød".encode("cp1252")), "Hej", "Rød grød"),
+    ("danish windows-1252 with no charset", _mail("Hej, jeg har et spørgsmål om min gæld".encode("cp1252"), None),
+     "Hej", "Hej, jeg har et spørgsmål om min gæld"),
+    ("unknown-8bit label means none", _mail("Kære Åse".encode("cp1252"), "text/plain; charset=unknown-8bit"),
+     "Hej", "Kære Åse"),
+    ("an unknown charset name", _mail("Grüße".encode("cp1252"), "text/plain; charset=x-nonsense"), "Hej", "Grüße"),
+    ("iso-2022-jp is 7-bit", _mail("こんにちは".encode("iso2022_jp"), "text/plain; charset=iso-2022-jp"),
+     "Hej", "こんにちは"),
+    ("raw 8-bit subject in the body's charset",
+     _mail("Grüße".encode("cp1252"), "text/plain; charset=windows-1252", "Grüße aus Köln".encode("cp1252")),
+     "Grüße aus Köln", "Grüße"),
+]
+
+
+@pytest.mark.parametrize(("raw", "subject", "text"), [c[1:] for c in CHARSETS], ids=[c[0] for c in CHARSETS])
+def test_charsets(raw: bytes, subject: str, text: str) -> None:
+    from gateway.pipeline.parse import parse_mail
+
+    mail = parse_mail(raw)
+    assert (mail.subject, mail.text.strip()) == (subject, text)
+
+
+def test_the_fallback_list_is_tried_in_order() -> None:
+    from gateway.pipeline.charsets import decode_text
+
+    data = "Привет, как дела".encode("cp1251")
+    assert decode_text(data, None, ("utf-8", "cp1251")) == "Привет, как дела"
+    # A fallback whose reading is no text ("оПХБЕР, ЙЮЙ ДЕКЮ") is passed over for detection.
+    assert decode_text(data, None, ("utf-8", "koi8-r")) == "Привет, как дела"
+    assert decode_text("Rød grød".encode("cp1252"), None, ("utf-8", "iso8859_15")) == "Rød grød"
+    assert decode_text("Prisen er 5 €".encode("iso8859_15"), None, ("utf-8", "iso8859_15")) == "Prisen er 5 €"
+
+
+def test_the_fallback_list_comes_from_the_settings(tmp_path: Path) -> None:
+    from gateway.app import limits_of
+    from gateway.errors import ConfigError
+    from gateway.settings import load_settings
+
+    env = {"GATEWAY_BASE_DIR": str(tmp_path), "GATEWAY_MAIL__CHARSET_FALLBACKS": '["utf-8", "koi8-r"]'}
+    settings = load_settings(Path(__file__).resolve().parent.parent / "config" / "gateway.toml", env=env)
+    assert limits_of(settings).charset_fallbacks == ("utf-8", "koi8-r")
+    with pytest.raises(ConfigError, match="charset_fallbacks"):
+        load_settings(Path(__file__).resolve().parent.parent / "config" / "gateway.toml",
+                      env={**env, "GATEWAY_MAIL__CHARSET_FALLBACKS": '["no-such-charset"]'})
+
+
+def _multipart(kind: str, parts: list[tuple[str, str]]) -> bytes:
+    body = b"".join(b"--B\r\nContent-Type: " + ctype.encode() + b"; charset=utf-8\r\n\r\n" + text.encode() + b"\r\n"
+                    for ctype, text in parts)
+    return (b"From: a@b.example\r\nTo: k@statens-adm.example\r\nSubject: Hej\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/" + kind.encode() + b'; boundary="B"\r\n\r\n' + body + b"--B--\r\n")
+
+
+@pytest.mark.parametrize(("raw", "text"), [
+    (_multipart("mixed", [("text/plain", "Første del"), ("text/html", "<p>Anden <b>del</b></p>")]),
+     "Første del\nAnden del"),
+    (_multipart("alternative", [("text/plain", "Teksten"), ("text/html", "<p>Teksten</p>")]), "Teksten"),
+    (_multipart("mixed", [("text/html", "<p>Kun <i>HTML</i></p>")]), "Kun HTML"),
+], ids=["html beside plain is content", "html as an alternative is not", "html only"])
+def test_html_parts_outside_an_alternative_are_content(raw: bytes, text: str) -> None:
+    from gateway.pipeline.parse import parse_mail
+
+    assert parse_mail(raw).text.strip() == text

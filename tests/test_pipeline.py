@@ -125,6 +125,17 @@ async def test_danish_outlook_quote_is_stripped(app: App, mail: MailBuilder) -> 
     assert "Tak for din henvendelse" in comment["full_text"]
 
 
+async def test_signature_is_kept_apart_from_the_visible_text(app: App, mail: MailBuilder) -> None:
+    """Issue 22: the case page and the agent show or hide the signature; the text is the reply."""
+    body = ("Hej\n\nFakturaen er betalt.\n\nMed venlig hilsen\nJens Hansen\nTlf. 12 34 56 78\n\n"
+            "Den 5. jan. 2026 kl. 10.00 skrev Kundebetjening <kundebetjening@statens-adm.example>:\n> Tak")
+    await ingest(app, mail(body=body))
+    [comment] = (await detail(app, "SAG-000001"))["comments"]
+    assert comment["visible_text"] == "Hej\n\nFakturaen er betalt."
+    assert comment["signature"] == "Med venlig hilsen\nJens Hansen\nTlf. 12 34 56 78"
+    assert comment["full_text"].startswith(body.split("\n\nDen 5.")[0])
+
+
 async def test_reply_while_waiting_for_requester_goes_back(app: App, mail: MailBuilder) -> None:
     await add_user(app, "agent@statens-adm.example", agent=True)
     await ingest(app, mail())

@@ -1,4 +1,4 @@
-"""Reply text (SPEC §5) and HTML to text: the shared corpus, then table-driven cases."""
+"""Reply text (SPEC §5) and HTML to text: the corpus (tests/corpus), then table-driven cases."""
 
 from __future__ import annotations
 
@@ -16,10 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.pipeline.htmltext import html_to_text, sanitize_html
-from gateway.pipeline.reply import is_courtesy_reply, visible_text
+from gateway.pipeline.reply import is_courtesy_reply, split_reply, visible_text
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
-DEFAULT_LANGUAGES = ("da", "en")
+CORPUS = Path(__file__).resolve().parent / "corpus"
 
 # --- the corpus ----------------------------------------------------------------------------------
 
@@ -74,20 +73,14 @@ Check = Callable[[str, dict[str, Any], str], bool]  # (our visible text, expect,
 # still deviates, so the table cannot go stale.
 DEVIATIONS: dict[str, tuple[str, Check]] = {
     "replies/talon/iphone.eml": (
-        "talon keeps device footers; we drop a trailing 'Sent from my iPhone' (as zapier and "
-        "Discourse do, see zapier/email_iPhone.txt and discourse/iphone_signature.eml)",
-        lambda ours, expect, body: ours == "Hello",
+        "talon keeps device footers in the reply; we split a trailing 'Sent from my iPhone' off as "
+        "the comment's signature (issue 22; zapier/email_iPhone.txt and mail-parser-reply agree)",
+        lambda ours, expect, body: ours == "Hello" and split_reply(body)[1] == "Sent from my iPhone",
     ),
     "replies/talon/sparrow.eml": (
-        "talon keeps trailing spaces and the 'Sent with Sparrow' footer; we rstrip every line "
-        "and drop device footers, but keep the signature itself",
-        lambda ours, expect, body: ours == "Hello\n\n--\nxxx",
-    ),
-    "replies/mail-parser-reply/email_danish_1.txt": (
-        "mail-parser-reply moves 'Med venlig hilsen\\nName' into .signatures; we keep closings, "
-        "because its signature rule cuts from any 'Tak'/'Hilsen'/'- x' line to the end",
-        lambda ours, expect, body: ours == "Hej Peter,\n\nTak for din mail. Det lyder godt.\n\n"
-                                           "Med venlig hilsen\nAnders Andersen",
+        "talon keeps trailing spaces and the signature after '-- ' in the reply; we rstrip every "
+        "line and split the signature off, stored apart with the comment (issue 22)",
+        lambda ours, expect, body: ours == "Hello" and split_reply(body)[1].startswith("--\nxxx\nSent with Sparrow"),
     ),
     "replies/discourse/exchange_html_reply.eml": (
         "Discourse converts HTML to Markdown (**bold**); we produce plain text",
@@ -107,18 +100,6 @@ DEVIATIONS: dict[str, tuple[str, Check]] = {
         "(that is how Gmail, Thunderbird and Apple Mail quote), so only the table remains",
         lambda ours, expect, body: ours == expect["reply_text"].rsplit("\n", 1)[0],
     ),
-    "replies/gitlab/dutch.eml": (
-        "Dutch 'Op … schreef … het volgende:' (no address) is not a header we know for the "
-        "configured da/en, nor does the library's nl grammar match it: the new text comes first, "
-        "the unrecognised history stays after it",
-        lambda ours, expect, body: ours.startswith(expect["reply_text"] + "\n\nOp 18 juli 2013"),
-    ),
-    "replies/crisp/email_13.txt": (
-        "Italian Outlook header (Da:/Inviato:/A:/Oggetto:) without an address in an attribution "
-        "line: found only when 'it' is configured, which the gateway's default da/en is not",
-        lambda ours, expect, body: (ours.startswith(expect["reply_text"])
-                                    and visible_text(body, ("da", "en", "it")) == expect["reply_text"]),
-    ),
 }
 
 ENTRIES = _reply_entries()
@@ -134,16 +115,17 @@ def test_corpus_selection_is_what_the_deviation_table_refers_to() -> None:
 def test_corpus_reply_text(entry: dict[str, Any]) -> None:
     expect = entry["expect"]
     body = _body(entry)
-    ours = visible_text(body, DEFAULT_LANGUAGES)
+    ours, signature = split_reply(body)
     if entry["file"] in DEVIATIONS:
         _reason, check = DEVIATIONS[entry["file"]]
         assert check(ours, expect, body), ours
         assert not _meets_upstream(ours, expect), "now matches upstream: remove the deviation"
         return
     assert _meets_upstream(ours, expect), ours
-    # Our semantics keep signatures, so what the library calls the signature is visible.
     for needle in expect.get("signature_contains", []):
-        assert needle in ours
+        assert needle in signature
+    for needle in expect.get("quoted_reply_contains", []):  # in the history, not only in the reply
+        assert body.count(needle) > ours.count(needle)
 
 
 # --- visible_text ------------------------------------------------------------------------------
@@ -153,7 +135,7 @@ OUTLOOK_DA = ("Hej\r\n\r\nDet virker nu.\r\n\r\nMed venlig hilsen\r\nJens\r\n\r\
               "Til: Jens Hansen <jens@x.dk>\r\nEmne: SV: [SAG-000001] Faktura\r\n\r\nHej Jens\r\n")
 
 VISIBLE: list[tuple[str, str, str]] = [
-    ("danish outlook block, CRLF", OUTLOOK_DA, "Hej\n\nDet virker nu.\n\nMed venlig hilsen\nJens"),
+    ("danish outlook block, CRLF", OUTLOOK_DA, "Hej\n\nDet virker nu."),
     ("outlook block under a rule",
      "Svar her\n\n________________________________\nFra: K <k@s.dk>\nSendt: 3. marts 2026\nTil: J\n"
      "Emne: Sag\n\nGammel tekst", "Svar her"),
@@ -187,10 +169,10 @@ VISIBLE: list[tuple[str, str, str]] = [
      "Svar\n\nHent Outlook til iOS<https://aka.ms/o0ukef>\n________________________________\n"
      "Fra: K <k@s.dk>\nSendt: 3. marts 2026\nTil: J\nEmne: Sag", "Svar"),
     ("a date range is not a header", "Periode:\nFra: 1. januar\nTil: 31. marts\n\nHilsen Jens",
-     "Periode:\nFra: 1. januar\nTil: 31. marts\n\nHilsen Jens"),
+     "Periode:\nFra: 1. januar\nTil: 31. marts"),
     ("'Tak' lines and bullet lists are not a signature",
      "Hej\n\nTak for svaret.\n- punkt 1\n- punkt 2\n\nHilsen\nJens",
-     "Hej\n\nTak for svaret.\n- punkt 1\n- punkt 2\n\nHilsen\nJens"),
+     "Hej\n\nTak for svaret.\n- punkt 1\n- punkt 2"),
     ("indentation kept", "Kør:\n\n    systemctl restart x\n\n> citat", "Kør:\n\n    systemctl restart x"),
     ("only a quote shows the quote", "> kun citat\n> mere", "> kun citat\n> mere"),
     ("only a header shows everything", "Fra: A <a@b.dk>\nSendt: i dag\nTil: B\nEmne: x\n\nTekst",
@@ -281,7 +263,22 @@ HTML: list[tuple[str, str, str]] = [
      "<p>Tekst</p></body></html>", "Tekst"),
     ("unclosed head keeps the body", "<head><meta charset=utf-8><p>Tekst", "Tekst"),
     ("outlook conditional comments", "<!--[if gte mso 9]><xml><o:x/></xml><![endif]--><p>Tekst</p>", "Tekst"),
-    ("word list markers", "<p><![if !supportLists]>·<![endif]>Punkt</p>", "·Punkt"),
+    ("word list markers", "<p><![if !supportLists]>·<![endif]>Punkt</p>", "- Punkt"),
+    ("word bulleted list as lines",
+     "<p class=MsoNormal>Hej</p><p class=MsoListParagraphCxSpFirst style='mso-list:l0 level1 lfo1'>"
+     "<![if !supportLists]><span style='font-family:Symbol'>·<span style='font:7.0pt \"Times New Roman\"'>"
+     "&nbsp;&nbsp;&nbsp;&nbsp;&nbsp;&nbsp; </span></span><![endif]>Første</p>"
+     "<p class=MsoListParagraphCxSpLast style='mso-list:l0 level1 lfo1'><![if !supportLists]>"
+     "<span style='font-family:Symbol'>·<span>&nbsp;&nbsp; </span></span><![endif]>Anden</p><p class=MsoNormal>Mvh</p>",
+     "Hej\n\n- Første\n- Anden\n\nMvh"),
+    ("word numbered list keeps its numbers",
+     "<p class=MsoListParagraph><![if !supportLists]><span>1.<span>&nbsp;&nbsp; </span></span><![endif]>Et</p>"
+     "<p class=MsoListParagraph><![if !supportLists]><span>2.<span>&nbsp; </span></span><![endif]>To</p>",
+     "1. Et\n2. To"),
+    ("word wingdings bullet", "<p class=MsoListParagraph><![if !supportLists]><span style='font-family:Wingdings'>"
+     "§<span>&nbsp; </span></span><![endif]>Punkt</p>", "- Punkt"),
+    ("emphasis dropped", "<p>Det er <b>meget</b> <i>vigtigt</i> at <strong>I</strong> <em>svarer</em></p>",
+     "Det er meget vigtigt at I svarer"),
     ("heading", "<h1>Titel</h1><p>Tekst</p>", "Titel\n\nTekst"),
     ("lists", "<ul><li>a</li><li>b<ul><li>c</li></ul></li></ul><ol><li>x</li><li>y</li></ol>",
      "- a\n- b\n  - c\n\n1. x\n2. y"),
@@ -390,9 +387,114 @@ def test_the_steps_a_text_cannot_need_are_skipped_with_the_same_answer(lines: li
     if not any(line.strip() for line in every):
         assert visible_text(text) == ""
         return
-    headers = reply._header_regex(("da", "en"))
+    headers = reply._header_regex(reply.LANGUAGES)
     every = reply._join_wrapped_attributions(every, headers)
     kept = reply._drop_quote_blocks(every, headers)
-    kept = reply._drop_trailing_noise(kept[: reply._history_start(kept, headers)])
-    result = "\n".join(reply._squeeze_blank_lines(kept)).strip("\n")
+    kept = reply._drop_trailing_noise(kept[: reply._history_start_below_top(kept, headers)], footers=False)
+    kept, _signature = reply._split_signature(kept)
+    result = "\n".join(reply._squeeze_blank_lines(reply._drop_trailing_noise(kept))).strip("\n")
     assert visible_text(text) == (result if result.strip() else "\n".join(every).strip())
+
+
+# --- quote headers beyond Danish and English (issue 22) ------------------------------------------
+
+LANGUAGE_HEADERS: list[tuple[str, str]] = [
+    ("dutch gmail, het volgende", "Op 18 juli 2013 10:23 schreef Sander Datema het volgende:\n\nOud"),
+    ("dutch outlook", "Van: Jan <jan@x.nl>\nVerzonden: maandag 3 maart 2026 10:12\nAan: K\nOnderwerp: Sag\n\nOud"),
+    ("german gmail", "Am 03.03.2026 um 10:12 schrieb Jens Hansen <jens@x.de>:\n\n> Alt"),
+    ("german outlook", "Von: Jens <jens@x.de>\nGesendet: Montag, 3. März 2026 10:12\nAn: K\nBetreff: Sag\n\nAlt"),
+    ("german separator", "-----Ursprüngliche Nachricht-----\nVon: Jens\nGesendet: heute\nAn: K\n\nAlt"),
+    ("swedish", "Den 3 mars 2026 kl. 10:12 skrev Anna Svensson <anna@x.se>:\n\nGammal"),
+    ("swedish outlook", "Från: Anna <anna@x.se>\nSkickat: den 3 mars 2026 10:12\nTill: K\nÄmne: Sag\n\nGammal"),
+    ("norwegian gmail", "tir. 3. mar. 2026 kl. 10:12 skrev Ola Nordmann <ola@x.no>:\n\nGammel"),
+    ("norwegian outlook", "Fra: Ola <ola@x.no>\nSendt: tirsdag 3. mars 2026 10:12\nTil: K\nEmne: Sak\n\nGammel"),
+    ("french", "Le 3 mars 2026 à 10:12, Jean Dupont <jean@x.fr> a écrit :\n\nAncien"),
+    ("french outlook", "De : Jean <jean@x.fr>\nEnvoyé : lundi 3 mars 2026 10:12\nÀ : K\nObjet : Sag\n\nAncien"),
+    ("russian outlook", "От: Иван <ivan@x.ru>\nОтправлено: 3 марта 2026 г. 10:12\nКому: K\nТема: Дело\n\nСтарый"),
+    ("russian outlook without addresses", "От: Иван Петров\nОтправлено: 3 марта 2026 г. 10:12\nКому: Kundebetjening\n"
+                                          "Тема: Дело\n\nСтарый"),
+    ("russian gmail", "3 марта 2026 г., в 10:12, Иван Петров написал(а):\n\n> Старый"),
+    ("finnish outlook", "Lähettäjä: Matti <matti@x.fi>\nLähetetty: 3. maaliskuuta 2026 10.12\n"
+                        "Vastaanottaja: K\nAihe: Asia\n\nVanha"),
+    ("windows mail with left-to-right marks",
+     "От: Alexander L (abc@example.com)\nОтправлено: \u200eчетверг\u200e, \u200e26\u200e \u200eиюня\u200e "
+     "\u200e2014\u200e г. \u200e15\u200e:\u200e05\nКому: Alex (alex@example.com)\n\nHello!"),
+    ("danish windows mail with marks", "Fra:\u200e Jens\nSendt:\u200e \u200e3.\u200e marts 2026\nTil:\u200e K\n"
+                                       "Emne:\u200e Sag\n\nGammel"),
+    ("zoho dashes", "---- On Wed, 24 Feb 2021 14:02:50 +0530 john@gmail.com wrote ----\n\nOld"),
+]
+
+
+@pytest.mark.parametrize("history", [c[1] for c in LANGUAGE_HEADERS], ids=[c[0] for c in LANGUAGE_HEADERS])
+def test_quote_headers_in_other_languages_end_the_reply(history: str) -> None:
+    assert visible_text("Nyt svar her.\n\n" + history) == "Nyt svar her."
+
+
+def test_a_header_block_that_opens_the_text_is_not_history() -> None:
+    text = "Fra: A <a@b.dk>\nSendt: i dag\nTil: B\nEmne: x\n\nMit svar\n\nDen 3. mar. 2026 skrev K <k@s.dk>:\n> gl"
+    assert visible_text(text) == "Fra: A <a@b.dk>\nSendt: i dag\nTil: B\nEmne: x\n\nMit svar"
+
+
+# --- signatures (issue 22) --------------------------------------------------------------------
+
+SIGNATURES: list[tuple[str, str, str, str]] = [
+    ("danish closing and name", "Hej\n\nDet virker.\n\nMed venlig hilsen\nJens Hansen\nTlf. 12 34 56 78",
+     "Hej\n\nDet virker.", "Med venlig hilsen\nJens Hansen\nTlf. 12 34 56 78"),
+    ("closing with the name on its line", "Hej\n\nDet virker.\n\nMvh Jens", "Hej\n\nDet virker.", "Mvh Jens"),
+    ("dash dash space", "Svar\n\n-- \nJens Hansen\nStatens Administration", "Svar",
+     "--\nJens Hansen\nStatens Administration"),
+    ("closing then delimiter: one block", "Svar\n\nHilsen\nJens\n\n-- \nJens Hansen", "Svar",
+     "Hilsen\nJens\n\n--\nJens Hansen"),
+    ("device footer", "Svar\n\nSendt fra min iPhone", "Svar", "Sendt fra min iPhone"),
+    ("english regards", "Hi,\n\nStill broken.\n\nBest regards,\nJohn Doe", "Hi,\n\nStill broken.",
+     "Best regards,\nJohn Doe"),
+    ("german", "Hallo\n\nDanke.\n\nMit freundlichen Grüßen\nHans Müller", "Hallo\n\nDanke.",
+     "Mit freundlichen Grüßen\nHans Müller"),
+    ("swedish slash name", "Hej Anna,\n\nDet fungerar.\n\n/Johan", "Hej Anna,\n\nDet fungerar.", "/Johan"),
+    ("signature above the quoted history",
+     "Svar\n\nMvh\nJens\n\nDen 3. mar. 2026 kl. 10.12 skrev K <k@s.dk>:\n> gl", "Svar", "Mvh\nJens"),
+    ("a PS after the closing is no signature", "Tak\n\nMvh Jens\n\nPS: det virker stadig ikke",
+     "Tak\n\nMvh Jens\n\nPS: det virker stadig ikke", ""),
+    ("a question after the closing is no signature", "Hej\n\nHilsen\nJens\nHvornår kommer I?",
+     "Hej\n\nHilsen\nJens\nHvornår kommer I?", ""),
+    ("'Tak' and 'Thanks' are not closings", "Hi. I am fine.\n\nThanks,\nAlex", "Hi. I am fine.\n\nThanks,\nAlex", ""),
+    ("a closing word inside a sentence", "Hej\n\nHilsen fra os alle i afdelingen", "Hej\n\nHilsen fra os alle i afdelingen",
+     ""),
+    ("'Best' starting a sentence", "Hej\n\nBest practice is to restart", "Hej\n\nBest practice is to restart", ""),
+    ("only a signature keeps it visible", "Med venlig hilsen\nJens", "Med venlig hilsen\nJens", ""),
+    ("a long tail is no signature", "Svar\n\n--\n" + "linje\n" * 30, "Svar\n\n--\n" + "\n".join(["linje"] * 30), ""),
+]
+
+
+@pytest.mark.parametrize(("text", "visible", "signature"), [c[1:] for c in SIGNATURES],
+                         ids=[c[0] for c in SIGNATURES])
+def test_signature_is_split_off(text: str, visible: str, signature: str) -> None:
+    assert split_reply(text) == (visible, signature)
+
+
+MORE_REPLIES: list[tuple[str, str, str, str]] = [
+    # (case, text, visible, signature)
+    ("text under a device footer is history",
+     "Svar\n\nSent from my Wiko RIDGE FAB 4G\n\nGammel tekst uden citat", "Svar", "Sent from my Wiko RIDGE FAB 4G"),
+    ("a sentence is no device footer", "Here is another email\n\nSent from my desk, is much easier than my phone.",
+     "Here is another email\n\nSent from my desk, is much easier than my phone.", ""),
+    ("french outlook mobile footer", "Svar\n\nEnvoyé à partir de Outlook pour iOS<https://aka.ms/o0ukef>\n"
+     "________________________________\nDe : K <k@s.dk>\nEnvoyé : 3 mars\nÀ : J\nObjet : Sag", "Svar",
+     "Envoyé à partir de Outlook pour iOS<https://aka.ms/o0ukef>"),
+    ("'wrote' without its colon", "Svar\n\nOn Wed, 14 Nov 2018 08:14:43 -0200 John Doe <john@doe.com> wrote\n\nOld",
+     "Svar", ""),
+    ("a label line over the header block", "Svar\n\n====\n\nMessage du : 12/12/2016 13:20\nDe : \"K\" <k@s.fr>\n"
+     "A : m@x.fr\nCopie à :\nSujet : sag\n\nAncien", "Svar", ""),
+    ("a mailing-list footer under underscores",
+     "Hi folks\n\n-Abhishek Kona\n\n__\nriak-users mailing list\nriak-users@lists.basho.com",
+     "Hi folks\n\n-Abhishek Kona", "__\nriak-users mailing list\nriak-users@lists.basho.com"),
+    ("a quote line re-wrapped by the client",
+     "Svar\n\nOp 12 december 2016 19:05 schreef K <\nk@s.nl>:\n\n> Beste Jeroen, winkel Kortrijk heeft je vraag "
+     "beantwoord, lang genoeg\nom te breken\n>\n> Groet", "Svar", ""),
+]
+
+
+@pytest.mark.parametrize(("text", "visible", "signature"), [c[1:] for c in MORE_REPLIES],
+                         ids=[c[0] for c in MORE_REPLIES])
+def test_more_reply_shapes(text: str, visible: str, signature: str) -> None:
+    assert split_reply(text) == (visible, signature)

@@ -14,10 +14,10 @@ from email.header import decode_header, make_header
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import charset_normalizer
 import mailparser
 
 from gateway.addresses import canonical, mailboxes
+from gateway.pipeline.charsets import DEFAULT_FALLBACKS, decode_text
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029\u0085]")
 _MSGID = re.compile(r"<[^<>\s]{1,500}>")
@@ -34,15 +34,17 @@ def declared(message: email.message.Message) -> str | None:
 
 
 def body_bytes(message: email.message.Message) -> bytes:
-    payload = message.get_payload() if not message.is_multipart() else ""
-    return str(payload)[:65536].encode("utf-8", "surrogateescape")
+    """The body's bytes as they came (a hint for guessing a header's charset)."""
+    payload = message.get_payload(decode=True) if not message.is_multipart() else None
+    return payload[:65536] if isinstance(payload, bytes) else b""
 
 
-def senders(message: email.message.Message, parsed: mailparser.MailParser | None) -> list[tuple[str, str | None]]:
+def senders(message: email.message.Message, parsed: mailparser.MailParser | None,
+            fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS) -> list[tuple[str, str | None]]:
     """(display name, canonical address) of every From mailbox; names decoded once."""
     raw_from = [str(v) for k, v in message.raw_items() if k.lower() == "from"]
     if any(not v.isascii() for v in raw_from):  # raw 8-bit bytes: mail-parser escapes them
-        return mailboxes([guess_8bit(v, body_bytes(message), declared(message)) for v in raw_from])
+        return mailboxes([guess_8bit(v, body_bytes(message), declared(message), fallbacks) for v in raw_from])
     if len(raw_from) > 1:  # mail-parser reads the first From only; two are two senders (RELIABILITY 59)
         return mailboxes([decode(v) for v in raw_from])
     found = [(_display(str(name)), canonical(str(addr))) for name, addr in ((parsed.from_ if parsed else None) or [])[:100]
@@ -60,37 +62,22 @@ def _display(name: str) -> str:
     return name
 
 
-def subject(message: email.message.Message, parsed: mailparser.MailParser | None) -> str:
+def subject(message: email.message.Message, parsed: mailparser.MailParser | None,
+            fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS) -> str:
     raw = next((str(v) for k, v in message.raw_items() if k.lower() == "subject"), None)
     if raw is None:
         return ""
     if not raw.isascii():
-        return guess_8bit(raw, body_bytes(message), declared(message))
+        return guess_8bit(raw, body_bytes(message), declared(message), fallbacks)
     return str((parsed.subject if parsed else "") or "") or decode(raw)
 
 
-GUESSES = ["cp1252", "iso8859_15", "cp1250", "iso8859_2", "koi8_r", "cp1251", "iso8859_7"]
-
-
-def guess_8bit(value: str, context: bytes = b"", declared: str | None = None) -> str:
-    """A header sent as raw 8-bit bytes with no charset of its own.
-
-    UTF-8 if it is; else the charset the body declares; else a statistical guess over the header
-    and the body together (a few header bytes alone are too little) among European and
-    Cyrillic charsets; else Windows-1252, the usual legacy charset of Danish mail.
-    """
-    data = value.encode("utf-8", "surrogateescape")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    if declared and declared not in ("us-ascii", "ascii", "utf-8"):
-        try:
-            return data.decode(declared, "replace")
-        except LookupError:
-            pass
-    best = charset_normalizer.from_bytes(data + b"\n" + context[:65536], cp_isolation=GUESSES).best()
-    return data.decode(best.encoding if best is not None else "cp1252", "replace")
+def guess_8bit(value: str, context: bytes = b"", declared: str | None = None,
+               fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS) -> str:
+    """A header sent as raw 8-bit bytes with no charset of its own: read as the body's text
+    would be (pipeline/charsets.py), with the body's bytes as context for the guess (a few
+    header bytes alone are too little)."""
+    return decode_text(value.encode("utf-8", "surrogateescape"), declared, fallbacks, context)
 
 
 def clean_line(value: str, limit: int = 998) -> str:

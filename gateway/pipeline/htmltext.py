@@ -15,7 +15,7 @@ re-scans to the end of the input for every "<" or "<!--" that never closes, whic
 from __future__ import annotations
 
 import re
-from html import escape
+from html import escape, unescape
 from html.parser import HTMLParser
 
 import nh3
@@ -39,6 +39,11 @@ _CELL_GAP = re.compile(r" *\t *")
 _UNCLOSABLE_LT = re.compile(r"<(?=[^<>]*(?:<|\Z))")
 # "<![if !supportLists]>", "<![endif]>", "<![CDATA[...": bogus comments in HTML.
 _MARKED_SECTION = re.compile(r"<!\[[^>]*>")
+# Word and Outlook write a list item as a paragraph whose bullet or number sits in a section
+# only for readers without list support: "<![if !supportLists]>·&nbsp;&nbsp;<![endif]>Text".
+_WORD_LIST_MARKER = re.compile(r"<!\[if !supportLists\]>(.{0,600}?)<!\[endif\]>", re.IGNORECASE | re.DOTALL)
+_TAGS = re.compile(r"<[^<>]*>")
+_NUMBERED = re.compile(r"^\(?(?:\d{1,3}|[a-zA-Z]|[ivxlcIVXLC]{1,5})[.)]$")
 
 
 def html_to_text(html: str, max_chars: int = 2_000_000) -> str:
@@ -53,7 +58,15 @@ def _defuse(html: str) -> str:
     """Remove the constructs that make html.parser quadratic, in linear time."""
     html = _strip_comments(html)
     html = _UNCLOSABLE_LT.sub("&lt;", html)
+    if "supportLists" in html:
+        html = _WORD_LIST_MARKER.sub(_list_marker, html)
     return _MARKED_SECTION.sub("", html)
+
+
+def _list_marker(match: re.Match[str]) -> str:
+    """Word's bullet ("·", "o", "§" in a symbol font) as "- ", its number ("1.", "a)") as it is."""
+    marker = unescape(_TAGS.sub("", match.group(1))).replace("\xa0", " ").strip()
+    return (marker if _NUMBERED.match(marker) else "-") + " "
 
 
 def _strip_comments(html: str) -> str:
@@ -86,6 +99,7 @@ class _TextExtractor(HTMLParser):
         self._lists: list[list[int]] = []  # per open list: [is_ordered, counter]
         self._cells = 0
         self._link: tuple[str, list[str]] | None = None
+        self._word_item = False
 
     # --- parser callbacks -------------------------------------------------------------
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
@@ -95,6 +109,9 @@ class _TextExtractor(HTMLParser):
             self._skip += 1
         if self._skip:
             return
+        if tag == "p":  # Word's list item: a line of its list, not a paragraph of its own
+            self._word_item = "msolistparagraph" in (dict(attrs).get("class") or "").lower()
+            tag = "div" if self._word_item else tag
         self._open_block(tag)
         if tag == "a":
             self._end_link()
@@ -108,6 +125,9 @@ class _TextExtractor(HTMLParser):
             return
         if tag == "a":
             self._end_link()
+        if tag == "p" and self._word_item:
+            self._word_item = False
+            tag = "div"
         self._close_block(tag)
 
     def handle_data(self, data: str) -> None:

@@ -21,16 +21,16 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-import charset_normalizer
 import mailparser
 
 from gateway.addresses import canonical
 from gateway.errors import UnusableMail
 from gateway.model import DeliveryReport, ParsedMail, StoredAttachment
 from gateway.pipeline import headers as h
+from gateway.pipeline.charsets import DEFAULT_FALLBACKS, decode_text
 from gateway.pipeline.htmltext import html_to_text, sanitize_html
 from gateway.pipeline.names import attachment_display_name
-from gateway.pipeline.reply import visible_text
+from gateway.pipeline.reply import split_reply
 
 BlobSink = Callable[[Iterable[bytes]], str]  # stores byte chunks, returns their sha256
 # Matched on a lower-cased copy: a case-insensitive pattern cannot use the fast literal scan
@@ -49,6 +49,8 @@ class Limits:
     max_header_line_bytes: int = 8192
     max_mime_parts: int = 500
     max_mime_depth: int = 100
+    # Tried, in order, for text that declares no charset or a wrong one (pipeline/charsets.py).
+    charset_fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS
 
 
 def normalise(raw: bytes) -> bytes:
@@ -102,7 +104,8 @@ def parse_mail(raw: bytes, blobs: BlobSink | None = None, limits: Limits | None 
                envelope_from: str | None = None, envelope_to: tuple[str, ...] = ()) -> ParsedMail:
     """Decode a raw mail. Raises UnusableMail for input that can never be understood."""
     raw = normalise(raw)
-    reason = precheck(raw, limits or Limits())
+    limits = limits or Limits()
+    reason = precheck(raw, limits)
     if reason:
         raise UnusableMail(reason)
     try:
@@ -116,15 +119,16 @@ def parse_mail(raw: bytes, blobs: BlobSink | None = None, limits: Limits | None 
         raise UnusableMail("MIME structure nested too deeply") from exc
     except Exception:  # a library defect on odd input must not lose the mail: our fallbacks take over
         parsed = None
-    return _build(message, parsed, attachments, report, blobs, envelope_from, envelope_to)
+    return _build(message, parsed, attachments, report, blobs, envelope_from, envelope_to,
+                  limits.charset_fallbacks)
 
 
 def _build(message: email.message.Message, parsed: mailparser.MailParser | None,
            attachments: list[StoredAttachment], report: _Report, blobs: BlobSink | None,
-           envelope_from: str | None, envelope_to: tuple[str, ...]) -> ParsedMail:
+           envelope_from: str | None, envelope_to: tuple[str, ...], fallbacks: tuple[str, ...]) -> ParsedMail:
     headers = h.decoded_headers(message)
-    senders = h.senders(message, parsed)
-    plain, htmls = _body_texts(message)
+    senders = h.senders(message, parsed, fallbacks)
+    plain, htmls = _body_texts(message, fallbacks)
     html = "\n".join(htmls) or None
     text = "\n".join(plain)
     if not text.strip() and html:
@@ -138,9 +142,10 @@ def _build(message: email.message.Message, parsed: mailparser.MailParser | None,
         sha = blobs([data]) if blobs is not None else _sha256([data])
         uuencoded.append(StoredAttachment("Hidden text.txt", len(data), sha, "text/plain"))
     text = text.replace("\x00", "")
+    new_text, signature = split_reply(text.strip()) if text.strip() else ("", "")
     return ParsedMail(
         message_id=h.first_id(message.get("Message-ID")),
-        subject=h.clean_line(h.subject(message, parsed), h.MAX_HEADER_VALUE),
+        subject=h.clean_line(h.subject(message, parsed, fallbacks), h.MAX_HEADER_VALUE),
         from_addr=senders[0][1] if len(senders) == 1 else None,
         from_name=h.clean_line(senders[0][0], 200) if senders else "",
         from_count=len(senders),
@@ -161,22 +166,25 @@ def _build(message: email.message.Message, parsed: mailparser.MailParser | None,
         original_message_id=report.original_message_id,
         envelope_from=envelope_from,
         envelope_to=envelope_to,
-        new_text=visible_text(text.strip()) if text.strip() else "",
+        new_text=new_text,
+        signature=signature,
     )
 
 
 # --- parts -------------------------------------------------------------------------------
 
 
-def _body_texts(message: email.message.Message) -> tuple[list[str], list[str]]:
+def _body_texts(message: email.message.Message, fallbacks: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """The readable text/plain and text/html parts, decoded from bytes with their charset.
 
     Parts inside an attachment (a forwarded message/rfc822 with a filename, a container marked
-    attachment) are not body text; a named inline text part is both body and attachment.
+    attachment) are not body text; a named inline text part is both body and attachment. An
+    HTML part outside any multipart/alternative is content of its own, not another rendering of
+    a plain part: beside plain parts, its text takes its place among them.
     """
-    plain: list[str] = []
-    html: list[str] = []
+    parts: list[tuple[str, str, bool]] = []  # (subtype, text, inside a multipart/alternative)
     blocked: set[int] = set()
+    alternative: set[int] = set()
     for part in message.walk():
         if id(part) in blocked:
             if part.is_multipart():
@@ -186,13 +194,20 @@ def _body_texts(message: email.message.Message) -> tuple[list[str], list[str]]:
         if part.is_multipart():
             if disposition == "attachment" or (part.get_content_type() == "message/rfc822" and _filename(part)):
                 blocked.update(id(p) for p in _children(part))
+            elif id(part) in alternative or part.get_content_type() == "multipart/alternative":
+                alternative.update(id(p) for p in _children(part))
             continue
         ctype = part.get_content_type()
         if ctype in ("text/plain", "text/html") and disposition != "attachment":
-            (plain if ctype == "text/plain" else html).append(_text_of(part))
+            parts.append((ctype[5:], _text_of(part, fallbacks), id(part) in alternative))
         elif part.get_content_maintype() == "multipart":  # boundary never found: show what is there
-            plain.append(_text_of(part))
-    return [t for t in plain if t.strip()], [t for t in html if t.strip()]
+            parts.append(("plain", _text_of(part, fallbacks), False))
+    parts = [p for p in parts if p[1].strip()]
+    html = [text for kind, text, _ in parts if kind == "html"]
+    if not any(kind == "plain" for kind, _, _ in parts):
+        return [], html
+    return [text if kind == "plain" else html_to_text(text) for kind, text, inside in parts
+            if kind == "plain" or not inside], html
 
 
 # The notices mail programs put before the first part for readers without MIME.
@@ -218,25 +233,11 @@ def _children(part: email.message.Message) -> list[email.message.Message]:
     return [p for p in payload if isinstance(p, email.message.Message)] if isinstance(payload, list) else []
 
 
-def _text_of(part: email.message.Message) -> str:
+def _text_of(part: email.message.Message, fallbacks: tuple[str, ...]) -> str:
     data = part.get_payload(decode=True) or b""
     if not isinstance(data, bytes):
         return str(data)
-    charset = (part.get_content_charset() or "").strip().lower()
-    if charset:
-        try:
-            return data.decode(charset, "replace")
-        except LookupError:
-            pass  # an unknown charset name: guess as for an unlabelled part
-    return _guess_bytes(data)
-
-
-def _guess_bytes(data: bytes) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        best = charset_normalizer.from_bytes(data[:262144], cp_isolation=["utf_8", *h.GUESSES]).best()
-        return data.decode(best.encoding, "replace") if best is not None else data.decode("latin-1")
+    return decode_text(data, part.get_content_charset(), fallbacks)
 
 
 @dataclass

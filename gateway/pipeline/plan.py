@@ -25,7 +25,7 @@ from gateway.model import (
     Status,
     UserRef,
 )
-from gateway.pipeline.reply import is_courtesy_reply, visible_text
+from gateway.pipeline.reply import is_courtesy_reply, split_reply
 from gateway.pipeline.thread import choose_thread, clean_subject
 
 NO_TEXT = "(Ingen tekst i mailen)"
@@ -73,7 +73,7 @@ def _automated(kind: Classification, case: CaseRef | None) -> Ignore:
 def _on_case(case: CaseRef, sender: UserRef, comment: CommentDraft, mail: ParsedMail, ctx: Context,
              policy: PlanPolicy) -> Plan:
     done = case.status in (Status.UDFOERT, Status.LUKKET)
-    if done and policy.courtesy_replies and is_courtesy_reply(comment.visible_text):
+    if done and policy.courtesy_replies and is_courtesy_reply(_with_signature(comment)):
         return Ignore("courtesy reply on a finished case", case=case, author=sender, comment=comment)
     if case.status is Status.LUKKET:
         return _open(mail, ctx, policy, comment, follows=case, note="")
@@ -103,7 +103,15 @@ def _cc_parties(ctx: Context, policy: PlanPolicy, sender: UserRef | None, reques
 
 def draft(mail: ParsedMail) -> CommentDraft:
     full = mail.text.strip()
-    visible = mail.new_text if mail.new_text is not None else visible_text(full) if full else ""
+    if mail.new_text is not None:
+        visible, signature = mail.new_text, mail.signature
+    else:
+        visible, signature = split_reply(full) if full else ("", "")
     if not visible:
         visible = NO_TEXT
-    return CommentDraft(visible_text=visible, full_text=full, html=mail.html, attachments=mail.attachments)
+    return CommentDraft(visible_text=visible, full_text=full, html=mail.html, attachments=mail.attachments,
+                        signature=signature)
+
+
+def _with_signature(comment: CommentDraft) -> str:
+    return f"{comment.visible_text}\n\n{comment.signature}" if comment.signature else comment.visible_text
