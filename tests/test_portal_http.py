@@ -52,15 +52,19 @@ class Visit:
     async def mails_to(self, address: str) -> list[email.message.EmailMessage]:
         await self.app.sender.run_once()
         found = []
-        for path in sorted((self.maildir / "new").iterdir()) if (self.maildir / "new").exists() else []:
+        folder = self.maildir / "new"
+        files = sorted(folder.iterdir(), key=lambda p: (p.stat().st_mtime_ns, p.name)) if folder.exists() else []
+        for path in files:
             msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
             if address in str(msg["To"]):
                 found.append(msg)
         return found  # type: ignore[return-value]
 
     async def link_for(self, address: str) -> str:
-        [*_, last] = await self.mails_to(address)
-        text = last.get_body(("plain",)).get_content()
+        """The link of the newest link mail to `address`."""
+        links = [m for m in await self.mails_to(address) if "Serviceportalen" in str(m["Subject"])]
+        assert links, f"no link mail to {address}"
+        text = links[-1].get_body(("plain",)).get_content()
         found = re.search(re.escape(PORTAL) + r"(/link/\S+)", text)
         assert found, text
         return found.group(1)
@@ -463,3 +467,31 @@ async def test_the_timed_jobs_purge_ended_sessions(jens: Visit, portal_app: App,
     actions = await run_timed_jobs(portal_app)
     assert {"job": "purge_portal", "count": 1, "done": True} in actions
     assert await session_count(portal_app) == 0
+
+
+async def test_mine_sager_pages_25_at_a_time_newest_change_first(jens: Visit, portal_app: App,
+                                                                 clock: FrozenClock) -> None:
+    numbers = []
+    for i in range(27):
+        clock.advance(seconds=1)
+        numbers.append(await mail_in(portal_app, subject=f"Sag nummer {i}"))
+    await jens.register(JENS)
+    first = await jens.get("/sager")
+    assert "27 sag(er)" in first.text and "Side 1 af 2" in first.text and "/sager?vis=igangvaerende&amp;side=2" in first.text
+    assert first.text.index(numbers[-1]) < first.text.index(numbers[-2])  # newest change first
+    assert numbers[1] not in first.text
+    second = await jens.get("/sager?vis=igangvaerende&side=2")
+    assert "Side 2 af 2" in second.text and numbers[0] in second.text and numbers[1] in second.text
+    assert numbers[2] not in second.text
+    assert "Du har ingen sager her." in (await jens.get("/sager?vis=afsluttede")).text
+    assert (await jens.get("/sager?vis=hvadsomhelst&side=-3")).status_code == 200  # the defaults
+
+
+async def test_a_form_with_more_files_than_one_is_a_page_not_a_crash(jens: Visit, portal_app: App) -> None:
+    number = await mail_in(portal_app)
+    await jens.register(JENS)
+    token = csrf(await jens.get(f"/sager/{number}"))
+    answer = await jens.client.post(f"/sager/{number}/kommentar", data={"csrf": token, "kommentar": "To filer"},
+                                    files=[("fil", ("a.txt", b"a", "text/plain")), ("fil", ("b.txt", b"b", "text/plain"))])
+    assert answer.status_code == 400 and '<html lang="da">' in answer.text
+    assert len((await detail(portal_app, number))["comments"]) == 1

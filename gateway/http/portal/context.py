@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 from sqlalchemy import Connection
 from sqlmodel import Session
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from gateway.http.portal import i18n
@@ -65,7 +66,10 @@ async def read_form(request: Request, limit: int, files: int = 0) -> FormData:
         raise PageError(411, "Fejl", "Formularen kunne ikke sendes. Gå tilbage, genindlæs siden, og prøv igen.")
     if length > limit:
         raise PageError(413, "Fejl", "Formularen kunne ikke sendes. Gå tilbage, genindlæs siden, og prøv igen.")
-    return await request.form(max_files=files, max_fields=50, max_part_size=min(limit, 1024 * 1024))
+    try:
+        return await request.form(max_files=files, max_fields=50, max_part_size=min(limit, 1024 * 1024))
+    except HTTPException as exc:  # python-multipart's refusals (too many files or fields, bad framing)
+        raise PageError(exc.status_code, *BAD_FORM[1:]) from None
 
 
 @dataclass(frozen=True, slots=True)
