@@ -25,18 +25,20 @@ run: $(STAMP) db-upgrade
 	$(VENV)/bin/gateway --config config/gateway.toml run
 
 # Debian's dovecot-imapd, swaks and postfix (smtp-source/smtp-sink) for the tests that talk
-# to real servers; installed when missing and we are root. Package scripts may not start
-# daemons (policy-rc.d), and Postfix gets no system configuration.
+# to real servers, and chromium for the portal's browser tests (Playwright drives it; it is
+# never downloaded by Playwright itself); installed when missing and we are root. Package
+# scripts may not start daemons (policy-rc.d), and Postfix gets no system configuration.
 system-deps:
-	@if command -v dovecot >/dev/null && command -v swaks >/dev/null && command -v smtp-sink >/dev/null; then \
+	@if command -v dovecot >/dev/null && command -v swaks >/dev/null && command -v smtp-sink >/dev/null \
+	    && [ -x /usr/bin/chromium ]; then \
 	  echo "system tools present"; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 	  [ -x /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; }; \
 	  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	    dovecot-imapd swaks postfix libnet-ssleay-perl libio-socket-ssl-perl >/dev/null; \
+	    dovecot-imapd swaks postfix libnet-ssleay-perl libio-socket-ssl-perl chromium fonts-liberation >/dev/null; \
 	else \
-	  echo "WARNING: dovecot/swaks/postfix missing and not root: the tests that need them will say so"; \
+	  echo "WARNING: dovecot/swaks/postfix/chromium missing and not root: the tests that need them will say so"; \
 	fi
 
 lint: $(STAMP)

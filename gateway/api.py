@@ -37,6 +37,7 @@ from gateway import credentials, lifecycle, metrics
 from gateway.addresses import canonical
 from gateway.credentials import Caller
 from gateway.errors import GatewayError, NotFound, Refused, TemporaryFailure
+from gateway.http.portal import portal_routes
 from gateway.model import Role, Source
 from gateway.openapi import LIST_FILTERS, openapi_document
 from store import queries
@@ -429,6 +430,7 @@ def build_api(app: App, loops: LoopWatch | None = None) -> Starlette:
         Route("/cases/{number}/comments", post_comment, methods=["POST"]),
         Route("/users/search", search_users), Route("/users/token", issue_token, methods=["POST"]),
         Route("/users/unbounce", unbounce, methods=["POST"]),
+        *portal_routes(app),  # Serviceportalen's pages, /static/ and /favicon.ico (gateway/http/portal)
     ]
     handlers: dict[Any, Any] = {Exception: _on_error, HTTPException: _on_error, ApiError: _on_error,
                                 GatewayError: _on_error, OperationalError: _on_error, DBAPIError: _on_error}

@@ -1,5 +1,5 @@
 """Timed jobs (SPEC §3 rule 4, §8): cases in `udfoert` for `policy.close_after_days` are
-closed by "system". The daemon runs them every `daemon.maintenance_interval_s` on one node at a
+closed by "system"; the portal's ended sessions, old links and quiet attempt counters go. The daemon runs them every `daemon.maintenance_interval_s` on one node at a
 time (`maintenance_loop`, under a lease); `gateway maintenance` runs them once, for cron.
 """
 
@@ -23,7 +23,7 @@ from gateway.errors import StoreUnavailable
 from gateway.lifecycle import SYSTEM, InvalidInput
 from gateway.model import Event, Status
 from gateway.settings import Settings
-from store import outbox
+from store import outbox, portal
 from store.lease import Lease
 from store.models import StatusChange, SupportCase
 from store.transact import run_in
@@ -82,6 +82,8 @@ async def run_timed_jobs(app: App, dry_run: bool = False, deliver: bool = False)
     """Every timed job once. `deliver` also sends the notifications that are due (cron set-ups
     without a running daemon have no sender loop)."""
     actions = await close_done_cases(app, dry_run)
+    if not dry_run and (purged := await app.tx.run(portal.purge, app.clock.now())):
+        actions.append({"job": "purge_portal", "count": purged, "done": True})
     if deliver and not dry_run:
         app.sender.wakeup.clear()
         sent = 0

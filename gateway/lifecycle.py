@@ -371,8 +371,8 @@ async def close(app: App, number: str, actor: str | None, reason: str | None = N
 
 
 async def comment(app: App, number: str, text: str | None, actor: str | None,
-                  attachments: Sequence[NewAttachment] = ()) -> dict[str, Any]:
-    """The requester's (or a party's) comment from the portal side, by API; rules 1–2 apply."""
+                  attachments: Sequence[NewAttachment] = (), source: Source = Source.API) -> dict[str, Any]:
+    """The requester's (or a party's) comment from the portal side (its pages or the API); rules 1–2 apply."""
     body = _text(text, required=not attachments)
     stored = await _store_attachments(app, attachments)
     async with _action(app, number, actor, "comment") as tx:
@@ -381,7 +381,7 @@ async def comment(app: App, number: str, text: str | None, actor: str | None,
         if tx.case.status == Status.LUKKET.value:
             raise Refused(f"{tx.case.number} is closed and can never be reopened; write a new case instead")
         await run_in(tx.session, writes.add_comment, tx.case_id, tx.actor.id, CommentDraft(body, body, None, stored),
-                                 Source.API, tx.now)
+                                 source, tx.now)
         tx.case.updated_at = tx.now
         tx.session.add(tx.case)
         current = Status(tx.case.status)

@@ -69,6 +69,7 @@ class Source(StrEnum):
     EMAIL = "email"
     AGENT = "agent"
     API = "api"
+    PORTAL = "portal"
 
 
 class Outcome(StrEnum):
@@ -93,6 +94,7 @@ class Event(StrEnum):
     SHARED = "shared"
     FOLLOWUP = "followup"  # new case because the old one is closed
     REJECTED = "rejected"  # unknown sender under policy `reject`
+    PASSWORD_LINK = "password_link"  # the portal's single-use link to set a password (no case)
 
 
 # --- parsed mail ---------------------------------------------------------------------

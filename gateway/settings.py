@@ -52,7 +52,16 @@ class MailSettings:
 
 @dataclass(frozen=True)
 class PortalSettings:
+    """Serviceportalen, served on the API's listener (gateway/http/portal). `url` is where the
+    customers reach it: the links in mails, and whether cookies need https (they do unless it is
+    plain http on the loopback)."""
+
     url: str = "https://serviceportal.statens-adm.example"
+    session_idle_minutes: int = 60  # a session unused this long has ended
+    session_hours: int = 12  # and every session ends this long after the login
+    link_minutes: int = 30  # a mailed link to set a password works once, for this long
+    attempts_per_address: int = 5  # failed logins (and link requests) per address before the back-off
+    attempts_per_client: int = 50  # the same per client address
 
 
 @dataclass(frozen=True)
@@ -345,6 +354,8 @@ def _validate(obj: Any, prefix: str) -> None:
         raise ConfigError("policy.close_after_days: must not be negative")
     if isinstance(obj, OutboundSettings) and not obj.transport.startswith(("maildir:", "smtp://")):
         raise ConfigError("outbound.transport: must be maildir:PATH or smtp://host:port")
+    if isinstance(obj, PortalSettings):
+        _validate_portal(obj)
     if isinstance(obj, WorkerSettings) and obj.max_attempts < 1:
         raise ConfigError("worker.max_attempts: must be at least 1")
     if isinstance(obj, WorkerSettings) and obj.retry_delay_s < 0:
@@ -380,3 +391,12 @@ def _validate_imap_auth(a: ImapAccount, prefix: str) -> None:
         raise ConfigError(f"{prefix}token_url: its tenant differs from {prefix}tenant ({a.tenant!r})")
     if not a.scope.strip():
         raise ConfigError(f"{prefix}scope: must not be empty")
+
+
+def _validate_portal(portal: PortalSettings) -> None:
+    if not portal.url.startswith(("https://", "http://")):
+        raise ConfigError("portal.url: must start with https:// (or http:// on the loopback)")
+    for key in ("session_idle_minutes", "session_hours", "link_minutes", "attempts_per_address",
+                "attempts_per_client"):
+        if getattr(portal, key) < 1:
+            raise ConfigError(f"portal.{key}: must be at least 1")

@@ -137,3 +137,27 @@ def new_api_token() -> str:
 
 def api_token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+# --- the portal's mailed single-use links -------------------------------------------------------
+
+_LINK_CONTEXT = b"gateway-portal-link\x00"
+_LINK_TOKEN = re.compile(r"^([A-Za-z0-9_-]{22})\.([A-Za-z0-9_-]{24})$")
+
+
+def _link_mac(secret: str, selector: str) -> str:
+    return _b64(hmac.new(secret.encode(), _LINK_CONTEXT + selector.encode(), hashlib.sha256).digest()[:18])
+
+
+def link_token(secret: str, selector: str) -> str:
+    """`<selector>.<mac>`: the store keeps the selector (22 random characters), never the MAC, so
+    neither the store nor the queued mail holds a link that works without the secret."""
+    return f"{selector}.{_link_mac(secret, selector)}"
+
+
+def link_selector(secret: str, token: str) -> str | None:
+    """The selector of a genuine link token, or None if it is forged or malformed."""
+    match = _LINK_TOKEN.match(token)
+    if not match or not hmac.compare_digest(match.group(2), _link_mac(secret, match.group(1))):
+        return None
+    return match.group(1)

@@ -224,3 +224,55 @@ class ImapFolderState(SQLModel, table=True):
 def joined_text(visible: str, signature: str) -> str:
     """A comment's whole text when it had no quoted history: its visible text and signature."""
     return f"{visible}\n\n{signature}" if signature else visible
+# --- Serviceportalen (SPEC §11): passwords, sessions, single-use links, attempt counters --------
+
+
+class PortalPassword(SQLModel, table=True):
+    """A portal user's password as an argon2id hash; a user who never registered has no row."""
+
+    __tablename__ = "portal_password"
+    user_id: int = Field(foreign_key="app_user.id", primary_key=True)
+    password_hash: str = Field(max_length=255)
+    set_at: datetime
+
+
+class PortalSession(SQLModel, table=True):
+    """A logged-in browser. Only a SHA-256 of the cookie's value is stored: a copy of the store
+    lets no one log in. Ended by deleting the row (log out, a new password, expiry)."""
+
+    __tablename__ = "portal_session"
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(max_length=64, unique=True)
+    user_id: int = Field(foreign_key="app_user.id", index=True)
+    method: str = Field(max_length=20)  # password | oidc
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime = Field(index=True)
+
+
+class PortalLink(SQLModel, table=True):
+    """A mailed single-use link that proves an address and lets it set a password. The store
+    keeps the link's public half (`selector`) only; its other half is an HMAC of it with the
+    secret (gateway.tokens.link_token), so neither this table nor the outbox holds a usable link."""
+
+    __tablename__ = "portal_link"
+    id: int | None = Field(default=None, primary_key=True)
+    selector: str = Field(max_length=32, unique=True)
+    email: str = Field(max_length=320, index=True)
+    purpose: str = Field(max_length=10)  # register | reset
+    next_path: str | None = Field(default=None, max_length=500)
+    created_at: datetime
+    expires_at: datetime = Field(index=True)
+    used_at: datetime | None = None
+
+
+class PortalThrottle(SQLModel, table=True):
+    """Attempts under one key (an address's or a client's logins, its link requests) since the
+    last quiet spell, and the time before which the next attempt is refused (the back-off). In
+    the store, so every node of a cluster counts the same attempts."""
+
+    __tablename__ = "portal_throttle"
+    key: str = Field(primary_key=True, max_length=100)
+    attempts: int = 0
+    last_attempt_at: datetime
+    blocked_until: datetime | None = None

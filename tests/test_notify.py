@@ -61,7 +61,7 @@ async def test_receipt_reaches_sink_and_reply_threads_back(relayed: App, sink: S
     assert msg["Auto-Submitted"] == "auto-replied"
     token = msg["Reply-To"].split("+", 1)[1].split("@", 1)[0]
     assert verify_token(relayed.settings.mail.reply_token_secret, token) == "SAG-000001"
-    assert "https://serviceportal.statens-adm.example/sager/SAG-000001" in msg.get_body(("plain",)).get_content()
+    assert f"{relayed.settings.portal.url}/sager/SAG-000001" in msg.get_body(("plain",)).get_content()
     [row] = await outbox(relayed)
     assert row["state"] == "sent" and row["message_id"] == msg["Message-ID"]
     # the customer answers the notification: threading by our own Message-ID

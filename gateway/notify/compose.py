@@ -36,7 +36,7 @@ from gateway.addresses import canonical
 from gateway.errors import ConfigError, PermanentDeliveryError
 from gateway.model import STATUS_LABELS_DA, STATUS_LABELS_EN, Event, Status
 from gateway.settings import Settings
-from gateway.tokens import reply_address
+from gateway.tokens import link_token, reply_address
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "templates"
 LANGUAGES = ("da", "en")
@@ -93,6 +93,8 @@ class Notice:
     follows_number: str | None = None
     actor_name: str | None = None
     reason: str | None = None  # kept for the record; never rendered (RELIABILITY 84)
+    link: str | None = None  # password_link: the link's selector; the mail gets the signed link
+    link_purpose: str | None = None  # password_link: register | reset
 
 
 @dataclass(frozen=True)
@@ -278,7 +280,15 @@ class Renderer:
             "actor_name": header_text(notice.actor_name, NAME_LIMIT) if notice.actor_name else None,
             "follows_number": notice.follows_number,
             "close_after": _plural_days(self._settings.policy.close_after_days, language),
+            "link_url": self._link_url(notice.link) if notice.link else None,
+            "link_purpose": notice.link_purpose,
+            "link_minutes": self._settings.portal.link_minutes,
         }
+
+    def _link_url(self, selector: str) -> str:
+        """The portal's single-use link, signed only now: the outbox row holds its selector alone."""
+        token = link_token(self._settings.mail.reply_token_secret, selector)
+        return f"{self._settings.portal.url.rstrip('/')}/link/{token}"
 
     def render(self, notice: Notice) -> RenderedMail:
         language = self._language(notice)
@@ -347,7 +357,7 @@ def sample_notice(event: Event, language: str) -> Notice:
     statuses = {Event.STATUS: (Status.AFVENTER_REKVIRENT, Status.TILDELT),
                 Event.REOPENED: (Status.TILDELT, Status.UDFOERT)}
     status, previous = statuses.get(event, (Status.REGISTRERET, None))
-    rejected = event is Event.REJECTED
+    rejected = event in (Event.REJECTED, Event.PASSWORD_LINK)
     return Notice(
         event=event, language=language,
         case_number="" if rejected else "SAG-000123",
@@ -358,6 +368,8 @@ def sample_notice(event: Event, language: str) -> Notice:
         thread_ids=("<CAF=x1y2z3@mail.kommune.example>",),
         follows_number="SAG-000098" if event is Event.FOLLOWUP else None,
         actor_name="Mette Jensen" if event in (Event.SHARED, Event.REOPENED) else None,
+        link="q1w2e3r4t5y6u7i8o9p0aa" if event is Event.PASSWORD_LINK else None,
+        link_purpose="register" if event is Event.PASSWORD_LINK else None,
     )
 
 

@@ -38,6 +38,7 @@ def notice_of(due: DueNotification) -> Notice:
         recipient_name=due.recipient_name, message_id=due.message_id,
         thread_ids=tuple(ctx.get("thread_ids", ())), follows_number=ctx.get("follows_number"),
         actor_name=ctx.get("actor_name"), reason=ctx.get("reason"),
+        link=ctx.get("link"), link_purpose=ctx.get("link_purpose"),
     )
 
 
