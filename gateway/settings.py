@@ -8,8 +8,10 @@ given as JSON (`GATEWAY_MAIL__ADDRESSES='["a@x", "b@x"]'`). Errors name the key.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from typing import Any, Literal
 from gateway.errors import ConfigError
 
 ENV_PREFIX = "GATEWAY_"
+_NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,10 @@ class SmtpSettings:
     max_recipients: int = 100
     max_connections: int = 100
     max_connections_per_ip: int = 20
+    # The MTAs in front (Postfix): their own, higher limit, outside the two above. Postfix opens
+    # up to 20 connections per destination and keeps more in its connection cache.
+    trusted_relays: tuple[str, ...] = ("127.0.0.0/8", "::1")
+    max_connections_per_relay: int = 100
     command_call_limit: int = 100
     session_deadline_s: int = 600
     store_timeout_s: float = 60.0
@@ -154,6 +161,7 @@ class DaemonSettings:
     maintenance_interval_s: float = 300.0
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
+    node_id: str = ""  # "" = host name + a hash of the store and base directory (store/node_run.py)
 
 
 @dataclass(frozen=True)
@@ -317,3 +325,11 @@ def _validate(obj: Any, prefix: str) -> None:
         raise ConfigError("worker.retry_delay_s: must not be negative")
     if isinstance(obj, WorkerSettings) and not 1 <= obj.parse_processes <= 64:
         raise ConfigError("worker.parse_processes: must be 1-64")
+    if isinstance(obj, DaemonSettings) and obj.node_id and not _NODE_ID.fullmatch(obj.node_id):
+        raise ConfigError("daemon.node_id: 1-64 letters, digits, '.', '_' or '-'")
+    if isinstance(obj, SmtpSettings):
+        for relay in obj.trusted_relays:
+            try:
+                ipaddress.ip_network(relay, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"smtp.trusted_relays: not an address or network: {relay!r}") from exc

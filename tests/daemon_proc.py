@@ -5,6 +5,7 @@
     ... deliver to ("127.0.0.1", proc.smtp_port) ...
     rc = proc.stop()                  # SIGTERM, waits for the exit code
     proc.kill(); proc.start()         # SIGKILL, then the same config again (a restart)
+    proc.kill_group()                 # SIGKILL of the daemon's whole process group
     await proc.scalar("SELECT count(*) FROM support_case")
     proc.events("mail.received")      # the daemon's JSON log lines with that event
 
@@ -159,6 +160,13 @@ class DaemonProcess:
             self.process.kill()
             self.process.wait(10)
         self.reap()
+
+    def kill_group(self) -> None:
+        """SIGKILL the daemon's whole process group at once (a crash of the machine's view of
+        it: no process gets to notice another's death first)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
 
     def reap(self) -> None:
         """Kill leftovers of a daemon that died abruptly: its parse pool does not notice."""
