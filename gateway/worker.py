@@ -293,12 +293,11 @@ class InboxWorker:
                     flow.extend(await self._start(claimed))
                     arrived.set()
                     continue
-            except Exception as exc:
-                if not is_outage(exc):
-                    raise
+            except Exception as exc:  # a claim holds no mail's data: whatever failed, the store did
                 # The claim may have committed though its answer was lost: give back, then claim.
                 self._stranded = True
-                log.warning("worker.store_error", extra={"step": "claim", "error": type(exc).__name__})
+                log.warning("worker.store_error", extra={"step": "claim", "error": type(exc).__name__,
+                                                         "outage": is_outage(exc)})
                 await _first(stop, halt, timeout=OUTAGE_PAUSE_S)
                 continue
             await _first(stop, halt, self.wakeup, timeout=cfg.poll_interval_s)
@@ -342,10 +341,9 @@ class InboxWorker:
         store does not answer."""
         try:
             count = await self._inbox.release_stranded(self.holder, keep=sorted(self._in_hand))
-        except Exception as exc:
-            if not is_outage(exc):
-                raise
-            log.warning("worker.store_error", extra={"step": "give_back", "error": type(exc).__name__})
+        except Exception as exc:  # no mail's data in it either: tried again in a moment
+            log.warning("worker.store_error", extra={"step": "give_back", "error": type(exc).__name__,
+                                                     "outage": is_outage(exc)})
             return False
         self._stranded = False
         if count:

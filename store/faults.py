@@ -7,7 +7,8 @@ An outage: the file or server cannot be reached or written (SQLite's "database i
 "disk I/O error", "database or disk is full", "unable to open database file", a read-only
 file), a lost or refused connection, and on PostgreSQL the SQLSTATE classes 08 (connection),
 40 (serialization, deadlock), 53 (disk full, out of memory, too many connections), 57
-(administrator shutdown, cancelled), 58 (I/O), a lock not available and a revoked privilege.
+(administrator shutdown, cancelled), 58 (I/O), a lock not available, a database that does not
+accept connections (ALLOW_CONNECTIONS false) and a revoked privilege.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from gateway.errors import StoreUnavailable
 
 _OUTAGE_CLASSES = ("08", "40", "53", "57", "58")
-_OUTAGE_STATES = frozenset({"55P03", "55006", "42501"})  # lock not available, object in use, privilege
+# lock not available, object in use, a database not accepting connections, a revoked privilege
+_OUTAGE_STATES = frozenset({"55P03", "55006", "55000", "42501"})
 
 
 def is_outage(exc: BaseException) -> bool:

@@ -383,31 +383,7 @@ async def _count(proc: DaemonProcess, table: str, n: int) -> bool:
 
 
 def _worker_pid(proc: DaemonProcess) -> int:
-    return int([e for e in proc.events("worker.process_started") if e["role"] == "worker"][-1]["pid"])
-
-
-async def _stop_worker_holding_claims(proc: DaemonProcess, timeout: float = 30.0) -> tuple[int, int]:
-    """SIGSTOP the worker child at a moment it holds claims; (its pid, the mails it holds)."""
-    settings = proc.settings
-    engine = make_engine(resolve_url(settings.database.url, settings.base_dir))
-    held_now = "SELECT count(*) FROM inbound_mail WHERE state = 'processing' AND claimed_by NOT LIKE 'other-node:%'"
-    deadline = time.monotonic() + timeout
-    try:
-        async with engine.connect() as conn:
-            while time.monotonic() < deadline:
-                if (await conn.exec_driver_sql(held_now)).scalar():
-                    pid = _worker_pid(proc)
-                    os.kill(pid, signal.SIGSTOP)
-                    await conn.rollback()  # a fresh snapshot after the stop
-                    held = int((await conn.exec_driver_sql(held_now)).scalar() or 0)
-                    if held:
-                        return pid, held
-                    os.kill(pid, signal.SIGCONT)  # it finished them meanwhile: try again
-                await conn.rollback()
-                await asyncio.sleep(0.002)
-    finally:
-        await engine.dispose()
-    raise AssertionError("the worker never held a claim")
+    return proc.child_pid("worker")
 
 
 async def _settled_but_foreign(proc: DaemonProcess) -> bool:
@@ -443,7 +419,7 @@ async def test_issue24_item2_a_killed_daemon_takes_its_own_claims_back_at_start_
         foreign = await _claimed_by_another_node(proc)
         proc.start()
         client = asyncio.create_task(probes.timed_deliveries(proc.smtp_port, sent, sessions=10))
-        _, held = await _stop_worker_holding_claims(proc)
+        _, held = await proc.freeze_worker_holding_claims()
         proc.kill_group()
         replies, _ = await client
         proc.start()
@@ -471,7 +447,7 @@ async def test_issue17_item10_a_killed_worker_childs_claims_are_given_back_at_on
     with DaemonProcess(tmp_path, worker={"parse_in_subprocess": True}) as proc:
         proc.start()
         client = asyncio.create_task(probes.timed_deliveries(proc.smtp_port, sent, sessions=10))
-        pid, held = await _stop_worker_holding_claims(proc)
+        pid, held = await proc.freeze_worker_holding_claims()
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
         replies, _ = await client
