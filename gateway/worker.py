@@ -105,10 +105,12 @@ class InboxWorker:
         self._steps = Steps.from_settings(settings)
         self._clock = clock
         self.holder = (holder or default_holder())[:100]  # the daemon's `node:run` (store/node_run.py)
-        # The claims this worker works on (claimed, not yet finished, failed or given back), and
-        # whether the store may hold claims of ours outside them (after a store outage).
+        # The claims this worker works on (claimed, not yet finished, failed or given back); and
+        # how often claims of ours were left outside them (a store outage cut their work off),
+        # against how many of those times a give-back has covered.
         self._in_hand: set[int] = set()
-        self._stranded = False
+        self._strandings = 0
+        self._given_back = 0
         self.wakeup = asyncio.Event()
         self.processed = 0
         self.on_processed: Callable[[], None] = lambda: None
@@ -257,7 +259,7 @@ class InboxWorker:
         A new worker first gives back whatever its holder still has claimed: the claims of a
         worker child of this run that died (if its supervisor could not already).
         """
-        self._stranded = True
+        self._strand(())
         flow: deque[tuple[ClaimedMail, asyncio.Future[Any]]] = deque()
         room, arrived, halt = asyncio.Event(), asyncio.Event(), asyncio.Event()
         feeder = asyncio.ensure_future(self._feed(flow, stop, halt, room, arrived))
@@ -283,7 +285,7 @@ class InboxWorker:
                 room.clear()
                 await _first(stop, halt, room)
                 continue
-            if self._stranded and not await self._give_back_stranded():
+            if self._strandings > self._given_back and not await self._give_back_stranded():
                 await _first(stop, halt, timeout=OUTAGE_PAUSE_S)
                 continue
             self.wakeup.clear()  # before the claim: a wake-up during it is not lost
@@ -295,7 +297,7 @@ class InboxWorker:
                     continue
             except Exception as exc:  # a claim holds no mail's data: whatever failed, the store did
                 # The claim may have committed though its answer was lost: give back, then claim.
-                self._stranded = True
+                self._strand(())
                 log.warning("worker.store_error", extra={"step": "claim", "error": type(exc).__name__,
                                                          "outage": is_outage(exc)})
                 await _first(stop, halt, timeout=OUTAGE_PAUSE_S)
@@ -334,18 +336,19 @@ class InboxWorker:
     def _strand(self, ids: Iterable[int]) -> None:
         """These claims are no longer worked on here: `_give_back_stranded` returns them."""
         self._in_hand.difference_update(ids)
-        self._stranded = True
+        self._strandings += 1
 
     async def _give_back_stranded(self) -> bool:
         """Every claim of this holder that is not in hand back to the queue; False while the
-        store does not answer."""
+        store does not answer. Claims stranded while it runs are left for the next one."""
+        covers = self._strandings
         try:
             count = await self._inbox.release_stranded(self.holder, keep=sorted(self._in_hand))
         except Exception as exc:  # no mail's data in it either: tried again in a moment
             log.warning("worker.store_error", extra={"step": "give_back", "error": type(exc).__name__,
                                                      "outage": is_outage(exc)})
             return False
-        self._stranded = False
+        self._given_back = covers
         if count:
             log.info("worker.released", extra={"count": count, "why": "stranded"})
         return True
