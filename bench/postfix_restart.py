@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,7 +37,7 @@ async def connections(port: int) -> int:
 
 
 async def run(mails: int, size: int, concurrency: int, kills: int) -> None:
-    proc = DaemonProcess(Path(tempfile.mkdtemp(prefix="gw-bench-")), worker={"parse_in_subprocess": True},
+    proc = DaemonProcess(Path(tempfile.mkdtemp(prefix="gw-bench-postfix-")), worker={"parse_in_subprocess": True},
                          policy={"max_auto_answers_per_day": 1_000_000})
     postfix = Postfix(proc.smtp_port, "statens-adm.example",
                       smtp_destination_concurrency_limit=str(concurrency)).start()
@@ -75,6 +76,7 @@ async def run(mails: int, size: int, concurrency: int, kills: int) -> None:
         watching.cancel()
         proc.kill()
         postfix.remove()
+        shutil.rmtree(proc.dir, ignore_errors=True)
 
 
 def main() -> None:

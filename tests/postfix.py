@@ -145,22 +145,29 @@ class Postfix:
         return [line for line in self.log().splitlines() if re.search(pattern, line)]
 
     def stop(self) -> None:
+        """SIGTERM to the master (what `postfix stop` does): it stops its children and exits.
+        `start-fg` runs the master in a session of its own, not in ours: it is found by its
+        pid file, and its whole group is killed if it does not go in time."""
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        try:  # the master's children (smtpd, qmgr, postlogd) leave with it; anything left goes now
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        master = self._master_pid()
+        if master is not None:
+            _signal(master, signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while _alive(master) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _signal(-master, signal.SIGKILL)  # its children (smtp, qmgr, postlogd) that stayed
+        _signal(proc.pid, signal.SIGKILL)
+        proc.wait(5)
         if self in _RUNNING:
             _RUNNING.remove(self)
+
+    def _master_pid(self) -> int | None:
+        try:
+            return int((self.root / "queue" / "pid" / "master.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     def remove(self) -> None:
         self.stop()
@@ -171,6 +178,21 @@ class Postfix:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+def _signal(pid: int, signum: int) -> None:
+    """`os.kill`, to a process group when `pid` is negative; quiet when it is gone."""
+    try:
+        os.kill(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _master_cf(port: int) -> str:
