@@ -451,13 +451,19 @@ class _EmbeddedServer(uvicorn.Server):
         return nullcontext()
 
 
-def _sibling_loops() -> LoopWatch:
-    """The daemon's loops running now; a loop that ended is no longer among the tasks."""
+def _sibling_loops(parts: dict[str, Callable[[], bool]] | None = None) -> LoopWatch:
+    """The daemon's loops running now (a loop that ended is no longer among the tasks), and its
+    other parts (`App.liveness`: the SMTP listener, the inbox writer, the worker and sender
+    children, which are dead while their loop still runs)."""
     expected = {t.get_name() for t in asyncio.all_tasks()} & DAEMON_LOOPS
+    parts = parts if parts is not None else {}
 
     def alive() -> dict[str, bool]:
         running = {t.get_name() for t in asyncio.all_tasks() if not t.done()}
-        return {name: name in running for name in sorted(expected)}
+        found = {name: name in running for name in expected}
+        for name, check in parts.items():
+            found[name] = found.get(name, True) and check()
+        return dict(sorted(found.items()))
 
     return alive
 
@@ -475,7 +481,7 @@ async def api_loop(app: App, stop: asyncio.Event) -> None:
     if cfg.agent_tokens:
         log.warning("api.deprecated_agent_tokens", extra={"count": len(cfg.agent_tokens),
                                                           "replace_with": "gateway tokens issue --service NAME"})
-    api = build_api(app, _sibling_loops())
+    api = build_api(app, _sibling_loops(app.liveness))
     config = uvicorn.Config(api, host=cfg.host, port=cfg.port, log_config=None, access_log=False, lifespan="off",
                             server_header=False, timeout_graceful_shutdown=int(app.settings.daemon.grace_s))
     server = _EmbeddedServer(config)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -21,6 +22,7 @@ from store.blobs import BlobStore
 from store.engine import check_durability, make_engine, resolve_url, session_factory
 from store.inbox import Accepted, BatchStore, Inbox, IncomingMail
 from store.migrate import upgrade
+from store.node_run import begin_run, default_node_id
 from store.outbox import OutboxQueue
 from store.transact import Transactor
 
@@ -38,9 +40,14 @@ class App:
     parser: ParseRunner
     worker: InboxWorker
     sender: Sender
+    # Who holds this process's claims: in `gateway run` the node's `node:run` (store/node_run.py).
+    holder: str = ""
     # Where the edges commit raw mail: the inbox, or in `gateway run` on SQLite the daemon's
     # inbox writer (store/sqlite_writer.py), which SMTP and IMAP share.
     intake: BatchStore | None = None
+    # What /healthz asks besides the daemon's loops: the SMTP listener, the inbox writer, the
+    # worker and sender children (name -> alive now).
+    liveness: dict[str, Callable[[], bool]] = field(default_factory=dict)
 
     async def accept_many(self, mails: list[IncomingMail]) -> list[Accepted]:
         return await (self.intake or self.inbox).accept_many(mails, self.clock.now())
@@ -66,9 +73,28 @@ def limits_of(settings: Settings) -> Limits:
                   charset_fallbacks=settings.mail.charset_fallbacks)
 
 
+def node_id(settings: Settings) -> str:
+    """`daemon.node_id`, or one derived from the host, the store and the base directory."""
+    return settings.daemon.node_id or default_node_id(resolve_url(settings.database.url, settings.base_dir),
+                                                      str(settings.base_dir))
+
+
+async def start_node_run(engine: AsyncEngine, settings: Settings, clock: Clock) -> str:
+    """The next run of this node; its earlier runs' claims go back to the queue at once."""
+    node = node_id(settings)
+    holder, mails, notices = await begin_run(engine, node, clock.now())
+    logging.getLogger("gateway.daemon").info(
+        "daemon.run_started", extra={"node": node, "holder": holder, "mails_taken_back": mails,
+                                     "notifications_taken_back": notices})
+    return holder
+
+
 @asynccontextmanager
 async def open_app(settings: Settings, clock: Clock | None = None, migrate: bool = True,
-                   subprocess_parse: bool | None = None) -> AsyncIterator[App]:
+                   subprocess_parse: bool | None = None, holder: str | None = None,
+                   new_run: bool = False) -> AsyncIterator[App]:
+    """The wired application. `new_run` (the daemon): start the node's next run and hold its
+    claims as `node:run`; `holder` (its children): hold claims as that run."""
     clock = clock or SystemClock()
     url = resolve_url(settings.database.url, settings.base_dir)
     engine = make_engine(url, settings.database.busy_timeout_ms, settings.database.echo)
@@ -76,6 +102,8 @@ async def open_app(settings: Settings, clock: Clock | None = None, migrate: bool
         if migrate:
             await upgrade(engine)
         await check_durability(engine)
+        if new_run:
+            holder = await start_node_run(engine, settings, clock)
         sessions = session_factory(engine)
         blobs = BlobStore(settings.path(settings.storage.blob_dir))
         w = settings.worker
@@ -84,11 +112,12 @@ async def open_app(settings: Settings, clock: Clock | None = None, migrate: bool
                              memory_mb=w.parse_memory_mb, processes=w.parse_processes)
         inbox = Inbox(engine)
         tx = Transactor(engine, sessions, settings.database.busy_timeout_ms)
-        worker = InboxWorker(tx, inbox, parser, settings, clock)
+        worker = InboxWorker(tx, inbox, parser, settings, clock, holder)
         queue = OutboxQueue(engine)
-        sender = make_sender(settings, queue, clock)
+        sender = make_sender(settings, queue, clock, worker.holder)
         worker.on_processed = sender.wakeup.set
-        app = App(settings, clock, engine, sessions, tx, inbox, queue, blobs, parser, worker, sender)
+        app = App(settings, clock, engine, sessions, tx, inbox, queue, blobs, parser, worker, sender,
+                  holder=holder or worker.holder)
         try:
             yield app
         finally:

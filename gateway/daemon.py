@@ -2,6 +2,9 @@
 
 SIGTERM/SIGINT: stop accepting (421 to new SMTP connections), finish the mails in flight,
 exit 0 within the grace time; a second signal exits at once.
+
+Each start is the node's next run (store/node_run.py): the claims its earlier run left (a
+SIGKILL, a power cut) go back to the queue before anything else starts, not after a lease.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ async def run_daemon(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    async with open_app(settings) as app, inbox_writer(app) as writer:
+    async with open_app(settings, new_run=True) as app, inbox_writer(app) as writer:
         committer = GroupCommitter(writer, app.clock.now, in_flight=getattr(writer, "in_flight", 1))
         smtp: SmtpListener | None = None
         if settings.smtp.enabled:
@@ -101,6 +104,7 @@ async def run_daemon(settings: Settings) -> int:
                                    on_accepted=lambda _a: _received(app))
             smtp = SmtpListener(handler, settings.smtp)
             await smtp.start()
+            app.liveness["smtp"] = smtp.serving
         # With parsing in a child process, the worker and the sender each run in a child of
         # their own (gateway/worker_process.py): the second core for them, and an SMTP loop
         # that never waits behind a case transaction.
@@ -141,6 +145,7 @@ async def inbox_writer(app: App) -> AsyncIterator[BatchStore]:
                                app.settings.database.busy_timeout_ms / 1000)
     await writer.start()
     app.intake = writer  # the IMAP edge commits here too
+    app.liveness["inbox_writer"] = writer.alive
     try:
         yield writer
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import ipaddress
 import json
 import os
 import re
@@ -22,6 +23,7 @@ from typing import Any, Literal
 from gateway.errors import ConfigError
 
 ENV_PREFIX = "GATEWAY_"
+_NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,10 @@ class SmtpSettings:
     max_recipients: int = 100
     max_connections: int = 100
     max_connections_per_ip: int = 20
+    # The MTAs in front (Postfix): their own, higher limit, outside the two above. Postfix opens
+    # up to 20 connections per destination and keeps more in its connection cache.
+    trusted_relays: tuple[str, ...] = ("127.0.0.0/8", "::1")
+    max_connections_per_relay: int = 100
     command_call_limit: int = 100
     session_deadline_s: int = 600
     store_timeout_s: float = 60.0
@@ -186,6 +192,7 @@ class DaemonSettings:
     maintenance_interval_s: float = 300.0
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
+    node_id: str = ""  # "" = host name + a hash of the store and base directory (store/node_run.py)
 
 
 @dataclass(frozen=True)
@@ -364,6 +371,14 @@ def _validate(obj: Any, prefix: str) -> None:
         raise ConfigError("worker.parse_processes: must be 1-64")
     if isinstance(obj, ImapAccount):
         _validate_imap_auth(obj, prefix)
+    if isinstance(obj, DaemonSettings) and obj.node_id and not _NODE_ID.fullmatch(obj.node_id):
+        raise ConfigError("daemon.node_id: 1-64 letters, digits, '.', '_' or '-'")
+    if isinstance(obj, SmtpSettings):
+        for relay in obj.trusted_relays:
+            try:
+                ipaddress.ip_network(relay, strict=False)
+            except ValueError as exc:
+                raise ConfigError(f"smtp.trusted_relays: not an address or network: {relay!r}") from exc
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -3,6 +3,13 @@
 Failures are recorded and retried; after `max_attempts` a mail is quarantined with its error,
 never deleted (`gateway reprocess` puts it back). A mail that can never be understood
 (`UnusableMail`) is quarantined at once with the reason.
+
+Every claim taken is finished, failed (its try counted) or given back (not counted), on every
+path. A store outage (store/faults.py) is not the mail's fault: the mails it cut off are given
+back as soon as the store answers again (`_give_back_stranded`: every claim of this worker's
+holder that is not in its hands), so they are done within seconds of the store's return, not
+after their lease. That also covers a claim that committed though its answer was lost, and
+the claims of a worker child that died in this run (the supervisor gives those back first).
 """
 
 from __future__ import annotations
@@ -13,12 +20,12 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
 from gateway import metrics
@@ -33,6 +40,7 @@ from gateway.pipeline.plan import PlanPolicy, make_plan
 from gateway.pipeline.thread import thread_keys
 from gateway.settings import Settings
 from store import queries
+from store.faults import is_outage
 from store.inbox import Claim, ClaimedMail, Inbox, claim_mails, read_raw, read_raws
 from store.outbox import RateLimits
 from store.transact import Transactor
@@ -53,6 +61,12 @@ QUIET_GROUP_MAX = 32
 # needed (bench/smtp.py with 8 batches ahead: acknowledged 70 -> 51 % of the floor).
 AHEAD = 2
 SMALL_MAIL = 256 * 1024  # raw bytes read together for a batch's mails up to this size
+OUTAGE_PAUSE_S = 0.5  # between tries while the store does not answer
+
+
+def default_holder() -> str:
+    """The holder of a worker outside the daemon (`gateway ingest`, tests): this process."""
+    return f"cli-{socket.gethostname()}:{os.getpid()}"[:100]
 
 
 @dataclass(frozen=True)
@@ -82,14 +96,21 @@ class Steps:
 
 
 class InboxWorker:
-    def __init__(self, tx: Transactor, inbox: Inbox, parser: ParseRunner, settings: Settings, clock: Clock) -> None:
+    def __init__(self, tx: Transactor, inbox: Inbox, parser: ParseRunner, settings: Settings, clock: Clock,
+                 holder: str | None = None) -> None:
         self._tx = tx
         self._inbox = inbox
         self._parser = parser
         self._settings = settings
         self._steps = Steps.from_settings(settings)
         self._clock = clock
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"[:100]
+        self.holder = (holder or default_holder())[:100]  # the daemon's `node:run` (store/node_run.py)
+        # The claims this worker works on (claimed, not yet finished, failed or given back); and
+        # how often claims of ours were left outside them (a store outage cut their work off),
+        # against how many of those times a give-back has covered.
+        self._in_hand: set[int] = set()
+        self._strandings = 0
+        self._given_back = 0
         self.wakeup = asyncio.Event()
         self.processed = 0
         self.on_processed: Callable[[], None] = lambda: None
@@ -103,17 +124,23 @@ class InboxWorker:
         claimed = await self._claim_batch(limit or cfg.batch_size, only_id)
         flow = await self._start(claimed)
         results: list[Result] = []
-        while flow:
-            await asyncio.wait([flow[0][1]])  # wait with no transaction open
-            results.extend(await self._apply_group(_take_ready(flow)))
+        try:
+            while flow:
+                await asyncio.wait([flow[0][1]])  # wait with no transaction open
+                results.extend(await self._apply_group(_take_ready(flow)))
+        except Exception:
+            await self._give_back([mail for mail in claimed if mail.id in self._in_hand])
+            raise
         return results
 
     async def _claim_batch(self, limit: int, only_id: int | None = None) -> list[ClaimedMail]:
         """A claim on the same transaction thread as the writes of the outcomes, in turn with
         them: as a connection of its own it waited for their lock, 30-90 ms a claim while a
         backlog drained, and the flow ran dry meanwhile. It does not wait for SMTP pauses."""
-        return await self._tx.run_now(claim_mails, limit, self.holder, self._clock.now(),
-                                      self._settings.worker.lease_s, only_id)
+        claimed = await self._tx.run_now(claim_mails, limit, self.holder, self._clock.now(),
+                                         self._settings.worker.lease_s, only_id)
+        self._in_hand.update(mail.id for mail in claimed)
+        return claimed
 
     async def _start(self, claimed: list[ClaimedMail]) -> deque[tuple[ClaimedMail, asyncio.Future[Any]]]:
         """The claimed mails in order, each with its parse under way (in the child processes)."""
@@ -144,7 +171,8 @@ class InboxWorker:
         """The mails whose parse is ready share one transaction: one durable commit for them all.
 
         If any of them fails, the group is rolled back and each mail is retried on its own, so
-        one poison mail never takes the others down with it.
+        one poison mail never takes the others down with it. A store outage is raised (the
+        caller gives back what is not finished); so is one while a mail's failure is recorded.
         """
         started = time.monotonic()
         if len(group) > 1 and all(isinstance(p, ParsedMail) for _, p in group):
@@ -152,6 +180,8 @@ class InboxWorker:
             try:
                 results = await self._tx.run(handle_all, self._steps, work, self._clock.now())  # type: ignore[arg-type]
             except Exception as exc:
+                if is_outage(exc):
+                    raise
                 log.info("worker.group_retry_single", extra={"size": len(group), "error": type(exc).__name__})
             else:
                 return [self._done(result, started) for result in results]
@@ -168,11 +198,14 @@ class InboxWorker:
                                          self._clock.now()))[0]
         except LostClaim as exc:
             # Rolled back: the worker that holds the mail now applies it, once.
+            self._in_hand.discard(mail.id)
             log.warning("mail.lost_claim", extra={"inbound_id": mail.id, "error": str(exc)})
             return Result(Outcome.QUARANTINED, None, str(exc), mail.id, retry=True)
-        except (OperationalError, DBAPIError) as exc:
-            return await self._failed(mail, f"store: {type(exc).__name__}")
         except Exception as exc:
+            if is_outage(exc):
+                raise  # not this mail's fault: given back, its try not counted
+            if isinstance(exc, DBAPIError):
+                return await self._failed(mail, f"store: {type(exc).__name__}")
             log.exception("mail.failed", extra={"inbound_id": mail.id})
             return await self._failed(mail, f"{type(exc).__name__}: {exc}")
         return self._done(result, started)
@@ -181,6 +214,7 @@ class InboxWorker:
         return Claim(self.holder, mail.attempts)
 
     def _done(self, result: Result, started: float | None = None) -> Result:
+        self._in_hand.discard(result.inbound_id)
         metrics.record_outcome(result.action.value, time.monotonic() - started if started else 0.0)
         self.processed += 1
         if result.notifications:
@@ -192,6 +226,7 @@ class InboxWorker:
     async def _quarantine(self, mail: ClaimedMail, reason: str) -> Result:
         await self._inbox.failed(mail.id, reason, attempts=1, max_attempts=1, now=self._clock.now(),
                                  claim=self._claim(mail))
+        self._in_hand.discard(mail.id)
         metrics.record_outcome("quarantined", 0.0)
         log.warning("mail.quarantined", extra={"inbound_id": mail.id, "reason": reason})
         return Result(Outcome.QUARANTINED, None, reason, mail.id)
@@ -200,6 +235,7 @@ class InboxWorker:
         cfg = self._settings.worker
         state = await self._inbox.failed(mail.id, error, mail.attempts, cfg.max_attempts, self._clock.now(),
                                          cfg.retry_delay_s, claim=self._claim(mail))
+        self._in_hand.discard(mail.id)
         if state == "lost":
             log.warning("mail.lost_claim", extra={"inbound_id": mail.id, "error": error[:200]})
             return Result(Outcome.QUARANTINED, None, error, mail.id, retry=True)
@@ -219,7 +255,11 @@ class InboxWorker:
         to pause (store.sqlite_writer.smtp_pause) but the parsing goes on, on the other core:
         after a burst only the writes are left. On stop, the group in hand is finished and the
         mails not yet applied are given back to the inbox, their attempt not counted.
+
+        A new worker first gives back whatever its holder still has claimed: the claims of a
+        worker child of this run that died (if its supervisor could not already).
         """
+        self._strand(())
         flow: deque[tuple[ClaimedMail, asyncio.Future[Any]]] = deque()
         room, arrived, halt = asyncio.Event(), asyncio.Event(), asyncio.Event()
         feeder = asyncio.ensure_future(self._feed(flow, stop, halt, room, arrived))
@@ -245,6 +285,9 @@ class InboxWorker:
                 room.clear()
                 await _first(stop, halt, room)
                 continue
+            if self._strandings > self._given_back and not await self._give_back_stranded():
+                await _first(stop, halt, timeout=OUTAGE_PAUSE_S)
+                continue
             self.wakeup.clear()  # before the claim: a wake-up during it is not lost
             try:
                 claimed = await self._claim_batch(min(cfg.batch_size, window - len(flow)))
@@ -252,9 +295,12 @@ class InboxWorker:
                     flow.extend(await self._start(claimed))
                     arrived.set()
                     continue
-            except (OperationalError, DBAPIError, OSError) as exc:
-                log.warning("worker.store_error", extra={"error": type(exc).__name__})
-                await _first(stop, halt, timeout=1.0)
+            except Exception as exc:  # a claim holds no mail's data: whatever failed, the store did
+                # The claim may have committed though its answer was lost: give back, then claim.
+                self._strand(())
+                log.warning("worker.store_error", extra={"step": "claim", "error": type(exc).__name__,
+                                                         "outage": is_outage(exc)})
+                await _first(stop, halt, timeout=OUTAGE_PAUSE_S)
                 continue
             await _first(stop, halt, self.wakeup, timeout=cfg.poll_interval_s)
 
@@ -269,27 +315,54 @@ class InboxWorker:
             await _first(stop, flow[0][1])  # wait with no transaction open
             if stop.is_set():
                 return
+            group = _take_ready(flow, most=QUIET_GROUP_MAX if self.smtp_quiet() else GROUP_MAX)
             try:
-                most = QUIET_GROUP_MAX if self.smtp_quiet() else GROUP_MAX
-                results = await self._apply_group(_take_ready(flow, most))
-            except (OperationalError, DBAPIError, OSError) as exc:  # recording the failure failed too
-                log.warning("worker.store_error", extra={"error": type(exc).__name__})
+                results = await self._apply_group(group)
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                # The store stopped answering: what of the group is not finished goes back to
+                # the queue as soon as it answers again (the feeder gives it back).
+                self._strand(mail.id for mail, _ in group)
+                log.warning("worker.store_error", extra={"step": "apply", "error": type(exc).__name__})
                 results = []
-                await _first(stop, timeout=1.0)
+                await _first(stop, timeout=OUTAGE_PAUSE_S)
             room.set()
             if results and all(r.retry for r in results) and not flow:
                 # only failures and nothing else in hand: don't spin. Never with claims in hand:
                 # their leases would run out while it waits (two nodes stole each other's mails).
                 await _first(stop, timeout=min(interval * 4, 5.0))
 
+    def _strand(self, ids: Iterable[int]) -> None:
+        """These claims are no longer worked on here: `_give_back_stranded` returns them."""
+        self._in_hand.difference_update(ids)
+        self._strandings += 1
+
+    async def _give_back_stranded(self) -> bool:
+        """Every claim of this holder that is not in hand back to the queue; False while the
+        store does not answer. Claims stranded while it runs are left for the next one."""
+        covers = self._strandings
+        try:
+            count = await self._inbox.release_stranded(self.holder, keep=sorted(self._in_hand))
+        except Exception as exc:  # no mail's data in it either: tried again in a moment
+            log.warning("worker.store_error", extra={"step": "give_back", "error": type(exc).__name__,
+                                                     "outage": is_outage(exc)})
+            return False
+        self._given_back = covers
+        if count:
+            log.info("worker.released", extra={"count": count, "why": "stranded"})
+        return True
+
     async def _give_back(self, mails: list[ClaimedMail]) -> None:
         if not mails:
             return
         try:
             await self._inbox.release([mail.id for mail in mails], self.holder)
-        except Exception as exc:  # their lease runs out and another claim takes them
+        except Exception as exc:  # the next start of this node takes them back (store/node_run.py)
+            self._strand(mail.id for mail in mails)
             log.warning("worker.release_failed", extra={"count": len(mails), "error": type(exc).__name__})
         else:
+            self._in_hand.difference_update(mail.id for mail in mails)
             log.info("worker.released", extra={"count": len(mails)})
 
 

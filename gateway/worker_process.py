@@ -9,8 +9,12 @@ of its own, so composing notifications never delays the next case.
 The parent supervises (`child_loop`, one daemon loop per child): it starts the children,
 forwards wake-ups (a mail was committed, a notification was queued) over a socket pair,
 restarts a child that dies, and on shutdown sends SIGTERM and waits for it to finish its
-batch. A child stops by itself when its socket pair closes, which is how it notices that the
-parent was killed; the mails it had claimed go back to the queue when their lease runs out.
+batch. The children hold their claims as the daemon's run (`node:run`, store/node_run.py), so
+when a child dies the parent gives its claims back at once, their try not counted, before it
+starts the next one; the next start of a killed daemon takes them back likewise. A child
+stops by itself when its socket pair closes, which is how it notices that the parent was
+killed. /healthz reports a child dead while it is not running and while it keeps dying
+(KEEPS_DYING deaths within KEEPS_DYING_WINDOW_S).
 The worker child wakes the sender child itself when it has queued notifications (`Links`):
 a receipt goes out within milliseconds, not at the sender's next poll a second later.
 """
@@ -24,8 +28,10 @@ import multiprocessing
 import os
 import signal
 import socket
+import time
+from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -33,6 +39,7 @@ from gateway.app import App, open_app
 from gateway.procname import name_process
 from gateway.settings import Settings
 from store.engine import defer_fsync
+from store.node_run import give_back
 from store.sqlite_writer import smtp_pause, smtp_quiet
 from store.wal import Checkpointer, checkpoint_elsewhere
 
@@ -43,6 +50,8 @@ RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 # can be made a moment later. Measured (bench/smtp.py): acknowledged mails/s +30 %, same end
 # to end. The parse processes inherit it.
 CHILD_NICENESS = 10
+KEEPS_DYING = 3  # deaths within the window below: /healthz says the child is dead
+KEEPS_DYING_WINDOW_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -68,15 +77,28 @@ class Links:
                 end.close()
 
 
+@dataclass
+class ChildWatch:
+    """What the supervisor knows about its child, for /healthz."""
+
+    running: bool = False
+    deaths: deque[float] = field(default_factory=lambda: deque(maxlen=KEEPS_DYING))
+
+    def alive(self) -> bool:
+        now = time.monotonic()
+        dying = len(self.deaths) >= KEEPS_DYING and now - self.deaths[0] < KEEPS_DYING_WINDOW_S
+        return self.running and not dying
+
+
 class WorkerProcess:
     """One child process running `app.worker.run` (role "worker") or `app.sender.run` ("sender")."""
 
-    def __init__(self, settings: Settings, role: str, links: Links = Links()) -> None:
+    def __init__(self, settings: Settings, role: str, links: Links = Links(), holder: str | None = None) -> None:
         self._settings = settings
         self._ours, theirs = socket.socketpair()
         self._ours.setblocking(False)
         ctx = multiprocessing.get_context("forkserver")
-        self._proc: BaseProcess = ctx.Process(target=child_main, args=(settings, role, theirs, links),
+        self._proc: BaseProcess = ctx.Process(target=child_main, args=(settings, role, theirs, links, holder),
                                               name=f"gateway-{role}", daemon=False)
         self._theirs: socket.socket | None = theirs
 
@@ -133,9 +155,12 @@ def child_loop(role: str, links: Links = Links()) -> Callable[[App, asyncio.Even
 
 async def _supervise(app: App, stop: asyncio.Event, role: str, wakeup: asyncio.Event, links: Links) -> None:
     restarts = 0
+    watch = ChildWatch()
+    app.liveness[role] = watch.alive
     while not stop.is_set():
-        child = WorkerProcess(app.settings, role, links)
+        child = WorkerProcess(app.settings, role, links, app.holder)
         pid = child.start()
+        watch.running = True
         log.info("worker.process_started", extra={"role": role, "pid": pid})
         forward = asyncio.create_task(_forward_wakeups(wakeup, child))
         stopping = asyncio.create_task(stop.wait())
@@ -150,14 +175,28 @@ async def _supervise(app: App, stop: asyncio.Event, role: str, wakeup: asyncio.E
             code = await child.stop(app.settings.daemon.grace_s)
             log.info("worker.process_stopped", extra={"role": role, "pid": pid, "exitcode": code})
             return
+        watch.running = False
+        watch.deaths.append(time.monotonic())
         log.error("worker.process_died", extra={"role": role, "pid": pid, "exitcode": child.exitcode})
         await child.stop(1.0)
+        await _give_back(app, role)
         delay = RESTART_DELAYS_S[min(restarts, len(RESTART_DELAYS_S) - 1)]
         restarts += 1
         try:
             await asyncio.wait_for(stop.wait(), delay)
         except TimeoutError:
             pass
+
+
+async def _give_back(app: App, role: str) -> None:
+    """The dead child's claims back to the queue now, their try not counted. If the store does
+    not answer, the next child gives them back when it starts (it holds the same run's claims)."""
+    try:
+        count = await give_back(app.engine, app.holder, role, app.clock.now())
+    except Exception as exc:
+        log.warning("worker.give_back_failed", extra={"role": role, "error": type(exc).__name__})
+        return
+    log.info("worker.claims_given_back", extra={"role": role, "count": count})
 
 
 async def _forward_wakeups(wakeup: asyncio.Event, child: WorkerProcess) -> None:
@@ -168,7 +207,8 @@ async def _forward_wakeups(wakeup: asyncio.Event, child: WorkerProcess) -> None:
         child.wake()
 
 
-def child_main(settings: Settings, role: str, wake: socket.socket, links: Links = Links()) -> None:
+def child_main(settings: Settings, role: str, wake: socket.socket, links: Links = Links(),
+               holder: str | None = None) -> None:
     """Entry point of the child process."""
     from gateway.logs import configure_logging
 
@@ -178,12 +218,12 @@ def child_main(settings: Settings, role: str, wake: socket.socket, links: Links 
     configure_logging(settings.daemon.log_format, settings.daemon.log_level)
     os.nice(CHILD_NICENESS)
     try:
-        asyncio.run(_child(settings, role, wake, links))
+        asyncio.run(_child(settings, role, wake, links, holder))
     except KeyboardInterrupt:
         pass
 
 
-async def _child(settings: Settings, role: str, wake: socket.socket, links: Links) -> None:
+async def _child(settings: Settings, role: str, wake: socket.socket, links: Links, holder: str | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals = 0
@@ -197,7 +237,7 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    async with open_app(settings, migrate=False) as app:
+    async with open_app(settings, migrate=False, holder=holder) as app:
         checkpoints: Checkpointer | None = None
         shared = app.tx.sync_engine if links.smtp_busy is not None else None  # SQLite, with the SMTP writer
         if shared is not None:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from functools import cache, partial
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -289,6 +289,18 @@ class Inbox:
             await conn.execute(update(T).where(T.c.id.in_(list(ids)), T.c.state == "processing",
                                                T.c.claimed_by == holder[:100])
                                .values(state="pending", claimed_until=None, attempts=T.c.attempts - 1))
+
+    async def release_stranded(self, holder: str, keep: Sequence[int] = ()) -> int:
+        """Give back every claim `holder` holds but `keep` (the mails in the worker's hands),
+        without counting a try: claims whose work a store error cut off, or whose claim
+        committed though its answer was lost."""
+        cond = [T.c.state == "processing", T.c.claimed_by == holder[:100]]
+        if keep:
+            cond.append(T.c.id.not_in(list(keep)))
+        async with self._engine.begin() as conn:
+            done = await conn.execute(update(T).where(*cond).values(
+                state="pending", claimed_until=None, attempts=case((T.c.attempts > 0, T.c.attempts - 1), else_=0)))
+        return int(done.rowcount or 0)
 
     async def reprocess(self, inbound_id: int | None = None, quarantined: bool = False) -> int:
         """Put mails back in the queue (`gateway reprocess ID|--quarantined`)."""

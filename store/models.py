@@ -188,6 +188,7 @@ class Outbox(SQLModel, table=True):
     attempts: int = 0
     next_attempt_at: datetime
     claimed_until: datetime | None = None
+    claimed_by: str | None = Field(default=None, max_length=100)  # `node:run` of the sender that holds it
     last_error: str | None = None
     sent_at: datetime | None = None
 
@@ -198,6 +199,16 @@ class Counter(SQLModel, table=True):
     __tablename__ = "counter"
     name: str = Field(primary_key=True, max_length=40)
     value: int = 0
+
+
+class NodeRun(SQLModel, table=True):
+    """Each node's run number, one more at every start: claims are held as `node:run`, so a
+    restarted node knows which claims its own earlier life left behind (store/node_run.py)."""
+
+    __tablename__ = "node_run"
+    node_id: str = Field(primary_key=True, max_length=64)
+    run: int = 0
+    started_at: datetime
 
 
 class JobLease(SQLModel, table=True):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, col
 from sqlmodel import select as model_select
@@ -191,14 +191,15 @@ class OutboxQueue:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def claim(self, limit: int, now: datetime, lease_s: float) -> list[DueNotification]:
+    async def claim(self, limit: int, now: datetime, lease_s: float, holder: str = "") -> list[DueNotification]:
         due = or_(and_(T.c.state == "pending", T.c.next_attempt_at <= now),
                   and_(T.c.state == "sending", T.c.claimed_until < now))
         pick = select(T.c.id).where(due).order_by(T.c.id).limit(limit)
         if self._engine.dialect.name == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
         stmt = (update(T).where(T.c.id.in_(pick.scalar_subquery()))
-                .values(state="sending", claimed_until=now + timedelta(seconds=lease_s), attempts=T.c.attempts + 1)
+                .values(state="sending", claimed_until=now + timedelta(seconds=lease_s), attempts=T.c.attempts + 1,
+                        claimed_by=holder[:100] or None)
                 .returning(T.c.id, T.c.event, T.c.recipient, T.c.recipient_name, T.c.language, T.c.message_id,
                            T.c.context, T.c.attempts))
         async with self._engine.begin() as conn:
@@ -220,6 +221,15 @@ class OutboxQueue:
         async with self._engine.begin() as conn:
             await conn.execute(update(T).where(T.c.id == row_id).values(
                 state="failed", claimed_until=None, last_error=error[:2000]))
+
+    async def release_stranded(self, holder: str, now: datetime) -> int:
+        """Every row `holder` still has `sending` back to pending, its try not counted: a
+        store error cut the sender off before it could mark them (none of them had a 250)."""
+        async with self._engine.begin() as conn:
+            done = await conn.execute(update(T).where(T.c.state == "sending", T.c.claimed_by == holder[:100]).values(
+                state="pending", next_attempt_at=now, claimed_until=None,
+                attempts=case((T.c.attempts > 0, T.c.attempts - 1), else_=0)))
+        return int(done.rowcount or 0)
 
     async def retry(self, row_id: int | None, now: datetime) -> int:
         cond = T.c.id == row_id if row_id is not None else T.c.state == "failed"

@@ -11,8 +11,9 @@ A batch is a frame with the pickled mails; its answer, a frame with the `Accepte
 failure. Several batches may be on their way: the child hashes the next one while it commits
 the one before, and answers in order. A caller that gives up (a timeout) leaves its answer to
 be dropped. If the child dies, the batches it has not answered fail with StoreUnavailable
-(451: the sender retries, and the dedup key makes a commit that did land harmless), and the
-next batch starts a new child. The child leaves when its socket closes, which is also how it
+(451: the sender retries, and the dedup key makes a commit that did land harmless), and a new
+child is started at once (or by the next batch, if that start failed); `alive` says whether
+one runs, for /healthz. The child leaves when its socket closes, which is also how it
 notices that the daemon was killed.
 
 SQLite's own busy handler is off: it sleeps 1, 2, 5, 10 … 100 ms between tries and keeps
@@ -83,6 +84,13 @@ class SqliteInboxWriter:
         self._pending: deque[asyncio.Future[list[Accepted]]] = deque()
         self._starting: asyncio.Lock | None = None
         self._sock: socket.socket | None = None
+        self._closed = False
+        self._restart: asyncio.Task[None] | None = None
+
+    def alive(self) -> bool:
+        """The writer process runs (or is being started again after it died)."""
+        restarting = self._restart is not None and not self._restart.done()
+        return not self._closed and (restarting or (self._proc is not None and self._proc.is_alive()))
 
     async def start(self) -> None:
         """Start the writer process and wait until it has its connection."""
@@ -170,6 +178,14 @@ class SqliteInboxWriter:
                     answer.set_exception(StoreUnavailable("the inbox writer process is gone"))
             self._stop_child(wait_s=0.2)
             self.busy_until.value = 0.0
+            if not self._closed:
+                self._restart = asyncio.ensure_future(self._start_again())
+
+    async def _start_again(self) -> None:
+        try:
+            await self.start()
+        except (StoreUnavailable, OSError):
+            pass  # the next batch tries again; until then `alive` says no
 
     def _stop_child(self, wait_s: float = 5.0) -> None:
         proc, self._proc = self._proc, None
@@ -181,6 +197,9 @@ class SqliteInboxWriter:
 
     def close(self) -> None:
         """End our side of the socket; the child finishes the batches in hand and leaves."""
+        self._closed = True
+        if self._restart is not None:
+            self._restart.cancel()
         sock, self._sock = self._sock, None
         if sock is not None:  # now: the transport's own close waits for the event loop
             with contextlib.suppress(OSError):

@@ -5,6 +5,8 @@
     ... deliver to ("127.0.0.1", proc.smtp_port) ...
     rc = proc.stop()                  # SIGTERM, waits for the exit code
     proc.kill(); proc.start()         # SIGKILL, then the same config again (a restart)
+    proc.kill_group()                 # SIGKILL of the daemon's whole process group
+    await proc.freeze_worker_holding_claims()   # SIGSTOP the worker child while it holds claims
     await proc.scalar("SELECT count(*) FROM support_case")
     proc.events("mail.received")      # the daemon's JSON log lines with that event
 
@@ -15,6 +17,7 @@ port, the API off. Extra sections are merged over it, key by key.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import ctypes
 import json
@@ -159,6 +162,42 @@ class DaemonProcess:
             self.process.kill()
             self.process.wait(10)
         self.reap()
+
+    def child_pid(self, role: str) -> int:
+        """The pid of the newest worker or sender child (from the daemon's log)."""
+        return int([e for e in self.events("worker.process_started") if e["role"] == role][-1]["pid"])
+
+    async def freeze_worker_holding_claims(self, timeout: float = 30.0) -> tuple[int, int]:
+        """SIGSTOP the worker child at a moment it holds claims (of this node): its pid and how
+        many mails it holds. A SIGKILL then lands with claims in hand, every time."""
+        settings = self.settings
+        engine = make_engine(resolve_url(settings.database.url, settings.base_dir))
+        held_now = ("SELECT count(*) FROM inbound_mail WHERE state = 'processing' "
+                    "AND claimed_by NOT LIKE 'other-node:%'")
+        deadline = time.monotonic() + timeout
+        try:
+            async with engine.connect() as conn:
+                while time.monotonic() < deadline:
+                    if (await conn.exec_driver_sql(held_now)).scalar():
+                        pid = self.child_pid("worker")
+                        os.kill(pid, signal.SIGSTOP)
+                        await conn.rollback()  # a fresh snapshot after the stop
+                        held = int((await conn.exec_driver_sql(held_now)).scalar() or 0)
+                        if held:
+                            return pid, held
+                        os.kill(pid, signal.SIGCONT)  # it finished them meanwhile: try again
+                    await conn.rollback()
+                    await asyncio.sleep(0.002)
+        finally:
+            await engine.dispose()
+        raise AssertionError("the worker never held a claim")
+
+    def kill_group(self) -> None:
+        """SIGKILL the daemon's whole process group at once (a crash of the machine's view of
+        it: no process gets to notice another's death first)."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
 
     def reap(self) -> None:
         """Kill leftovers of a daemon that died abruptly: its parse pool does not notice."""

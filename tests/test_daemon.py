@@ -26,7 +26,7 @@ from store.inbox import Inbox, IncomingMail
 from store.migrate import upgrade
 from store.models import InboundMail
 from tests import smtp_probes as probes
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 from tests.daemon_proc import DaemonProcess
 from tests.smtp_probes import Reply
 
@@ -377,3 +377,119 @@ async def test_the_worker_child_wakes_the_sender_child_for_a_receipt(tmp_path: P
 
 async def _count(proc: DaemonProcess, table: str, n: int) -> bool:
     return bool(await proc.scalar(f"SELECT count(*) FROM {table}") >= n)
+
+
+# --- issue 24 item 2, issue 17 items 10 and 11: claims come back at once; /healthz -------------
+
+
+def _worker_pid(proc: DaemonProcess) -> int:
+    return proc.child_pid("worker")
+
+
+async def _settled_but_foreign(proc: DaemonProcess) -> bool:
+    return not await proc.scalar("SELECT count(*) FROM inbound_mail WHERE state IN ('pending', 'processing') "
+                                 "AND (claimed_by IS NULL OR claimed_by NOT LIKE 'other-node:%')")
+
+
+async def _claimed_by_another_node(proc: DaemonProcess) -> str:
+    """A mail that a live node of the same store holds (its lease runs 10 minutes more)."""
+    settings = proc.settings
+    engine = make_engine(resolve_url(settings.database.url, settings.base_dir))
+    raw = probes.message("held by the other node")
+    try:
+        await upgrade(engine)
+        accepted = await Inbox(engine).accept(IncomingMail(raw, "smtp", "anna@borger.example", (probes.ADDRESS,)),
+                                              datetime.now(UTC))
+        async with engine.begin() as conn:
+            await conn.execute(update(T).where(T.c.id == accepted.inbound_id).values(
+                state="processing", attempts=1, claimed_by="other-node:3",
+                claimed_until=datetime.now(UTC) + timedelta(seconds=600)))
+    finally:
+        await engine.dispose()
+    return message_id(raw)
+
+
+async def test_issue24_item2_a_killed_daemon_takes_its_own_claims_back_at_start_not_after_the_lease(
+        tmp_path: Path) -> None:
+    """SIGKILL of the whole process group while the worker holds claims; the lease is the
+    default 300 s. The restarted daemon (the node's next run) makes every case within 15 s,
+    and leaves the claim of another live node alone."""
+    sent = mails(150, "restart")
+    with DaemonProcess(tmp_path, worker={"parse_in_subprocess": True}) as proc:
+        foreign = await _claimed_by_another_node(proc)
+        proc.start()
+        client = asyncio.create_task(probes.timed_deliveries(proc.smtp_port, sent, sessions=10))
+        _, held = await proc.freeze_worker_holding_claims()
+        proc.kill_group()
+        replies, _ = await client
+        proc.start()
+        back = time.monotonic()
+        pending = {i: raw for i, (raw, reply) in enumerate(zip(sent, replies, strict=True)) if reply.code != 250}
+        await deliver_until_acked(proc.smtp_port, pending)
+        await eventually(lambda: _settled_but_foreign(proc), timeout=15, what="every case after the restart")
+        took = time.monotonic() - back
+        per_mail = await cases_per_mail(proc)
+        [(state, holder)] = await proc.rows("SELECT state, claimed_by FROM inbound_mail WHERE message_id = :m",
+                                            m=foreign)
+        assert proc.stop() == 0
+    assert held > 0 and took < 15
+    [started] = [e for e in proc.events("daemon.run_started")][-1:]
+    assert started["mails_taken_back"] >= 1 and started["holder"].endswith(":2")
+    assert (state, holder) == ("processing", "other-node:3")  # another node's claim waits for its lease
+    assert all(per_mail[message_id(raw)] == 1 for raw in sent)
+
+
+async def test_issue17_item10_a_killed_worker_childs_claims_are_given_back_at_once(tmp_path: Path) -> None:
+    """The supervisor sees its worker child die and gives the child's claims back before it
+    starts the next one: the mails are done within 10 s, not after the 300 s lease, and the
+    killed try is not counted."""
+    sent = mails(150, "child")
+    with DaemonProcess(tmp_path, worker={"parse_in_subprocess": True}) as proc:
+        proc.start()
+        client = asyncio.create_task(probes.timed_deliveries(proc.smtp_port, sent, sessions=10))
+        pid, held = await proc.freeze_worker_holding_claims()
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        replies, _ = await client
+        assert all(r.code == 250 for r in replies), {str(r) for r in replies}
+        await eventually(lambda: settled(proc), timeout=10, what="the dead child's mails")
+        took = time.monotonic() - killed
+        per_mail = await cases_per_mail(proc)
+        attempts = {a for (a,) in await proc.rows("SELECT attempts FROM inbound_mail")}
+        assert proc.stop() == 0
+    assert held > 0 and took < 10
+    assert set(per_mail.values()) == {1} and len(per_mail) == 150
+    assert attempts == {1}, "the killed child's try was counted"
+    [given] = proc.events("worker.claims_given_back")
+    assert given["role"] == "worker" and given["count"] >= 1
+
+
+async def _health(port: int) -> tuple[int, dict]:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(f"http://127.0.0.1:{port}/healthz")
+    return response.status_code, response.json()
+
+
+async def test_issue17_item11_healthz_names_every_part_and_answers_503_while_the_worker_keeps_dying(
+        tmp_path: Path) -> None:
+    port = free_port()
+    with DaemonProcess(tmp_path, api={"enabled": True, "port": port}) as proc:
+        proc.start()
+        await eventually(lambda: asyncio.sleep(0, bool(proc.events("api.listening"))), what="the API")
+        await eventually(lambda: asyncio.sleep(0, len(proc.events("worker.child_ready")) == 2), what="the children")
+        code, body = await _health(port)
+        on_sqlite = proc.settings.database.url.startswith("sqlite")
+        parts = {"smtp", "worker", "sender", "maintenance", "api"} | ({"inbox_writer"} if on_sqlite else set())
+        assert code == 200 and parts <= set(body["loops"]) and all(body["loops"].values()), body
+        for deaths in range(1, 4):
+            ready = len(proc.events("worker.child_ready"))
+            os.kill(_worker_pid(proc), signal.SIGKILL)
+            await eventually(lambda: asyncio.sleep(0, len(proc.events("worker.child_ready")) > ready),  # noqa: B023
+                             timeout=20, what=f"worker restart {deaths}")
+        code, body = await _health(port)
+        assert code == 503 and body["loops"]["worker"] is False, body
+        assert all(alive for name, alive in body["loops"].items() if name != "worker"), body
+        assert body["status"] == "unavailable"
+        assert proc.stop() == 0

@@ -721,7 +721,7 @@ async def test_item13_a_commit_slower_than_the_budget_answers_451_in_time(tmp_pa
 # --- limits and shutdown ----------------------------------------------------------------------
 
 async def test_item19_connections_over_the_per_ip_cap_get_421(tmp_path: Path) -> None:
-    async with serve(tmp_path, max_connections_per_ip=2) as srv:
+    async with serve(tmp_path, max_connections_per_ip=2, trusted_relays=()) as srv:
         first, second = await RawSmtp.connect(srv.port), await RawSmtp.connect(srv.port)
         third = await RawSmtp.connect(srv.port)
         try:
@@ -748,7 +748,7 @@ async def _connect_from(ip: str, port: int) -> RawSmtp:
 
 async def test_item19_connection_over_the_global_cap_gets_421_and_a_freed_slot_is_reused(tmp_path: Path) -> None:
     """Each client comes from its own loopback address, so only the global cap can refuse."""
-    async with serve(tmp_path, max_connections=3, max_connections_per_ip=10) as srv:
+    async with serve(tmp_path, max_connections=3, max_connections_per_ip=10, trusted_relays=()) as srv:
         sessions = [await _connect_from(f"127.0.0.{n}", srv.port) for n in (1, 2, 3)]
         over = await _connect_from("127.0.0.4", srv.port)
         late: RawSmtp | None = None
@@ -777,6 +777,25 @@ async def test_item19_connection_over_the_global_cap_gets_421_and_a_freed_slot_i
             for smtp in (*sessions, over, *([late] if late else [])):
                 await smtp.close()
         assert len(await srv.stored()) == 4
+
+
+async def test_issue24_item4_a_trusted_relay_has_its_own_higher_limit(tmp_path: Path) -> None:
+    """The Postfix in front (127.0.0.1 here) may hold more connections than any one client:
+    Postfix's 20 per destination plus its connection cache. Another client (127.0.0.2) is
+    still capped per address, and the relay's sessions do not count against it."""
+    async with serve(tmp_path, max_connections=4, max_connections_per_ip=2, trusted_relays=("127.0.0.1",),
+                     max_connections_per_relay=6) as srv:
+        relay = [await _connect_from("127.0.0.1", srv.port) for _ in range(7)]
+        other = [await _connect_from("127.0.0.2", srv.port) for _ in range(3)]
+        try:
+            replies = [await smtp.reply() for smtp in relay]
+            assert [r.code for r in replies] == [220] * 6 + [421], replies
+            assert [(await smtp.reply()).code for smtp in other] == [220, 220, 421]
+            assert (await relay[5].command("EHLO relay.example")).code == 250
+            assert (await probes.transaction(relay[5], probes.message("the sixth"))).code == 250
+        finally:
+            for smtp in (*relay, *other):
+                await smtp.close()
 
 
 async def test_item19_session_deadline_closes_a_slow_session(tmp_path: Path) -> None:

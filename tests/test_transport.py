@@ -258,15 +258,52 @@ async def test_connection_refused_is_temporary(message: bytes) -> None:
 async def test_maildir_writes_one_whole_file_into_new(tmp_path: Path, message: bytes) -> None:
     mailer = MaildirMailer(tmp_path / "outbound")
     first = await mailer.send(message, SENDER, RCPT)
-    second = await mailer.send(message, SENDER, RCPT)
+    other = await mailer.send(message.replace(b"Message-ID: <", b"Message-ID: <other-", 1), SENDER, RCPT)
 
-    assert first != second
-    assert sorted(p.name for p in (tmp_path / "outbound" / "new").iterdir()) == sorted([first, second])
+    assert first != other
+    assert sorted(p.name for p in (tmp_path / "outbound" / "new").iterdir()) == sorted([first, other])
     assert list((tmp_path / "outbound" / "tmp").iterdir()) == []
     assert (tmp_path / "outbound" / "cur").is_dir()
     data = (tmp_path / "outbound" / "new" / first).read_bytes()
     envelope = f"Return-Path: <{SENDER}>\r\nDelivered-To: {RCPT[0]}\r\n".encode()
     assert data == envelope + message
+
+
+async def test_issue24_item3_maildir_delivery_of_one_message_twice_keeps_one_file(tmp_path: Path,
+                                                                                 message: bytes) -> None:
+    """A resend after a crash (delivered, killed before the row was marked sent) replaces the
+    file in new/; once a mail client has moved it to cur/, a resend adds nothing."""
+    outbound = tmp_path / "outbound"
+    mailer = MaildirMailer(outbound)
+    first = await mailer.send(message, SENDER, RCPT)
+    assert await mailer.send(message, SENDER, RCPT) == first
+    assert [p.name for p in (outbound / "new").iterdir()] == [first]
+    assert list((outbound / "tmp").iterdir()) == []
+
+    (outbound / "new" / first).rename(outbound / "cur" / f"{first}:2,S")  # read by the customer
+    await mailer.send(message, SENDER, RCPT)
+    assert list((outbound / "new").iterdir()) == []
+    assert [p.name for p in (outbound / "cur").iterdir()] == [f"{first}:2,S"]
+
+    # to another recipient it is another delivery; without a Message-ID every send is one
+    assert await mailer.send(message, SENDER, ("anden@borger.example",)) != first
+    bare = b"From: a@b.example\r\nSubject: x\r\n\r\nbody\r\n"
+    assert await mailer.send(bare, SENDER, RCPT) != await mailer.send(bare, SENDER, RCPT)
+
+
+async def test_issue24_item3_stale_half_written_files_in_tmp_are_removed(tmp_path: Path, message: bytes) -> None:
+    outbound = tmp_path / "outbound"
+    mailer = MaildirMailer(outbound)
+    await mailer.send(message, SENDER, RCPT)
+    stale, fresh = outbound / "tmp" / "1700000000.M1P2Q3.host", outbound / "tmp" / "being-written"
+    stale.write_bytes(b"Return-Path: <x>\r\nhalf a mess")
+    fresh.write_bytes(b"Return-Path: <x>\r\n")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    assert await mailer.clean_stale() == 1
+    assert sorted(p.name for p in (outbound / "tmp").iterdir()) == ["being-written"]
+    assert len(list((outbound / "new").iterdir())) == 1
+    assert await MaildirMailer(tmp_path / "never-used").clean_stale() == 0
 
 
 @pytest.mark.parametrize("bad", BAD_ADDRESSES[:4])

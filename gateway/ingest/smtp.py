@@ -14,6 +14,7 @@ is cut off without a reply, so the sender retries — never a 250 without a comm
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import re
 import ssl
@@ -217,23 +218,46 @@ def _peer(session: Session) -> str:
 
 
 class ConnectionLimits:
-    """Global and per-IP connection caps (aiosmtpd has none, RELIABILITY 19)."""
+    """Global and per-IP connection caps (aiosmtpd has none, RELIABILITY 19).
 
-    def __init__(self, total: int, per_ip: int) -> None:
+    The relays the operator trusts (`smtp.trusted_relays`: the Postfix in front) have a limit
+    of their own per address, outside the global and per-IP caps: Postfix opens up to 20
+    connections per destination and keeps more in its connection cache, and a 421 at connect
+    makes it suspend all delivery to us for its back-off time. Nor can a crowd of other
+    clients take their places.
+    """
+
+    def __init__(self, total: int, per_ip: int, trusted: tuple[str, ...] = (), per_relay: int = 0) -> None:
         self.total = total
         self.per_ip = per_ip
+        self.per_relay = per_relay
+        self._trusted = [ipaddress.ip_network(net, strict=False) for net in trusted]
         self.open: Counter[str] = Counter()
+        self.relayed: Counter[str] = Counter()
+
+    def trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip.removeprefix("::ffff:") if "." in ip else ip)
+        except ValueError:
+            return False
+        return any(address in net for net in self._trusted)
 
     def admit(self, ip: str) -> bool:
+        if self.trusted(ip):
+            if self.relayed[ip] >= self.per_relay:
+                return False
+            self.relayed[ip] += 1
+            return True
         if self.count() >= self.total or self.open[ip] >= self.per_ip:
             return False
         self.open[ip] += 1
         return True
 
     def leave(self, ip: str) -> None:
-        self.open[ip] -= 1
-        if self.open[ip] <= 0:
-            del self.open[ip]
+        counter = self.relayed if ip in self.relayed else self.open
+        counter[ip] -= 1
+        if counter[ip] <= 0:
+            del counter[ip]
 
     def count(self) -> int:
         return sum(self.open.values())
@@ -377,7 +401,8 @@ class SmtpListener:
         self._handler = handler
         self._cfg = cfg
         self._server: asyncio.base_events.Server | None = None
-        self.limits = ConnectionLimits(cfg.max_connections, cfg.max_connections_per_ip)
+        self.limits = ConnectionLimits(cfg.max_connections, cfg.max_connections_per_ip, cfg.trusted_relays,
+                                       cfg.max_connections_per_relay)
         self._gate = Gate(self.limits, cfg.session_deadline_s)
         self.port = 0
 
@@ -399,6 +424,10 @@ class SmtpListener:
     @property
     def sessions(self) -> int:
         return len(self._gate.sessions)
+
+    def serving(self) -> bool:
+        """Accepting connections (for /healthz)."""
+        return self._server is not None and self._server.is_serving() and self._gate.accepting
 
     def stop_accepting(self) -> None:
         """421 to new connections and to sessions between transactions; DATA may finish."""

@@ -3,8 +3,14 @@
 Once only, as far as the protocol allows: a row is claimed under a lease before it is sent
 and marked `sent` right after the relay's 250. A crash between the 250 and that mark is the
 one window where a message can go out twice (RELIABILITY 29); it is resent with the same
-Message-ID, so mail clients fold the copies. Transient failures retry with capped
-exponential back-off and jitter; 5xx and too many tries end as `failed`.
+Message-ID, so mail clients fold the copies (and a maildir keeps one file per Message-ID).
+Transient failures retry with capped exponential back-off and jitter; 5xx and too many tries
+end as `failed`.
+
+A store outage never strands a row: the rows sent are marked once the store answers again,
+and the others this sender still has `sending` go back to the queue, their try not counted
+(`_recover`). A sender that starts does the same for its holder (a sender child of this run
+that died).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from gateway.model import Event, Status
 from gateway.notify.compose import Notice, Renderer
 from gateway.notify.transport import Mailer, mailer_from_settings
 from gateway.settings import OutboundSettings, Settings
+from store.faults import is_outage
 from store.outbox import DueNotification, OutboxQueue
 
 log = logging.getLogger("gateway.sender")
@@ -49,8 +56,9 @@ def backoff(attempts: int, cfg: OutboundSettings) -> float:
 
 class Sender:
     def __init__(self, queue: OutboxQueue, renderer: Renderer, mailer: Mailer, cfg: OutboundSettings,
-                 clock: Clock, lease_s: float = 300.0) -> None:
+                 clock: Clock, lease_s: float = 300.0, holder: str = "") -> None:
         self._queue = queue
+        self.holder = holder  # the daemon's `node:run` (store/node_run.py)
         self._renderer = renderer
         self._mailer = mailer
         self._cfg = cfg
@@ -63,7 +71,7 @@ class Sender:
         self._marking: asyncio.Lock = asyncio.Lock()
 
     async def run_once(self, limit: int = 100) -> int:
-        due = await self._queue.claim(limit, self._clock.now(), self._lease_s)
+        due = await self._queue.claim(limit, self._clock.now(), self._lease_s, self.holder)
         if not due:
             return 0
         gate = asyncio.Semaphore(max(1, self._cfg.concurrency))
@@ -87,7 +95,13 @@ class Sender:
             for item in items:
                 await one(item)
 
-        await asyncio.gather(*(in_order(items) for items in by_recipient.values()))
+        # Every delivery runs to its end before a failure is raised: a row must not go back to
+        # the queue while it is still being sent.
+        outcomes = await asyncio.gather(*(in_order(items) for items in by_recipient.values()),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         return len(due)
 
     async def _deliver(self, due: DueNotification) -> str | None:
@@ -118,7 +132,11 @@ class Sender:
             if row_id not in self._to_mark:
                 return  # an earlier commit took it along
             batch, self._to_mark = self._to_mark, []
-            await self._queue.mark_sent(batch, self._clock.now())
+            try:
+                await self._queue.mark_sent(batch, self._clock.now())
+            except BaseException:
+                self._to_mark[:0] = batch  # sent: marked when the store answers again (`_recover`)
+                raise
 
     async def _fail(self, due: DueNotification, error: str) -> None:
         await self._queue.mark_failed(due.id, error)
@@ -126,13 +144,40 @@ class Sender:
         metrics.record_notification(due.event, sent=False)
         log.error("notify.failed", extra={"outbox_id": due.id, "event": due.event, "error": error[:200]})
 
+    async def _recover(self) -> bool:
+        """After a store error: mark what was sent, give back what this holder still has
+        `sending` (none of it was sent). False while the store does not answer."""
+        try:
+            if self._to_mark:
+                batch = list(self._to_mark)
+                await self._queue.mark_sent(batch, self._clock.now())
+                self._to_mark = [row for row in self._to_mark if row not in batch]
+            if self.holder:
+                count = await self._queue.release_stranded(self.holder, self._clock.now())
+                if count:
+                    log.info("notify.released", extra={"count": count})
+        except Exception as exc:
+            log.warning("notify.store_error", extra={"step": "recover", "error": type(exc).__name__})
+            return False
+        return True
+
     async def run(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
+        stranded = True  # a sender child of this run may have died with rows `sending`
+        clean = getattr(self._mailer, "clean_stale", None)  # what a killed delivery left half-written
+        if clean is not None:
+            await clean()
         while not stop.is_set():
+            if stranded:
+                stranded = not await self._recover()
+                if stranded:
+                    await _pause(stop, min(interval_s, 0.5))
+                    continue
             try:
                 if await self.run_once():
                     continue
-            except Exception as exc:  # the store hiccuped: keep the loop alive
-                log.warning("notify.loop_error", extra={"error": type(exc).__name__})
+            except Exception as exc:  # the store hiccuped: keep the loop alive, give back its rows
+                stranded = True
+                log.warning("notify.loop_error", extra={"error": type(exc).__name__, "outage": is_outage(exc)})
             self.wakeup.clear()
             try:
                 await asyncio.wait_for(self.wakeup.wait(), interval_s)
@@ -143,8 +188,15 @@ class Sender:
             await close()
 
 
-def make_sender(settings: Settings, queue: OutboxQueue, clock: Clock) -> Sender:
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+def make_sender(settings: Settings, queue: OutboxQueue, clock: Clock, holder: str = "") -> Sender:
     renderer = Renderer(TEMPLATES, settings, clock=clock.now)
-    return Sender(queue, renderer, mailer_from_settings(settings), settings.outbound, clock)
+    return Sender(queue, renderer, mailer_from_settings(settings), settings.outbound, clock, holder=holder)
 
 

@@ -14,12 +14,16 @@ SMTP commands by us (the client library sends them).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
+import logging
 import os
 import socket
 import ssl
 import time
 import uuid
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from pathlib import Path
 from typing import Literal, Protocol
 from urllib.parse import urlsplit
@@ -28,6 +32,8 @@ import aiosmtplib
 
 from gateway.errors import ConfigError, DeliveryError, PermanentDeliveryError
 from gateway.settings import Settings
+
+log = logging.getLogger("gateway.notify")
 
 TlsMode = Literal["none", "starttls", "implicit"]
 _FORBIDDEN = frozenset(" \t\r\n\x00<>()[],;:\"\\")
@@ -60,9 +66,16 @@ def _check_envelope(sender: str, recipients: tuple[str, ...]) -> None:
 
 
 class MaildirMailer:
-    """Delivers into a Maildir (the default: nothing to run). Files appear in new/ whole."""
+    """Delivers into a Maildir (the default: nothing to run). Files appear in new/ whole.
+
+    Idempotent: a message's file is named from its Message-ID and recipients, so delivering it
+    again (a resend after a crash between the delivery and its mark as sent) replaces the file
+    in new/ rather than adding a second one, and is skipped once a mail client has moved it to
+    cur/. A delivery killed halfway leaves a file in tmp/; `clean_stale` removes those at start.
+    """
 
     _counter = itertools.count()
+    STALE_TMP_S = 600.0  # a delivery takes milliseconds; a tmp/ file this old was cut off
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -71,34 +84,74 @@ class MaildirMailer:
         _check_envelope(sender, recipients)
         # The envelope would be lost in a file; record it the way a local MDA does.
         envelope = f"Return-Path: <{sender}>\r\n" + "".join(f"Delivered-To: {r}\r\n" for r in recipients)
+        name = _stable_name(message, recipients)
         try:
-            return await asyncio.to_thread(self._deliver, envelope.encode() + message)
+            return await asyncio.to_thread(self._deliver, envelope.encode() + message, name)
         except OSError as exc:
             raise DeliveryError(f"maildir {self.path}: {exc.strerror or exc}") from exc
 
-    def _deliver(self, data: bytes) -> str:
+    async def clean_stale(self) -> int:
+        """Remove tmp/ files older than STALE_TMP_S: deliveries a crash cut off."""
+        return await asyncio.to_thread(self._clean_stale, time.time() - self.STALE_TMP_S)
+
+    def _clean_stale(self, before: float) -> int:
+        removed = 0
+        try:
+            entries = list(os.scandir(self.path / "tmp"))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < before:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            log.info("notify.maildir_cleaned", extra={"removed": removed})
+        return removed
+
+    def _deliver(self, data: bytes, stable: str | None = None) -> str:
         for sub in ("tmp", "new", "cur"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
-        name = self._unique_name()
-        tmp, new = self.path / "tmp" / name, self.path / "new" / name
+        if stable is not None and self._already_read(stable):
+            return stable
+        name = stable or self._unique_name()
+        # tmp/ gets a name of its own per try: two tries of one message never share a file.
+        tmp, new = self.path / "tmp" / self._unique_name(), self.path / "new" / name
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.rename(tmp, new)  # atomic: readers of new/ never see half a message
+            os.rename(tmp, new)  # atomic: readers never see half a message; an earlier copy is replaced
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
         _fsync_dir(self.path / "new")
         return name
 
+    def _already_read(self, name: str) -> bool:
+        """A mail client moved the file to cur/ (as `name` or `name:2,FLAGS`)."""
+        cur = self.path / "cur"
+        return (cur / name).exists() or any(cur.glob(f"{name}:*"))
+
     def _unique_name(self) -> str:
         now = time.time()
         host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
         seq = next(self._counter)
         return f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{seq}R{uuid.uuid4().hex[:16]}.{host}"
+
+
+def _stable_name(message: bytes, recipients: tuple[str, ...]) -> str | None:
+    """The file name of a message with a Message-ID: a hash of it and the recipients (the
+    same message twice has one name; a name never carries the ID's own characters)."""
+    message_id = BytesHeaderParser(policy=compat32).parsebytes(message).get("Message-ID")
+    if not message_id or not str(message_id).strip():
+        return None
+    digest = hashlib.sha256("\0".join((str(message_id).strip(), *recipients)).encode("utf-8", "surrogateescape"))
+    return f"gw-{digest.hexdigest()[:40]}"
 
 
 def _fsync_dir(path: Path) -> None:
