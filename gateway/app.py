@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -9,7 +10,6 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway import metrics
 from gateway.clock import Clock, SystemClock
 from gateway.model import Result
 from gateway.notify.send import Sender, make_sender
@@ -20,9 +20,11 @@ from gateway.worker import InboxWorker
 from store.blobs import BlobStore
 from store.engine import check_durability, make_engine, resolve_url, session_factory
 from store.inbox import Accepted, BatchStore, Inbox, IncomingMail
-from store.migrate import upgrade
+from store.migrate import HEAD, create_folder, require_file, require_head, upgrade
 from store.outbox import OutboxQueue
 from store.transact import Transactor
+
+log = logging.getLogger("gateway.app")
 
 
 @dataclass
@@ -46,10 +48,7 @@ class App:
         return await (self.intake or self.inbox).accept_many(mails, self.clock.now())
 
     async def accept(self, mail: IncomingMail) -> Accepted:
-        accepted = await self.inbox.accept(mail, self.clock.now())
-        if not accepted.duplicate:
-            metrics.record_received(mail.source.split(":", 1)[0])
-        return accepted
+        return await self.inbox.accept(mail, self.clock.now())
 
     async def ingest_now(self, mail: IncomingMail) -> tuple[Accepted, Result | None]:
         """Store one mail durably, then process it at once (the pipe path)."""
@@ -65,15 +64,23 @@ def limits_of(settings: Settings) -> Limits:
     return Limits(w.max_header_bytes, w.max_header_line_bytes, w.max_mime_parts, w.max_mime_depth)
 
 
+async def _migrate(engine: AsyncEngine) -> None:
+    before = await upgrade(engine)
+    if before != HEAD:
+        log.info("store.migrated", extra={"from_revision": before or "none", "to_revision": HEAD})
+
+
 @asynccontextmanager
-async def open_app(settings: Settings, clock: Clock | None = None, migrate: bool = True,
+async def open_app(settings: Settings, clock: Clock | None = None, migrate: bool = False,
                    subprocess_parse: bool | None = None) -> AsyncIterator[App]:
+    """The wired application. Only `migrate=True` (`gateway db upgrade`, `gateway run`) creates
+    or migrates the store; otherwise a missing store or another schema is `StoreNotReady`."""
     clock = clock or SystemClock()
     url = resolve_url(settings.database.url, settings.base_dir)
+    (create_folder if migrate else require_file)(url)
     engine = make_engine(url, settings.database.busy_timeout_ms, settings.database.echo)
     try:
-        if migrate:
-            await upgrade(engine)
+        await (_migrate(engine) if migrate else require_head(engine))
         await check_durability(engine)
         sessions = session_factory(engine)
         blobs = BlobStore(settings.path(settings.storage.blob_dir))

@@ -19,6 +19,8 @@ from typing import Any, Literal
 from gateway.errors import ConfigError
 
 ENV_PREFIX = "GATEWAY_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DATABASE_SCHEMES = ("sqlite+aiosqlite:", "postgresql+asyncpg:")
 
 
 @dataclass(frozen=True)
@@ -205,8 +207,8 @@ def _apply_env(raw: dict[str, Any], env: typing.Mapping[str, str]) -> None:
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
-        if section not in sections:
-            continue
+        if section not in sections:  # a typo (GATEWAY_SMPT__PORT) must not pass unseen
+            raise ConfigError(f"unknown key {section}.{key} (from the environment variable {name})")
         table = raw.setdefault(section, {})
         if isinstance(table, dict):
             table[key] = _EnvValue(value)
@@ -317,3 +319,8 @@ def _validate(obj: Any, prefix: str) -> None:
         raise ConfigError("worker.retry_delay_s: must not be negative")
     if isinstance(obj, WorkerSettings) and not 1 <= obj.parse_processes <= 64:
         raise ConfigError("worker.parse_processes: must be 1-64")
+    if isinstance(obj, DaemonSettings) and obj.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"daemon.log_level: must be one of {', '.join(LOG_LEVELS)}, not {obj.log_level!r}")
+    if isinstance(obj, DatabaseSettings) and not obj.url.startswith(DATABASE_SCHEMES):
+        raise ConfigError(f"database.url: unsupported {obj.url.partition(':')[0]!r}; "
+                          "use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")

@@ -15,7 +15,6 @@ import random
 from datetime import timedelta
 from pathlib import Path
 
-from gateway import metrics
 from gateway.clock import Clock
 from gateway.errors import DeliveryError, PermanentDeliveryError
 from gateway.model import Event, Status
@@ -73,8 +72,7 @@ class Sender:
             if reply is not None:
                 await self._mark_sent(item.id)
                 self.sent += 1
-                metrics.record_notification(item.event, sent=True)
-                log.info("notify.sent", extra={"outbox_id": item.id, "event": item.event, "reply": reply[:80]})
+                log.info("notify.sent", extra={"outbox_id": item.id, "notice": item.event, "reply": reply[:80]})
 
         # One recipient's notices go one after the other, in the order they were made (a status
         # change, then the answer after it); different recipients' at once.
@@ -122,8 +120,7 @@ class Sender:
     async def _fail(self, due: DueNotification, error: str) -> None:
         await self._queue.mark_failed(due.id, error)
         self.failed += 1
-        metrics.record_notification(due.event, sent=False)
-        log.error("notify.failed", extra={"outbox_id": due.id, "event": due.event, "error": error[:200]})
+        log.error("notify.failed", extra={"outbox_id": due.id, "notice": due.event, "error": error[:200]})
 
     async def run(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
         while not stop.is_set():
