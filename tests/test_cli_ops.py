@@ -143,6 +143,25 @@ async def test_the_api_pages_cases_with_next(tmp_path: Path) -> None:
             assert r.status_code == 422, (query, r.text)
 
 
+async def test_cases_changed_in_the_same_instant_are_each_listed_once(app: App) -> None:
+    """A worker's transaction of several mails gives their cases one `updated_at`: the cursor
+    carries the id too, so a page boundary between them skips and repeats none."""
+    from store import queries
+
+    for i in range(5):  # the frozen clock does not move: five cases, one instant
+        await app.ingest_now(IncomingMail(build_mail(f"samtidig{i}@borger.example"), "pipe", None, (ADDRESS,)))
+    seen: list[str] = []
+    before = None
+    async with app.sessions() as session:
+        while True:
+            page = await run_in(session, queries.cases_page, "all", None, 2, before)
+            seen.extend(c["number"] for c in page.items)
+            if page.next is None:
+                break
+            before = queries.parse_case_cursor(page.next)
+    assert seen == [f"SAG-00000{n}" for n in (5, 4, 3, 2, 1)]
+
+
 # --- item 8: only `db upgrade` and `run` make a store ---------------------------------------------------
 
 
