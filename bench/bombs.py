@@ -52,7 +52,7 @@ async def main():
             database=dataclasses.replace(base.database, url=f"sqlite+aiosqlite:///{{tmp}}/b.db"),
             storage=dataclasses.replace(base.storage, blob_dir=f"{{tmp}}/blobs"),
             worker=dataclasses.replace(base.worker, parse_in_subprocess=False))
-        async with open_app(s) as app:
+        async with open_app(s, migrate=True) as app:
             before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             started = time.perf_counter()
             _, result = await app.ingest_now(IncomingMail(raw, "bench", None, s.mail.addresses))

@@ -111,7 +111,7 @@ async def gateway_run(server: Dovecot, user: str, n: int, inline_parse: bool, wo
         lambda: watcher.folder_status("Processed", [b"MESSAGES"]).get(b"MESSAGES") == n if
         watcher.folder_exists("Processed") else False)
     with tempfile.TemporaryDirectory() as tmp:
-        async with open_app(settings_for(tmp, server, user, inline_parse), clock=SystemClock()) as app, \
+        async with open_app(settings_for(tmp, server, user, inline_parse), clock=SystemClock(), migrate=True) as app, \
                 inbox_writer(app):  # as `gateway run` has it
             stop = asyncio.Event()
             started = time.perf_counter()

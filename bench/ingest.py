@@ -61,7 +61,7 @@ async def pipeline(mails: list[bytes], subprocess_parse: bool) -> tuple[float, f
             database=dataclasses.replace(base.database, url=f"sqlite+aiosqlite:///{tmp}/bench.db"),
             storage=dataclasses.replace(base.storage, blob_dir=f"{tmp}/blobs"),
             worker=dataclasses.replace(base.worker, parse_in_subprocess=subprocess_parse, batch_size=64))
-        async with open_app(settings) as app:
+        async with open_app(settings, migrate=True) as app:
             started = time.perf_counter()
             for i in range(0, len(mails), 64):
                 await app.inbox.accept_many([IncomingMail(raw, "bench", None, settings.mail.addresses)
@@ -97,7 +97,7 @@ async def main():
             database=dataclasses.replace(base.database, url=f"sqlite+aiosqlite:///{{tmp}}/b.db"),
             storage=dataclasses.replace(base.storage, blob_dir=f"{{tmp}}/blobs"),
             worker=dataclasses.replace(base.worker, parse_in_subprocess=False))
-        async with open_app(s) as app:
+        async with open_app(s, migrate=True) as app:
             raw = open({str(path)!r}, "rb").read()
             base_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             t = time.perf_counter()

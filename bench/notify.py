@@ -82,7 +82,7 @@ async def gateway_run(port: int, n: int, concurrency: int) -> tuple[float, float
             database=dataclasses.replace(base.database, url=f"sqlite+aiosqlite:///{tmp}/bench.db"),
             outbound=dataclasses.replace(base.outbound, transport=f"smtp://127.0.0.1:{port}",
                                          concurrency=concurrency))
-        async with open_app(settings) as app:
+        async with open_app(settings, migrate=True) as app:
             started = time.perf_counter()
             async with app.sessions() as session, session.begin():
                 from gateway.model import Role, UserKind

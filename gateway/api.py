@@ -30,16 +30,17 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from gateway import credentials, lifecycle, metrics
 from gateway.addresses import canonical
+from gateway.attachments import download_headers, open_attachment
 from gateway.credentials import Caller
-from gateway.errors import GatewayError, NotFound, Refused, TemporaryFailure
+from gateway.errors import CannotListen, GatewayError, NotFound, Refused, TemporaryFailure
 from gateway.http.portal import portal_routes
 from gateway.model import Role, Source
-from gateway.openapi import LIST_FILTERS, openapi_document
+from gateway.openapi import LIST_FILTERS, MAX_PAGE_LIMIT, PAGE_LIMIT, openapi_document
 from store import queries
 from store.models import Organisation
 from store.transact import run_in
@@ -68,8 +69,13 @@ class ApiError(Exception):
         self.headers = headers
 
 
+# On every response: no browser guesses a type (a case's JSON holds customers' text), and no
+# cache keeps what a token was needed to see.
+PRIVATE = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-store"}
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return JSONResponse({"error": message}, status_code=status, headers={**PRIVATE, **(headers or {})})
 
 
 _STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
@@ -200,7 +206,7 @@ async def _actor(request: Request, caller: Caller, body: dict[str, Any]) -> Acti
 
 
 def _ok(data: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(data, status_code=status)
+    return JSONResponse(data, status_code=status, headers=PRIVATE)
 
 
 # --- attachments ---------------------------------------------------------------------------------
@@ -273,7 +279,7 @@ async def healthz(request: Request) -> Response:
 
 
 async def metrics_text(request: Request) -> Response:
-    return Response(await metrics.render(_gw(request)), media_type=metrics.CONTENT_TYPE)
+    return Response(await request.app.state.metrics.render(), media_type=metrics.CONTENT_TYPE, headers=PRIVATE)
 
 
 async def openapi(request: Request) -> Response:
@@ -293,8 +299,31 @@ async def list_cases(request: Request) -> Response:
         if address is not None and address != caller.email:
             raise ApiError(403, "a requester sees only their own cases")
         address = caller.email
+    limit, before = _page_params(request)
     async with _gw(request).sessions() as session:
-        return _ok(await run_in(session, queries.list_cases, status, address))
+        page = await run_in(session, queries.cases_page, status, address, limit, before)
+    return _ok(page.as_json())
+
+
+def _page_params(request: Request) -> tuple[int, tuple[Any, int] | None]:
+    """`limit` (1-1000, default 100) and `before`, the `next` of the page before."""
+    limit = request.query_params.get("limit", str(PAGE_LIMIT))
+    if not limit.isdigit() or not 1 <= int(limit) <= MAX_PAGE_LIMIT:
+        raise ApiError(422, f"limit must be a whole number from 1 to {MAX_PAGE_LIMIT}")
+    before = request.query_params.get("before")
+    try:
+        return int(limit), queries.parse_case_cursor(before) if before is not None else None
+    except ValueError as exc:
+        raise ApiError(422, f"before: {exc}") from None
+
+
+async def attachment(request: Request) -> Response:
+    """One attachment of a case, as a download, for whoever may see the case (and the comment)."""
+    caller = await _caller(request)
+    gw = _gw(request)
+    found = await open_attachment(gw.sessions, gw.blobs, _number(request), int(request.path_params["attachment_id"]),
+                                  None if caller.agent else caller.email)
+    return FileResponse(found.path, media_type="application/octet-stream", headers=download_headers(found.name))
 
 
 async def case_detail(request: Request) -> Response:
@@ -421,6 +450,7 @@ def build_api(app: App, loops: LoopWatch | None = None) -> Starlette:
     routes = [
         Route("/healthz", healthz), Route("/metrics", metrics_text), Route("/openapi.json", openapi),
         Route("/cases", list_cases), Route("/cases/{number}", case_detail),
+        Route("/cases/{number}/attachments/{attachment_id:int}", attachment),
         Route("/cases/{number}/status", post_status, methods=["POST"]),
         Route("/cases/{number}/assign", post_assign, methods=["POST"]),
         Route("/cases/{number}/reply", post_reply, methods=["POST"]),
@@ -438,6 +468,7 @@ def build_api(app: App, loops: LoopWatch | None = None) -> Starlette:
     api.state.gateway = app
     api.state.loops = loops or (lambda: {})
     api.state.openapi = openapi_document()
+    api.state.metrics = metrics.StoreMetrics(app.engine)
     api.state.port = None
     return api
 
@@ -471,8 +502,8 @@ def _sibling_loops(parts: dict[str, Callable[[], bool]] | None = None) -> LoopWa
 async def _serve(server: uvicorn.Server) -> None:
     try:
         await server.serve()
-    except SystemExit as exc:  # uvicorn exits the process when it cannot bind; we end this loop instead
-        raise GatewayError(f"api: cannot listen on {server.config.host}:{server.config.port}") from exc
+    except SystemExit:  # uvicorn exits the process when it cannot bind; we end this loop instead
+        raise CannotListen(f"api: cannot listen on {server.config.host}:{server.config.port}") from None
 
 
 async def api_loop(app: App, stop: asyncio.Event) -> None:

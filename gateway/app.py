@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway import metrics
 from gateway.clock import Clock, SystemClock
 from gateway.model import Result
 from gateway.notify.send import Sender, make_sender
@@ -21,10 +20,12 @@ from gateway.worker import InboxWorker
 from store.blobs import BlobStore
 from store.engine import check_durability, make_engine, resolve_url, session_factory
 from store.inbox import Accepted, BatchStore, Inbox, IncomingMail
-from store.migrate import upgrade
+from store.migrate import HEAD, create_folder, require_file, require_head, upgrade
 from store.node_run import begin_run, default_node_id
 from store.outbox import OutboxQueue
 from store.transact import Transactor
+
+log = logging.getLogger("gateway.app")
 
 
 @dataclass
@@ -53,10 +54,7 @@ class App:
         return await (self.intake or self.inbox).accept_many(mails, self.clock.now())
 
     async def accept(self, mail: IncomingMail) -> Accepted:
-        accepted = await self.inbox.accept(mail, self.clock.now())
-        if not accepted.duplicate:
-            metrics.record_received(mail.source.split(":", 1)[0])
-        return accepted
+        return await self.inbox.accept(mail, self.clock.now())
 
     async def ingest_now(self, mail: IncomingMail) -> tuple[Accepted, Result | None]:
         """Store one mail durably, then process it at once (the pipe path)."""
@@ -89,18 +87,26 @@ async def start_node_run(engine: AsyncEngine, settings: Settings, clock: Clock) 
     return holder
 
 
+async def _migrate(engine: AsyncEngine) -> None:
+    before = await upgrade(engine)
+    if before != HEAD:
+        log.info("store.migrated", extra={"from_revision": before or "none", "to_revision": HEAD})
+
+
 @asynccontextmanager
-async def open_app(settings: Settings, clock: Clock | None = None, migrate: bool = True,
+async def open_app(settings: Settings, clock: Clock | None = None, migrate: bool = False,
                    subprocess_parse: bool | None = None, holder: str | None = None,
                    new_run: bool = False) -> AsyncIterator[App]:
-    """The wired application. `new_run` (the daemon): start the node's next run and hold its
-    claims as `node:run`; `holder` (its children): hold claims as that run."""
+    """The wired application. Only `migrate=True` (`gateway db upgrade`, `gateway run`) creates
+    or migrates the store; otherwise a missing store or another schema is `StoreNotReady`.
+    `new_run` (the daemon): start the node's next run and hold its claims as `node:run`;
+    `holder` (its children): hold claims as that run."""
     clock = clock or SystemClock()
     url = resolve_url(settings.database.url, settings.base_dir)
+    (create_folder if migrate else require_file)(url)
     engine = make_engine(url, settings.database.busy_timeout_ms, settings.database.echo)
     try:
-        if migrate:
-            await upgrade(engine)
+        await (_migrate(engine) if migrate else require_head(engine))
         await check_durability(engine)
         if new_run:
             holder = await start_node_run(engine, settings, clock)

@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
-from gateway import metrics
 from gateway.app import App, open_app
+from gateway.errors import CannotListen
 from gateway.ingest.smtp import InboxHandler, SmtpListener
 from gateway.procname import name_process
 from gateway.settings import Settings
@@ -33,7 +33,6 @@ Loop = Callable[[App, asyncio.Event], Coroutine[Any, Any, None]]
 
 
 def _received(app: App) -> None:
-    metrics.record_received("smtp")
     app.worker.wakeup.set()
 
 
@@ -96,14 +95,14 @@ async def run_daemon(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    async with open_app(settings, new_run=True) as app, inbox_writer(app) as writer:
+    async with open_app(settings, migrate=True, new_run=True) as app, inbox_writer(app) as writer:
         committer = GroupCommitter(writer, app.clock.now, in_flight=getattr(writer, "in_flight", 1))
         smtp: SmtpListener | None = None
         if settings.smtp.enabled:
             handler = InboxHandler(committer.submit, settings.smtp, settings.mail.addresses,
                                    on_accepted=lambda _a: _received(app))
             smtp = SmtpListener(handler, settings.smtp)
-            await smtp.start()
+            await _listen(smtp, settings)
             app.liveness["smtp"] = smtp.serving
         # With parsing in a child process, the worker and the sender each run in a child of
         # their own (gateway/worker_process.py): the second core for them, and an SMTP loop
@@ -131,7 +130,18 @@ async def run_daemon(settings: Settings) -> int:
         for task in failed:
             log.error("daemon.loop_failed", extra={"loop": task.get_name(), "error": repr(task.exception())})
     log.info("daemon.stopped")
+    for task in failed:
+        if isinstance(task.exception(), CannotListen):  # the API's port: one line and its own exit code
+            raise task.exception()  # type: ignore[misc]
     return 1 if failed else 0
+
+
+async def _listen(smtp: SmtpListener, settings: Settings) -> None:
+    try:
+        await smtp.start()
+    except OSError as exc:  # the port is taken, or not ours to bind
+        cfg = settings.smtp
+        raise CannotListen(f"smtp: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
 
 
 @asynccontextmanager

@@ -1,14 +1,19 @@
 """The project's own exception tree. Library errors are translated once, at the seam.
 
     GatewayError
-    ├── ConfigError          bad configuration; names the key
+    ├── ConfigError          bad configuration; names the key (sysexits 78)
+    │   └── StoreNotReady    no store there, or not at this gateway's schema: `gateway db upgrade`
     ├── UnusableMail         input that can never be processed (sysexits 65)
     ├── TemporaryFailure     try again later (sysexits 75; SMTP 451)
     │   ├── StoreUnavailable the database could not commit
     │   ├── LostClaim        another worker took the mail over when our lease ran out
     │   └── TokenUnavailable no OAuth2 access token: endpoint unreachable, tenant/client/secret refused
+    ├── UsageError           a command line that cannot mean anything (sysexits 64)
+    ├── NoInput              an input file that is not there or cannot be read (sysexits 66)
+    ├── CannotListen         a port the daemon cannot bind (sysexits 71)
     ├── NotFound             unknown case or user
     ├── Refused              an action the rules do not allow (illegal transition, outsider)
+    │   └── InvalidInput     the request itself is malformed (unknown status, empty text)
     └── DeliveryError        outbound relay problem
         └── PermanentDeliveryError   5xx: do not retry
 """
@@ -20,6 +25,11 @@ class GatewayError(Exception):
 
 class ConfigError(GatewayError):
     pass
+
+
+class StoreNotReady(ConfigError):
+    """Only `gateway db upgrade` and `gateway run` create or migrate a store; every other
+    command refuses one that is missing or at another schema."""
 
 
 class UnusableMail(GatewayError):
@@ -44,12 +54,28 @@ class TokenUnavailable(TemporaryFailure):
     for the account (it backs off and tries again), though an operator may have to act."""
 
 
+class UsageError(GatewayError):
+    pass
+
+
+class NoInput(GatewayError):
+    pass
+
+
+class CannotListen(GatewayError):
+    pass
+
+
 class NotFound(GatewayError):
     pass
 
 
 class Refused(GatewayError):
     pass
+
+
+class InvalidInput(Refused):
+    """The request itself is malformed (unknown status, empty text, bad attachment)."""
 
 
 class DeliveryError(GatewayError):

@@ -17,7 +17,6 @@ from sqlalchemy import update
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import col, select
 
-from gateway import metrics
 from gateway.clock import FrozenClock, SystemClock
 from gateway.errors import StoreUnavailable
 from gateway.lifecycle import SYSTEM, InvalidInput
@@ -73,7 +72,6 @@ async def _close_one(app: App, case_id: int, cutoff: datetime, now: datetime, da
         recipients = await run_in(session, outbox.recipients_for, case, None, app.settings.policy.language)
         await run_in(session, outbox.enqueue, case, Event.STATUS, recipients, now, app.settings.mail.message_id_domain,
                              {"previous_status": Status.UDFOERT.value, "actor_name": ""})
-    metrics.CASES_AUTO_CLOSED.inc()
     log.info("case.auto_closed", extra={"case_id": case_id})
     return True
 

@@ -8,8 +8,8 @@ notifications to the requester and every party except the actor — all or nothi
 jobs (rule 4) are in `gateway.jobs`.
 
 Refusals are exceptions from `gateway.errors`: `NotFound` (unknown case or user), `Refused`
-(the rules say no: illegal transition, outsider as share target), and two narrower kinds
-defined here: `Forbidden` (this actor may not act on this case at all) and `InvalidInput`.
+(the rules say no: illegal transition, outsider as share target), `InvalidInput` (the request
+itself is malformed), and one defined here: `Forbidden` (this actor may not act on this case).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway import metrics
 from gateway.addresses import canonical
-from gateway.errors import NotFound, Refused
+from gateway.errors import InvalidInput, NotFound, Refused
 from gateway.model import CommentDraft, Event, Role, Source, Status, StoredAttachment
 from store import outbox, queries, writes
 from store.models import AppUser, Organisation, SupportCase
@@ -52,10 +52,6 @@ _NUMBER = re.compile(r"^[A-Za-z0-9-]{1,40}$")
 
 class Forbidden(Refused):
     """The actor may not act on this case in this way (not a party, not an agent)."""
-
-
-class InvalidInput(Refused):
-    """The request itself is malformed (unknown status, empty text, bad attachment)."""
 
 
 # --- the rules, as pure functions -------------------------------------------------------------

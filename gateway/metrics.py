@@ -1,99 +1,130 @@
-"""Prometheus metrics, all named `gateway_*`, in one registry of our own (SPEC §8).
+"""Prometheus metrics, all named `gateway_*` (SPEC §8).
 
-Counters and the latency histogram are incremented where things happen, through the small
-`record_*` functions below; the depths and the IMAP fetch times are read from the store when
-`/metrics` is scraped, so every node reports what the shared store holds right now.
+Every figure an operator alerts on is read from the store when `/metrics` is scraped
+(`store.stats`), not counted in memory where the work happens. The work happens in many
+processes: `gateway run`'s worker and sender children and their restarts, `gateway ingest`
+started by the MTA for each mail, `gateway cases …` and a cron `gateway maintenance`, other
+nodes on the same PostgreSQL. In-memory counters showed only the API process's share (0 with
+the default `worker.parse_in_subprocess`). prometheus-client's multiprocess mode would have
+covered the daemon's own children only, and wants an environment variable set before the
+library is imported in each of them and a directory to clear at every start. The store
+already records each of these facts once, whichever process wrote it, so every node reports
+the same figures. The cost is a few aggregate queries per scrape over indexes (migration 0007).
+
+What stays in memory is only what this process alone knows: the case actions served by its
+HTTP API. The `*_created` series are off: counters read from the store have no start time,
+and those of the one in-memory counter would be the process's start, which nothing needs.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
 
+import prometheus_client
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811 - re-exported
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from sqlalchemy import func, select
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from store.models import ImapFolderState, InboundMail
+from store import stats
 
-if TYPE_CHECKING:
-    from gateway.app import App
+prometheus_client.disable_created_metrics()
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-MAILS_RECEIVED = Counter("gateway_mails_received", "Mails committed to the inbox, by ingestion path.",
-                         ["source"], registry=REGISTRY)
-MAILS_PROCESSED = Counter("gateway_mails_processed", "Inbound mails processed, by outcome.",
-                          ["outcome"], registry=REGISTRY)
-MAILS_QUARANTINED = Counter("gateway_mails_quarantined", "Inbound mails set aside for an operator.",
-                            registry=REGISTRY)
-NOTIFICATIONS_SENT = Counter("gateway_notifications_sent", "Notifications handed to the relay, by event.",
-                             ["event"], registry=REGISTRY)
-NOTIFICATIONS_FAILED = Counter("gateway_notifications_failed", "Notifications given up on, by event.",
-                               ["event"], registry=REGISTRY)
-CASE_ACTIONS = Counter("gateway_case_actions", "Agent and requester actions on cases (CLI and API).",
+CASE_ACTIONS = Counter("gateway_case_actions", "Case actions served by this process's HTTP API, by action.",
                        ["action"], registry=REGISTRY)
-CASES_AUTO_CLOSED = Counter("gateway_cases_auto_closed", "Cases closed by the timed job.", registry=REGISTRY)
-PROCESSING_SECONDS = Histogram("gateway_processing_seconds", "Time to process one inbound mail.",
-                               registry=REGISTRY,
-                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-INBOX_DEPTH = Gauge("gateway_inbox_depth", "Inbound mails by state.", ["state"], registry=REGISTRY)
-OUTBOX_DEPTH = Gauge("gateway_outbox_depth", "Notifications by state.", ["state"], registry=REGISTRY)
-# The worker and the sender may run in child processes whose counters this process cannot see;
-# these totals come from the store on every scrape, whichever process did the work.
-INBOX_OUTCOMES = Gauge("gateway_inbox_outcomes", "Inbound mails ever processed, by recorded outcome (from the store).",
-                       ["outcome"], registry=REGISTRY)
-IMAP_LAST_FETCH = Gauge("gateway_imap_last_fetch_timestamp_seconds",
-                        "Unix time of the last successful fetch, by IMAP account and folder.",
-                        ["account", "folder"], registry=REGISTRY)
-
-_INBOX_STATES = ("pending", "processing", "done", "quarantined")
-_OUTBOX_STATES = ("pending", "sending", "sent", "failed", "held")
-
-__all__ = ["CONTENT_TYPE", "REGISTRY", "record_received", "record_outcome", "record_notification", "render"]
 
 
-def record_received(source: str, count: int = 1) -> None:
-    """One or more mails committed to the inbox (`source`: smtp, imap:<account>, pipe…)."""
-    MAILS_RECEIVED.labels(source=source.split(":", 1)[0]).inc(count)
-
-
-def record_outcome(outcome: str, seconds: float) -> None:
-    """One inbound mail processed: the worker calls this once per mail."""
-    MAILS_PROCESSED.labels(outcome=outcome).inc()
-    PROCESSING_SECONDS.observe(max(0.0, seconds))
-    if outcome == "quarantined":
-        MAILS_QUARANTINED.inc()
-
-
-def record_notification(event: str, sent: bool) -> None:
-    (NOTIFICATIONS_SENT if sent else NOTIFICATIONS_FAILED).labels(event=event).inc()
+__all__ = ["CONTENT_TYPE", "REGISTRY", "StoreMetrics", "record_action"]
 
 
 def record_action(action: str) -> None:
     CASE_ACTIONS.labels(action=action).inc()
 
 
-async def refresh_from_store(app: App) -> None:
-    """Set the gauges from the store just before a scrape."""
-    inbox = await app.inbox.depth()
-    outbox = await app.outbox.depth()
-    for state in {*_INBOX_STATES, *inbox}:
-        INBOX_DEPTH.labels(state=state).set(inbox.get(state, 0))
-    for state in {*_OUTBOX_STATES, *outbox}:
-        OUTBOX_DEPTH.labels(state=state).set(outbox.get(state, 0))
-    async with app.engine.connect() as conn:
-        inbound = InboundMail.__table__  # type: ignore[attr-defined]
-        outcomes = (await conn.execute(select(inbound.c.outcome, func.count())  # type: ignore[call-overload]
-                                       .where(inbound.c.outcome.is_not(None)).group_by(inbound.c.outcome))).all()
-        for outcome, count in outcomes:
-            INBOX_OUTCOMES.labels(outcome=outcome).set(count)
-        rows = (await conn.execute(select(ImapFolderState.account, ImapFolderState.folder,  # type: ignore[call-overload]
-                                          ImapFolderState.last_fetch_at))).all()
-    for account, folder, at in rows:
-        if at is not None:
-            IMAP_LAST_FETCH.labels(account=account, folder=folder).set(at.timestamp())
+def _counter(name: str, doc: str, labels: list[str], tally: stats.Tally) -> Metric:
+    """A counter from a tally, by the first parts of its keys (summed over the rest)."""
+    family = CounterMetricFamily(name, doc, labels=labels)
+    totals: dict[tuple[str, ...], float] = {}
+    for key, (count, _) in tally.counts.items():
+        label = key[:len(labels)]
+        totals[label] = totals.get(label, 0) + count
+    for label, count in sorted(totals.items()):
+        family.add_metric(list(label), count)
+    return family
 
 
-async def render(app: App) -> bytes:
-    await refresh_from_store(app)
-    return generate_latest(REGISTRY)
+def _latency(tally: stats.Tally) -> Metric:
+    per_bucket = [0] * (len(stats.BUCKETS) + 1)
+    seconds = 0.0
+    for (_, bucket), (count, spent) in tally.counts.items():
+        per_bucket[int(bucket)] += int(count)
+        seconds += spent
+    cumulative, buckets = 0, []
+    for bound, count in zip((*map(str, stats.BUCKETS), "+Inf"), per_bucket, strict=True):
+        cumulative += count
+        buckets.append((bound, cumulative))
+    family = HistogramMetricFamily("gateway_processing_seconds", "Receipt to recorded outcome, per mail processed.")
+    family.add_metric([], buckets, seconds)
+    return family
+
+
+def _quarantined(tally: stats.Tally) -> Metric:
+    family = CounterMetricFamily("gateway_mails_quarantined", "Mails set aside for an operator.")
+    family.add_metric([], sum(count for (outcome, _), (count, _) in tally.counts.items() if outcome == "quarantined"))
+    return family
+
+
+def _gauge(name: str, doc: str, label: str, values: dict[str, int], always: tuple[str, ...] = ()) -> Metric:
+    family = GaugeMetricFamily(name, doc, labels=[label])
+    for key, count in sorted({**dict.fromkeys(always, 0), **values}.items()):
+        family.add_metric([key], count)
+    return family
+
+
+def _now(now: stats.Now) -> Iterator[Metric]:
+    yield _gauge("gateway_inbox_depth", "Inbox mails waiting or set aside, by state.", "state", now.inbox,
+                 stats.INBOX_QUEUED)
+    yield _gauge("gateway_outbox_depth", "Notifications not sent yet, by state.", "state", now.outbox,
+                 stats.OUTBOX_QUEUED)
+    yield _gauge("gateway_notifications_failed", "Notifications given up on and not retried, by event.", "event",
+                 now.failed)
+    closed = CounterMetricFamily("gateway_cases_auto_closed", "Cases closed by the timed job.")
+    closed.add_metric([], now.auto_closed)
+    yield closed
+    imap = GaugeMetricFamily("gateway_imap_last_fetch_timestamp_seconds",
+                             "Unix time of the last successful fetch, by IMAP account and folder.",
+                             labels=["account", "folder"])
+    for (account, folder), at in sorted(now.imap_fetched.items()):
+        imap.add_metric([account, folder], at.timestamp())
+    yield imap
+
+
+class _Scrape:
+    """One scrape: the store's figures and this process's own registry."""
+
+    def __init__(self, figures: stats.StoreFigures, now: stats.Now) -> None:
+        self._figures, self._now = figures, now
+
+    def collect(self) -> Iterator[Metric]:
+        f = self._figures
+        yield _counter("gateway_mails_received", "Mails committed to the inbox, by edge.", ["source"], f.received)
+        yield _counter("gateway_mails_processed", "Mails processed, by outcome.", ["outcome"], f.processed)
+        yield _quarantined(f.processed)
+        yield _latency(f.processed)
+        yield _counter("gateway_notifications_sent", "Notifications the relay accepted, by event.", ["event"], f.sent)
+        yield from _now(self._now)
+        yield from REGISTRY.collect()
+
+
+class StoreMetrics:
+    """`/metrics` of one store: its tallies live as long as the API that serves them."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._figures = stats.StoreFigures()
+
+    async def render(self) -> bytes:
+        now = await self._figures.read(self._engine)
+        return generate_latest(_Scrape(self._figures, now))  # type: ignore[arg-type]

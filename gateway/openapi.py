@@ -9,6 +9,7 @@ from gateway import lifecycle
 from gateway.model import Status
 
 LIST_FILTERS = ("active", "done", "all", *(s.value for s in Status))
+PAGE_LIMIT, MAX_PAGE_LIMIT = 100, 1000
 
 _EMAIL = {"type": "string", "format": "email", "maxLength": 320}
 _NUMBER_PARAM = {"name": "number", "in": "path", "required": True, "example": "SAG-000001",
@@ -63,10 +64,14 @@ def _action(summary: str, properties: dict[str, Any], required: list[str]) -> di
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.0 description served at /openapi.json."""
-    case_list = {"type": "array", "items": _ref("CaseSummary")}
     filters = [{"name": "status", "in": "query", "required": False,
                 "schema": {"type": "string", "enum": list(LIST_FILTERS), "default": "active"}},
-               {"name": "user", "in": "query", "required": False, "schema": _EMAIL}]
+               {"name": "user", "in": "query", "required": False, "schema": _EMAIL},
+               {"name": "limit", "in": "query", "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_LIMIT, "default": PAGE_LIMIT}},
+               {"name": "before", "in": "query", "required": False,
+                "description": "The `next` of the page before: the page after it.",
+                "schema": {"type": "string", "maxLength": 40}}]
     search = [{"name": "text", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 200}},
               {"name": "org", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 200}}]
     comment = {"type": "object", "properties": {"text": {"type": "string", "maxLength": lifecycle.MAX_TEXT},
@@ -82,8 +87,14 @@ def openapi_document() -> dict[str, Any]:
                                            errors="503", secure=False)},
             "/metrics": {"get": _operation("Prometheus metrics", {"text/plain": {"schema": {"type": "string"}}},
                                            errors="503", secure=False)},
-            "/cases": {"get": _operation("Cases, filtered as in the portal", _json_content(case_list), filters,
-                                         errors="401 403 422 503")},
+            "/cases": {"get": _operation("Cases, filtered as in the portal, the last changed first, a page at a time",
+                                         _json_content(_ref("CasePage")), filters, errors="401 403 422 503")},
+            "/cases/{number}/attachments/{attachment_id}": {"get": _operation(
+                "One attachment of the case, as a download (who may see the case and the comment)",
+                {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+                [_NUMBER_PARAM, {"name": "attachment_id", "in": "path", "required": True,
+                                 "schema": {"type": "integer", "minimum": 1}}],
+                errors="401 403 404 503")},
             "/cases/{number}": {"get": _operation("One case with comments and history",
                                                   _json_content(_ref("CaseDetail")), [_NUMBER_PARAM],
                                                   errors="401 403 404 503")},
@@ -135,6 +146,9 @@ def _schemas() -> dict[str, Any]:
         "CaseSummary": {"type": "object", "required": ["number", "status"], "properties": {
             "number": {"type": "string"}, "subject": {"type": "string"}, "status": status,
             "requester": {"type": "string"}, "updated_at": nullable_str}},
+        "CasePage": {"type": "object", "required": ["items", "next"], "properties": {
+            "items": {"type": "array", "items": _ref("CaseSummary")},
+            "next": {**nullable_str, "description": "Pass as `before` for the next page; null: no more."}}},
         "CaseDetail": {"type": "object", "required": ["number", "status", "comments", "history"], "properties": {
             "number": {"type": "string"}, "subject": {"type": "string"}, "status": status,
             "follows": nullable_str, "close_reason": nullable_str,

@@ -24,6 +24,8 @@ from gateway.errors import ConfigError
 
 ENV_PREFIX = "GATEWAY_"
 _NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DATABASE_SCHEMES = ("sqlite+aiosqlite:", "postgresql+asyncpg:")
 
 
 @dataclass(frozen=True)
@@ -244,8 +246,8 @@ def _apply_env(raw: dict[str, Any], env: typing.Mapping[str, str]) -> None:
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX):].lower().partition("__")
-        if section not in sections:
-            continue
+        if section not in sections:  # a typo (GATEWAY_SMPT__PORT) must not pass unseen
+            raise ConfigError(f"unknown key {section}.{key} (from the environment variable {name})")
         table = raw.setdefault(section, {})
         if isinstance(table, dict):
             table[key] = _EnvValue(value)
@@ -379,6 +381,11 @@ def _validate(obj: Any, prefix: str) -> None:
                 ipaddress.ip_network(relay, strict=False)
             except ValueError as exc:
                 raise ConfigError(f"smtp.trusted_relays: not an address or network: {relay!r}") from exc
+    if isinstance(obj, DaemonSettings) and obj.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"daemon.log_level: must be one of {', '.join(LOG_LEVELS)}, not {obj.log_level!r}")
+    if isinstance(obj, DatabaseSettings) and not obj.url.startswith(DATABASE_SCHEMES):
+        raise ConfigError(f"database.url: unsupported {obj.url.partition(':')[0]!r}; "
+                          "use sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER@HOST/DB")
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

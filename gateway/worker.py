@@ -18,7 +18,6 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session
 
-from gateway import metrics
 from gateway.apply import ApplySettings, apply_plan
 from gateway.clock import Clock
 from gateway.errors import LostClaim, UnusableMail
@@ -174,7 +172,6 @@ class InboxWorker:
         one poison mail never takes the others down with it. A store outage is raised (the
         caller gives back what is not finished); so is one while a mail's failure is recorded.
         """
-        started = time.monotonic()
         if len(group) > 1 and all(isinstance(p, ParsedMail) for _, p in group):
             work = [(mail.id, self._claim(mail), parsed) for mail, parsed in group]
             try:
@@ -184,11 +181,10 @@ class InboxWorker:
                     raise
                 log.info("worker.group_retry_single", extra={"size": len(group), "error": type(exc).__name__})
             else:
-                return [self._done(result, started) for result in results]
+                return [self._done(result) for result in results]
         return [await self._process(mail, parsed) for mail, parsed in group]
 
     async def _process(self, mail: ClaimedMail, parsed: ParsedMail | Exception) -> Result:
-        started = time.monotonic()
         try:
             if isinstance(parsed, UnusableMail):
                 return await self._quarantine(mail, str(parsed))
@@ -208,14 +204,13 @@ class InboxWorker:
                 return await self._failed(mail, f"store: {type(exc).__name__}")
             log.exception("mail.failed", extra={"inbound_id": mail.id})
             return await self._failed(mail, f"{type(exc).__name__}: {exc}")
-        return self._done(result, started)
+        return self._done(result)
 
     def _claim(self, mail: ClaimedMail) -> Claim:
         return Claim(self.holder, mail.attempts)
 
-    def _done(self, result: Result, started: float | None = None) -> Result:
+    def _done(self, result: Result) -> Result:
         self._in_hand.discard(result.inbound_id)
-        metrics.record_outcome(result.action.value, time.monotonic() - started if started else 0.0)
         self.processed += 1
         if result.notifications:
             self.on_processed()
@@ -227,7 +222,6 @@ class InboxWorker:
         await self._inbox.failed(mail.id, reason, attempts=1, max_attempts=1, now=self._clock.now(),
                                  claim=self._claim(mail))
         self._in_hand.discard(mail.id)
-        metrics.record_outcome("quarantined", 0.0)
         log.warning("mail.quarantined", extra={"inbound_id": mail.id, "reason": reason})
         return Result(Outcome.QUARANTINED, None, reason, mail.id)
 
@@ -242,8 +236,7 @@ class InboxWorker:
         log.warning("mail.retry" if state == "pending" else "mail.quarantined",
                     extra={"inbound_id": mail.id, "attempts": mail.attempts, "error": error[:200]})
         if state == "quarantined":
-            metrics.record_outcome("quarantined", 0.0)
-            return Result(Outcome.QUARANTINED, None, error, mail.id)
+                return Result(Outcome.QUARANTINED, None, error, mail.id)
         return Result(Outcome.QUARANTINED, None, error, mail.id, retry=True)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -15,8 +15,7 @@ from pathlib import Path
 
 class BlobStore:
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = Path(root)  # made with the first blob: a command that only reads makes nothing
         self._made: set[Path] = set()  # fan-out folders known to exist (a mkdir per blob was 4 % of parsing)
 
     def path(self, sha256: str) -> Path:
@@ -32,6 +31,9 @@ class BlobStore:
                 return known  # same content already stored: nothing to write
         chunks = [data] if isinstance(data, bytes) else data
         digest = hashlib.sha256()
+        if self.root not in self._made:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._made.add(self.root)
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:

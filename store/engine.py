@@ -23,15 +23,29 @@ def is_sqlite(url: str) -> bool:
 
 
 def resolve_url(url: str, base_dir: str | Path) -> str:
-    """Make a relative SQLite path relative to the base directory and create its folder."""
+    """Make a relative SQLite path relative to the base directory (nothing is created here:
+    only `gateway db upgrade` and `gateway run` make a store, see `store.migrate.prepare`)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         return url
     path = Path(parsed.database)
     if not path.is_absolute():
         path = Path(base_dir) / path
-    path.parent.mkdir(parents=True, exist_ok=True)
     return parsed.set(database=str(path)).render_as_string(hide_password=False)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite store; None for PostgreSQL or an in-memory database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(str(parsed.database))
+
+
+def describe(url: str) -> str:
+    """Where the store is, for a message: the SQLite file, or the URL without its password."""
+    path = sqlite_file(url)
+    return str(path) if path is not None else make_url(url).render_as_string(hide_password=True)
 
 
 def make_engine(url: str, busy_timeout_ms: int = 5000, echo: bool = False) -> AsyncEngine:

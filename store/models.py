@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, Index, Integer, LargeBinary, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -35,8 +35,15 @@ class AppUser(SQLModel, table=True):
     token_generation: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
 
 
+def partial_index(name: str, *columns: str, where: str) -> Index:
+    """An index of only the rows `where` holds, on SQLite and PostgreSQL alike."""
+    return Index(name, *columns, sqlite_where=text(where), postgresql_where=text(where))
+
+
 class SupportCase(SQLModel, table=True):
     __tablename__ = "support_case"
+    # Lists are newest first by last change, a page at a time (store/queries.py: cases_page).
+    __table_args__ = (Index("ix_case_updated", "updated_at", "id"),)
     id: int | None = Field(default=None, primary_key=True)
     number: str = Field(max_length=40, unique=True)
     subject: str = Field(max_length=500, default="")
@@ -90,6 +97,8 @@ class Attachment(SQLModel, table=True):
 
 class StatusChange(SQLModel, table=True):
     __tablename__ = "status_change"
+    # /metrics counts the timed job's closes: an index of the system's rows only.
+    __table_args__ = (partial_index("ix_status_change_system", "to_status", where="by_label = 'system'"),)
     id: int | None = Field(default=None, primary_key=True)
     case_id: int = Field(foreign_key="support_case.id", index=True)
     at: datetime
@@ -123,8 +132,11 @@ class InboundMail(SQLModel, table=True):
     __tablename__ = "inbound_mail"
     # (from_addr, processed_at): the loop detector counts one sender's last hour, not all of
     # its mails ever (a flood from one address made every mail slower than the last).
+    # processed_at: /metrics reads the mails processed since its last scrape (store/stats.py);
+    # only processed rows are in it, so the SMTP edge's inserts do not write it.
     __table_args__ = (Index("ix_inbound_claim", "state", "claimed_until"),
-                      Index("ix_inbound_from_processed", "from_addr", "processed_at"))
+                      Index("ix_inbound_from_processed", "from_addr", "processed_at"),
+                      partial_index("ix_inbound_processed", "processed_at", where="processed_at IS NOT NULL"))
     id: int | None = Field(default=None, primary_key=True)
     received_at: datetime
     source: str = Field(max_length=100)
@@ -174,7 +186,8 @@ class Outbox(SQLModel, table=True):
     # indexes that end in the time read those windows only, not all the rows ever queued.
     __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),
                       Index("ix_outbox_recipient_created", "recipient", "created_at"),
-                      Index("ix_outbox_case_recipient_created", "case_id", "recipient", "created_at"))
+                      Index("ix_outbox_case_recipient_created", "case_id", "recipient", "created_at"),
+                      partial_index("ix_outbox_sent", "sent_at", where="sent_at IS NOT NULL"))
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime
     event: str = Field(max_length=20)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, bindparam, func, literal, or_
+from sqlalchemy import Integer, bindparam, func, literal, or_, tuple_
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -171,6 +172,14 @@ def list_users(session: Session) -> list[dict[str, Any]]:
 
 
 def list_cases(session: Session, status: str = "active", user: str | None = None) -> list[dict[str, Any]]:
+    """Every case of the filter, newest change first (`cases_page` for a page at a time)."""
+    return cases_page(session, status, user, limit=None).items
+
+
+def cases_page(session: Session, status: str = "active", user: str | None = None, limit: int | None = 100,
+               before: tuple[datetime, int] | None = None) -> Page:
+    """Cases by last change, newest first (`ix_case_updated`), from just after the cursor `before`
+    (`parse_case_cursor`). An unknown `user` has no cases."""
     query = select(SupportCase, AppUser).join(AppUser, col(SupportCase.requester_id) == AppUser.id)
     if status == "active":
         query = query.where(col(SupportCase.status).in_([s.value for s in ACTIVE_STATUSES]))
@@ -181,12 +190,16 @@ def list_cases(session: Session, status: str = "active", user: str | None = None
     if user is not None:
         member = user_by_email(session, user)
         if member is None:
-            return []
+            return Page([], None)
         shared = select(CaseParty.case_id).where(CaseParty.user_id == member.id)
         query = query.where(or_(col(SupportCase.requester_id) == member.id, col(SupportCase.id).in_(shared)))
-    rows = (session.exec(query.order_by(col(SupportCase.updated_at).desc(), col(SupportCase.id).desc()))).all()
-    return [{"number": c.number, "subject": c.subject, "status": c.status, "requester": u.email,
-             "updated_at": _iso(c.updated_at)} for c, u in rows]
+    if before is not None:
+        query = query.where(tuple_(col(SupportCase.updated_at), col(SupportCase.id)) < tuple_(*before))
+    query = query.order_by(col(SupportCase.updated_at).desc(), col(SupportCase.id).desc())
+    rows = session.exec(query if limit is None else query.limit(limit + 1)).all()
+    items = [{"number": c.number, "subject": c.subject, "status": c.status, "requester": u.email,
+              "updated_at": _iso(c.updated_at)} for c, u in rows[:limit]]
+    return Page(items, case_cursor(rows[limit - 1][0]) if limit is not None and len(rows) > limit else None)
 
 
 def case_detail(session: Session, number: str, include_internal: bool = True) -> dict[str, Any]:
@@ -223,8 +236,8 @@ def _comments(session: Session, case_id: int | None, include_internal: bool) -> 
             "full_text": comment.full_text or joined_text(comment.visible_text, comment.signature),  # "": no history
             "signature": comment.signature,  # shown apart (or hidden); not in visible_text
             "created_at": _iso(comment.created_at),
-            "attachments": [{"name": a.name, "size": a.size, "sha256": a.sha256, "content_type": a.content_type}
-                            for a in files],
+            "attachments": [{"id": a.id, "name": a.name, "size": a.size, "sha256": a.sha256,
+                             "content_type": a.content_type} for a in files],
         })
     return out
 
@@ -238,27 +251,94 @@ def _history(session: Session, case_id: int | None) -> list[dict[str, Any]]:
 
 
 def list_outbox(session: Session, state: str | None = None) -> list[dict[str, Any]]:
-    query = select(Outbox, SupportCase.number).join(
-        SupportCase, col(Outbox.case_id) == SupportCase.id, isouter=True).order_by(col(Outbox.id))
-    if state:
-        query = query.where(Outbox.state == state)
+    """Every notification, oldest first (`outbox_page` for the newest, a page at a time)."""
+    return _outbox_rows(session, _outbox_query(state).order_by(col(Outbox.id)))
+
+
+def outbox_page(session: Session, state: str | None = None, limit: int = 100, before: int | None = None) -> Page:
+    """Notifications newest first, those older than the notification `before` (its id)."""
+    query = _outbox_query(state).order_by(col(Outbox.id).desc()).limit(limit + 1)
+    rows = _outbox_rows(session, query if before is None else query.where(col(Outbox.id) < before))
+    return _id_page(rows, limit)
+
+
+def _outbox_query(state: str | None) -> Any:
+    query = select(Outbox, SupportCase.number).join(SupportCase, col(Outbox.case_id) == SupportCase.id, isouter=True)
+    return query.where(Outbox.state == state) if state else query
+
+
+def _outbox_rows(session: Session, query: Any) -> list[dict[str, Any]]:
     return [{"id": o.id, "event": o.event, "case": number, "recipients": [o.recipient],
              "message_id": o.message_id, "state": o.state, "attempts": o.attempts, "last_error": o.last_error,
              "created_at": _iso(o.created_at), "sent_at": _iso(o.sent_at)}
             for o, number in (session.exec(query)).all()]
 
 
-def list_inbox(session: Session, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
-    """Inbox rows without their raw bytes (which may be tens of megabytes each)."""
-    inbound = InboundMail.__table__  # type: ignore[attr-defined]
-    cases = SupportCase.__table__  # type: ignore[attr-defined]
-    columns = ("id", "received_at", "source", "state", "attempts", "outcome", "reason", "message_id", "size",
-               "last_error")
-    query = (sa_select(*(inbound.c[name] for name in columns), cases.c.number)
-             .select_from(inbound.outerjoin(cases, inbound.c.case_id == cases.c.id)).order_by(inbound.c.id))
-    if state:
-        query = query.where(inbound.c.state == state)
-    rows = (session.execute(query.limit(limit))).all()
-    return [{**{name: (_iso(r[i]) if name == "received_at" else r[i]) for i, name in enumerate(columns)},
-             "case": r[-1]} for r in rows]
+_INBOX_COLUMNS = ("id", "received_at", "source", "state", "attempts", "outcome", "reason", "message_id", "size",
+                  "last_error")
 
+
+def list_inbox(session: Session, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+    """Inbox rows without their raw bytes (which may be tens of megabytes each), oldest first
+    (`inbox_page` for the newest, a page at a time)."""
+    return _inbox_rows(session, _inbox_query(state).order_by(_IN.c.id).limit(limit))
+
+
+def inbox_page(session: Session, state: str | None = None, limit: int = 100, before: int | None = None) -> Page:
+    """Inbox rows newest first, those older than the mail `before` (its id)."""
+    query = _inbox_query(state).order_by(_IN.c.id.desc()).limit(limit + 1)
+    return _id_page(_inbox_rows(session, query if before is None else query.where(_IN.c.id < before)), limit)
+
+
+def inbound_case(session: Session, inbound_id: int) -> tuple[str | None, str | None]:
+    """An inbox mail's state and the number of its case (None, None: no such mail)."""
+    row = session.execute(sa_select(_IN.c.state, _C.c.number).select_from(_IN.outerjoin(_C, _IN.c.case_id == _C.c.id))
+                          .where(_IN.c.id == inbound_id)).first()
+    return (row[0], row[1]) if row is not None else (None, None)
+
+
+def _inbox_query(state: str | None) -> Any:
+    query = (sa_select(*(_IN.c[name] for name in _INBOX_COLUMNS), _C.c.number)
+             .select_from(_IN.outerjoin(_C, _IN.c.case_id == _C.c.id)))
+    return query.where(_IN.c.state == state) if state else query
+
+
+def _inbox_rows(session: Session, query: Any) -> list[dict[str, Any]]:
+    return [{**{name: (_iso(r[i]) if name == "received_at" else r[i]) for i, name in enumerate(_INBOX_COLUMNS)},
+             "case": r[-1]} for r in session.execute(query).all()]
+
+
+# --- pages ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a newest-first list; `next` is the cursor of the page after it (None: no more)."""
+
+    items: list[dict[str, Any]]
+    next: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"items": self.items, "next": self.next}
+
+
+def _id_page(rows: list[dict[str, Any]], limit: int) -> Page:
+    return Page(rows[:limit], str(rows[limit - 1]["id"]) if len(rows) > limit else None)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def case_cursor(case: SupportCase) -> str:
+    """Where a page of cases ends: its last case's change time (µs since 1970) and id."""
+    assert case.id is not None
+    return f"{(case.updated_at - _EPOCH) // _MICROSECOND}-{case.id}"
+
+
+def parse_case_cursor(text: str) -> tuple[datetime, int]:
+    """A `case_cursor` back as (updated_at, id); ValueError for anything else."""
+    micros, _, case_id = text.strip().partition("-")
+    if not (micros.isdigit() and case_id.isdigit()) or len(micros) > 16 or len(case_id) > 18:
+        raise ValueError(f"not a cursor of the case list: {text[:40]!r}")
+    return _EPOCH + int(micros) * _MICROSECOND, int(case_id)

@@ -49,7 +49,7 @@ def corpus_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     settings = make_settings(base)
 
     async def migrate() -> None:
-        async with open_app(settings):
+        async with open_app(settings, migrate=True):
             pass
 
     asyncio.run(migrate())

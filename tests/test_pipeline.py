@@ -483,11 +483,11 @@ async def test_item31_start_up_refuses_sqlite_with_synchronous_normal(tmp_path) 
     event.listen(Pool, "checkout", normal)
     try:
         with pytest.raises(ConfigError, match="synchronous=1"):
-            async with open_app(settings):
+            async with open_app(settings, migrate=True):
                 pass
     finally:
         event.remove(Pool, "checkout", normal)
-    async with open_app(settings) as app:  # the same file with the engine's own settings opens
+    async with open_app(settings, migrate=True) as app:  # the same file with the engine's own settings opens
         assert app.engine.dialect.name == "sqlite"
 
 

@@ -73,7 +73,7 @@ async def serve(tmp_path: Path, store: Callable[[App], Callable[[IncomingMail], 
                 handler_class: type[InboxHandler] = InboxHandler, database: dict[str, Any] | None = None,
                 **smtp: Any) -> AsyncIterator[Server]:
     settings = make_settings(tmp_path, smtp=smtp, database=database or {})
-    async with open_app(settings, clock=FrozenClock()) as app:
+    async with open_app(settings, clock=FrozenClock(), migrate=True) as app:  # as `gateway run` does
         committer = GroupCommitter(app.inbox, app.clock.now)
         handler = handler_class(store(app) if store else committer.submit, settings.smtp, settings.mail.addresses)
         listener = SmtpListener(handler, settings.smtp)

@@ -21,7 +21,6 @@ import random
 from datetime import timedelta
 from pathlib import Path
 
-from gateway import metrics
 from gateway.clock import Clock
 from gateway.errors import DeliveryError, PermanentDeliveryError
 from gateway.model import Event, Status
@@ -82,8 +81,7 @@ class Sender:
             if reply is not None:
                 await self._mark_sent(item.id)
                 self.sent += 1
-                metrics.record_notification(item.event, sent=True)
-                log.info("notify.sent", extra={"outbox_id": item.id, "event": item.event, "reply": reply[:80]})
+                log.info("notify.sent", extra={"outbox_id": item.id, "notice": item.event, "reply": reply[:80]})
 
         # One recipient's notices go one after the other, in the order they were made (a status
         # change, then the answer after it); different recipients' at once.
@@ -141,8 +139,7 @@ class Sender:
     async def _fail(self, due: DueNotification, error: str) -> None:
         await self._queue.mark_failed(due.id, error)
         self.failed += 1
-        metrics.record_notification(due.event, sent=False)
-        log.error("notify.failed", extra={"outbox_id": due.id, "event": due.event, "error": error[:200]})
+        log.error("notify.failed", extra={"outbox_id": due.id, "notice": due.event, "error": error[:200]})
 
     async def _recover(self) -> bool:
         """After a store error: mark what was sent, give back what this holder still has
