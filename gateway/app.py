@@ -81,9 +81,8 @@ async def start_node_run(engine: AsyncEngine, settings: Settings, clock: Clock) 
     """The next run of this node; its earlier runs' claims go back to the queue at once."""
     node = node_id(settings)
     holder, mails, notices = await begin_run(engine, node, clock.now())
-    logging.getLogger("gateway.daemon").info(
-        "daemon.run_started", extra={"node": node, "holder": holder, "mails_taken_back": mails,
-                                     "notifications_taken_back": notices})
+    log.info("daemon.run_started", extra={"node": node, "holder": holder, "mails_taken_back": mails,
+                                          "notifications_taken_back": notices})
     return holder
 
 
