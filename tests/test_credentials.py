@@ -82,12 +82,12 @@ async def test_item17_3_tokens_issue_list_revoke(gw: App) -> None:
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["tokens", "issue", "--agent", CUSTOMER], 1, "not an agent"),
     (["tokens", "issue", "--agent", "nobody@sa.example"], 67, "no user"),
-    (["tokens", "issue", "--service", "bad\tname"], 1, "service name"),
-    (["tokens", "issue"], 2, "--agent"),
-    (["tokens", "issue", "--agent", AGENT, "--service", "x"], 2, "not allowed"),
+    (["tokens", "issue", "--service", "bad\tname"], 64, "service name"),
+    (["tokens", "issue"], 64, "--agent"),
+    (["tokens", "issue", "--agent", AGENT, "--service", "x"], 64, "not allowed"),
     (["tokens", "revoke", "99"], 67, "no API token 99"),
     (["users", "unbounce", "nobody@kunde.example"], 67, "no user"),
-    (["users", "revoke-tokens", "not an address"], 1, "not a valid e-mail address"),
+    (["users", "revoke-tokens", "not an address"], 64, "not a valid e-mail address"),
 ])
 async def test_item17_token_commands_refuse_in_one_line(gw: App, args: list[str], code: int, message: str) -> None:
     rc, out, err = await gateway(gw, *args)
