@@ -39,8 +39,8 @@ GEN = ROOT.parent / "shared" / "bench" / "gen_corpus.py"
 
 from gateway.app import App, open_app  # noqa: E402
 from gateway.clock import SystemClock  # noqa: E402
-from gateway.daemon import inbox_writer  # noqa: E402
 from gateway.ingest.imap import BATCH_MESSAGES, imap_loop  # noqa: E402
+from gateway.runtime.daemon import inbox_writer  # noqa: E402
 from gateway.settings import ImapAccount, Settings, load_settings  # noqa: E402
 from tests.dovecot import Dovecot  # noqa: E402
 
@@ -136,7 +136,7 @@ def worker_loop(inline_parse: bool) -> Callable[[App, asyncio.Event], Coroutine[
     """As `gateway run` does it: with parsing in a child, the worker runs in a child process."""
     if inline_parse:
         return lambda app, stop: app.worker.run(stop)
-    from gateway.worker_process import child_loop
+    from gateway.runtime.children import child_loop
 
     multiprocessing.set_start_method("forkserver", force=True)
     return child_loop("worker")

@@ -13,7 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from gateway.clock import Clock, SystemClock
 from gateway.model import Result
 from gateway.notify.send import Sender, make_sender
-from gateway.parsing import ParseRunner
+from gateway.parse_pool import ParseRunner
 from gateway.pipeline.parse import Limits
 from gateway.settings import Settings
 from gateway.worker import InboxWorker
@@ -44,7 +44,7 @@ class App:
     # Who holds this process's claims: in `gateway run` the node's `node:run` (store/node_run.py).
     holder: str = ""
     # Where the edges commit raw mail: the inbox, or in `gateway run` on SQLite the daemon's
-    # inbox writer (store/sqlite_writer.py), which SMTP and IMAP share.
+    # inbox writer (store/sqlite/writer.py), which SMTP and IMAP share.
     intake: BatchStore | None = None
     # What /healthz asks besides the daemon's loops: the SMTP listener, the inbox writer, the
     # worker and sender children (name -> alive now).

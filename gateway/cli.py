@@ -469,8 +469,8 @@ async def cmd_reprocess(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.daemon import run_daemon
     from gateway.ingest.oauth import token_sources
+    from gateway.runtime.daemon import run_daemon
 
     token_sources(settings.imap.accounts)  # an unset client secret stops the start, naming the key
     return await run_daemon(settings)

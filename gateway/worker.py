@@ -31,7 +31,7 @@ from gateway.apply import ApplySettings, apply_plan
 from gateway.clock import Clock
 from gateway.errors import LostClaim, UnusableMail
 from gateway.model import Classification, Context, Outcome, ParsedMail, Result
-from gateway.parsing import ParseRunner
+from gateway.parse_pool import ParseRunner
 from gateway.pipeline.classify import classify
 from gateway.pipeline.identify import authenticated
 from gateway.pipeline.plan import PlanPolicy, make_plan
@@ -47,7 +47,7 @@ log = logging.getLogger("gateway.worker")
 
 # Mails whose parse is ready share a transaction (one commit for up to eight). On SQLite that
 # transaction holds the one write lock; the worker child begins none while SMTP commits follow
-# each other (store/sqlite_writer.py, smtp_pause), so a burst's 250s never queue behind it
+# each other (store/sqlite/writer.py, smtp_pause), so a burst's 250s never queue behind it
 # (bench/smtp.py: end to end +20 %, p99 DATA->250 21-28 ms).
 GROUP_MAX = 8
 # While the SMTP commits pause, a group may be larger: it keeps no 250 waiting, and fewer, larger
@@ -112,7 +112,7 @@ class InboxWorker:
         self.wakeup = asyncio.Event()
         self.processed = 0
         self.on_processed: Callable[[], None] = lambda: None
-        # Whether the SMTP commits are pausing (store.sqlite_writer.smtp_quiet): then a group may
+        # Whether the SMTP commits are pausing (store.sqlite.writer.smtp_quiet): then a group may
         # be larger, as it keeps nobody's 250 waiting.
         self.smtp_quiet: Callable[[], bool] = lambda: False
 
@@ -245,7 +245,7 @@ class InboxWorker:
         Two loops share the flow of claimed mails. The feeder claims and starts parsing up to
         AHEAD batches ahead; the applier writes the outcomes in order, a group of parsed mails
         per transaction. While SMTP commits come one after another, the applier waits for them
-        to pause (store.sqlite_writer.smtp_pause) but the parsing goes on, on the other core:
+        to pause (store.sqlite.writer.smtp_pause) but the parsing goes on, on the other core:
         after a burst only the writes are left. On stop, the group in hand is finished and the
         mails not yet applied are given back to the inbox, their attempt not counted.
 

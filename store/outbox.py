@@ -19,9 +19,9 @@ from sqlmodel import Session, col
 from sqlmodel import select as model_select
 
 from gateway.model import Event, UserRef
-from store.driver import DriverStatement
 from store.models import AppUser, CaseParty, MessageIndex, Outbox, SupportCase
 from store.queries import capped_count
+from store.sqlite.driver import DriverStatement
 
 T = Outbox.__table__  # type: ignore[attr-defined]
 

@@ -13,7 +13,6 @@ from sqlmodel import Session, col, select
 
 from gateway.errors import NotFound
 from gateway.model import ACTIVE_STATUSES, DONE_STATUSES, CaseRef, Role, Status, UserKind, UserRef
-from store.driver import DriverStatement
 from store.models import (
     AppUser,
     Attachment,
@@ -27,6 +26,7 @@ from store.models import (
     SupportCase,
     joined_text,
 )
+from store.sqlite.driver import DriverStatement
 
 
 def user_ref(user: AppUser) -> UserRef:
@@ -82,7 +82,7 @@ _RECENT_FROM = capped_count(_IN.c.from_addr == bindparam("address"), _IN.c.proce
                             _IN.c.outcome.in_(["created", "commented", "reopened"]))
 
 
-# The same, run by the driver on SQLite (store/driver.py): rows are tuples in column order.
+# The same, run by the driver on SQLite (store/sqlite/driver.py): rows are tuples in column order.
 _RUN_USER_REFS = DriverStatement(_USER_REFS, (), ["emails"])
 _RUN_CASE_BY_NUMBER = DriverStatement(_CASE_BY_NUMBER, (), ["number"])
 _RUN_CASES_BY_MESSAGE_ID = DriverStatement(_CASES_BY_MESSAGE_ID, (), ["message_ids"])

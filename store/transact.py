@@ -50,7 +50,7 @@ class Transactor:
             self._read_engine = sync_sqlite_engine(url, busy_timeout_ms)
             self._read_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
         # Awaited before each `run` (not `run_now`): in the worker and sender processes, until the
-        # SMTP commits pause (store.sqlite_writer.smtp_pause). It waits on the event loop, not on
+        # SMTP commits pause (store.sqlite.writer.smtp_pause). It waits on the event loop, not on
         # the transaction thread, so a `run_now` (a claim) is never queued behind the wait.
         self.before_write: Callable[[], Awaitable[None]] | None = None
 

@@ -12,7 +12,6 @@ from sqlmodel import Session, select
 
 from gateway.errors import LostClaim, NotFound
 from gateway.model import CommentDraft, NewUser, Role, Source, Status, UserKind, UserRef
-from store.driver import DriverStatement
 from store.inbox import CLAIM_HOLDS, Claim
 from store.models import (
     AppUser,
@@ -28,6 +27,7 @@ from store.models import (
     joined_text,
 )
 from store.queries import user_by_email
+from store.sqlite.driver import DriverStatement
 
 _TEXT_CAP = 1_000_000
 
@@ -63,7 +63,7 @@ _INDEX = MessageIndex.__table__  # type: ignore[attr-defined]
 _INBOUND = InboundMail.__table__  # type: ignore[attr-defined]
 # Statements built once: building one per call cost about as much again as running it
 # (SQLAlchemy builds the construct and its cache key each time; 53 -> 29 us an INSERT), and on
-# SQLite run by the driver (store/driver.py).
+# SQLite run by the driver (store/sqlite/driver.py).
 _INSERT_USER = DriverStatement(insert(_USERS).returning(_USERS.c.id),
                                ["email", "name", "kind", "role", "created_at"])
 _INSERT_CASE = DriverStatement(insert(_CASES).returning(_CASES.c.id), [

@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import api as api_module
 from gateway import credentials, lifecycle
-from gateway.api import build_api
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
+from gateway.http import api as api_module
+from gateway.http.api import build_api
 from gateway.model import Status
 from gateway.tokens import RequesterClaims, api_token_hash, requester_claims, requester_token
 from store import api_tokens, queries
@@ -540,7 +540,7 @@ async def test_openapi_document_is_valid(client: httpx.AsyncClient) -> None:
 
 
 async def test_api_loop_serves_on_port_zero_and_stops(gw: App, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.api")
+    caplog.set_level(logging.INFO, logger="gateway.http.api")
     stop = asyncio.Event()
     task = asyncio.create_task(api_module.api_loop(gw, stop))
     for _ in range(200):

@@ -15,9 +15,9 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from gateway.api import build_api
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
+from gateway.http.api import build_api
 from store import queries
 from store.inbox import IncomingMail
 from store.models import Attachment, Comment

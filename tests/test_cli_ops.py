@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.api import build_api
 from gateway.app import App, open_app
 from gateway.cli import build_parser
 from gateway.clock import FrozenClock
+from gateway.http.api import build_api
 from gateway.lifecycle import assign, note, reply, set_status, share
 from gateway.model import Event, Role, Status, UserKind
 from store import writes

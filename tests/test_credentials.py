@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from gateway import credentials
-from gateway.api import build_api
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
+from gateway.http.api import build_api
 from store import writes
 from store.transact import run_in
 from tests.cli_proc import run_cli

@@ -292,10 +292,10 @@ def test_imaplib_formats_its_debug_lines_only_when_they_are_logged(dovecot: Dove
 @pytest.mark.sqlite_only
 async def test_in_gateway_run_imap_commits_through_the_daemons_inbox_writer(
         dovecot: Dovecot, user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On SQLite the daemon has one inbox writer process (store/sqlite_writer.py); SMTP and IMAP share it."""
-    from gateway.daemon import inbox_writer
+    """On SQLite the daemon has one inbox writer process (store/sqlite/writer.py); SMTP and IMAP share it."""
+    from gateway.runtime.daemon import inbox_writer
     from store.inbox import Inbox
-    from store.sqlite_writer import SqliteInboxWriter
+    from store.sqlite.writer import SqliteInboxWriter
 
     batches: list[int] = []
     write = SqliteInboxWriter.accept_many

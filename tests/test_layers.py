@@ -13,7 +13,7 @@ PURE = [ROOT / "gateway" / "model.py", ROOT / "gateway" / "addresses.py", ROOT /
         *sorted((ROOT / "gateway" / "pipeline").glob("*.py"))]
 FORBIDDEN = ("store", "sqlmodel", "sqlalchemy", "aiosmtpd", "imapclient", "asyncio", "aiosqlite", "asyncpg",
              "aiosmtplib", "starlette", "uvicorn", "httpx", "gateway.app", "gateway.worker", "gateway.apply",
-             "gateway.daemon", "gateway.api", "gateway.lifecycle", "gateway.jobs", "gateway.ingest", "gateway.notify")
+             "gateway.runtime.daemon", "gateway.http.api", "gateway.lifecycle", "gateway.jobs", "gateway.ingest", "gateway.notify")
 
 
 def imports_of(path: Path) -> set[str]:

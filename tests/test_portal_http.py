@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from gateway import lifecycle
-from gateway.api import build_api
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
+from gateway.http.api import build_api
 from gateway.http.portal.i18n import ENGLISH
 from gateway.http.portal.passwords import Passwords
 from gateway.http.portal.security import cookie_secure, safe_next

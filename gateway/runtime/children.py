@@ -40,10 +40,10 @@ from gateway.procname import name_process
 from gateway.settings import Settings
 from store.engine import defer_fsync
 from store.node_run import give_back
-from store.sqlite_writer import smtp_pause, smtp_quiet
-from store.wal import Checkpointer, checkpoint_elsewhere
+from store.sqlite.wal import Checkpointer, checkpoint_elsewhere
+from store.sqlite.writer import smtp_pause, smtp_quiet
 
-log = logging.getLogger("gateway.worker_process")
+log = logging.getLogger("gateway.runtime.children")
 
 RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 # The listener comes first when the cores are busy: a 250 is what a sender waits for, a case
@@ -58,7 +58,7 @@ KEEPS_DYING_WINDOW_S = 300.0
 class Links:
     """What the children of one daemon share besides the settings."""
 
-    smtp_busy: Any = None  # the SQLite inbox writer's `busy_until` (store.sqlite_writer.smtp_pause)
+    smtp_busy: Any = None  # the SQLite inbox writer's `busy_until` (store.sqlite.writer.smtp_pause)
     # A socket pair: the worker child writes a byte to `notices_out` when it has queued
     # notifications, the sender child wakes when `notices_in` has one.
     notices_out: socket.socket | None = None
@@ -213,7 +213,7 @@ def child_main(settings: Settings, role: str, wake: socket.socket, links: Links 
     from gateway.logs import configure_logging
 
     name_process(f"gw-{role}")
-    multiprocessing.set_forkserver_preload(["gateway.parsing"])  # its parse pool, as in the parent
+    multiprocessing.set_forkserver_preload(["gateway.parse_pool"])  # its parse pool, as in the parent
     multiprocessing.set_start_method("forkserver", force=True)
     configure_logging(settings.daemon.log_format, settings.daemon.log_level)
     os.nice(CHILD_NICENESS)

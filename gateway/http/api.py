@@ -38,9 +38,9 @@ from gateway.addresses import canonical
 from gateway.attachments import download_headers, open_attachment
 from gateway.credentials import Caller
 from gateway.errors import CannotListen, GatewayError, NotFound, Refused, TemporaryFailure
+from gateway.http.openapi import LIST_FILTERS, MAX_PAGE_LIMIT, PAGE_LIMIT, openapi_document
 from gateway.http.portal import portal_routes
 from gateway.model import Role, Source
-from gateway.openapi import LIST_FILTERS, MAX_PAGE_LIMIT, PAGE_LIMIT, openapi_document
 from store import queries
 from store.models import Organisation
 from store.transact import run_in
@@ -48,7 +48,7 @@ from store.transact import run_in
 if TYPE_CHECKING:
     from gateway.app import App
 
-log = logging.getLogger("gateway.api")
+log = logging.getLogger("gateway.http.api")
 
 DAEMON_LOOPS = frozenset({"worker", "sender", "imap", "maintenance", "api"})
 

@@ -22,12 +22,12 @@ from gateway.app import App, open_app
 from gateway.errors import CannotListen
 from gateway.ingest.smtp import InboxHandler, SmtpListener
 from gateway.procname import name_process
+from gateway.runtime.children import Links, child_loop
 from gateway.settings import Settings
-from gateway.worker_process import Links, child_loop
 from store.inbox import BatchStore, GroupCommitter
-from store.sqlite_writer import SqliteInboxWriter
+from store.sqlite.writer import SqliteInboxWriter
 
-log = logging.getLogger("gateway.daemon")
+log = logging.getLogger("gateway.runtime.daemon")
 
 Loop = Callable[[App, asyncio.Event], Coroutine[Any, Any, None]]
 
@@ -46,7 +46,7 @@ async def _sender_loop(app: App, stop: asyncio.Event) -> None:
 
 def extra_loops(settings: Settings) -> list[tuple[str, Loop]]:
     """The loops of the other capabilities, each in its own module."""
-    from gateway.api import api_loop
+    from gateway.http.api import api_loop
     from gateway.jobs import maintenance_loop
 
     loops: list[tuple[str, Loop]] = [("sender", _sender_loop), ("maintenance", maintenance_loop)]
@@ -73,7 +73,7 @@ def _clean_children() -> None:
 # What the children run, imported once by the fork server: each child then starts as a fork
 # with them loaded (measured: a daemon started in ~2-2.8 s and ~4-5 s of CPU when the worker,
 # sender and writer children imported SQLAlchemy and the rest each for itself).
-_CHILD_MODULES = ["gateway.parsing", "gateway.worker_process", "store.sqlite_writer"]
+_CHILD_MODULES = ["gateway.parse_pool", "gateway.runtime.children", "store.sqlite.writer"]
 
 
 async def run_daemon(settings: Settings) -> int:
@@ -105,7 +105,7 @@ async def run_daemon(settings: Settings) -> int:
             await _listen(smtp, settings)
             app.liveness["smtp"] = smtp.serving
         # With parsing in a child process, the worker and the sender each run in a child of
-        # their own (gateway/worker_process.py): the second core for them, and an SMTP loop
+        # their own (gateway/runtime/children.py): the second core for them, and an SMTP loop
         # that never waits behind a case transaction.
         separate = settings.worker.parse_in_subprocess
         links = Links.make(getattr(writer, "busy_until", None))
@@ -147,7 +147,7 @@ async def _listen(smtp: SmtpListener, settings: Settings) -> None:
 @asynccontextmanager
 async def inbox_writer(app: App) -> AsyncIterator[BatchStore]:
     """Where the edges commit (SMTP's group commits, IMAP's batches): on SQLite a writer process
-    of its own (store/sqlite_writer.py says why), elsewhere the app's inbox."""
+    of its own (store/sqlite/writer.py says why), elsewhere the app's inbox."""
     if app.engine.dialect.name != "sqlite":
         yield app.inbox
         return
