@@ -37,10 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 GEN = ROOT.parent / "shared" / "bench" / "gen_corpus.py"
 
-from gateway.app import App, open_app  # noqa: E402
+from gateway.app import App, build  # noqa: E402
 from gateway.clock import SystemClock  # noqa: E402
 from gateway.ingest.imap import BATCH_MESSAGES, imap_loop  # noqa: E402
-from gateway.runtime.daemon import inbox_writer  # noqa: E402
 from gateway.settings import ImapAccount, Settings, load_settings  # noqa: E402
 from tests.dovecot import Dovecot  # noqa: E402
 
@@ -111,8 +110,8 @@ async def gateway_run(server: Dovecot, user: str, n: int, inline_parse: bool, wo
         lambda: watcher.folder_status("Processed", [b"MESSAGES"]).get(b"MESSAGES") == n if
         watcher.folder_exists("Processed") else False)
     with tempfile.TemporaryDirectory() as tmp:
-        async with open_app(settings_for(tmp, server, user, inline_parse), clock=SystemClock(), migrate=True) as app, \
-                inbox_writer(app):  # as `gateway run` has it
+        # the daemon's own wiring (its inbox writer), as `gateway run` has it
+        async with build(settings_for(tmp, server, user, inline_parse), "daemon", SystemClock(), migrate=True) as app:
             stop = asyncio.Event()
             started = time.perf_counter()
             tasks = [asyncio.create_task(imap_loop(app, stop))]

@@ -95,7 +95,8 @@ class Steps:
 
 class InboxWorker:
     def __init__(self, tx: Transactor, inbox: Inbox, parser: ParseRunner, settings: Settings, clock: Clock,
-                 holder: str | None = None) -> None:
+                 holder: str | None = None, on_processed: Callable[[], None] | None = None,
+                 smtp_quiet: Callable[[], bool] | None = None) -> None:
         self._tx = tx
         self._inbox = inbox
         self._parser = parser
@@ -111,10 +112,10 @@ class InboxWorker:
         self._given_back = 0
         self.wakeup = asyncio.Event()
         self.processed = 0
-        self.on_processed: Callable[[], None] = lambda: None
+        self.on_processed: Callable[[], None] = on_processed or (lambda: None)
         # Whether the SMTP commits are pausing (store.sqlite.writer.smtp_quiet): then a group may
         # be larger, as it keeps nobody's 250 waiting.
-        self.smtp_quiet: Callable[[], bool] = lambda: False
+        self.smtp_quiet: Callable[[], bool] = smtp_quiet or (lambda: False)
 
     async def run_once(self, limit: int | None = None, only_id: int | None = None) -> list[Result]:
         """One batch from claim to outcome (the CLI's `process`, a mail handled at once)."""

@@ -17,6 +17,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.errors import ConfigError
 
+# The store's handles as the rest of the code names them (it never imports SQLAlchemy itself).
+Database = AsyncEngine
+Sessions = async_sessionmaker[AsyncSession]
+
 
 def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")

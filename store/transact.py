@@ -34,7 +34,7 @@ R = TypeVar("R")
 
 class Transactor:
     def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession],
-                 busy_timeout_ms: int = 5000) -> None:
+                 busy_timeout_ms: int = 5000, before_write: Callable[[], Awaitable[None]] | None = None) -> None:
         self._sessions = sessions
         self._engine = engine
         url = engine.url.render_as_string(hide_password=False)
@@ -52,7 +52,7 @@ class Transactor:
         # Awaited before each `run` (not `run_now`): in the worker and sender processes, until the
         # SMTP commits pause (store.sqlite.writer.smtp_pause). It waits on the event loop, not on
         # the transaction thread, so a `run_now` (a claim) is never queued behind the wait.
-        self.before_write: Callable[[], Awaitable[None]] | None = None
+        self.before_write = before_write
 
     async def run(self, fn: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`fn(session, *args, **kwargs)` in one transaction: committed when it returns,

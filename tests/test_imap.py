@@ -293,7 +293,7 @@ def test_imaplib_formats_its_debug_lines_only_when_they_are_logged(dovecot: Dove
 async def test_in_gateway_run_imap_commits_through_the_daemons_inbox_writer(
         dovecot: Dovecot, user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On SQLite the daemon has one inbox writer process (store/sqlite/writer.py); SMTP and IMAP share it."""
-    from gateway.runtime.daemon import inbox_writer
+    from gateway.app import build
     from store.inbox import Inbox
     from store.sqlite.writer import SqliteInboxWriter
 
@@ -311,8 +311,7 @@ async def test_in_gateway_run_imap_commits_through_the_daemons_inbox_writer(
 
     monkeypatch.setattr(Inbox, "accept_many", not_here)
     dovecot.append(user, mails(3))
-    async with open_app(imap_settings(tmp_path, account(dovecot, user)), clock=SystemClock()) as app, \
-            inbox_writer(app):
+    async with build(imap_settings(tmp_path, account(dovecot, user)), "daemon", SystemClock()) as app:
         stop = asyncio.Event()
         task = asyncio.create_task(imap_loop(app, stop))
         await eventually(lambda: _equals(folder(dovecot, user, "Processed"), 3))
