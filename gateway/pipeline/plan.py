@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway import rules
 from gateway.model import (
+    DONE_STATUSES,
     AppendComment,
     CaseRef,
     Classification,
@@ -22,7 +24,6 @@ from gateway.model import (
     Plan,
     Quarantine,
     Reject,
-    Status,
     UserRef,
 )
 from gateway.pipeline.reply import is_courtesy_reply, split_reply
@@ -72,15 +73,14 @@ def _automated(kind: Classification, case: CaseRef | None) -> Ignore:
 
 def _on_case(case: CaseRef, sender: UserRef, comment: CommentDraft, mail: ParsedMail, ctx: Context,
              policy: PlanPolicy) -> Plan:
-    done = case.status in (Status.UDFOERT, Status.LUKKET)
+    done = case.status in DONE_STATUSES
     if done and policy.courtesy_replies and is_courtesy_reply(_with_signature(comment)):
         return Ignore("courtesy reply on a finished case", case=case, author=sender, comment=comment)
-    if case.status is Status.LUKKET:
+    if rules.is_final(case.status):
         return _open(mail, ctx, policy, comment, follows=case, note="")
-    back = Status.TILDELT if case.assignee_id is not None else Status.PAABEGYNDT
-    new_status = back if case.status in (Status.AFVENTER_REKVIRENT, Status.UDFOERT) else None
-    return AppendComment(case, sender, comment, new_status=new_status,
-                         reopened=case.status is Status.UDFOERT,
+    move = rules.after_answer(case.status, case.assignee_id is not None)
+    return AppendComment(case, sender, comment, new_status=move.to if move else None,
+                         reopened=move.reopens if move else False,
                          parties=_cc_parties(ctx, policy, sender, case.requester_id))
 
 
