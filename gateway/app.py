@@ -29,7 +29,7 @@ from gateway.notify.send import Sender, make_sender
 from gateway.parse_pool import ParseRunner
 from gateway.pipeline.parse import Limits
 from gateway.settings import Settings
-from gateway.worker import InboxWorker, default_holder
+from gateway.worker import InboxWorker, Steps, default_holder
 from store.blobs import BlobStore
 from store.engine import (
     Database,
@@ -191,8 +191,8 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
         on_processed = functools.partial(_nudge, links.notices_out) \
             if role == "worker" and links.notices_out is not None else sender.wakeup.set
         quiet = functools.partial(smtp_quiet, links.smtp_busy) if paused and role == "worker" else None
-        worker = InboxWorker(tx, inbox, parser, settings, clock, holder, on_processed=on_processed,
-                             smtp_quiet=quiet)
+        worker = InboxWorker(tx, inbox, parser, w, Steps.from_settings(settings), clock, holder,
+                             on_processed=on_processed, smtp_quiet=quiet)
         intake: BatchStore | None = writer or (inbox if role == "daemon" else None)
         committer = smtp = None
         if intake is not None:

@@ -16,7 +16,7 @@ from store import queries, writes
 from store.engine import check_durability, make_engine, sync_sqlite_engine
 from store.inbox import IncomingMail, claim_mails, read_raw
 from store.transact import run_in
-from tests.conftest import ADDRESS, MailBuilder, add_user, detail, make_settings, outbox
+from tests.conftest import ADDRESS, MailBuilder, add_user, detail, make_settings, outbox, worker_of
 
 
 async def ingest(app: App, raw: bytes, to: tuple[str, ...] = (ADDRESS,)):
@@ -217,29 +217,26 @@ async def test_unparseable_mail_is_quarantined_not_lost(app: App) -> None:
     assert row["size"] == len(nested)
 
 
-async def test_item27_processing_failure_retries_then_quarantines(app: App, mail: MailBuilder, monkeypatch,
-                                                                  clock) -> None:
+async def test_item27_processing_failure_retries_then_quarantines(app: App, mail: MailBuilder, clock) -> None:
     """Retried with back-off (worker.retry_delay_s, doubled per try), then quarantined."""
-    import gateway.worker as worker_module
-
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(worker_module, "make_plan", broken)
+    failing = worker_of(app, planner=broken)
     delay = app.settings.worker.retry_delay_s
     assert delay > 0
-    results = [await ingest(app, mail())]
+    await app.accept(IncomingMail(mail(), "test", "sender@borger.example", (ADDRESS,)))
+    results = await failing.run_once()
     clock.advance(seconds=delay - 1)
-    assert await app.worker.run_once() == []  # not before its time
+    assert await failing.run_once() == []  # not before its time
     clock.advance(seconds=1)
-    results += await app.worker.run_once()
+    results += await failing.run_once()
     clock.advance(seconds=2 * delay - 1)
-    assert await app.worker.run_once() == []  # the second wait is twice as long
+    assert await failing.run_once() == []  # the second wait is twice as long
     clock.advance(seconds=1)
-    results += await app.worker.run_once()
+    results += await failing.run_once()
     assert [r.retry for r in results] == [True, True, False]
-    assert results[-1].action is Outcome.QUARANTINED
-    monkeypatch.undo()
+    assert results[-1].action is Outcome.QUARANTINED and "RuntimeError: boom" in results[-1].reason
     assert await app.inbox.reprocess(quarantined=True) == 1
     [again] = await app.worker.run_once()
     assert again.action is Outcome.CREATED
@@ -260,16 +257,13 @@ async def test_a_worker_whose_lease_ran_out_applies_nothing(app: App, mail: Mail
     """A worker stalls past its lease, another worker claims the mail and makes the case; when
     the first one wakes up its transaction rolls back: one case, not two (a mail is never
     applied twice). A mail of its group that it still holds is applied once."""
-    from gateway.worker import InboxWorker
-
     late = await app.accept(IncomingMail(mail(subject="Forsinket"), "test"))
     kept = await app.accept(IncomingMail(mail(subject="Beholdt"), "test")) if together else None
     stalled = await app.tx.run_now(claim_mails, 10, app.worker.holder, clock.now(), lease_s=60)
     parsed = [await app.parser.parse(await app.tx.read(read_raw, m.id), m.envelope_from, m.envelope_to)
               for m in stalled]
     clock.advance(seconds=61)
-    other = InboxWorker(app.tx, app.inbox, app.parser, app.settings, clock)
-    other.holder = "other-node"
+    other = worker_of(app, "other-node")
     [taken] = await other.run_once(only_id=late.inbound_id)
     assert taken.action is Outcome.CREATED
 
