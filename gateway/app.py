@@ -22,6 +22,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.apply import Steps
 from gateway.clock import Clock, SystemClock
 from gateway.ingest.smtp import InboxHandler, SmtpListener
 from gateway.model import Result
@@ -29,7 +30,7 @@ from gateway.notify.send import Sender, make_sender
 from gateway.parse_pool import ParseRunner
 from gateway.pipeline.parse import Limits
 from gateway.settings import Settings
-from gateway.worker import InboxWorker, Steps, default_holder
+from gateway.worker import InboxWorker, default_holder
 from store.blobs import BlobStore
 from store.engine import (
     Database,

@@ -1,4 +1,5 @@
-"""Execute a `Plan` in the caller's transaction: rows, history, index and outbox together.
+"""The mail transaction: one parsed mail's facts read, its plan decided and executed, in the
+caller's transaction — rows, history, index and outbox together.
 
 A crash anywhere before the commit leaves nothing behind; after it, everything — including
 the notifications the change calls for (a transactional outbox, RELIABILITY 28).
@@ -27,7 +28,10 @@ from gateway.model import (
     Status,
     UserRef,
 )
-from store import outbox, writes
+from gateway.pipeline import Policy, decide, triage
+from gateway.pipeline.plan import PlanPolicy
+from gateway.settings import Settings
+from store import outbox, queries, writes
 from store.inbox import Claim
 from store.models import SupportCase
 
@@ -39,6 +43,42 @@ class ApplySettings:
     message_id_domain: str
     language: str
     limits: outbox.RateLimits = outbox.RateLimits()
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The parts of the settings a mail's steps need: the pure steps' and apply's."""
+
+    policy: Policy
+    apply: ApplySettings
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Steps:
+        plan = PlanPolicy(s.policy.unknown_sender, s.policy.sender_authentication, s.policy.cc_sharing,
+                          s.policy.courtesy_replies, s.mail.case_prefix, s.policy.max_mails_per_sender_per_hour)
+        return cls(
+            policy=Policy(frozenset(a.lower() for a in (*s.mail.addresses, s.mail.from_address)),
+                          s.mail.message_id_domain, s.mail.reply_token_secret, s.mail.addresses,
+                          s.policy.authserv_id, plan),
+            apply=ApplySettings(s.mail.case_prefix, s.mail.case_digits, s.mail.message_id_domain, s.policy.language,
+                                outbox.RateLimits(s.policy.max_auto_answers_per_day, s.policy.notify_per_10_minutes,
+                                                  s.policy.notify_per_hour)),
+        )
+
+
+def handle_all(session: Session, steps: Steps, mails: list[tuple[int, Claim, ParsedMail]],
+               now: datetime) -> list[Result]:
+    """The transaction of a group of parsed mails, one after the other. A mail whose claim was
+    lost meanwhile raises LostClaim, and the whole group rolls back."""
+    return [handle(session, steps, inbound_id, mail, now, claim) for inbound_id, claim, mail in mails]
+
+
+def handle(session: Session, steps: Steps, inbound_id: int, mail: ParsedMail, now: datetime,
+           claim: Claim | None = None) -> Result:
+    """One mail: the pure steps before the reads, the reads, the plan, and its execution."""
+    triaged = triage(mail, steps.policy)
+    plan = decide(mail, triaged, queries.load_facts(session, triaged, now), steps.policy)
+    return apply_plan(session, plan, mail, inbound_id, now, steps.apply, claim)
 
 
 def apply_plan(session: Session, plan: Plan, mail: ParsedMail, inbound_id: int, now: datetime,

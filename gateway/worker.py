@@ -1,4 +1,5 @@
-"""The inbox worker: claim → parse → classify → identify → thread → plan → apply (one transaction).
+"""The inbox worker: claims mails, parses them (gateway.parse_pool), and hands them, a group
+per transaction, to the mail transaction (gateway.apply.handle_all).
 
 Failures are recorded and retried; after `max_attempts` a mail is quarantined with its error,
 never deleted (`gateway reprocess` puts it back). A mail that can never be understood
@@ -20,25 +21,18 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import Session
 
-from gateway.apply import ApplySettings, apply_plan
+from gateway.apply import Steps, handle_all
 from gateway.clock import Clock
 from gateway.errors import LostClaim, UnusableMail
 from gateway.model import Outcome, ParsedMail, Result
 from gateway.parse_pool import ParseRunner
-from gateway.pipeline import Policy, decide, triage
-from gateway.pipeline.plan import PlanPolicy
-from gateway.settings import Settings, WorkerSettings
-from store import queries
+from gateway.settings import WorkerSettings
 from store.faults import is_outage
 from store.inbox import Claim, ClaimedMail, Inbox, claim_mails, read_raw, read_raws
-from store.outbox import RateLimits
 from store.transact import Transactor
 
 log = logging.getLogger("gateway.worker")
@@ -63,27 +57,6 @@ OUTAGE_PAUSE_S = 0.5  # between tries while the store does not answer
 def default_holder() -> str:
     """The holder of a worker outside the daemon (`gateway ingest`, tests): this process."""
     return f"cli-{socket.gethostname()}:{os.getpid()}"[:100]
-
-
-@dataclass(frozen=True)
-class Steps:
-    """The small parts of the settings each step needs."""
-
-    policy: Policy
-    apply: ApplySettings
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> Steps:
-        plan = PlanPolicy(s.policy.unknown_sender, s.policy.sender_authentication, s.policy.cc_sharing,
-                          s.policy.courtesy_replies, s.mail.case_prefix, s.policy.max_mails_per_sender_per_hour)
-        return cls(
-            policy=Policy(frozenset(a.lower() for a in (*s.mail.addresses, s.mail.from_address)),
-                          s.mail.message_id_domain, s.mail.reply_token_secret, s.mail.addresses,
-                          s.policy.authserv_id, plan),
-            apply=ApplySettings(s.mail.case_prefix, s.mail.case_digits, s.mail.message_id_domain, s.policy.language,
-                                RateLimits(s.policy.max_auto_answers_per_day, s.policy.notify_per_10_minutes,
-                                           s.policy.notify_per_hour)),
-        )
 
 
 class InboxWorker:
@@ -374,17 +347,3 @@ async def _first(*waits: asyncio.Event | asyncio.Future[Any], timeout: float | N
         for wait, task in zip(waits, pending, strict=True):
             if task is not wait:
                 task.cancel()
-
-
-def handle_all(session: Session, steps: Steps, mails: list[tuple[int, Claim, ParsedMail]],
-               now: datetime) -> list[Result]:
-    """The transaction of a group of parsed mails: each one classified, threaded, planned, applied.
-    A mail whose claim was lost meanwhile raises LostClaim, and the group rolls back."""
-    return [handle(session, steps, inbound_id, mail, now, claim) for inbound_id, claim, mail in mails]
-
-
-def handle(session: Session, steps: Steps, inbound_id: int, mail: ParsedMail, now: datetime,
-           claim: Claim | None = None) -> Result:
-    triaged = triage(mail, steps.policy)
-    plan = decide(mail, triaged, queries.load_facts(session, triaged, now), steps.policy)
-    return apply_plan(session, plan, mail, inbound_id, now, steps.apply, claim)

@@ -18,11 +18,12 @@ from typing import Any
 import pytest
 
 from gateway.app import App, open_app
+from gateway.apply import Steps
 from gateway.clock import FrozenClock
 from gateway.model import Role, UserKind
 from gateway.pipeline import Planner
 from gateway.settings import Settings, load_settings
-from gateway.worker import InboxWorker, Steps
+from gateway.worker import InboxWorker
 from store import queries, writes
 from store.transact import run_in
 

@@ -25,7 +25,8 @@ from sqlalchemy import insert, text
 from sqlalchemy.exc import OperationalError
 
 from gateway.app import App, start_node_run
-from gateway.worker import InboxWorker, handle_all
+from gateway.apply import handle_all
+from gateway.worker import InboxWorker
 from store.inbox import IncomingMail, claim_mails
 from store.node_run import begin_run
 from store.outbox import T as OUTBOX
