@@ -23,15 +23,13 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
-
 from gateway.apply import Steps, handle_all
 from gateway.clock import Clock
 from gateway.errors import LostClaim, UnusableMail
 from gateway.model import Outcome, ParsedMail, Result
 from gateway.parse_pool import ParseRunner
 from gateway.settings import WorkerSettings
-from store.faults import is_outage
+from store.faults import is_outage, is_store_error
 from store.inbox import Claim, ClaimedMail, Inbox, claim_mails, read_raw, read_raws
 from store.transact import Transactor
 
@@ -167,7 +165,7 @@ class InboxWorker:
         except Exception as exc:
             if is_outage(exc):
                 raise  # not this mail's fault: given back, its try not counted
-            if isinstance(exc, DBAPIError):
+            if is_store_error(exc):
                 return await self._failed(mail, f"store: {type(exc).__name__}")
             log.exception("mail.failed", extra={"inbound_id": mail.id})
             return await self._failed(mail, f"{type(exc).__name__}: {exc}")

@@ -41,3 +41,12 @@ def test_the_walk_sees_imports() -> None:
 def test_the_status_rules_need_only_the_model() -> None:
     ours = {name for name in imports_of(ROOT / "gateway" / "rules.py") if name.split(".")[0] in ("gateway", "store")}
     assert ours == {"gateway.model"}
+
+
+@pytest.mark.parametrize("name", ["worker.py", "apply.py"])
+def test_the_mail_path_sees_no_rows_and_no_driver(name: str) -> None:
+    """The worker and the mail transaction reach the store through its functions and its
+    predicates (store/faults.py), never through SQLAlchemy or its rows."""
+    bad = {found for found in imports_of(ROOT / "gateway" / name)
+           if found.split(".")[0] in ("sqlalchemy", "sqlmodel") or found.startswith("store.models")}
+    assert not bad, f"{name} imports {sorted(bad)}"
