@@ -1,10 +1,10 @@
 """The case lifecycle (SPEC §3): the actions of agents and requesters.
 
-The status rules are `gateway.rules`, which the mail path (`gateway.pipeline.plan`) asks
-too; who may act on a case is checked here, for the CLI and the HTTP API alike. Each action is one transaction that takes the case's write lock
-first, checks the rules, writes the change and its history row, and queues the SPEC §7
-notifications to the requester and every party except the actor — all or nothing. The timed
-jobs (rule 4) are in `gateway.jobs`.
+The status rules are `gateway.rules`, which the mail path (`gateway.pipeline.plan`) asks too;
+who may act on a case is checked here, for the CLI and the HTTP API alike. Each action is one
+transaction that takes the case's write lock first, checks the rules, writes the change and its
+history row, and queues the SPEC §7 notifications to the requester and every party except the
+actor — all or nothing. The timed jobs (rule 4) are in `gateway.jobs`.
 
 Refusals are exceptions from `gateway.errors`: `NotFound` (unknown case or user), `Refused`
 (the rules say no: illegal transition, outsider as share target), `InvalidInput` (the request
