@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/imap.py --n 1000 --size 20000
 
-One ~20 KB mail from ../shared/bench/gen_corpus.py (--fixed-size), copied N times with its own
+One ~20 KB mail from bench/gen_corpus.py (--fixed-size), copied N times with its own
 Message-ID and Subject, is appended to a Dovecot INBOX (tests/dovecot.py). In the same run:
   floor       a bare imapclient loop: login, SELECT, UID SEARCH, FETCH BODY.PEEK[] of all N
               (200 UIDs per FETCH, like the gateway), nothing stored, nothing moved; the same
@@ -35,7 +35,7 @@ from imapclient import IMAPClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-GEN = ROOT.parent / "shared" / "bench" / "gen_corpus.py"
+GEN = ROOT / "bench" / "gen_corpus.py"
 
 from gateway.app import App, build  # noqa: E402
 from gateway.clock import SystemClock  # noqa: E402

@@ -22,6 +22,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.apply import Steps
 from gateway.clock import Clock, SystemClock
 from gateway.ingest.smtp import InboxHandler, SmtpListener
 from gateway.model import Result
@@ -191,8 +192,8 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
         on_processed = functools.partial(_nudge, links.notices_out) \
             if role == "worker" and links.notices_out is not None else sender.wakeup.set
         quiet = functools.partial(smtp_quiet, links.smtp_busy) if paused and role == "worker" else None
-        worker = InboxWorker(tx, inbox, parser, settings, clock, holder, on_processed=on_processed,
-                             smtp_quiet=quiet)
+        worker = InboxWorker(tx, inbox, parser, w, Steps.from_settings(settings), clock, holder,
+                             on_processed=on_processed, smtp_quiet=quiet)
         intake: BatchStore | None = writer or (inbox if role == "daemon" else None)
         committer = smtp = None
         if intake is not None:

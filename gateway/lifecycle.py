@@ -1,11 +1,10 @@
-"""The case lifecycle (SPEC §3): status rules and the actions of agents and requesters.
+"""The case lifecycle (SPEC §3): the actions of agents and requesters.
 
-Every rule about who may change what lives here, for the CLI and the HTTP API alike; the mail
-path reaches the same statuses through `gateway.pipeline.plan` (rules 1–3), which mirrors
-`status_after_comment` below. Each action is one transaction that takes the case's write lock
-first, checks the rules, writes the change and its history row, and queues the SPEC §7
-notifications to the requester and every party except the actor — all or nothing. The timed
-jobs (rule 4) are in `gateway.jobs`.
+The status rules are `gateway.rules`, which the mail path (`gateway.pipeline.plan`) asks too;
+who may act on a case is checked here, for the CLI and the HTTP API alike. Each action is one
+transaction that takes the case's write lock first, checks the rules, writes the change and its
+history row, and queues the SPEC §7 notifications to the requester and every party except the
+actor — all or nothing. The timed jobs (rule 4) are in `gateway.jobs`.
 
 Refusals are exceptions from `gateway.errors`: `NotFound` (unknown case or user), `Refused`
 (the rules say no: illegal transition, outsider as share target), `InvalidInput` (the request
@@ -31,7 +30,7 @@ from sqlalchemy import func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from gateway import metrics
+from gateway import metrics, rules
 from gateway.addresses import canonical
 from gateway.errors import InvalidInput, NotFound, Refused
 from gateway.model import CommentDraft, Event, Role, Source, Status, StoredAttachment
@@ -54,30 +53,7 @@ class Forbidden(Refused):
     """The actor may not act on this case in this way (not a party, not an agent)."""
 
 
-# --- the rules, as pure functions -------------------------------------------------------------
-
-
-def agent_refusal(current: Status, target: Status, has_assignee: bool) -> str | None:
-    """Why an agent may not move a case from `current` to `target` (rule 6), or None."""
-    if current is Status.LUKKET and target is not Status.LUKKET:
-        return "a closed case (lukket) can never be reopened; a new mail opens a new case"
-    if target is Status.TILDELT and not has_assignee:
-        return "tildelt needs an assignee: use assign with the agent's address"
-    return None
-
-
-def requester_close_refusal(current: Status) -> str | None:
-    """Why the requester may not close ("Luk", rule 5), or None."""
-    if current is Status.LUKKET:
-        return "the case is already closed"
-    return None
-
-
-def status_after_comment(current: Status, has_assignee: bool) -> Status | None:
-    """Rules 1–2: an answer from the customer side moves a waiting or done case back to work."""
-    if current in (Status.AFVENTER_REKVIRENT, Status.UDFOERT):
-        return Status.TILDELT if has_assignee else Status.PAABEGYNDT
-    return None
+# --- input ----------------------------------------------------------------------------------------
 
 
 def valid_number(number: str) -> bool:
@@ -91,10 +67,10 @@ def utf8(value: str) -> str:
 
 
 def parse_status(value: str) -> Status:
-    try:
-        return Status(value.strip().lower())
-    except ValueError:
-        raise InvalidInput(f"unknown status {value!r}; one of {', '.join(s.value for s in Status)}") from None
+    status = rules.status_named(value)
+    if status is None:
+        raise InvalidInput(f"unknown status {value!r}; one of {rules.STATUS_WORDS}")
+    return status
 
 
 # --- attachments from the CLI or the API --------------------------------------------------------
@@ -238,7 +214,7 @@ def _require_agent(tx: _Tx, what: str) -> None:
 
 
 def _refuse_closed(tx: _Tx) -> None:
-    if tx.case.status == Status.LUKKET.value:
+    if rules.is_final(Status(tx.case.status)):
         raise Refused(f"{tx.case.number} is closed (lukket) and can never be changed; a new mail opens a new case")
 
 
@@ -252,7 +228,7 @@ async def set_status(app: App, number: str, status: Status | str, actor: str | N
     async with _action(app, number, actor, "status", via) as tx:
         _require_agent(tx, "set a status")
         current = Status(tx.case.status)
-        refusal = agent_refusal(current, target, tx.case.assignee_id is not None)
+        refusal = rules.agent_refusal(current, target, tx.case.assignee_id is not None)
         if refusal:
             raise Refused(f"{tx.case.number}: {current.value} → {target.value} refused: {refusal}")
         if current is target:
@@ -357,7 +333,7 @@ async def close(app: App, number: str, actor: str | None, reason: str | None = N
         if not tx.is_agent and tx.actor.id != tx.case.requester_id:
             raise Forbidden(f"only the requester of {tx.case.number} (or an agent) may close it")
         current = Status(tx.case.status)
-        refusal = requester_close_refusal(current)
+        refusal = rules.requester_close_refusal(current)
         if refusal:
             raise Refused(f"{tx.case.number}: {refusal}")
         tx.case.close_reason = writes.clean_text(why, 1000) if why else None
@@ -374,19 +350,19 @@ async def comment(app: App, number: str, text: str | None, actor: str | None,
     async with _action(app, number, actor, "comment") as tx:
         if not await tx.admits_actor():
             raise Forbidden(f"{tx.actor.email} is not the requester or a party of {tx.case.number}")
-        if tx.case.status == Status.LUKKET.value:
+        if rules.is_final(Status(tx.case.status)):
             raise Refused(f"{tx.case.number} is closed and can never be reopened; write a new case instead")
         await run_in(tx.session, writes.add_comment, tx.case_id, tx.actor.id, CommentDraft(body, body, None, stored),
                                  source, tx.now)
         tx.case.updated_at = tx.now
         tx.session.add(tx.case)
         current = Status(tx.case.status)
-        back = status_after_comment(current, tx.case.assignee_id is not None)
+        move = rules.after_answer(current, tx.case.assignee_id is not None)
         ids: list[str] = []
-        if back is not None:
-            event = Event.REOPENED if current is Status.UDFOERT else Event.STATUS
-            ids = await tx.change_status(back, "reopened by the requester's comment" if event is Event.REOPENED
-                                         else "answer from the requester", event)
+        if move is not None:
+            ids = await tx.change_status(move.to, "reopened by the requester's comment" if move.reopens
+                                         else "answer from the requester",
+                                         Event.REOPENED if move.reopens else Event.STATUS)
         return _result(tx, "comment", True, ids, previous_status=current.value)
 
 

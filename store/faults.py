@@ -24,6 +24,12 @@ _OUTAGE_CLASSES = ("08", "40", "53", "57", "58")
 _OUTAGE_STATES = frozenset({"55P03", "55006", "55000", "42501"})
 
 
+def is_store_error(exc: BaseException) -> bool:
+    """True when the store's driver refused a statement (or did not answer). Its text carries
+    the statement's parameters, a mail's text among them: record only its name."""
+    return isinstance(exc, DBAPIError)
+
+
 def is_outage(exc: BaseException) -> bool:
     """True when `exc` says the store is unavailable, not that the data is wrong."""
     if isinstance(exc, StoreUnavailable | OSError | TimeoutError | sqlite3.OperationalError

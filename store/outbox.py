@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, col
 from sqlmodel import select as model_select
 
-from gateway.model import Event, UserRef
+from gateway.model import CaseRef, Event, UserRef
 from store.models import AppUser, CaseParty, MessageIndex, Outbox, SupportCase
 from store.queries import capped_count
 from store.sqlite.driver import DriverStatement
@@ -244,7 +244,7 @@ class OutboxQueue:
         return {str(s): int(n) for s, n in rows}
 
 
-def recipients_for(session: Session, case: SupportCase, exclude_user_id: int | None,
+def recipients_for(session: Session, case: SupportCase | CaseRef, exclude_user_id: int | None,
                          default_language: str) -> list[Recipient]:
     """The requester and every party, never the one who caused the event (SPEC §7)."""
     parties = (session.exec(model_select(CaseParty.user_id).where(CaseParty.case_id == case.id))).all()

@@ -12,7 +12,17 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from gateway.errors import NotFound
-from gateway.model import ACTIVE_STATUSES, DONE_STATUSES, CaseRef, Role, Status, UserKind, UserRef
+from gateway.model import (
+    ACTIVE_STATUSES,
+    DONE_STATUSES,
+    CaseRef,
+    Facts,
+    Role,
+    Status,
+    Triage,
+    UserKind,
+    UserRef,
+)
 from store.models import (
     AppUser,
     Attachment,
@@ -131,6 +141,27 @@ def recent_from(session: Session, address: str, now: datetime, cap: int) -> int:
         return 0
     return int(_RUN_RECENT_FROM.scalar(session.connection(), {"address": address, "since": now - timedelta(hours=1),
                                                                "cap": cap}))
+
+
+def load_facts(session: Session, triage: Triage, now: datetime) -> Facts:
+    """What the store knows that the plan needs (gateway.pipeline), read in one call: a read
+    for the sender, one for each kind of thread key the mail carries, two for each case they
+    name, one for the Cc'd users (CC sharing, a registered sender) and one for the loop guard."""
+    sender = user_refs(session, [triage.sender])[0:1] if triage.sender else []
+    keys = triage.keys
+    by_token = next(filter(None, (case_id_by_number(session, n) for n in keys.token_case_numbers)), None)
+    by_message_id = case_id_by_message_ids(session, keys.message_ids)
+    by_subject = case_id_by_number(session, keys.subject_number) if keys.subject_number else None
+    refs = {case_id: case_ref_by_id(session, case_id)
+            for case_id in dict.fromkeys((by_message_id, by_token, by_subject)) if case_id is not None}
+    return Facts(
+        sender=sender[0] if sender else None,
+        by_message_id=refs.get(by_message_id) if by_message_id else None,
+        by_token=refs.get(by_token) if by_token else None,
+        by_subject=refs.get(by_subject) if by_subject else None,
+        cc_users=tuple(user_refs(session, list(triage.cc))) if triage.cc and sender else (),
+        recent_from_sender=recent_from(session, triage.sender, now, triage.recent_cap) if triage.sender else 0,
+    )
 
 
 def require_case(session: Session, number: str) -> SupportCase:

@@ -31,6 +31,10 @@ from store.engine import is_file_sqlite, sync_sqlite_engine
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# The session a transaction's function gets, as the rest of the code names it (it never
+# imports SQLAlchemy itself).
+Tx = Session
+
 
 class Transactor:
     def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession],
