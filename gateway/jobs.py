@@ -18,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import col, select
 
 from gateway.clock import FrozenClock, SystemClock
-from gateway.errors import StoreUnavailable
+from gateway.errors import StoreRejected, StoreUnavailable
 from gateway.lifecycle import SYSTEM, InvalidInput
 from gateway.model import Event, Status
 from gateway.settings import Settings
@@ -111,7 +111,7 @@ async def maintenance_loop(app: App, stop: asyncio.Event) -> None:
                 actions = await run_timed_jobs(app)
                 if actions:
                     log.info("maintenance.done", extra={"actions": len(actions)})
-        except (OperationalError, DBAPIError, OSError, StoreUnavailable) as exc:  # the store hiccuped: next time
+        except (OperationalError, DBAPIError, OSError, StoreUnavailable, StoreRejected) as exc:  # the store hiccuped
             # (the lease reports a locked or absent store as StoreUnavailable: uncaught, it ended
             # this loop, and with it the whole daemon)
             log.warning("maintenance.store_error", extra={"error": type(exc).__name__})

@@ -21,6 +21,7 @@ from sqlalchemy import case, func, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from store.faults import store_errors
 from store.models import ImapFolderState, InboundMail, Outbox, StatusChange
 
 _IN = InboundMail.__table__  # type: ignore[attr-defined]
@@ -216,5 +217,6 @@ class StoreFigures:
         return read_now(conn)
 
     async def read(self, engine: AsyncEngine) -> Now:
-        async with self.lock, engine.connect() as conn:
-            return await conn.run_sync(self._read)
+        with store_errors("metrics"):
+            async with self.lock, engine.connect() as conn:
+                return await conn.run_sync(self._read)
