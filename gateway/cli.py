@@ -31,7 +31,7 @@ from gateway.errors import (
 )
 from gateway.model import Event, Status
 from gateway.settings import Settings, load_settings
-from store.transact import run_in
+from store.transact import in_session
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_SOFTWARE, EX_OSERR = 0, 64, 65, 66, 67, 70, 71
 EX_TEMPFAIL, EX_CONFIG = 75, 78
@@ -253,9 +253,8 @@ async def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     async with open_app(settings, subprocess_parse=False) as app:
         accepted, result = await app.ingest_now(IncomingMail(raw, args.source, args.sender, recipients))
         if result is None:
-            async with app.sessions() as session:
-                _print(_duplicate(accepted.inbound_id, *await run_in(session, queries.inbound_case,
-                                                                      accepted.inbound_id)), args.json)
+            found = await in_session(app.sessions, queries.inbound_case, accepted.inbound_id)
+            _print(_duplicate(accepted.inbound_id, *found), args.json)
             return EX_OK
     _print({"action": result.action.value, "case": result.case, "reason": result.reason,
             "inbound_id": accepted.inbound_id}, args.json)
@@ -289,32 +288,38 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.app import open_app
-    from gateway.model import Role, UserKind
-    from store import queries, writes
+    from store import queries
 
     if args.users_command in ("unbounce", "revoke-tokens"):
         return await _user_action(settings, args)
-    async with open_app(settings) as app, app.sessions() as session:
+    async with open_app(settings) as app:
         if args.users_command == "add":
-            from gateway.addresses import canonical
-
-            email = canonical(args.email)
-            if email is None:
-                raise Refused(f"not a valid address: {args.email}")
-            if await run_in(session, queries.user_by_email, email):
-                raise Refused(f"user {email} exists already")
-            kind = UserKind.SHARED_MAILBOX if args.shared_mailbox else UserKind.PERSON
-            role = Role.AGENT if args.agent else Role.CUSTOMER
-            await run_in(session, writes.add_user, email, args.name, args.org, kind, role, app.clock.now(), args.language)
-            await session.commit()
-            print(f"added {email}")
+            await _add_user(app, args)
         elif args.users_command == "list":
-            _print(await run_in(session, queries.list_users), args.json)
+            _print(await in_session(app.sessions, queries.list_users), args.json)
         else:
             from gateway.lifecycle import search_users
 
-            _print(await search_users(session, args.text, args.org), args.json)
+            _print(await search_users(app, args.text, args.org), args.json)
     return EX_OK
+
+
+async def _add_user(app: Any, args: argparse.Namespace) -> None:
+    from gateway.addresses import canonical
+    from gateway.model import Role, UserKind
+    from store import users
+    from store.transact import run_in, transaction
+
+    email = canonical(args.email)
+    if email is None:
+        raise Refused(f"not a valid address: {args.email}")
+    kind = UserKind.SHARED_MAILBOX if args.shared_mailbox else UserKind.PERSON
+    role = Role.AGENT if args.agent else Role.CUSTOMER
+    async with transaction(app.sessions) as session:
+        if await run_in(session, users.find, email):
+            raise Refused(f"user {email} exists already")
+        await run_in(session, users.add, email, args.name, args.org, kind, role, app.clock.now(), args.language)
+    print(f"added {email}")
 
 
 async def _user_action(settings: Settings, args: argparse.Namespace) -> int:
@@ -336,15 +341,14 @@ async def cmd_cases(settings: Settings, args: argparse.Namespace) -> int:
     async with open_app(settings) as app:
         if args.cases_command == "attachment":
             return await _save_attachment(app, args)
-        if args.cases_command in ("list", "show"):
-            async with app.sessions() as session:
-                if args.cases_command == "list":
-                    before = _case_cursor(args.before)
-                    user = await _known_user(session, args.user)
-                    _print_page(await run_in(session, queries.cases_page, args.status, user, args.limit, before),
-                                args.json)
-                else:
-                    _show(await run_in(session, queries.case_detail, args.number), args.json)
+        if args.cases_command == "list":
+            before = _case_cursor(args.before)
+            user = await _known_user(app, args.user)
+            _print_page(await in_session(app.sessions, queries.cases_page, args.status, user, args.limit, before),
+                        args.json)
+            return EX_OK
+        if args.cases_command == "show":
+            _show(await in_session(app.sessions, queries.case_detail, args.number), args.json)
             return EX_OK
         from gateway.lifecycle import run_cli_action
 
@@ -369,17 +373,17 @@ def _id_cursor(text: str | None) -> int | None:
     return int(text) if text is not None else None
 
 
-async def _known_user(session: Any, email: str | None) -> str | None:
+async def _known_user(app: Any, email: str | None) -> str | None:
     """The `--user` filter's address, which must be a registered user."""
     from gateway.addresses import canonical
-    from store import queries
+    from store import users
 
     if email is None:
         return None
     address = canonical(email)
     if address is None:
         raise UsageError(f"--user: not an e-mail address: {email!r}")
-    if await run_in(session, queries.user_by_email, address) is None:
+    if await in_session(app.sessions, users.find, address) is None:
         raise UsageError(f"--user: no user {address}")
     return address
 
@@ -425,8 +429,7 @@ async def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
 
     async with open_app(settings) as app:
         if args.outbox_command == "list":
-            async with app.sessions() as session:
-                _print_page(await run_in(session, queries.outbox_page, args.state, args.limit,
+            _print_page(await in_session(app.sessions, queries.outbox_page, args.state, args.limit,
                                          _id_cursor(args.before)), args.json)
         else:
             if args.id is None and not args.failed:
@@ -442,9 +445,9 @@ async def cmd_inbox(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.app import open_app
     from store import queries
 
-    async with open_app(settings) as app, app.sessions() as session:
-        _print_page(await run_in(session, queries.inbox_page, args.state, args.limit, _id_cursor(args.before)),
-                    args.json)
+    async with open_app(settings) as app:
+        _print_page(await in_session(app.sessions, queries.inbox_page, args.state, args.limit,
+                                     _id_cursor(args.before)), args.json)
     return EX_OK
 
 
@@ -562,13 +565,6 @@ def _run(args: argparse.Namespace) -> int:
         return code
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # the store refused (locked, read-only, gone): the sender should retry
-        from sqlalchemy.exc import DBAPIError, OperationalError
-
-        if isinstance(exc, OperationalError | DBAPIError):
-            print(f"gateway: temporary failure, try again: {type(exc).__name__}", file=sys.stderr)
-            return EX_TEMPFAIL
-        raise
 
 
 def _default_config() -> str | None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import GatewayError, Refused
+from gateway.errors import GatewayError, NotFound, Refused
 from gateway.lifecycle import Forbidden, InvalidInput, require_address
 from gateway.model import Role
 from gateway.tokens import (
@@ -33,8 +33,8 @@ from gateway.tokens import (
     requester_claims,
     requester_token,
 )
-from store import api_tokens, queries, writes
-from store.transact import run_in
+from store import api_tokens, users, writes
+from store.transact import in_session, run_in, transaction
 
 if TYPE_CHECKING:
     from gateway.app import App
@@ -74,8 +74,7 @@ def _is_legacy(configured: tuple[str, ...], token: str) -> bool:
 
 
 async def _api_token_caller(app: App, token: str) -> Caller:
-    async with app.sessions() as session, session.begin():
-        found = await run_in(session, api_tokens.holder, api_token_hash(token), app.clock.now())
+    found = await in_session(app.sessions, api_tokens.holder, api_token_hash(token), app.clock.now())
     if found is None:
         raise Unauthenticated("unknown or revoked token")
     if found.kind == api_tokens.SERVICE:
@@ -91,11 +90,10 @@ async def _requester_caller(app: App, token: str) -> Caller:
         raise Unauthenticated("unknown token")
     if not claims.valid_at(int(app.clock.now().timestamp())):
         raise Unauthenticated("the token has expired; ask for a new one")
-    async with app.sessions() as session:
-        user = await run_in(session, queries.user_by_email, claims.email)
+    user = await in_session(app.sessions, api_tokens.token_user, claims.email)
     if user is None:
         raise Unauthenticated("unknown token")
-    if user.token_generation != claims.generation:
+    if user.generation != claims.generation:
         raise Unauthenticated("the token was revoked; ask for a new one")
     if user.role == Role.AGENT.value:
         raise Forbidden("requester tokens are for customers; agents use an agent token")
@@ -108,12 +106,13 @@ async def _requester_caller(app: App, token: str) -> Caller:
 async def issue_requester_token(app: App, email: str | None) -> dict[str, Any]:
     """A token that acts as one customer, for the portal acting on their behalf."""
     address = require_address(email)
-    async with app.sessions() as session:
-        user = await run_in(session, queries.require_user, address)
+    user = await in_session(app.sessions, api_tokens.token_user, address)
+    if user is None:
+        raise NotFound(f"no user {address}")
     if user.role == Role.AGENT.value:
         raise Refused(f"{address} is an agent; agents use agent tokens")
-    claims = RequesterClaims(user.email, int(app.clock.now().timestamp()),
-                             app.settings.api.requester_token_lifetime_s, user.token_generation)
+    claims = RequesterClaims(user.email, int(app.clock.now().timestamp()), app.settings.api.requester_token_lifetime_s,
+                             user.generation)
     return {"email": user.email, "token": requester_token(app.settings.api.requester_token_secret, claims),
             "expires_at": datetime.fromtimestamp(claims.expires_at, UTC).isoformat()}
 
@@ -121,8 +120,7 @@ async def issue_requester_token(app: App, email: str | None) -> dict[str, Any]:
 async def revoke_requester_tokens(app: App, email: str | None) -> dict[str, Any]:
     """Every requester token issued to this user so far is refused from now on."""
     address = require_address(email)
-    async with app.sessions() as session, session.begin():
-        generation = await run_in(session, writes.bump_token_generation, address)
+    generation = await in_session(app.sessions, writes.bump_token_generation, address)
     log.info("user.tokens_revoked", extra={"generation": generation})
     return {"email": address, "revoked": True}
 
@@ -133,10 +131,10 @@ async def revoke_requester_tokens(app: App, email: str | None) -> dict[str, Any]
 async def issue_api_token(app: App, agent: str | None = None, service: str | None = None) -> dict[str, Any]:
     """A new token for an agent or a service, returned this once; only its hash is kept."""
     token = new_api_token()
-    async with app.sessions() as session, session.begin():
+    async with transaction(app.sessions) as session:
         if agent is not None:
-            user = await run_in(session, queries.require_user, require_address(agent))
-            if user.role != Role.AGENT.value:
+            user = await run_in(session, users.require, require_address(agent))
+            if user.role is not Role.AGENT:
                 raise Refused(f"{user.email} is not an agent (gateway users add EMAIL --agent)")
             token_id = await run_in(session, api_tokens.add, api_tokens.AGENT, api_token_hash(token),
                                     app.clock.now(), user_id=user.id)
@@ -153,12 +151,10 @@ async def issue_api_token(app: App, agent: str | None = None, service: str | Non
 
 
 async def list_api_tokens(app: App) -> list[dict[str, Any]]:
-    async with app.sessions() as session:
-        return await run_in(session, api_tokens.listing)
+    return await in_session(app.sessions, api_tokens.listing)
 
 
 async def revoke_api_token(app: App, token_id: int) -> dict[str, Any]:
-    async with app.sessions() as session, session.begin():
-        changed = await run_in(session, api_tokens.revoke, token_id, app.clock.now())
+    changed = await in_session(app.sessions, api_tokens.revoke, token_id, app.clock.now())
     log.info("token.revoked", extra={"token_id": token_id})
     return {"id": token_id, "revoked": True, "changed": changed}

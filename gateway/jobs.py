@@ -1,6 +1,7 @@
 """Timed jobs (SPEC §3 rule 4, §8): cases in `udfoert` for `policy.close_after_days` are
-closed by "system"; the portal's ended sessions, old links and quiet attempt counters go. The daemon runs them every `daemon.maintenance_interval_s` on one node at a
-time (`maintenance_loop`, under a lease); `gateway maintenance` runs them once, for cron.
+closed by "system"; the portal's ended sessions, old links and quiet attempt counters go. The
+daemon runs them every `daemon.maintenance_interval_s` on one node at a time
+(`maintenance_loop`, under a lease); `gateway maintenance` runs them once, for cron.
 """
 
 from __future__ import annotations
@@ -13,19 +14,13 @@ from contextlib import suppress
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlmodel import col, select
-
 from gateway.clock import FrozenClock, SystemClock
-from gateway.errors import StoreRejected, StoreUnavailable
-from gateway.lifecycle import SYSTEM, InvalidInput
-from gateway.model import Event, Status
+from gateway.errors import InvalidInput, StoreRejected, StoreUnavailable
+from gateway.model import Status
 from gateway.settings import Settings
-from store import outbox, portal
+from store import cases, portal
 from store.lease import Lease
-from store.models import StatusChange, SupportCase
-from store.transact import run_in
+from store.transact import in_session
 
 if TYPE_CHECKING:
     from gateway.app import App
@@ -42,13 +37,9 @@ async def close_done_cases(app: App, dry_run: bool = False) -> list[dict[str, An
     now = app.clock.now()
     days = app.settings.policy.close_after_days
     cutoff = now - timedelta(days=days)
-    async with app.sessions() as session:
-        due = (await session.exec(select(SupportCase.id, SupportCase.number, SupportCase.status_changed_at).where(
-            SupportCase.status == Status.UDFOERT.value, col(SupportCase.status_changed_at) < cutoff,
-        ).order_by(col(SupportCase.id)))).all()
+    due = await in_session(app.sessions, cases.done_before, cutoff)
     done = []
     for case_id, number, since in due:
-        assert case_id is not None
         closed = False if dry_run else await _close_one(app, case_id, cutoff, now, days)
         if dry_run or closed:
             done.append({"job": "close_done_cases", "case": number, "from": Status.UDFOERT.value,
@@ -57,23 +48,11 @@ async def close_done_cases(app: App, dry_run: bool = False) -> list[dict[str, An
 
 
 async def _close_one(app: App, case_id: int, cutoff: datetime, now: datetime, days: int) -> bool:
-    async with app.sessions() as session, session.begin():
-        won = await session.exec(update(SupportCase).where(  # type: ignore[call-overload]
-            col(SupportCase.id) == case_id, col(SupportCase.status) == Status.UDFOERT.value,
-            col(SupportCase.status_changed_at) < cutoff,
-        ).values(status=Status.LUKKET.value, updated_at=now, status_changed_at=now))
-        if won.rowcount != 1:
-            return False
-        session.add(StatusChange(case_id=case_id, at=now, by_id=None, by_label=SYSTEM,
-                                 from_status=Status.UDFOERT.value, to_status=Status.LUKKET.value,
-                                 reason=f"{days} days in udfoert"))
-        case = await session.get(SupportCase, case_id)
-        assert case is not None
-        recipients = await run_in(session, outbox.recipients_for, case, None, app.settings.policy.language)
-        await run_in(session, outbox.enqueue, case, Event.STATUS, recipients, now, app.settings.mail.message_id_domain,
-                             {"previous_status": Status.UDFOERT.value, "actor_name": ""})
-    log.info("case.auto_closed", extra={"case_id": case_id})
-    return True
+    closed = await in_session(app.sessions, cases.close_done, case_id, cutoff, now, days, app.settings.policy.language,
+                              app.settings.mail.message_id_domain)
+    if closed:
+        log.info("case.auto_closed", extra={"case_id": case_id})
+    return closed
 
 
 async def run_timed_jobs(app: App, dry_run: bool = False, deliver: bool = False) -> list[dict[str, Any]]:
@@ -111,9 +90,8 @@ async def maintenance_loop(app: App, stop: asyncio.Event) -> None:
                 actions = await run_timed_jobs(app)
                 if actions:
                     log.info("maintenance.done", extra={"actions": len(actions)})
-        except (OperationalError, DBAPIError, OSError, StoreUnavailable, StoreRejected) as exc:  # the store hiccuped
-            # (the lease reports a locked or absent store as StoreUnavailable: uncaught, it ended
-            # this loop, and with it the whole daemon)
+        except (StoreUnavailable, StoreRejected) as exc:  # the store hiccuped: next time
+            # (uncaught, a locked or absent store ended this loop, and with it the whole daemon)
             log.warning("maintenance.store_error", extra={"error": type(exc).__name__})
         with suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), interval)

@@ -530,12 +530,11 @@ async def test_item66_cc_sharing(tmp_path: Path, clock: FrozenClock, cc_sharing:
 
 
 async def test_search_users_of_one_organisation(world: App) -> None:
-    async with world.sessions() as session:
-        by_name = await lifecycle.search_users(session, "mette", ORG)
-        by_address = await lifecycle.search_users(session, "@kunde.example", ORG.lower())
-        other_org = await lifecycle.search_users(session, "ole", ORG)
-        wildcard = await lifecycle.search_users(session, "%", ORG)
-        no_org = await lifecycle.search_users(session, "", "Findes ikke")
+    by_name = await lifecycle.search_users(world, "mette", ORG)
+    by_address = await lifecycle.search_users(world, "@kunde.example", ORG.lower())
+    other_org = await lifecycle.search_users(world, "ole", ORG)
+    wildcard = await lifecycle.search_users(world, "%", ORG)
+    no_org = await lifecycle.search_users(world, "", "Findes ikke")
     assert [u["email"] for u in by_name] == [COLLEAGUE]
     assert [u["email"] for u in by_address] == [REQUESTER, COLLEAGUE]  # by name: Jens, Mette
     assert other_org == [] and wildcard == [] and no_org == []

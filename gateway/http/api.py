@@ -25,8 +25,6 @@ from email.policy import compat32
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -41,9 +39,9 @@ from gateway.errors import CannotListen, GatewayError, NotFound, Refused, Tempor
 from gateway.http.openapi import LIST_FILTERS, MAX_PAGE_LIMIT, PAGE_LIMIT, openapi_document
 from gateway.http.portal import portal_routes
 from gateway.model import Role, Source
-from store import queries
-from store.models import Organisation
-from store.transact import run_in
+from store import cases, queries, users
+from store.engine import ping
+from store.transact import in_session, run_in, transaction
 
 if TYPE_CHECKING:
     from gateway.app import App
@@ -80,7 +78,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 _STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
     (NotFound, 404), (lifecycle.Forbidden, 403), (lifecycle.InvalidInput, 422), (Refused, 409),
-    (TemporaryFailure, 503), (OperationalError, 503), (DBAPIError, 503), (GatewayError, 422),
+    (TemporaryFailure, 503), (GatewayError, 422),
 )
 
 
@@ -187,9 +185,8 @@ async def _agent_actor(request: Request, caller: Caller, body: dict[str, Any]) -
     address = canonical(named)
     if address is None:
         raise ApiError(422, "a service token names the acting agent in the X-Acting-User header or the field 'as'")
-    async with _gw(request).sessions() as session:
-        user = await run_in(session, queries.user_by_email, address)
-    if user is None or user.role != Role.AGENT.value:
+    user = await in_session(_gw(request).sessions, users.find, address)
+    if user is None or user.role is not Role.AGENT:
         raise ApiError(403, f"{address} is not a registered agent")
     return user.email, caller.service
 
@@ -264,12 +261,10 @@ def _form_parts(message: Message) -> tuple[str, list[lifecycle.NewAttachment]]:
 
 async def healthz(request: Request) -> Response:
     """Store reachable and every loop of the daemon alive → 200; else 503."""
-    gw = _gw(request)
     store = True
     try:
         async with asyncio.timeout(5):
-            async with gw.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            await ping(_gw(request).engine)
     except Exception:  # any failure to reach the store is "unhealthy", never an error page
         store = False
     loops = request.app.state.loops()
@@ -300,8 +295,7 @@ async def list_cases(request: Request) -> Response:
             raise ApiError(403, "a requester sees only their own cases")
         address = caller.email
     limit, before = _page_params(request)
-    async with _gw(request).sessions() as session:
-        page = await run_in(session, queries.cases_page, status, address, limit, before)
+    page = await in_session(_gw(request).sessions, queries.cases_page, status, address, limit, before)
     return _ok(page.as_json())
 
 
@@ -329,12 +323,11 @@ async def attachment(request: Request) -> Response:
 async def case_detail(request: Request) -> Response:
     caller = await _caller(request)
     number = _number(request)
-    async with _gw(request).sessions() as session:
+    async with transaction(_gw(request).sessions) as session:
         if not caller.agent:
-            case = await run_in(session, queries.require_case, number)
-            user = await run_in(session, queries.user_by_email, caller.email or "")
-            ref = await run_in(session, queries.case_ref, case)
-            if user is None or user.id is None or not ref.admits(queries.user_ref(user)):
+            case = await run_in(session, cases.case_ref, number)
+            user = await run_in(session, users.find, caller.email or "")
+            if user is None or not case.admits(user):
                 raise ApiError(403, f"not a party of {number}")
         return _ok(await run_in(session, queries.case_detail, number, include_internal=caller.agent))
 
@@ -402,25 +395,17 @@ async def post_comment(request: Request) -> Response:
 
 async def search_users(request: Request) -> Response:
     caller = await _caller(request)
+    gw = _gw(request)
     text_value = request.query_params.get("text", "")
     org = request.query_params.get("org")
-    async with _gw(request).sessions() as session:
-        if not caller.agent:
-            own = await _own_organisation(session, caller.email or "")
-            if own is None or (org is not None and org.strip().lower() != own.lower()):
-                raise ApiError(403, "a requester may search only their own organisation")
-            org = own
-        if not org:
-            raise ApiError(422, "name the organisation: org=…")
-        return _ok(await lifecycle.search_users(session, text_value, org))
-
-
-async def _own_organisation(session: Any, email: str) -> str | None:
-    user = await run_in(session, queries.user_by_email, email)
-    if user is None or user.organisation_id is None:
-        return None
-    org = await session.get(Organisation, user.organisation_id)
-    return org.name if org else None
+    if not caller.agent:
+        own = await in_session(gw.sessions, users.organisation_of, caller.email or "")
+        if own is None or (org is not None and org.strip().lower() != own.lower()):
+            raise ApiError(403, "a requester may search only their own organisation")
+        org = own
+    if not org:
+        raise ApiError(422, "name the organisation: org=…")
+    return _ok(await lifecycle.search_users(gw, text_value, org))
 
 
 async def issue_token(request: Request) -> Response:
@@ -463,7 +448,7 @@ def build_api(app: App, loops: LoopWatch | None = None) -> Starlette:
         *portal_routes(app),  # Serviceportalen's pages, /static/ and /favicon.ico (gateway/http/portal)
     ]
     handlers: dict[Any, Any] = {Exception: _on_error, HTTPException: _on_error, ApiError: _on_error,
-                                GatewayError: _on_error, OperationalError: _on_error, DBAPIError: _on_error}
+                                GatewayError: _on_error}
     api = Starlette(routes=routes, exception_handlers=handlers)
     api.state.gateway = app
     api.state.loops = loops or (lambda: {})

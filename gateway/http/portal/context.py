@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection
-from sqlmodel import Session
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -21,6 +19,7 @@ from gateway.http.portal.passwords import Passwords
 from gateway.http.portal.security import cookie_secure
 from gateway.http.portal.sessions import CookieNames, current_user
 from store.portal import PortalUser
+from store.transact import ReadConnection, TxSession
 
 if TYPE_CHECKING:
     from gateway.app import App
@@ -96,10 +95,10 @@ class Portal:
     def now(self) -> datetime:
         return self.app.clock.now()
 
-    async def read(self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+    async def read(self, fn: Callable[Concatenate[ReadConnection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         return await self.app.tx.read(fn, *args, **kwargs)
 
-    async def write(self, fn: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+    async def write(self, fn: Callable[Concatenate[TxSession, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         return await self.app.tx.run(fn, *args, **kwargs)
 
     async def visitor(self, request: Request) -> Visitor:

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
@@ -86,7 +85,7 @@ def _page(portal: Portal, handler: Handler) -> Handler:
             return portal.pages.error(request, await _visitor(portal, request), error)
         except NotFound:
             return portal.pages.error(request, await _visitor(portal, request), PageError(*NOT_FOUND))
-        except (OperationalError, DBAPIError, TemporaryFailure) as exc:
+        except TemporaryFailure as exc:
             log.warning("portal.store_error", extra={"error": type(exc).__name__, "path": request.url.path})
             return portal.pages.error(request, portal.anonymous(request), PageError(
                 503, "Tjenesten er midlertidigt utilgængelig", "Prøv igen om lidt."))
@@ -97,5 +96,5 @@ def _page(portal: Portal, handler: Handler) -> Handler:
 async def _visitor(portal: Portal, request: Request) -> Visitor:
     try:
         return await portal.visitor(request)
-    except (OperationalError, DBAPIError, TemporaryFailure):
+    except TemporaryFailure:
         return portal.anonymous(request)
