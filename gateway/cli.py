@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -300,7 +301,7 @@ async def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
         else:
             from gateway.lifecycle import search_users
 
-            _print(await search_users(app, args.text, args.org), args.json)
+            _print(await search_users(app.desk, args.text, args.org), args.json)
     return EX_OK
 
 
@@ -328,9 +329,9 @@ async def _user_action(settings: Settings, args: argparse.Namespace) -> int:
 
     async with open_app(settings) as app:
         if args.users_command == "unbounce":
-            _print(await lifecycle.unbounce(app, args.email), args.json)
+            _print(await lifecycle.unbounce(app.desk, args.email), args.json)
         else:
-            _print(await credentials.revoke_requester_tokens(app, args.email), args.json)
+            _print(await credentials.revoke_requester_tokens(app.tokens, args.email), args.json)
     return EX_OK
 
 
@@ -352,7 +353,7 @@ async def cmd_cases(settings: Settings, args: argparse.Namespace) -> int:
             return EX_OK
         from gateway.lifecycle import run_cli_action
 
-        _print(await run_cli_action(app, args), args.json)
+        _print(await run_cli_action(app.desk, args), args.json)
     return EX_OK
 
 
@@ -480,10 +481,28 @@ async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_maintenance(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.jobs import run_maintenance_cli
-
-    _print(await run_maintenance_cli(settings, args.at, args.dry_run), args.json)
+    _print(await maintenance(settings, args.at, args.dry_run), args.json)
     return EX_OK
+
+
+async def maintenance(settings: Settings, at: str | None, dry_run: bool) -> list[dict[str, Any]]:
+    """`gateway maintenance [--at ISO-TIME] [--dry-run]`, for cron (SPEC §8): the timed jobs
+    once, as of `at`, and the notifications they queued sent (no sender loop runs)."""
+    from gateway.app import open_app
+    from gateway.clock import FrozenClock, SystemClock
+    from gateway.jobs import run_timed_jobs
+
+    clock = FrozenClock(_time(at)) if at else SystemClock()
+    async with open_app(settings, clock=clock, subprocess_parse=False) as app:
+        return await run_timed_jobs(app.jobs, dry_run=dry_run, deliver=True)
+
+
+def _time(value: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidInput(f"--at: not an ISO 8601 time: {value!r}") from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 async def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
@@ -505,7 +524,7 @@ async def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
 
     async with open_app(settings) as app:
         if args.tokens_command == "issue":
-            issued = await credentials.issue_api_token(app, args.agent, args.service)
+            issued = await credentials.issue_api_token(app.tokens, args.agent, args.service)
             if args.json:
                 _print(issued, True)
             else:
@@ -514,9 +533,9 @@ async def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"gateway: API token {issued['id']} for {issued['kind']} {holder}; it is shown only now",
                       file=sys.stderr)
         elif args.tokens_command == "list":
-            _print(await credentials.list_api_tokens(app), args.json)
+            _print(await credentials.list_api_tokens(app.tokens), args.json)
         else:
-            revoked = await credentials.revoke_api_token(app, args.id)
+            revoked = await credentials.revoke_api_token(app.tokens, args.id)
             print(f"API token {args.id} revoked" if revoked["changed"] else f"API token {args.id} was revoked already")
     return EX_OK
 

@@ -20,23 +20,22 @@ import logging
 import mimetypes
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway import metrics
 from gateway.addresses import canonical
+from gateway.clock import Clock
 from gateway.errors import InvalidInput, NotFound, Refused
 from gateway.model import CaseRef, CommentDraft, Event, Role, Source, Status, StoredAttachment, UserRef
 from store import cases, outbox, users, writes
-from store.engine import OpenSession
+from store.blobs import BlobStore
+from store.engine import OpenSession, Sessions
 from store.transact import in_session, run_in, transaction
-
-if TYPE_CHECKING:
-    from gateway.app import App
 
 log = logging.getLogger("gateway.lifecycle")
 
@@ -47,6 +46,19 @@ _NUMBER = re.compile(r"^[A-Za-z0-9-]{1,40}$")
 
 class Forbidden(Refused):
     """The actor may not act on this case in this way (not a party, not an agent)."""
+
+
+@dataclass(frozen=True)
+class CaseDesk:
+    """What the actions work with, built once by the root (`gateway.app`)."""
+
+    sessions: Sessions
+    blobs: BlobStore
+    clock: Clock
+    language: str  # `policy.language`: the notifications' language where the user has none
+    message_id_domain: str
+    max_attachment_bytes: int  # `smtp.max_message_size`: the size limit as for mail
+    wake_sender: Callable[[], None]  # after the commit: send now rather than at the next poll
 
 
 # --- the rules, as pure functions -------------------------------------------------------------
@@ -121,15 +133,15 @@ def read_attachments(paths: Sequence[str]) -> list[NewAttachment]:
     return files
 
 
-async def _store_attachments(app: App, files: Sequence[NewAttachment]) -> tuple[StoredAttachment, ...]:
+async def _store_attachments(desk: CaseDesk, files: Sequence[NewAttachment]) -> tuple[StoredAttachment, ...]:
     if len(files) > MAX_ATTACHMENTS:
         raise InvalidInput(f"at most {MAX_ATTACHMENTS} attachments")
-    limit = app.settings.smtp.max_message_size
+    limit = desk.max_attachment_bytes
     stored = []
     for f in files:
         if len(f.data) > limit:
             raise InvalidInput(f"attachment {safe_name(f.name)!r} is larger than {limit} bytes")
-        sha = await asyncio.to_thread(app.blobs.put, f.data)
+        sha = await asyncio.to_thread(desk.blobs.put, f.data)
         ctype = f.content_type if re.fullmatch(r"[\w.+-]{1,100}/[\w.+-]{1,100}", f.content_type or "") \
             else "application/octet-stream"
         stored.append(StoredAttachment(safe_name(f.name), len(f.data), sha, ctype))
@@ -153,7 +165,7 @@ class _Tx:
     """What an action works with: the session, the locked case (as it is now), the acting user,
     the time."""
 
-    app: App
+    desk: CaseDesk
     session: OpenSession
     case: CaseRef
     actor: UserRef
@@ -170,7 +182,7 @@ class _Tx:
 
     async def notify(self, event: Event, context: dict[str, Any], only: UserRef | None = None) -> list[str]:
         return await run_in(self.session, cases.notify, self.case, event, context, self.now,
-                            self.app.settings.policy.language, self.app.settings.mail.message_id_domain, self.actor.id, only)
+                            self.desk.language, self.desk.message_id_domain, self.actor.id, only)
 
     async def change_status(self, to: Status, reason: str | None, event: Event = Event.STATUS) -> list[str]:
         previous = self.case.status
@@ -189,17 +201,17 @@ async def _user(session: OpenSession, email: str | None, role: str = "acting use
 
 
 @asynccontextmanager
-async def _action(app: App, number: str, actor_email: str | None, name: str,
+async def _action(desk: CaseDesk, number: str, actor_email: str | None, name: str,
                   via: str | None = None) -> AsyncIterator[_Tx]:
     """One transaction that takes the case's write lock first (`cases.lock_case`)."""
     if not valid_number(number):
         raise NotFound(f"no case {number!r}")
-    async with transaction(app.sessions) as session:
+    async with transaction(desk.sessions) as session:
         case = await run_in(session, cases.lock_case, number)
         actor = await _user(session, actor_email)
-        yield _Tx(app, session, case, actor, app.clock.now(), via)
+        yield _Tx(desk, session, case, actor, desk.clock.now(), via)
     metrics.record_action(name)
-    app.sender.wakeup.set()  # committed: send now rather than at the next poll
+    desk.wake_sender()
     log.info("case.action", extra={"case": case.number, "action": name, "actor_id": actor.id, "via": via})
 
 
@@ -221,11 +233,11 @@ def _refuse_closed(tx: _Tx) -> None:
 # --- agents' actions ------------------------------------------------------------------------------
 
 
-async def set_status(app: App, number: str, status: Status | str, actor: str | None,
+async def set_status(desk: CaseDesk, number: str, status: Status | str, actor: str | None,
                      reason: str | None = None, via: str | None = None) -> dict[str, Any]:
     target = status if isinstance(status, Status) else parse_status(status)
     reason = _text(reason, "reason", required=False) or None
-    async with _action(app, number, actor, "status", via) as tx:
+    async with _action(desk, number, actor, "status", via) as tx:
         _require_agent(tx, "set a status")
         current = tx.case.status
         refusal = agent_refusal(current, target, tx.case.assignee_id is not None)
@@ -239,9 +251,9 @@ async def set_status(app: App, number: str, status: Status | str, actor: str | N
         return _result(tx, "status", True, ids, previous_status=current.value)
 
 
-async def assign(app: App, number: str, agent: str | None, actor: str | None,
+async def assign(desk: CaseDesk, number: str, agent: str | None, actor: str | None,
                  via: str | None = None) -> dict[str, Any]:
-    async with _action(app, number, actor, "assign", via) as tx:
+    async with _action(desk, number, actor, "assign", via) as tx:
         _require_agent(tx, "assign cases")
         _refuse_closed(tx)
         assignee = await _user(tx.session, agent, "assignee")
@@ -258,13 +270,13 @@ async def assign(app: App, number: str, agent: str | None, actor: str | None,
         return _result(tx, "assign", True, ids, assignee=assignee.email, previous_status=current.value)
 
 
-async def reply(app: App, number: str, text: str | None, actor: str | None,
+async def reply(desk: CaseDesk, number: str, text: str | None, actor: str | None,
                 attachments: Sequence[NewAttachment] = (), source: Source = Source.AGENT,
                 via: str | None = None) -> dict[str, Any]:
     """A public answer: a comment the customer sees, and a `reply` mail to the parties."""
     body = _text(text)
-    stored = await _store_attachments(app, attachments)
-    async with _action(app, number, actor, "reply", via) as tx:
+    stored = await _store_attachments(desk, attachments)
+    async with _action(desk, number, actor, "reply", via) as tx:
         _require_agent(tx, "reply")
         _refuse_closed(tx)
         await run_in(tx.session, writes.add_comment, tx.case.id, tx.actor.id, CommentDraft(body, body, None, stored),
@@ -274,11 +286,11 @@ async def reply(app: App, number: str, text: str | None, actor: str | None,
         return _result(tx, "reply", True, ids)
 
 
-async def note(app: App, number: str, text: str | None, actor: str | None,
+async def note(desk: CaseDesk, number: str, text: str | None, actor: str | None,
                source: Source = Source.AGENT, via: str | None = None) -> dict[str, Any]:
     """An internal note: kept on the case, never mailed, never shown to customers."""
     body = _text(text)
-    async with _action(app, number, actor, "note", via) as tx:
+    async with _action(desk, number, actor, "note", via) as tx:
         _require_agent(tx, "write internal notes")
         draft = CommentDraft(body, body, None, (), public=False)
         await run_in(tx.session, writes.add_comment, tx.case.id, tx.actor.id, draft, source, tx.now, via=via)
@@ -288,10 +300,10 @@ async def note(app: App, number: str, text: str | None, actor: str | None,
 # --- actions of agents and of the customer side ----------------------------------------------------
 
 
-async def share(app: App, number: str, email: str | None, actor: str | None,
+async def share(desk: CaseDesk, number: str, email: str | None, actor: str | None,
                 via: str | None = None) -> dict[str, Any]:
     """Share with a user of the requester's own organisation (SPEC §1, §5); anyone else is refused."""
-    async with _action(app, number, actor, "share", via) as tx:
+    async with _action(desk, number, actor, "share", via) as tx:
         if not tx.is_agent and not tx.admits_actor:
             raise Forbidden(f"{tx.actor.email} is not a party of {tx.case.number}")
         _refuse_closed(tx)
@@ -320,11 +332,11 @@ async def _share_target(tx: _Tx, email: str | None) -> UserRef:
     return target
 
 
-async def close(app: App, number: str, actor: str | None, reason: str | None = None,
+async def close(desk: CaseDesk, number: str, actor: str | None, reason: str | None = None,
                 via: str | None = None) -> dict[str, Any]:
     """"Luk" (rule 5): the requester closes a case they regret; agents may close as well."""
     why = _text(reason, "reason", required=False) or None
-    async with _action(app, number, actor, "close", via) as tx:
+    async with _action(desk, number, actor, "close", via) as tx:
         if not tx.is_agent and tx.actor.id != tx.case.requester_id:
             raise Forbidden(f"only the requester of {tx.case.number} (or an agent) may close it")
         current = tx.case.status
@@ -337,12 +349,12 @@ async def close(app: App, number: str, actor: str | None, reason: str | None = N
         return _result(tx, "close", True, ids, previous_status=current.value, reason=why)
 
 
-async def comment(app: App, number: str, text: str | None, actor: str | None,
+async def comment(desk: CaseDesk, number: str, text: str | None, actor: str | None,
                   attachments: Sequence[NewAttachment] = (), source: Source = Source.API) -> dict[str, Any]:
     """The requester's (or a party's) comment from the portal side (its pages or the API); rules 1–2 apply."""
     body = _text(text, required=not attachments)
-    stored = await _store_attachments(app, attachments)
-    async with _action(app, number, actor, "comment") as tx:
+    stored = await _store_attachments(desk, attachments)
+    async with _action(desk, number, actor, "comment") as tx:
         if not tx.admits_actor:
             raise Forbidden(f"{tx.actor.email} is not the requester or a party of {tx.case.number}")
         if tx.case.status is Status.LUKKET:
@@ -363,19 +375,19 @@ async def comment(app: App, number: str, text: str | None, actor: str | None,
 # --- users ---------------------------------------------------------------------------------------
 
 
-async def search_users(app: App, text: str, org: str, limit: int = 50) -> list[dict[str, Any]]:
+async def search_users(desk: CaseDesk, text: str, org: str, limit: int = 50) -> list[dict[str, Any]]:
     """Users of one organisation whose name or address contains `text` (for sharing)."""
-    return await in_session(app.sessions, users.search, utf8(text or "").strip(), utf8(org or "").strip(), limit)
+    return await in_session(desk.sessions, users.search, utf8(text or "").strip(), utf8(org or "").strip(), limit)
 
 
-async def unbounce(app: App, email: str | None) -> dict[str, Any]:
+async def unbounce(desk: CaseDesk, email: str | None) -> dict[str, Any]:
     """The operator's word that mail to a user works again (`gateway users unbounce`,
     `POST /users/unbounce`): the mark goes, and the notifications held for it go out."""
     address = require_address(email)
-    async with transaction(app.sessions) as session:
+    async with transaction(desk.sessions) as session:
         was = await run_in(session, writes.clear_bouncing, address)
-        released = await run_in(session, outbox.release_bouncing, address, app.clock.now())
-    app.sender.wakeup.set()  # committed: send now rather than at the next poll
+        released = await run_in(session, outbox.release_bouncing, address, desk.clock.now())
+    desk.wake_sender()
     log.info("user.unbounced", extra={"was_bouncing": was, "released": released})
     return {"email": address, "was_bouncing": was, "released": released}
 
@@ -391,21 +403,21 @@ def require_address(email: str | None) -> str:
 # --- the CLI -------------------------------------------------------------------------------------
 
 
-async def run_cli_action(app: App, args: argparse.Namespace) -> dict[str, Any]:
+async def run_cli_action(desk: CaseDesk, args: argparse.Namespace) -> dict[str, Any]:
     """`gateway cases status|assign|reply|note|share|close NUMBER … --as EMAIL`."""
     command, number, actor = args.cases_command, args.number, args.actor
     if not actor:
         raise Refused("name the acting user with --as EMAIL (or GATEWAY_ACTOR)")
     if command == "status":
-        return await set_status(app, number, args.status, actor, getattr(args, "reason", None))
+        return await set_status(desk, number, args.status, actor, getattr(args, "reason", None))
     if command == "assign":
-        return await assign(app, number, args.agent, actor)
+        return await assign(desk, number, args.agent, actor)
     if command == "reply":
-        return await reply(app, number, args.text, actor, read_attachments(getattr(args, "attach", []) or []))
+        return await reply(desk, number, args.text, actor, read_attachments(getattr(args, "attach", []) or []))
     if command == "note":
-        return await note(app, number, args.text, actor)
+        return await note(desk, number, args.text, actor)
     if command == "share":
-        return await share(app, number, args.email, actor)
+        return await share(desk, number, args.email, actor)
     if command == "close":
-        return await close(app, number, actor, getattr(args, "reason", None))
+        return await close(desk, number, actor, getattr(args, "reason", None))
     raise InvalidInput(f"unknown case action {command!r}")

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -36,15 +36,13 @@ from gateway.addresses import canonical
 from gateway.attachments import download_headers, open_attachment
 from gateway.credentials import Caller
 from gateway.errors import CannotListen, GatewayError, NotFound, Refused, TemporaryFailure
+from gateway.http.deps import HttpDeps
 from gateway.http.openapi import LIST_FILTERS, MAX_PAGE_LIMIT, PAGE_LIMIT, openapi_document
 from gateway.http.portal import portal_routes
 from gateway.model import Role, Source
 from store import cases, queries, users
 from store.engine import ping
 from store.transact import in_session, run_in, transaction
-
-if TYPE_CHECKING:
-    from gateway.app import App
 
 log = logging.getLogger("gateway.http.api")
 
@@ -100,7 +98,7 @@ async def _on_error(request: Request, exc: Exception) -> Response:
 # --- request helpers ------------------------------------------------------------------------------
 
 
-def _gw(request: Request) -> App:
+def _gw(request: Request) -> HttpDeps:
     return request.app.state.gateway  # type: ignore[no-any-return]
 
 
@@ -117,7 +115,7 @@ async def _caller(request: Request) -> Caller:
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
     try:
-        return await credentials.authenticate(_gw(request), token)
+        return await credentials.authenticate(_gw(request).tokens, token)
     except credentials.Unauthenticated as exc:
         raise ApiError(401, str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
 
@@ -344,36 +342,36 @@ async def _posted(request: Request, actor_of: Callable[[Request, Caller, dict[st
 
 async def post_status(request: Request) -> Response:
     body, actor, via = await _posted(request, _agent_actor)
-    return _ok(await lifecycle.set_status(_gw(request), _number(request), _required(body, "status"), actor,
+    return _ok(await lifecycle.set_status(_gw(request).desk, _number(request), _required(body, "status"), actor,
                                           _field(body, "reason", False), via=via))
 
 
 async def post_assign(request: Request) -> Response:
     body, actor, via = await _posted(request, _agent_actor)
-    return _ok(await lifecycle.assign(_gw(request), _number(request), _required(body, "agent"), actor, via=via))
+    return _ok(await lifecycle.assign(_gw(request).desk, _number(request), _required(body, "agent"), actor, via=via))
 
 
 async def post_reply(request: Request) -> Response:
     body, actor, via = await _posted(request, _agent_actor)
     files = _json_attachments(body)
-    return _ok(await lifecycle.reply(_gw(request), _number(request), _required(body, "text"), actor, files,
+    return _ok(await lifecycle.reply(_gw(request).desk, _number(request), _required(body, "text"), actor, files,
                                      source=Source.API, via=via))
 
 
 async def post_note(request: Request) -> Response:
     body, actor, via = await _posted(request, _agent_actor)
-    return _ok(await lifecycle.note(_gw(request), _number(request), _required(body, "text"), actor, Source.API,
+    return _ok(await lifecycle.note(_gw(request).desk, _number(request), _required(body, "text"), actor, Source.API,
                                     via=via))
 
 
 async def post_share(request: Request) -> Response:
     body, actor, via = await _posted(request, _actor)
-    return _ok(await lifecycle.share(_gw(request), _number(request), _required(body, "email"), actor, via=via))
+    return _ok(await lifecycle.share(_gw(request).desk, _number(request), _required(body, "email"), actor, via=via))
 
 
 async def post_close(request: Request) -> Response:
     body, actor, via = await _posted(request, _actor)
-    return _ok(await lifecycle.close(_gw(request), _number(request), actor, _field(body, "reason", False),
+    return _ok(await lifecycle.close(_gw(request).desk, _number(request), actor, _field(body, "reason", False),
                                      via=via))
 
 
@@ -390,7 +388,7 @@ async def post_comment(request: Request) -> Response:
         await _actor(request, caller, body)
         text_value, files = _field(body, "text", required=False) or "", _json_attachments(body)
     assert caller.email is not None
-    return _ok(await lifecycle.comment(_gw(request), _number(request), text_value, caller.email, files), 201)
+    return _ok(await lifecycle.comment(_gw(request).desk, _number(request), text_value, caller.email, files), 201)
 
 
 async def search_users(request: Request) -> Response:
@@ -405,7 +403,7 @@ async def search_users(request: Request) -> Response:
         org = own
     if not org:
         raise ApiError(422, "name the organisation: org=…")
-    return _ok(await lifecycle.search_users(gw, text_value, org))
+    return _ok(await lifecycle.search_users(gw.desk, text_value, org))
 
 
 async def issue_token(request: Request) -> Response:
@@ -415,7 +413,7 @@ async def issue_token(request: Request) -> Response:
     if not caller.agent:
         raise ApiError(403, "only agents may issue requester tokens")
     body = await _json(request)
-    return _ok(await credentials.issue_requester_token(_gw(request), _required(body, "email")))
+    return _ok(await credentials.issue_requester_token(_gw(request).tokens, _required(body, "email")))
 
 
 async def unbounce(request: Request) -> Response:
@@ -424,14 +422,14 @@ async def unbounce(request: Request) -> Response:
     if not caller.agent:
         raise ApiError(403, "only agents may clear a bouncing mark")
     body = await _json(request)
-    return _ok(await lifecycle.unbounce(_gw(request), _required(body, "email")))
+    return _ok(await lifecycle.unbounce(_gw(request).desk, _required(body, "email")))
 
 
 # --- the application ------------------------------------------------------------------------------
 
 
-def build_api(app: App, loops: LoopWatch | None = None) -> Starlette:
-    """The Starlette application over one opened `App` (tests use it in-process)."""
+def build_api(deps: HttpDeps, loops: LoopWatch | None = None) -> Starlette:
+    """The Starlette application over one opened store's `HttpDeps` (tests use it in-process)."""
     routes = [
         Route("/healthz", healthz), Route("/metrics", metrics_text), Route("/openapi.json", openapi),
         Route("/cases", list_cases), Route("/cases/{number}", case_detail),
@@ -445,15 +443,15 @@ def build_api(app: App, loops: LoopWatch | None = None) -> Starlette:
         Route("/cases/{number}/comments", post_comment, methods=["POST"]),
         Route("/users/search", search_users), Route("/users/token", issue_token, methods=["POST"]),
         Route("/users/unbounce", unbounce, methods=["POST"]),
-        *portal_routes(app),  # Serviceportalen's pages, /static/ and /favicon.ico (gateway/http/portal)
+        *portal_routes(deps),  # Serviceportalen's pages, /static/ and /favicon.ico (gateway/http/portal)
     ]
     handlers: dict[Any, Any] = {Exception: _on_error, HTTPException: _on_error, ApiError: _on_error,
                                 GatewayError: _on_error}
     api = Starlette(routes=routes, exception_handlers=handlers)
-    api.state.gateway = app
+    api.state.gateway = deps
     api.state.loops = loops or (lambda: {})
     api.state.openapi = openapi_document()
-    api.state.metrics = metrics.StoreMetrics(app.engine)
+    api.state.metrics = metrics.StoreMetrics(deps.engine)
     api.state.port = None
     return api
 
@@ -469,7 +467,7 @@ class _EmbeddedServer(uvicorn.Server):
 
 def _sibling_loops(parts: dict[str, Callable[[], bool]] | None = None) -> LoopWatch:
     """The daemon's loops running now (a loop that ended is no longer among the tasks), and its
-    other parts (`App.liveness`: the SMTP listener, the inbox writer, the worker and sender
+    other parts (`HttpDeps.liveness`: the SMTP listener, the inbox writer, the worker and sender
     children, which are dead while their loop still runs)."""
     expected = {t.get_name() for t in asyncio.all_tasks()} & DAEMON_LOOPS
     parts = parts if parts is not None else {}
@@ -491,15 +489,15 @@ async def _serve(server: uvicorn.Server) -> None:
         raise CannotListen(f"api: cannot listen on {server.config.host}:{server.config.port}") from None
 
 
-async def api_loop(app: App, stop: asyncio.Event) -> None:
+async def api_loop(deps: HttpDeps, stop: asyncio.Event) -> None:
     """Serve the API until `stop` is set (`api.host`/`api.port`; port 0 picks a free one)."""
-    cfg = app.settings.api
+    cfg = deps.settings.api
     if cfg.agent_tokens:
         log.warning("api.deprecated_agent_tokens", extra={"count": len(cfg.agent_tokens),
                                                           "replace_with": "gateway tokens issue --service NAME"})
-    api = build_api(app, _sibling_loops(app.liveness))
+    api = build_api(deps, _sibling_loops(deps.liveness))
     config = uvicorn.Config(api, host=cfg.host, port=cfg.port, log_config=None, access_log=False, lifespan="off",
-                            server_header=False, timeout_graceful_shutdown=int(app.settings.daemon.grace_s))
+                            server_header=False, timeout_graceful_shutdown=int(deps.settings.daemon.grace_s))
     server = _EmbeddedServer(config)
     serving = asyncio.create_task(_serve(server), name="api.http")
     stopping = asyncio.create_task(stop.wait())

@@ -125,7 +125,7 @@ class Auth:
         if wait > 0:
             return self._link_page(request, visitor, purpose, email_text, next_path, self._too_many(visitor, wait), 429)
         await self.portal.write(self._issue_link, keys, email, next_path, visitor.lang, now)
-        self.portal.app.sender.wakeup.set()
+        self.portal.desk.wake_sender()
         return self.portal.pages.render(request, visitor, "link_sent.html.j2", page_path=request.url.path,
                                         email=email, minutes=self.portal.settings.portal.link_minutes)
 

@@ -1,5 +1,5 @@
-"""What every portal handler works with: the `Portal` (built once over the opened `App`) and
-the `Visitor` of one request (language, user, cookies, CSRF token)."""
+"""What every portal handler works with: the `Portal` (built once over the HTTP wing's
+`HttpDeps`) and the `Visitor` of one request (language, user, cookies, CSRF token)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,12 @@ from gateway.http.portal.csrf import csrf_token, csrf_valid
 from gateway.http.portal.passwords import Passwords
 from gateway.http.portal.security import cookie_secure
 from gateway.http.portal.sessions import CookieNames, current_user
+from gateway.lifecycle import CaseDesk
 from store.portal import PortalUser
 from store.transact import ReadConnection, TxSession
 
 if TYPE_CHECKING:
-    from gateway.app import App
+    from gateway.http.deps import HttpDeps
     from gateway.http.portal.pages import Pages
 
 P = ParamSpec("P")
@@ -83,23 +84,24 @@ class Visitor:
 
 
 class Portal:
-    def __init__(self, app: App, pages: Callable[[Portal], Pages]) -> None:
-        self.app = app
-        self.settings = app.settings
-        self.secret = app.settings.mail.reply_token_secret
-        self.secure = cookie_secure(app.settings.portal.url)
+    def __init__(self, deps: HttpDeps, pages: Callable[[Portal], Pages]) -> None:
+        self.deps = deps
+        self.desk: CaseDesk = deps.desk
+        self.settings = deps.settings
+        self.secret = deps.settings.mail.reply_token_secret
+        self.secure = cookie_secure(deps.settings.portal.url)
         self.cookies = CookieNames.for_(self.secure)
         self.passwords = Passwords()
         self.pages = pages(self)
 
     def now(self) -> datetime:
-        return self.app.clock.now()
+        return self.deps.clock.now()
 
     async def read(self, fn: Callable[Concatenate[ReadConnection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
-        return await self.app.tx.read(fn, *args, **kwargs)
+        return await self.deps.tx.read(fn, *args, **kwargs)
 
     async def write(self, fn: Callable[Concatenate[TxSession, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
-        return await self.app.tx.run(fn, *args, **kwargs)
+        return await self.deps.tx.run(fn, *args, **kwargs)
 
     async def visitor(self, request: Request) -> Visitor:
         session_cookie = request.cookies.get(self.cookies.session, "")

@@ -27,7 +27,7 @@ from gateway.http.portal.security import SecurityHeaders
 from gateway.http.portal.share import Share
 
 if TYPE_CHECKING:
-    from gateway.app import App
+    from gateway.http.deps import HttpDeps
 
 log = logging.getLogger("gateway.portal")
 
@@ -35,9 +35,9 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def portal_routes(app: App) -> list[BaseRoute]:
-    """The portal's routes over one opened `App`, to be mounted beside the API's."""
-    portal = Portal(app, Pages)
+def portal_routes(deps: HttpDeps) -> list[BaseRoute]:
+    """The portal's routes over the HTTP wing's `HttpDeps`, to be mounted beside the API's."""
+    portal = Portal(deps, Pages)
     auth, cases, share = Auth(portal), Cases(portal), Share(portal)
     get, post = ["GET"], ["POST"]
     table: list[tuple[str, Handler, list[str]]] = [
