@@ -30,7 +30,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from gateway.clock import Clock, SystemClock
 from gateway.ingest.smtp import InboxHandler, SmtpListener
 from gateway.model import Result
-from gateway.notify.send import Sender, make_sender
+from gateway.notify.compose import TEMPLATES_DIR, Renderer
+from gateway.notify.send import Sender
+from gateway.notify.transport import mailer_from_settings
 from gateway.parse_pool import ParseRunner
 from gateway.pipeline.parse import Limits
 from gateway.settings import Settings
@@ -238,7 +240,8 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
         stack.callback(tx.close)
         inbox = Inbox(engine)
         queue = OutboxQueue(engine)
-        sender = make_sender(settings, queue, clock, holder)
+        sender = Sender(queue, Renderer(TEMPLATES_DIR, settings, clock=clock.now), mailer_from_settings(settings),
+                        settings.outbound, clock, holder=holder)
         on_processed = functools.partial(_nudge, links.notices_out) \
             if role == "worker" and links.notices_out is not None else sender.wakeup.set
         quiet = functools.partial(smtp_quiet, links.smtp_busy) if paused and role == "worker" else None

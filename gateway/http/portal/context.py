@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
@@ -15,6 +14,7 @@ from starlette.requests import Request
 
 from gateway.http.portal import i18n
 from gateway.http.portal.csrf import csrf_token, csrf_valid
+from gateway.http.portal.pages import PageError, Pages, Visitor
 from gateway.http.portal.passwords import Passwords
 from gateway.http.portal.security import cookie_secure
 from gateway.http.portal.sessions import CookieNames, current_user
@@ -24,20 +24,9 @@ from store.transact import ReadConnection, TxSession
 
 if TYPE_CHECKING:
     from gateway.http.deps import HttpDeps
-    from gateway.http.portal.pages import Pages
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class PageError(Exception):
-    """Answer with the error page: `status`, a title and a sentence (Danish; translated)."""
-
-    def __init__(self, status: int, title: str, message: str) -> None:
-        super().__init__(title)
-        self.status = status
-        self.title = title
-        self.message = message
 
 
 NOT_FOUND = (404, "Siden findes ikke", "Siden findes ikke, eller du har ikke adgang til den.")
@@ -72,19 +61,8 @@ async def read_form(request: Request, limit: int, files: int = 0) -> FormData:
         raise PageError(exc.status_code, *BAD_FORM[1:]) from None
 
 
-@dataclass(frozen=True, slots=True)
-class Visitor:
-    lang: str
-    user: PortalUser | None
-    session_cookie: str  # as sent, whether or not its session still lives
-    form_cookie: str
-    csrf: str
-    new_form_cookie: bool  # made for this response: it must set it
-    asked_lang: str | None  # ?lang= on this request: remembered in a cookie
-
-
 class Portal:
-    def __init__(self, deps: HttpDeps, pages: Callable[[Portal], Pages]) -> None:
+    def __init__(self, deps: HttpDeps) -> None:
         self.deps = deps
         self.desk: CaseDesk = deps.desk
         self.settings = deps.settings
@@ -92,7 +70,7 @@ class Portal:
         self.secure = cookie_secure(deps.settings.portal.url)
         self.cookies = CookieNames.for_(self.secure)
         self.passwords = Passwords()
-        self.pages = pages(self)
+        self.pages = Pages(self.settings, self.cookies, self.secure)
 
     def now(self) -> datetime:
         return self.deps.clock.now()

@@ -22,7 +22,6 @@ from gateway.errors import NotFound, TemporaryFailure
 from gateway.http.portal.auth import Auth
 from gateway.http.portal.cases import Cases
 from gateway.http.portal.context import NOT_FOUND, LoginRequired, PageError, Portal, Visitor
-from gateway.http.portal.pages import Pages
 from gateway.http.portal.security import SecurityHeaders
 from gateway.http.portal.share import Share
 
@@ -37,7 +36,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def portal_routes(deps: HttpDeps) -> list[BaseRoute]:
     """The portal's routes over the HTTP wing's `HttpDeps`, to be mounted beside the API's."""
-    portal = Portal(deps, Pages)
+    portal = Portal(deps)
     auth, cases, share = Auth(portal), Cases(portal), Share(portal)
     get, post = ["GET"], ["POST"]
     table: list[tuple[str, Handler, list[str]]] = [
