@@ -278,6 +278,24 @@ def test_a_mistake_is_one_line_and_a_sysexits_code(store: DaemonProcess, args: l
         one_line(err)
 
 
+@pytest.mark.sqlite_only
+def test_a_locked_store_is_one_line_and_75(store: DaemonProcess) -> None:
+    """The store's driver error reaches the command translated at the store's edge (no
+    fallback for driver errors in the CLI): one line, 75, try again."""
+    import sqlite3
+
+    lock = sqlite3.connect(str(Path(store.settings.database.url.split("///", 1)[1])), isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        rc, out, err = cli("users", "add", "ny@kunde.example", "--name", "Ny", config=store.config_path,
+                           env={"GATEWAY_DATABASE__BUSY_TIMEOUT_MS": "100"})
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert (rc, out) == (75, ""), err
+    assert one_line(err) == "gateway: temporary failure, try again: the store does not answer (OperationalError)"
+
+
 def _taken() -> tuple[socket.socket, int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
