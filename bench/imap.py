@@ -114,7 +114,7 @@ async def gateway_run(server: Dovecot, user: str, n: int, inline_parse: bool, wo
         async with build(settings_for(tmp, server, user, inline_parse), "daemon", SystemClock(), migrate=True) as app:
             stop = asyncio.Event()
             started = time.perf_counter()
-            tasks = [asyncio.create_task(imap_loop(app, stop))]
+            tasks = [asyncio.create_task(imap_loop(app.imap_intake, stop))]
             if worker:
                 tasks.append(asyncio.create_task(worker_loop(inline_parse)(app, stop)))
             await wait_until(moved)

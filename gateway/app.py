@@ -10,6 +10,11 @@
 
 Nothing is patched after construction: every collaborator is a constructor argument.
 tests/test_layers.py checks that no other module constructs these objects.
+
+The use-cases and surfaces are never handed the `App` (nor import this module): each gets its
+slice, made here from the App's parts on first use: `desk` (the case actions), `tokens` (the
+API's tokens), `jobs` (the timed jobs), `http` (the API and the portal), `imap_intake` (the
+IMAP readers). They are made lazily so that a command imports only what it uses.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.apply import Steps
 from gateway.clock import Clock, SystemClock
 from gateway.ingest.smtp import InboxHandler, SmtpListener
 from gateway.model import Result
-from gateway.notify.send import Sender, make_sender
+from gateway.notify.compose import TEMPLATES_DIR, Renderer
+from gateway.notify.send import Sender
+from gateway.notify.transport import mailer_from_settings
 from gateway.parse_pool import ParseRunner
 from gateway.pipeline.parse import Limits
 from gateway.settings import Settings
@@ -48,6 +55,13 @@ from store.outbox import OutboxQueue
 from store.sqlite.wal import Checkpointer, checkpoint_elsewhere
 from store.sqlite.writer import SqliteInboxWriter, smtp_pause, smtp_quiet
 from store.transact import Transactor
+
+if TYPE_CHECKING:
+    from gateway.credentials import TokenDesk
+    from gateway.http.deps import HttpDeps
+    from gateway.ingest.imap import ImapIntake
+    from gateway.jobs import JobDesk
+    from gateway.lifecycle import CaseDesk
 
 log = logging.getLogger("gateway.daemon")
 
@@ -119,6 +133,45 @@ class App:
         results = await self.worker.run_once(limit=1, only_id=accepted.inbound_id)
         return accepted, results[0] if results else None
 
+    # --- the slices the use-cases and surfaces get (see the module's docstring) ---
+
+    @functools.cached_property
+    def desk(self) -> CaseDesk:
+        from gateway.lifecycle import CaseDesk
+
+        s = self.settings
+        return CaseDesk(self.sessions, self.blobs, self.clock, s.policy.language, s.mail.message_id_domain,
+                        s.smtp.max_message_size, self.sender.wakeup.set)
+
+    @functools.cached_property
+    def tokens(self) -> TokenDesk:
+        from gateway.credentials import TokenDesk
+
+        return TokenDesk(self.sessions, self.clock, self.settings.api)
+
+    @functools.cached_property
+    def jobs(self) -> JobDesk:
+        from gateway.jobs import JobDesk
+
+        s = self.settings
+        return JobDesk(self.sessions, self.tx, self.engine, self.clock, s.policy.close_after_days,
+                       s.daemon.maintenance_interval_s, s.policy.language, s.mail.message_id_domain,
+                       self.sender.run_once)
+
+    @functools.cached_property
+    def http(self) -> HttpDeps:
+        from gateway.http.deps import HttpDeps
+
+        return HttpDeps(self.settings, self.desk, self.tokens, self.sessions, self.tx, self.blobs, self.clock,
+                        self.engine, self.liveness)
+
+    @functools.cached_property
+    def imap_intake(self) -> ImapIntake:
+        from gateway.ingest.imap import ImapIntake
+
+        return ImapIntake(self.settings.imap, self.engine, self.clock, self.accept_many, self.inbox.wait_for_store,
+                          self.worker.wakeup.set)
+
 
 def limits_of(settings: Settings) -> Limits:
     w = settings.worker
@@ -188,7 +241,8 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
         stack.callback(tx.close)
         inbox = Inbox(engine)
         queue = OutboxQueue(engine)
-        sender = make_sender(settings, queue, clock, holder)
+        sender = Sender(queue, Renderer(TEMPLATES_DIR, settings, clock=clock.now), mailer_from_settings(settings),
+                        settings.outbound, clock, holder=holder)
         on_processed = functools.partial(_nudge, links.notices_out) \
             if role == "worker" and links.notices_out is not None else sender.wakeup.set
         quiet = functools.partial(smtp_quiet, links.smtp_busy) if paused and role == "worker" else None

@@ -31,7 +31,7 @@ from gateway.pipeline.plan import PlanPolicy
 from gateway.settings import Settings
 from store import outbox, queries, writes
 from store.inbox import Claim
-from store.transact import Tx
+from store.transact import TxSession
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,14 @@ class Steps:
         )
 
 
-def handle_all(session: Tx, steps: Steps, mails: list[tuple[int, Claim, ParsedMail]],
+def handle_all(session: TxSession, steps: Steps, mails: list[tuple[int, Claim, ParsedMail]],
                now: datetime) -> list[Result]:
     """The transaction of a group of parsed mails, one after the other. A mail whose claim was
     lost meanwhile raises LostClaim, and the whole group rolls back."""
     return [handle(session, steps, inbound_id, mail, now, claim) for inbound_id, claim, mail in mails]
 
 
-def handle(session: Tx, steps: Steps, inbound_id: int, mail: ParsedMail, now: datetime,
+def handle(session: TxSession, steps: Steps, inbound_id: int, mail: ParsedMail, now: datetime,
            claim: Claim | None = None) -> Result:
     """One mail: the pure steps before the reads, the reads, the plan, and its execution."""
     triaged = triage(mail, steps.policy)
@@ -79,7 +79,7 @@ def handle(session: Tx, steps: Steps, inbound_id: int, mail: ParsedMail, now: da
     return apply_plan(session, plan, mail, inbound_id, now, steps.apply, claim)
 
 
-def apply_plan(session: Tx, plan: Plan, mail: ParsedMail, inbound_id: int, now: datetime,
+def apply_plan(session: TxSession, plan: Plan, mail: ParsedMail, inbound_id: int, now: datetime,
                cfg: ApplySettings, claim: Claim | None = None) -> Result:
     case_id: int | None = None
     if isinstance(plan, OpenCase):
@@ -98,7 +98,7 @@ def apply_plan(session: Tx, plan: Plan, mail: ParsedMail, inbound_id: int, now: 
     return Result(result.action, result.case, result.reason, inbound_id, result.notifications)
 
 
-def _open_case(session: Tx, plan: OpenCase, mail: ParsedMail, inbound_id: int, now: datetime,
+def _open_case(session: TxSession, plan: OpenCase, mail: ParsedMail, inbound_id: int, now: datetime,
                cfg: ApplySettings) -> tuple[Result, int]:
     requester = writes.ensure_user(session, plan.requester, now)
     number = writes.next_case_number(session, cfg.case_prefix, cfg.case_digits)
@@ -119,7 +119,7 @@ def _open_case(session: Tx, plan: OpenCase, mail: ParsedMail, inbound_id: int, n
     return Result(Outcome.CREATED, number, reason, notifications=tuple(ids)), case_id
 
 
-def _append(session: Tx, plan: AppendComment, mail: ParsedMail, inbound_id: int, now: datetime,
+def _append(session: TxSession, plan: AppendComment, mail: ParsedMail, inbound_id: int, now: datetime,
             cfg: ApplySettings) -> Result:
     case, author = plan.case, plan.author
     writes.add_comment(session, case.id, author.id, plan.comment, Source.EMAIL, now, inbound_id)
@@ -141,7 +141,7 @@ def _append(session: Tx, plan: AppendComment, mail: ParsedMail, inbound_id: int,
     return Result(action, case.number, "", notifications=tuple(ids))
 
 
-def _tell_new_parties(session: Tx, case: outbox.CaseHead, users: Sequence[UserRef], actor_name: str,
+def _tell_new_parties(session: TxSession, case: outbox.CaseHead, users: Sequence[UserRef], actor_name: str,
                       now: datetime, cfg: ApplySettings, new_case: bool = False) -> list[str]:
     if not users:
         return []
@@ -150,7 +150,7 @@ def _tell_new_parties(session: Tx, case: outbox.CaseHead, users: Sequence[UserRe
                           new_case=new_case)
 
 
-def _ignore(session: Tx, plan: Ignore, mail: ParsedMail, inbound_id: int, now: datetime) -> Result:
+def _ignore(session: TxSession, plan: Ignore, mail: ParsedMail, inbound_id: int, now: datetime) -> Result:
     if plan.case is not None and plan.comment is not None and plan.author is not None:
         draft = plan.comment
         writes.add_comment(session, plan.case.id, plan.author.id, draft, Source.EMAIL, now, inbound_id,
@@ -162,7 +162,7 @@ def _ignore(session: Tx, plan: Ignore, mail: ParsedMail, inbound_id: int, now: d
     return Result(Outcome.IGNORED, plan.case.number if plan.case else None, reason)
 
 
-def _mark_bouncing(session: Tx, named: tuple[str, ...], mail: ParsedMail, reason: str, now: datetime) -> str:
+def _mark_bouncing(session: TxSession, named: tuple[str, ...], mail: ParsedMail, reason: str, now: datetime) -> str:
     """Mark a recipient bouncing only when the report names them AND cites a mail of ours that
     went to them. Anyone can write a delivery report: one that had only to cite some mail of
     ours could silence any address (a customer citing their own receipt, naming a colleague)."""
@@ -186,7 +186,7 @@ def _cited_ids(mail: ParsedMail) -> list[str]:
     return list(dict.fromkeys(filter(None, (mail.original_message_id, *mail.in_reply_to, *mail.references))))
 
 
-def _reject(session: Tx, plan: Reject, now: datetime, cfg: ApplySettings) -> Result:
+def _reject(session: TxSession, plan: Reject, now: datetime, cfg: ApplySettings) -> Result:
     ids: list[str] = []
     if plan.reply_to:
         rcpt = outbox.Recipient(plan.reply_to, "", cfg.language)

@@ -149,25 +149,12 @@ def set_status(session: Session, case_id: int, to: Status, now: datetime, by_id:
     conn = session.connection()
     previous = Status(_CASE_STATUS.scalar(conn, {"case_id": case_id}))
     _SET_STATUS.execute(conn, {"case_id": case_id, "status": to.value, "updated_at": now, "status_changed_at": now})
-    _record_change(session, case_id, previous, to, now, by_id, by_label, reason, via)
+    record_change(session, case_id, previous, to, now, by_id, by_label, reason, via)
     return previous
 
 
-def change_status(session: Session, case: SupportCase, to: Status, now: datetime,
-                  by_id: int | None, by_label: str, reason: str | None = None, via: str | None = None) -> Status:
-    """`set_status` on a row its caller holds (and has locked): the row follows the change."""
-    assert case.id is not None
-    previous = Status(case.status)
-    case.status = to.value
-    case.updated_at = now
-    case.status_changed_at = now
-    session.add(case)
-    _record_change(session, case.id, previous, to, now, by_id, by_label, reason, via)
-    return previous
-
-
-def _record_change(session: Session, case_id: int, previous: Status, to: Status, now: datetime, by_id: int | None,
-                   by_label: str, reason: str | None, via: str | None) -> None:
+def record_change(session: Session, case_id: int, previous: Status, to: Status, now: datetime, by_id: int | None,
+                   by_label: str, reason: str | None, via: str | None = None) -> None:
     """The history row: `by_label` is who acted; `via`, the service they acted through (an API
     service token)."""
     _INSERT_HISTORY.execute(session.connection(), {

@@ -71,7 +71,7 @@ async def gw(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[App]:
 
 @pytest.fixture
 async def client(gw: App) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_api(gw)), base_url="http://gw") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_api(gw.http)), base_url="http://gw") as c:
         yield c
 
 

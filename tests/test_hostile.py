@@ -368,7 +368,7 @@ async def inbox_rows(app: App) -> list[dict]:
 async def set_status(app: App, number: str, status: Status) -> None:
     async with app.sessions() as session, session.begin():
         case = await run_in(session, queries.require_case, number)
-        await run_in(session, writes.change_status, case, status, app.clock.now(), None, "test")
+        await run_in(session, writes.set_status, case.id, status, app.clock.now(), None, "test")
 
 
 def without_message_id(raw: bytes) -> bytes:
@@ -688,7 +688,7 @@ async def test_item68_access_removed_after_a_notification_is_checked_when_the_re
     await add_user(app, "jens@borger.example", "Jens", org="Borger A/S")
     await add_user(app, "mette@borger.example", "Mette", org="Borger A/S")
     first = await ingest(app, mail())
-    await lifecycle.share(app, first.case, "mette@borger.example", "jens@borger.example")
+    await lifecycle.share(app.desk, first.case, "mette@borger.example", "jens@borger.example")
     [shared] = [o for o in await outbox(app) if o["event"] == "shared"]
     token_address = reply_address(app.settings.mail.reply_token_secret, ADDRESS, first.case)
 
@@ -943,13 +943,13 @@ async def test_item57_notifications_go_to_the_registered_address_never_to_reply_
     assert (await detail(app, first.case))["requester"]["email"] == jens
 
     agent = "agent@statens-adm.example"
-    assert (await lifecycle.assign(app, first.case, agent, agent))["notifications"]
-    assert (await lifecycle.set_status(app, first.case, Status.AFVENTER_REKVIRENT, agent))["notifications"]
-    assert (await lifecycle.reply(app, first.case, "Send venligst kvitteringen.", agent))["notifications"]
+    assert (await lifecycle.assign(app.desk, first.case, agent, agent))["notifications"]
+    assert (await lifecycle.set_status(app.desk, first.case, Status.AFVENTER_REKVIRENT, agent))["notifications"]
+    assert (await lifecycle.reply(app.desk, first.case, "Send venligst kvitteringen.", agent))["notifications"]
     answer = await ingest(app, mail(subject=f"Re: [{first.case}] Spørgsmål om min faktura",
                                     body="Her er kvitteringen.", headers=header))
     assert (answer.action, answer.case) == (Outcome.COMMENTED, first.case)
-    assert (await lifecycle.set_status(app, first.case, Status.UDFOERT, agent))["notifications"]
+    assert (await lifecycle.set_status(app.desk, first.case, Status.UDFOERT, agent))["notifications"]
 
     rows = await outbox(app)
     assert [r["event"] for r in rows] == ["receipt", "status", "status", "reply", "status"]

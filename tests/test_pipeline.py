@@ -15,7 +15,7 @@ from gateway.apply import handle_all
 from gateway.errors import ConfigError
 from gateway.model import Outcome, Status
 from gateway.worker import SMALL_MAIL
-from store import queries, writes
+from store import cases, queries, writes
 from store.engine import check_durability, make_engine, sync_sqlite_engine
 from store.inbox import IncomingMail, claim_mails, read_raw, read_raws
 from store.transact import run_in
@@ -31,8 +31,9 @@ async def set_status(app: App, number: str, status: Status, assignee: str | None
     async with app.sessions() as session, session.begin():
         case = await run_in(session, queries.require_case, number)
         if assignee:
-            case.assignee_id = (await run_in(session, queries.require_user, assignee)).id
-        await run_in(session, writes.change_status, case, status, app.clock.now(), None, "test")
+            agent = await run_in(session, queries.require_user, assignee)
+            await run_in(session, cases.assign, case.id, agent.id, app.clock.now())
+        await run_in(session, writes.set_status, case.id, status, app.clock.now(), None, "test")
 
 
 async def test_new_mail_opens_case_with_receipt(app: App, mail: MailBuilder) -> None:

@@ -37,18 +37,32 @@ async def _sender_loop(app: App, stop: asyncio.Event) -> None:
     await app.sender.run(stop)
 
 
-def extra_loops(settings: Settings) -> list[tuple[str, Loop]]:
-    """The loops of the other capabilities, each in its own module."""
-    from gateway.http.api import api_loop
+async def _maintenance_loop(app: App, stop: asyncio.Event) -> None:
     from gateway.jobs import maintenance_loop
 
-    loops: list[tuple[str, Loop]] = [("sender", _sender_loop), ("maintenance", maintenance_loop)]
-    if settings.imap.accounts:
-        from gateway.ingest.imap import imap_loop
+    await maintenance_loop(app.jobs, stop)
 
-        loops.append(("imap", imap_loop))
+
+async def _imap_loop(app: App, stop: asyncio.Event) -> None:
+    from gateway.ingest.imap import imap_loop
+
+    await imap_loop(app.imap_intake, stop)
+
+
+async def _api_loop(app: App, stop: asyncio.Event) -> None:
+    from gateway.http.api import api_loop
+
+    await api_loop(app.http, stop)
+
+
+def extra_loops(settings: Settings) -> list[tuple[str, Loop]]:
+    """The loops of the other capabilities, each in its own module, each given its slice of the
+    application (`App.jobs`, `App.imap_intake`, `App.http`)."""
+    loops: list[tuple[str, Loop]] = [("sender", _sender_loop), ("maintenance", _maintenance_loop)]
+    if settings.imap.accounts:
+        loops.append(("imap", _imap_loop))
     if settings.api.enabled:
-        loops.append(("api", api_loop))
+        loops.append(("api", _api_loop))
     return loops
 
 
