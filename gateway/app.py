@@ -11,6 +11,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway import metrics
 from gateway.clock import Clock, SystemClock
+from gateway.datastore import DataStore
 from gateway.model import Result
 from gateway.notify.send import Sender, make_sender
 from gateway.parsing import ParseRunner
@@ -41,6 +42,11 @@ class App:
     # Where the edges commit raw mail: the inbox, or in `gateway run` on SQLite the daemon's
     # inbox writer (store/sqlite_writer.py), which SMTP and IMAP share.
     intake: BatchStore | None = None
+
+    def data_store(self) -> DataStore:
+        """What the data-protection use-cases need (retention, export, erasure, audit)."""
+        sqlite_url = self.engine.url.render_as_string(hide_password=False) if self.tx.sync_engine else None
+        return DataStore(self.tx, self.engine, self.blobs, self.clock, sqlite_url)
 
     async def accept_many(self, mails: list[IncomingMail]) -> list[Accepted]:
         return await (self.intake or self.inbox).accept_many(mails, self.clock.now())

@@ -1,6 +1,7 @@
-"""Timed jobs (SPEC §3 rule 4, §8): cases in `udfoert` for `policy.close_after_days` are
-closed by "system". The daemon runs them every `daemon.maintenance_interval_s` on one node at a
-time (`maintenance_loop`, under a lease); `gateway maintenance` runs them once, for cron.
+"""Timed jobs (SPEC §3 rule 4, §8, §10): cases in `udfoert` for `policy.close_after_days` are
+closed by "system"; then the retention periods are enforced (gateway/retention.py). The daemon
+runs them every `daemon.maintenance_interval_s` on one node at a time (`maintenance_loop`,
+under a lease); `gateway maintenance` runs them once, for cron.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from gateway.clock import FrozenClock, SystemClock
 from gateway.errors import StoreUnavailable
 from gateway.lifecycle import SYSTEM, InvalidInput
 from gateway.model import Event, Status
+from gateway.retention import run_retention
 from gateway.settings import Settings
 from store import outbox
 from store.lease import Lease
@@ -82,6 +84,7 @@ async def run_timed_jobs(app: App, dry_run: bool = False, deliver: bool = False)
     """Every timed job once. `deliver` also sends the notifications that are due (cron set-ups
     without a running daemon have no sender loop)."""
     actions = await close_done_cases(app, dry_run)
+    actions += await run_retention(app.data_store(), app.settings.retention, dry_run)
     if deliver and not dry_run:
         app.sender.wakeup.clear()
         sent = 0
@@ -119,11 +122,11 @@ async def maintenance_loop(app: App, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), interval)
 
 
-def parse_at(value: str) -> datetime:
+def parse_at(value: str, option: str = "--at") -> datetime:
     try:
         at = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise InvalidInput(f"--at: not an ISO 8601 time: {value!r}") from None
+        raise InvalidInput(f"{option}: not an ISO 8601 time: {value!r}") from None
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
