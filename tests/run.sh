@@ -32,7 +32,8 @@ pg_suite() {
   GATEWAY_TEST_DATABASE_URL="$PG_URL" run -m "not sqlite_only" \
     tests/test_pipeline.py tests/test_corpus.py tests/test_notify.py tests/test_hostile.py \
     tests/test_lifecycle.py tests/test_api.py tests/test_story.py tests/test_smtp.py tests/test_imap.py \
-    tests/test_daemon.py tests/test_multinode.py tests/test_credentials.py tests/test_imap_oauth.py "$@"
+    tests/test_daemon.py tests/test_multinode.py tests/test_credentials.py tests/test_imap_oauth.py \
+    tests/test_privacy.py tests/test_privacy_story.py "$@"
 }
 
 # The two suites run side by side: each spends most of its time waiting on its daemons,
