@@ -23,9 +23,12 @@ class DataStore:
     clock: Clock
     sqlite_url: str | None = None  # a SQLite file: its WAL is cut after anything is deleted
 
-    async def cut_wal(self) -> bool | None:
+    async def cut_wal(self, patient: bool = True) -> bool | None:
         """SQLite: the WAL checkpointed into the file and cut to zero bytes, so the old pages it
-        still holds go too; whether that got through (None: not SQLite)."""
+        still holds go too; whether that got through (None: not SQLite). Not `patient` (after a
+        routine retention run): one short try, which holds the SMTP commits back for at most
+        a quarter second; the next run tries again."""
         if self.sqlite_url is None:
             return None
-        return await asyncio.to_thread(truncate_wal, self.sqlite_url)
+        attempts, wait_ms = (3, 1000) if patient else (1, 250)
+        return await asyncio.to_thread(truncate_wal, self.sqlite_url, attempts, wait_ms)

@@ -34,7 +34,7 @@ from typing import IO, Any
 from gateway.datastore import DataStore
 from store import audit
 from store import export as rows
-from store.person import Person, case_roles, user_record
+from store.person import Person, case_roles, inbound_ids, user_record
 
 FORMAT = "kundebetjening-export/1"
 CHUNK = 1 << 20
@@ -148,7 +148,7 @@ async def _contents(data: DataStore, person: Person, zf: ExportZip, internal: bo
                                            _paged(data, rows.notifications_page, person))
     raws: list[tuple[int, int]] = []  # (inbound id, size) of the raw mails still kept
     counts["mails"] = await _array(zf, "mails.json", "the inbox records of the mails the person sent",
-                                   _paged(data, rows.inbound_page, person),
+                                   _mails(data, await data.tx.read(inbound_ids, person)),
                                    lambda m: raws.append((m["id"], int(m["raw_kept"]))) if m["raw_kept"] else None)
     for inbound_id, size in raws:
         await _raw(data, zf, inbound_id, size)
@@ -194,6 +194,12 @@ async def _paged(data: DataStore, page_of: Any, person: Person) -> AsyncIterator
         for item in page:
             yield item
         after = page[-1]["id"]
+
+
+async def _mails(data: DataStore, ids: list[int]) -> AsyncIterator[dict[str, Any]]:
+    for start in range(0, len(ids), rows.PAGE):
+        for mail in await data.tx.read(rows.inbound_rows, ids[start:start + rows.PAGE]):
+            yield mail
 
 
 async def _array(zf: ExportZip, name: str, what: str, items: AsyncIterator[dict[str, Any]],

@@ -30,7 +30,7 @@ from gateway.lifecycle import InvalidInput
 from gateway.model import Role
 from gateway.retention import sweep_blobs
 from store import audit, erasure
-from store.person import Person, find_person
+from store.person import Person, find_person, inbound_ids
 
 log = logging.getLogger("gateway.privacy")
 
@@ -88,8 +88,9 @@ async def erase_person(data: DataStore, email: str | None, actor: str, reason: s
     started, now = time.time(), data.clock.now()
     await data.tx.run(erasure.erase_identity, person, now)
     released = await _erase_comments(data, person)
-    while await data.tx.run(erasure.erase_inbound, person, MAILS_PAGE):
-        pass
+    mails = await data.tx.read(inbound_ids, person)  # after the block: what comes now is new mail
+    for start in range(0, len(mails), MAILS_PAGE):
+        await data.tx.run(erasure.erase_inbound, mails[start:start + MAILS_PAGE], person.pseudonym)
     # Files touched since the erasure began are being stored again by someone else: they stay.
     files = await sweep_blobs(data, sorted(released), started)
     detail = {**found, "files_deleted": len(files)}

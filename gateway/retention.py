@@ -116,7 +116,7 @@ async def _record(data: DataStore, now: datetime, actions: list[Action]) -> None
     for action in actions:
         counts[action["job"]] = counts.get(action["job"], 0) + 1
     await data.tx.run(audit.record, now, "system", "retention", None, "retention periods ([retention])", counts)
-    wal = await data.cut_wal()
+    wal = await data.cut_wal(patient=False)
     log.info("retention.done", extra={"counts": counts, "wal_truncated": wal})
 
 

@@ -9,8 +9,9 @@ cut off halfway is finished by running it again:
    the subjects of their cases and their name in others' notifications are replaced.
 2. `erase_comments`: a page of their comments at a time: text replaced, attachment rows gone
    (the files follow once nothing names them: gateway/retention.py `sweep_blobs`).
-3. `erase_inbound`: a page of the mails they sent at a time: raw bytes deleted, the row kept
-   as a pseudonymised, `expired` skeleton (a mail still queued is never processed now).
+3. `erase_inbound`: a page of the mails they sent at a time (`person.inbound_ids`): raw bytes
+   deleted, the row kept as a pseudonymised, `expired` skeleton (a mail still queued is never
+   processed now).
 
 SQLite zeroes what these delete (`secure_delete`, store/engine.py); the WAL is cut afterwards.
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlmodel import Session
@@ -169,21 +170,14 @@ def erase_comments(session: Session, user_id: int, after_id: int, limit: int) ->
 # --- 3. mails they sent ---------------------------------------------------------------------------
 
 
-def erase_inbound(session: Session, person: Person, limit: int) -> int:
-    """One page of the mails they sent, not yet erased: how many were erased now (0: done)."""
+def erase_inbound(session: Session, ids: list[int], pseudonym: str | None) -> None:
+    """These mails they sent (`person.inbound_ids`): raw bytes gone, the rows pseudonymised
+    skeletons, their Message-IDs no longer thread."""
     conn = session.connection()
-    left = (IN.c.from_addr.is_(None) | (IN.c.from_addr != (person.pseudonym or "")) | (IN.c.state != "expired")
-            | exists().where(RAW.c.inbound_id == IN.c.id))
-    pending = inbound_of(person) & left
-    rows = conn.execute(select(IN.c.id, IN.c.message_id).where(pending).order_by(IN.c.id).limit(limit)).all()
-    if not rows:
-        return 0
-    ids = [int(r.id) for r in rows]
-    scrub_inbound(conn, ids, from_addr=person.pseudonym)
-    message_ids = [r.message_id for r in rows if r.message_id]
+    message_ids = [m for (m,) in conn.execute(select(IN.c.message_id).where(IN.c.id.in_(ids))) if m]
+    scrub_inbound(conn, ids, from_addr=pseudonym)
     if message_ids:
         conn.execute(delete(MI).where(MI.c.message_id.in_(message_ids), MI.c.ours.is_(False)))
-    return len(ids)
 
 
 def scrub_inbound(conn: Any, ids: list[int], from_addr: str | None = None) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 
 from store.models import Attachment, InboundRaw, Outbox, StatusChange, joined_text
-from store.person import CASE, IN, C, Person, U, inbound_of
+from store.person import CASE, IN, C, Person, U
 
 A = Attachment.__table__  # type: ignore[attr-defined]
 OUT = Outbox.__table__  # type: ignore[attr-defined]
@@ -72,12 +72,13 @@ def notifications_page(conn: Connection, person: Person, after_id: int, limit: i
                                      "pruned_at")} for r in rows]
 
 
-def inbound_page(conn: Connection, person: Person, after_id: int, limit: int = PAGE) -> list[dict[str, Any]]:
-    """The inbox records of the mails the person sent, with the size of the raw bytes still kept."""
+def inbound_rows(conn: Connection, ids: list[int]) -> list[dict[str, Any]]:
+    """The inbox records of these mails (`person.inbound_ids`), with the size of the raw bytes
+    still kept."""
     raw_size = select(func.length(RAW.c.raw)).where(RAW.c.inbound_id == IN.c.id).scalar_subquery()
     number = select(CASE.c.number).where(CASE.c.id == IN.c.case_id).scalar_subquery()
     rows = conn.execute(select(IN, raw_size.label("raw_kept"), number.label("case"))
-                        .where(inbound_of(person), IN.c.id > after_id).order_by(IN.c.id).limit(limit)).mappings()
+                        .where(IN.c.id.in_(ids)).order_by(IN.c.id)).mappings()
     return [{key: r[key] for key in ("id", "received_at", "source", "envelope_from", "envelope_to", "size",
                                      "message_id", "state", "outcome", "reason", "case", "processed_at", "subject",
                                      "from_addr", "raw_kept")} for r in rows]

@@ -93,3 +93,9 @@ def inbound_of(person: Person) -> Any:
         clauses.append(IN.c.id.in_(select(C.c.inbound_id).where(C.c.author_id == person.user_id,
                                                                  C.c.inbound_id.is_not(None))))
     return or_(*clauses)
+
+
+def inbound_ids(conn: Connection, person: Person) -> list[int]:
+    """The ids of the inbox rows from the person, read once (the envelope sender has no index:
+    a scan per page would read the whole inbox again for every page)."""
+    return [int(i) for (i,) in conn.execute(select(IN.c.id).where(inbound_of(person)).order_by(IN.c.id))]
