@@ -419,13 +419,6 @@ async def unbounce(request: Request) -> Response:
 # --- a person's data (gateway/privacy.py), agents and services only ---------------------------------
 
 
-async def _privacy_request(request: Request) -> tuple[dict[str, Any], str, str | None]:
-    caller = await _caller(request)
-    if not caller.agent:
-        raise ApiError(403, "only agents may export, erase or allow a person's data")
-    return await _posted(request, _agent_actor)
-
-
 def _flag(body: dict[str, Any], name: str) -> bool:
     value = body.get(name, False)
     if not isinstance(value, bool):
@@ -435,7 +428,7 @@ def _flag(body: dict[str, Any], name: str) -> bool:
 
 async def users_export(request: Request) -> Response:
     """Everything stored about the person, as the zip `gateway users export` writes."""
-    body, actor, via = await _privacy_request(request)
+    body, actor, via = await _posted(request, _agent_actor)
     folder = Path(tempfile.mkdtemp(prefix="gw-export-"))
     try:
         out = folder / "export.zip"
@@ -449,13 +442,13 @@ async def users_export(request: Request) -> Response:
 
 
 async def users_erase(request: Request) -> Response:
-    body, actor, via = await _privacy_request(request)
+    body, actor, via = await _posted(request, _agent_actor)
     return _ok(await privacy.erase_person(_gw(request).data_store(), _required(body, "email"), actor,
                                           _field(body, "reason", False), _flag(body, "dry_run"), via=via))
 
 
 async def users_allow(request: Request) -> Response:
-    body, actor, via = await _privacy_request(request)
+    body, actor, via = await _posted(request, _agent_actor)
     return _ok(await privacy.allow_address(_gw(request).data_store(), _required(body, "email"), actor,
                                            _field(body, "reason", False), via=via))
 

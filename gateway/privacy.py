@@ -30,7 +30,7 @@ from gateway.lifecycle import InvalidInput
 from gateway.model import Role
 from gateway.retention import sweep_blobs
 from store import audit, erasure
-from store.person import Person, find_person, inbound_ids
+from store.person import PSEUDONYM_DOMAIN, Person, find_person, inbound_ids
 
 log = logging.getLogger("gateway.privacy")
 
@@ -80,6 +80,8 @@ async def export_person(data: DataStore, email: str | None, out: str | Path, act
 async def erase_person(data: DataStore, email: str | None, actor: str, reason: str | None, dry_run: bool = False,
                        via: str | None = None) -> dict[str, Any]:
     address, why = _address(email), _reason(reason)
+    if address.endswith("@" + PSEUDONYM_DOMAIN):
+        raise Refused(f"{address} is a pseudonym already; erase by the person's own address")
     person, found = await _person(data, address)
     if person.role == Role.AGENT.value:
         raise Refused(f"{address} is an agent: an agent's actions are the case history and stay")

@@ -114,6 +114,7 @@ async def test_each_retention_period_with_a_frozen_clock(tmp_path: Path, clock: 
                                a=away.inbound_id, b=nofrom.inbound_id)
         assert set_aside == [("expired", None, None, None)] * 2
         assert await rows(app, "SELECT inbound_id FROM inbound_raw") == [(1,)]
+        assert await app.inbox.reprocess(nofrom.inbound_id) == 0  # nothing left to process
         for context, name in await rows(app, "SELECT context, recipient_name FROM outbox"):
             context = json.loads(context) if isinstance(context, str) else context
             assert "case_subject" not in context and name == "" and context["case_number"] == "SAG-000001"
