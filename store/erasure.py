@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
 
 from store.models import Attachment, InboundRaw, MessageIndex, Outbox, StatusChange
 from store.person import (
@@ -90,9 +90,16 @@ def survey(conn: Connection, person: Person) -> dict[str, Any]:
 # --- 1. identity, notifications, subjects -------------------------------------------------------
 
 
+# Rows that serve only the person's logins (Serviceportalen's passwords, sessions and mailed
+# links, issue 19): deleted outright. Found by table name, so a store without them skips them.
+LOGIN_ROWS_BY_USER = ("portal_password", "portal_session")
+LOGIN_ROWS_BY_EMAIL = ("portal_link",)
+
+
 def erase_identity(session: Session, person: Person, now: datetime) -> None:
     conn = session.connection()
     _block(conn, person, now)
+    _delete_logins(conn, person)
     old_name = None
     if person.user_id is not None:
         old_name = conn.execute(select(U.c.name).where(U.c.id == person.user_id)).scalar()
@@ -102,6 +109,16 @@ def erase_identity(session: Session, person: Person, now: datetime) -> None:
             erased_at=func.coalesce(U.c.erased_at, now)))
         _erase_case_heads(conn, person.user_id, old_name)
     _erase_notifications(conn, person, now)
+
+
+def _delete_logins(conn: Any, person: Person) -> None:
+    tables = SQLModel.metadata.tables
+    for name in LOGIN_ROWS_BY_USER:
+        if name in tables and person.user_id is not None:
+            conn.execute(delete(tables[name]).where(tables[name].c.user_id == person.user_id))
+    for name in LOGIN_ROWS_BY_EMAIL:
+        if name in tables:
+            conn.execute(delete(tables[name]).where(tables[name].c.email == person.address))
 
 
 def _block(conn: Any, person: Person, now: datetime) -> None:
