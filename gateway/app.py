@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.clock import Clock, SystemClock
+from gateway.datastore import DataStore
 from gateway.model import Result
 from gateway.notify.send import Sender, make_sender
 from gateway.parsing import ParseRunner
@@ -49,6 +50,11 @@ class App:
     # What /healthz asks besides the daemon's loops: the SMTP listener, the inbox writer, the
     # worker and sender children (name -> alive now).
     liveness: dict[str, Callable[[], bool]] = field(default_factory=dict)
+
+    def data_store(self) -> DataStore:
+        """What the data-protection use-cases need (retention, export, erasure, audit)."""
+        sqlite_url = self.engine.url.render_as_string(hide_password=False) if self.tx.sync_engine else None
+        return DataStore(self.tx, self.engine, self.blobs, self.clock, sqlite_url)
 
     async def accept_many(self, mails: list[IncomingMail]) -> list[Accepted]:
         return await (self.intake or self.inbox).accept_many(mails, self.clock.now())

@@ -1,6 +1,8 @@
-"""Timed jobs (SPEC §3 rule 4, §8): cases in `udfoert` for `policy.close_after_days` are
-closed by "system"; the portal's ended sessions, old links and quiet attempt counters go. The daemon runs them every `daemon.maintenance_interval_s` on one node at a
-time (`maintenance_loop`, under a lease); `gateway maintenance` runs them once, for cron.
+"""Timed jobs (SPEC §3 rule 4, §8, §10): cases in `udfoert` for `policy.close_after_days` are
+closed by "system"; the portal's ended sessions, old links and quiet attempt counters go; then
+the retention periods are enforced (gateway/retention.py). The daemon runs them every
+`daemon.maintenance_interval_s` on one node at a time (`maintenance_loop`, under a lease);
+`gateway maintenance` runs them once, for cron.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from gateway.clock import FrozenClock, SystemClock
 from gateway.errors import StoreUnavailable
 from gateway.lifecycle import SYSTEM, InvalidInput
 from gateway.model import Event, Status
+from gateway.retention import run_retention
 from gateway.settings import Settings
 from store import outbox, portal
 from store.lease import Lease
@@ -82,6 +85,7 @@ async def run_timed_jobs(app: App, dry_run: bool = False, deliver: bool = False)
     actions = await close_done_cases(app, dry_run)
     if not dry_run and (purged := await app.tx.run(portal.purge, app.clock.now())):
         actions.append({"job": "purge_portal", "count": purged, "done": True})
+    actions += await run_retention(app.data_store(), app.settings.retention, dry_run)
     if deliver and not dry_run:
         app.sender.wakeup.clear()
         sent = 0
@@ -119,11 +123,11 @@ async def maintenance_loop(app: App, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), interval)
 
 
-def parse_at(value: str) -> datetime:
+def parse_at(value: str, option: str = "--at") -> datetime:
     try:
         at = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise InvalidInput(f"--at: not an ISO 8601 time: {value!r}") from None
+        raise InvalidInput(f"{option}: not an ISO 8601 time: {value!r}") from None
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 

@@ -254,6 +254,7 @@ class Context:
     cc_users: tuple[UserRef, ...] = ()
     authenticated: bool | None = None  # None: policy off / not evaluated
     recent_from_sender: int = 0  # mails from this address that opened or touched a case in the last hour
+    sender_blocked: bool = False  # an unknown sender whose data was erased: never registered again by mail
 
 
 # --- plans: what to do with one mail ---------------------------------------------------------

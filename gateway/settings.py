@@ -38,7 +38,19 @@ class DatabaseSettings:
 @dataclass(frozen=True)
 class StorageSettings:
     blob_dir: str = "var/blobs"
-    raw_retention_days: int = 365  # after a case closes (SPEC §10)
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long personal data is kept (SPEC §10; README "Data protection"), in days; 0 keeps it
+    for good (that job is off). Enforced by the timed jobs (gateway/retention.py)."""
+
+    raw_mail_days: int = 90  # a mail's raw bytes, after its case was closed (lukket)
+    set_aside_mail_days: int = 30  # quarantined, ignored and rejected mail, after it was handled
+    sent_mail_days: int = 30  # what a notification said (subject, names), after it was sent
+    closed_case_days: int = 1826  # a closed case's comments, attachments and names (5 years)
+    blob_grace_s: int = 3600  # an attachment file no row names is deleted once untouched this long
+    blob_sweep_hours: float = 24.0  # how often the whole attachment folder is checked for such files
 
 
 @dataclass(frozen=True)
@@ -201,6 +213,7 @@ class DaemonSettings:
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     mail: MailSettings = field(default_factory=MailSettings)
     portal: PortalSettings = field(default_factory=PortalSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
@@ -240,6 +253,12 @@ def load_settings(path: str | Path | None = None, env: typing.Mapping[str, str] 
     return _build(Settings, raw, "", extra={"base_dir": str(base_dir_value)})
 
 
+_RENAMED = {
+    "storage.raw_retention_days": "renamed to retention.raw_mail_days, which is now enforced (default 90 days "
+                                  "after the case is closed); see [retention] in gateway.example.toml",
+}
+
+
 def _apply_env(raw: dict[str, Any], env: typing.Mapping[str, str]) -> None:
     sections = {f.name for f in dataclasses.fields(Settings)}
     for name, value in env.items():
@@ -263,6 +282,9 @@ def _build(cls: type, data: Any, prefix: str, extra: dict[str, Any] | None = Non
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
+    for key in sorted(unknown):
+        if f"{prefix}{key}" in _RENAMED:
+            raise ConfigError(f"{prefix}{key}: {_RENAMED[prefix + key]}")
     if unknown:
         raise ConfigError(f"unknown key {prefix}{sorted(unknown)[0]}")
     kwargs: dict[str, Any] = dict(extra or {})
@@ -359,6 +381,11 @@ def _validate(obj: Any, prefix: str) -> None:
         raise ConfigError("api.requester_token_secret: must differ from mail.reply_token_secret")
     if isinstance(obj, SmtpSettings | ApiSettings) and not 0 <= obj.port <= 65535:
         raise ConfigError(f"{prefix}port: must be 0-65535")
+    if isinstance(obj, RetentionSettings):
+        for name in ("raw_mail_days", "set_aside_mail_days", "sent_mail_days", "closed_case_days", "blob_grace_s",
+                     "blob_sweep_hours"):
+            if getattr(obj, name) < 0:
+                raise ConfigError(f"retention.{name}: must not be negative (0 keeps the data for good)")
     if isinstance(obj, PolicySettings) and obj.close_after_days < 0:
         raise ConfigError("policy.close_after_days: must not be negative")
     if isinstance(obj, OutboundSettings) and not obj.transport.startswith(("maildir:", "smtp://")):

@@ -41,6 +41,7 @@ from store import queries
 from store.faults import is_outage
 from store.inbox import Claim, ClaimedMail, Inbox, claim_mails, read_raw, read_raws
 from store.outbox import RateLimits
+from store.person import address_blocked
 from store.transact import Transactor
 
 log = logging.getLogger("gateway.worker")
@@ -420,4 +421,6 @@ def context(session: Session, steps: Steps, mail: ParsedMail, kind: Classificati
         authenticated=authenticated(mail, steps.authserv_id, steps.policy.sender_authentication),
         recent_from_sender=queries.recent_from(session, mail.from_addr, now, steps.policy.max_mails_per_sender_per_hour)
         if mail.from_addr and not kind.is_automated else 0,
+        sender_blocked=bool(mail.from_addr and not sender and not kind.is_automated
+                            and address_blocked(session.connection(), mail.from_addr)),
     )

@@ -30,6 +30,7 @@ from gateway.pipeline.thread import choose_thread, clean_subject
 
 NO_TEXT = "(Ingen tekst i mailen)"
 NO_SUBJECT = "(Intet emne)"
+BLOCKED = "unknown sender whose data was erased: not registered again until `gateway users allow`"
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,8 @@ def make_plan(mail: ParsedMail, kind: Classification, ctx: Context, policy: Plan
         return Reject("unknown sender", reply_to=mail.from_addr)
     if ctx.sender is None and policy.unknown_sender == "quarantine":
         return Quarantine("unknown sender")
+    if ctx.sender is None and ctx.sender_blocked:  # "register", but this address's data was erased
+        return Quarantine(BLOCKED)
     comment = draft(mail)
     if match is not None and ctx.sender is not None and match.case.admits(ctx.sender):
         return _on_case(match.case, ctx.sender, comment, mail, ctx, policy)
