@@ -109,7 +109,9 @@ class BlobStore:
 
     def stale_temporaries(self, older_than: float) -> list[Path]:
         """Temporary files a crash left behind (`put` and `set_aside` never keep one long)."""
-        found = []
+        found: list[Path] = []
+        if not self.root.is_dir():  # nothing stored yet: the folder is made by the first `put`
+            return found
         with os.scandir(self.root) as entries:
             for entry in entries:
                 if entry.name.startswith((".tmp-", ".gc-")) and entry.is_file(follow_symlinks=False) \
@@ -137,6 +139,9 @@ def is_key(name: str) -> bool:
 
 
 def _subdirs(folder: Path) -> Iterator[Path]:
-    with os.scandir(folder) as entries:
-        dirs = [Path(e.path) for e in entries if len(e.name) == 2 and e.is_dir(follow_symlinks=False)]
+    try:
+        with os.scandir(folder) as entries:
+            dirs = [Path(e.path) for e in entries if len(e.name) == 2 and e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:  # nothing stored yet: the folder is made by the first `put`
+        return iter(())
     return iter(sorted(dirs))
