@@ -70,7 +70,7 @@ class Pages:
         return {
             "lang": lang, "_": i18n.translator(lang), "user": visitor.user, "csrf": visitor.csrf,
             "other_lang": "en" if lang == "da" else "da", "switch_url": _switch_url(request, path, lang),
-            "notice": notice, "error": None, "sso": bool(getattr(settings.portal, "oidc", None)),
+            "notice": notice, "error": None, "sso": settings.portal.oidc.display_name if settings.portal.oidc else None,
             "mail_to": settings.mail.addresses[0], "path": path,
             "when": lambda at: i18n.when(at, lang), "size": lambda n: i18n.size(n, lang),
             "status_label": lambda s: i18n.status_label(s, lang),
