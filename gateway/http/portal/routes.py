@@ -1,7 +1,8 @@
 """The portal's address table, and the one place where a handler's failure becomes a page.
 
 Paths are Danish, like the portal: /sager (Mine sager), /sager/N (the case), /login, /opret,
-/glemt, /link/TOKEN, /login/sso (single sign-on, with `[portal.oidc]`). Each route carries the security headers (`security.SecurityHeaders`).
+/glemt, /link/TOKEN, /login/sso (single sign-on, with `[portal.oidc]`). Each route carries
+the security headers (`security.SecurityHeaders`).
 """
 
 from __future__ import annotations
