@@ -36,7 +36,8 @@ NOTICES = {
 class Pages:
     def __init__(self, portal: Portal, directory: Path = TEMPLATES) -> None:
         self._portal = portal
-        self._env = jinja2.Environment(loader=jinja2.FileSystemLoader(directory), autoescape=True,
+        # auto_reload off: the templates ship with the code; no stat() of each file on every page.
+        self._env = jinja2.Environment(loader=jinja2.FileSystemLoader(directory), autoescape=True, auto_reload=False,
                                        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
     def render(self, request: Request, visitor: Visitor, template: str, status: int = 200,
