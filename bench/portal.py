@@ -310,9 +310,9 @@ def report(results: list[dict[str, Figures]], label: str) -> str:
         med = {k: statistics.median(getattr(r[name], k) for r in results) for k in ("p50", "p95", "p99", "rps")}
         lines.append(f"| {name} | {med['p50']:.1f} | {med['p95']:.1f} | {med['p99']:.1f} | {med['rps']:.0f} |")
     for what in ("list", "case"):
-        ratios = [ratio(r, what) for r in results]
         if f"page {what}" not in results[0] or f"api {what}" not in results[0]:
             continue
+        ratios = [ratio(r, what) for r in results]
         lines.append(f"| page/API p95, {what} | {statistics.median(ratios):.2f} "
                      f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}) | | | |")
     return "\n".join(lines)
