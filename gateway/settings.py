@@ -14,6 +14,7 @@ import json
 import os
 import re
 import tomllib
+import types
 import typing
 import urllib.parse
 from dataclasses import dataclass, field
@@ -67,6 +68,26 @@ class MailSettings:
 
 
 @dataclass(frozen=True)
+class OidcSettings:
+    """Single sign-on for the portal by OpenID Connect (gateway/http/portal/oidc.py). The portal is
+    a confidential client: register `{portal.url}/login/sso/callback` as its redirect URI. As for
+    the IMAP OAuth accounts, the secret itself never is a setting: client_secret_env names the
+    environment variable that holds it."""
+
+    issuer: str  # exactly as the provider's discovery document and ID tokens give it
+    client_id: str
+    client_secret_env: str
+    discovery_url: str = ""  # default: {issuer}/.well-known/openid-configuration
+    scopes: tuple[str, ...] = ("openid", "email")
+    display_name: str = "single sign-on"  # the login page's button: "Log ind med {display_name}"
+    timeout_s: float = 10.0  # per request to the provider
+
+    @property
+    def discovery_endpoint(self) -> str:
+        return self.discovery_url or self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+@dataclass(frozen=True)
 class PortalSettings:
     """Serviceportalen, served on the API's listener (gateway/http/portal). `url` is where the
     customers reach it: the links in mails, and whether cookies need https (they do unless it is
@@ -78,6 +99,7 @@ class PortalSettings:
     link_minutes: int = 30  # a mailed link to set a password works once, for this long
     attempts_per_address: int = 5  # failed logins (and link requests) per address before the back-off
     attempts_per_client: int = 50  # the same per client address
+    oidc: OidcSettings | None = None  # [portal.oidc]: single sign-on, off unless configured
 
 
 @dataclass(frozen=True)
@@ -302,6 +324,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if isinstance(value, _EnvValue) and tp is not str and origin is not Literal:
         value = _parse_env(tp, str(value), key)
+    if origin in (typing.Union, types.UnionType):  # an optional section: `X | None`
+        (inner,) = (arg for arg in typing.get_args(tp) if arg is not type(None))
+        return _convert(inner, value, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".")  # type: ignore[arg-type]
     if origin is tuple:
@@ -400,6 +425,8 @@ def _validate(obj: Any, prefix: str) -> None:
         raise ConfigError("worker.parse_processes: must be 1-64")
     if isinstance(obj, ImapAccount):
         _validate_imap_auth(obj, prefix)
+    if isinstance(obj, OidcSettings):
+        _validate_oidc(obj, prefix)
     if isinstance(obj, DaemonSettings) and obj.node_id and not _NODE_ID.fullmatch(obj.node_id):
         raise ConfigError("daemon.node_id: 1-64 letters, digits, '.', '_' or '-'")
     if isinstance(obj, SmtpSettings):
@@ -449,3 +476,24 @@ def _validate_portal(portal: PortalSettings) -> None:
                 "attempts_per_client"):
         if getattr(portal, key) < 1:
             raise ConfigError(f"portal.{key}: must be at least 1")
+
+
+def _validate_oidc(oidc: OidcSettings, prefix: str) -> None:
+    for key in ("issuer", "discovery_endpoint"):
+        parts = urllib.parse.urlsplit(getattr(oidc, key))
+        loopback = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1", "localhost")
+        if not parts.hostname or not (parts.scheme == "https" or loopback):
+            name = "discovery_url" if key == "discovery_endpoint" else key
+            raise ConfigError(f"{prefix}{name}: must be an https:// URL (http:// only on the loopback)")
+    if not oidc.client_id:
+        raise ConfigError(f"{prefix}client_id: required")
+    if not _ENV_NAME.fullmatch(oidc.client_secret_env):  # never echo it: it may be a pasted secret
+        raise ConfigError(f"{prefix}client_secret_env: must be the NAME of the environment variable that "
+                          "holds the secret (letters, digits and _), never the secret itself")
+    for scope in ("openid", "email"):
+        if scope not in oidc.scopes:
+            raise ConfigError(f"{prefix}scopes: must include {scope!r}")
+    if not oidc.display_name.strip():
+        raise ConfigError(f"{prefix}display_name: must not be empty")
+    if not 0 < oidc.timeout_s <= 60:
+        raise ConfigError(f"{prefix}timeout_s: must be more than 0 and at most 60")
