@@ -52,6 +52,7 @@ from hypothesis import strategies as st
 
 from gateway.ingest import smtp_adapter
 from gateway.ingest.smtp import (
+    MAX_COMMAND_ERRORS,
     NO_AUTH,
     TEMP_ERRORS,
     TOO_BIG,
@@ -77,7 +78,6 @@ INTENDED = {
     b"538 5.7.11 Encryption required for requested authentication mechanism": NO_AUTH.encode(),
     b"250 Syntax: AUTH <mechanism>": b"501 Supported commands: " + HELP_OURS,
 }
-ERROR_BUDGET = 10  # gateway.ingest.smtp.MAX_COMMAND_ERRORS
 
 
 def intended(stock: bytes) -> bytes:
@@ -92,7 +92,7 @@ def intended(stock: bytes) -> bytes:
             continue
         errors += first[:2] == b"50"
         first = b""
-        if errors == ERROR_BUDGET:
+        if errors == MAX_COMMAND_ERRORS:
             out.append(TEMP_ERRORS.encode())
             break
     return b"".join(line + b"\r\n" for line in out)
