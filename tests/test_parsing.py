@@ -310,3 +310,23 @@ def test_html_parts_outside_an_alternative_are_content(raw: bytes, text: str) ->
     from gateway.pipeline.parse import parse_mail
 
     assert parse_mail(raw).text.strip() == text
+
+
+def _attached(disposition: bytes, ctype: bytes = b"application/pdf") -> bytes:
+    return (b"From: a@b.example\r\nTo: k@statens-adm.example\r\nSubject: Hej\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nSe bilag\r\n'
+            b"--B\r\nContent-Type: " + ctype + b"\r\nContent-Disposition: " + disposition + b"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--B--\r\n")
+
+
+@pytest.mark.parametrize(("raw", "name"), [
+    (_attached("attachment; filename=Søknad æøå.pdf".encode()), "Søknad æøå.pdf"),
+    (_attached("attachment;\r\n\tfilename=\"ciële.txt\"".encode()), "ciële.txt"),
+    (_attached(b"attachment", "application/pdf; name=Bilag_1_\xe6\xf8\xe5.pdf".encode("latin-1")), "Bilag_1_æøå.pdf"),
+    (_attached(b"attachment; filename*=utf-8''S%C3%B8knad.pdf"), "Søknad.pdf"),
+    (_attached(b"attachment; filename=\"=?utf-8?q?S=C3=B8knad.pdf?=\""), "Søknad.pdf"),
+], ids=["raw utf-8", "raw utf-8 folded and quoted", "raw latin-1 in name=", "rfc 2231", "rfc 2047 in quotes"])
+def test_raw_8bit_attachment_names_are_read_like_subjects(raw: bytes, name: str) -> None:
+    from gateway.pipeline.parse import parse_mail
+
+    assert [a.name for a in parse_mail(raw).attachments] == [name]
