@@ -90,9 +90,9 @@ def test_heldout2_meets_at_least_the_floor_and_fails_only_the_listed(scorer: Mod
     assert met >= HELDOUT2_FLOOR
 
 
-# tests/corpus_heldout3 was scored once, blind (400 of 430); its failures are read, not tuned
-# for, so only its blind score is guarded here.
-@pytest.mark.parametrize(("corpus", "floor"), [("corpus", 192), ("corpus_heldout", 117), ("corpus_heldout3", 400)])
+# tests/corpus_heldout3 was scored once, blind (400 of 430); then three of its four misreadings
+# were fixed (402: two Subjects, the space after an encoded-word, charset NONE), so it is seen now.
+@pytest.mark.parametrize(("corpus", "floor"), [("corpus", 192), ("corpus_heldout", 117), ("corpus_heldout3", 402)])
 def test_the_other_sets_do_not_drop(scorer: ModuleType, corpus: str, floor: int) -> None:
     met, _total, _failures = scorer.score(ROOT / "tests" / corpus)
     assert met >= floor

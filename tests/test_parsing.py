@@ -17,7 +17,7 @@ import pytest
 
 from gateway.errors import UnusableMail
 from gateway.parsing import ParseRunner
-from gateway.pipeline.parse import Limits
+from gateway.pipeline.parse import Limits, parse_mail
 from store.blobs import BlobStore
 from tests.conftest import CORPUS
 
@@ -330,3 +330,22 @@ def test_raw_8bit_attachment_names_are_read_like_subjects(raw: bytes, name: str)
     from gateway.pipeline.parse import parse_mail
 
     assert [a.name for a in parse_mail(raw).attachments] == [name]
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    ("friendly =?UTF-8?Q?=E2=9C=94?=\r\n (1476358788189)", "friendly \u2714 (1476358788189)"),  # space kept
+    ("=?utf-8?b?w6Y=?= =?utf-8?b?w7g=?=", "\u00e6\u00f8"),  # space between encoded-words goes
+    ("=?utf-8?b?8J+Y?= =?utf-8?b?gA==?=", "\U0001f600"),  # one character split between two words
+    ("=?utf-8?q?a?= b =?utf-8?q?c?=", "a b c"),
+    ("=?NONE?B?VEVTVA=?=", "TEST"),  # an unknown charset and bad padding
+    ("plain text", "plain text"),
+], ids=["space-after-word", "space-between-words", "split-character", "words-and-text", "unknown-charset", "plain"])
+def test_encoded_words_decode_as_rfc_2047_says(value: str, text: str) -> None:
+    from gateway.pipeline.headers import decode
+
+    assert decode(value) == text
+
+
+def test_the_first_of_two_subjects_is_the_subject() -> None:
+    raw = b"From: a@b.example\r\nSubject: Testing outlook\r\nSubject: Another PDF\r\n\r\nbody\r\n"
+    assert parse_mail(raw).subject == "Testing outlook"
