@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/corpus_score.py                       # tests/corpus
     .venv/bin/python bench/corpus_score.py tests/corpus_heldout  # the held-out set
+    .venv/bin/python bench/corpus_score.py tests/corpus_heldout2 # the second held-out set, scored blind
     .venv/bin/python bench/corpus_score.py --failures            # and list what is not met
 
 Scored "from outside": every expectation the gateway can be judged on counts once (each
@@ -10,9 +11,12 @@ needle of a `*_contains` list once), with the rules of tests/test_corpus.py and
 tests/test_reply.py but WITHOUT their deviation tables, so a listed deviation counts as not
 met. A mail is parsed and planned by the pure steps (parse_mail, classify, plan.draft), which
 is what the corpus test's store round trip shows as the comment. Expectations about another
-product's internals (`*_zammad`, `*_sisimai`, `*_rt`, `*_mailparser`, `language`,
+product's internals (`*_zammad`, `*_sisimai`, `*_rt`, `*_mailparser`, `*_imap_tools`, `language`,
 `reply_count`, `defects`, flanker's `attached_message_subject`) are not counted. A quoted-reply
 needle is met when it occurs more often in the whole text than in the visible reply.
+`html_text` (an HTML fragment's expected plain text, tests/corpus_heldout2) is compared with
+html_to_text's output; with `html_text_compare: lines` line by line, ignoring trailing spaces
+and blank lines (the upstream converter's own paragraph spacing is not a reading).
 """
 
 from __future__ import annotations
@@ -64,10 +68,20 @@ def _reply_checks(expect: dict[str, Any], visible: str, signature: str, full: st
         yield "quoted_reply_contains", _norm(full).count(_norm(needle)) > _norm(visible).count(_norm(needle))
 
 
+def _lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
+
+
 def _text_checks(entry: dict[str, Any], raw: bytes) -> Iterator[tuple[str, bool]]:
     text = raw.decode("utf-8")
     if entry["kind"] == "html_body":
         text = html_to_text(text)
+        if "html_text" in entry["expect"]:
+            want = entry["expect"]["html_text"]
+            if entry["expect"].get("html_text_compare") == "lines":
+                yield "html_text", _lines(text) == _lines(want)
+            else:
+                yield "html_text", text.strip() == want.strip()
     if hasattr(reply, "split_reply"):
         visible, signature = reply.split_reply(text)
     else:  # the code before signatures were kept apart (scoring the old tree)

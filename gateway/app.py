@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from gateway.apply import Steps
 from gateway.clock import Clock, SystemClock
+from gateway.datastore import DataStore
 from gateway.ingest.smtp import InboxHandler, SmtpListener
 from gateway.model import Result
 from gateway.notify.compose import TEMPLATES_DIR, Renderer
@@ -63,7 +64,7 @@ if TYPE_CHECKING:
     from gateway.jobs import JobDesk
     from gateway.lifecycle import CaseDesk
 
-log = logging.getLogger("gateway.daemon")
+log = logging.getLogger("gateway.runtime.daemon")
 
 Role = Literal["cli", "daemon", "worker", "sender"]
 
@@ -119,6 +120,11 @@ class App:
     # The worker child only, on SQLite: the WAL checkpoints it runs for the whole node.
     checkpoints: Checkpointer | None = None
 
+    def data_store(self) -> DataStore:
+        """What the data-protection use-cases need (retention, export, erasure, audit)."""
+        sqlite_url = self.engine.url.render_as_string(hide_password=False) if self.tx.sync_engine else None
+        return DataStore(self.tx, self.engine, self.blobs, self.clock, sqlite_url)
+
     async def accept_many(self, mails: list[IncomingMail]) -> list[Accepted]:
         return await (self.intake or self.inbox).accept_many(mails, self.clock.now())
 
@@ -156,14 +162,14 @@ class App:
         s = self.settings
         return JobDesk(self.sessions, self.tx, self.engine, self.clock, s.policy.close_after_days,
                        s.daemon.maintenance_interval_s, s.policy.language, s.mail.message_id_domain,
-                       self.sender.run_once)
+                       self.sender.run_once, s.retention, self.data_store())
 
     @functools.cached_property
     def http(self) -> HttpDeps:
         from gateway.http.deps import HttpDeps
 
         return HttpDeps(self.settings, self.desk, self.tokens, self.sessions, self.tx, self.blobs, self.clock,
-                        self.engine, self.liveness)
+                        self.engine, self.liveness, self.data_store())
 
     @functools.cached_property
     def imap_intake(self) -> ImapIntake:

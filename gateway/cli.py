@@ -97,8 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("db", help="the store's schema").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", help="create the store or apply the schema migrations")
 
-    _users(sub.add_parser("users", help="customers, shared mailboxes and agents")
-           .add_subparsers(dest="users_command", required=True))
+    users = sub.add_parser("users", help="customers, shared mailboxes and agents").add_subparsers(
+        dest="users_command", required=True)
+    _users(users)
+    _privacy_commands(sub, users)
     _cases(sub.add_parser("cases", help="list, show and act on cases")
            .add_subparsers(dest="cases_command", required=True))
 
@@ -199,6 +201,32 @@ _ACTIONS: tuple[tuple[str, list[str], str], ...] = (
 )
 
 
+def _privacy_commands(sub: Any, users: Any) -> None:
+    """`users export|erase|allow` and `audit list` (gateway/privacy.py)."""
+    def who(cmd: Any) -> None:
+        cmd.add_argument("email")
+        cmd.add_argument("--reason", required=True, help="why (kept in the audit trail)")
+        cmd.add_argument("--as", dest="actor", default=os.environ.get("GATEWAY_ACTOR"),
+                         help="who does it, for the audit trail (default: cli:<login name>)")
+        cmd.add_argument("--json", action="store_true")
+
+    export = users.add_parser("export", help="everything stored about a person, as a zip of JSON and files")
+    who(export)
+    export.add_argument("--out", required=True, metavar="FILE.zip", help="a new file (mode 0600)")
+    export.add_argument("--internal", action="store_true", help="include the agents' internal notes")
+    erase = users.add_parser("erase", help="erase a person's mails, files, text and name; block their address")
+    who(erase)
+    erase.add_argument("--dry-run", action="store_true", help="count what would go; change nothing")
+    allow = users.add_parser("allow", help="let an erased person's address register again by mail")
+    who(allow)
+    audit = sub.add_parser("audit", help="who exported or erased whose data, and the agents' actions").add_subparsers(
+        dest="audit_command", required=True)
+    alist = audit.add_parser("list", help="newest first")
+    alist.add_argument("--limit", type=int, default=100)
+    alist.add_argument("--before", help="ISO time: only entries before it")
+    alist.add_argument("--json", action="store_true")
+
+
 def _case_actions(cases: Any) -> None:
     for name, args, help_text in _ACTIONS:
         cmd = cases.add_parser(name, help=help_text)
@@ -293,6 +321,8 @@ async def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.users_command in ("unbounce", "revoke-tokens"):
         return await _user_action(settings, args)
+    if args.users_command in ("export", "erase", "allow"):
+        return await _privacy_action(settings, args)
     async with open_app(settings) as app:
         if args.users_command == "add":
             await _add_user(app, args)
@@ -316,6 +346,10 @@ async def _add_user(app: Any, args: argparse.Namespace) -> None:
         raise Refused(f"not a valid address: {args.email}")
     kind = UserKind.SHARED_MAILBOX if args.shared_mailbox else UserKind.PERSON
     role = Role.AGENT if args.agent else Role.CUSTOMER
+    from store.person import address_blocked
+
+    if await app.tx.read(address_blocked, email):
+        raise Refused(f"{email} was erased and is blocked; `gateway users allow {email} --reason …` first")
     async with transaction(app.sessions) as session:
         if await run_in(session, users.find, email):
             raise Refused(f"user {email} exists already")
@@ -332,6 +366,39 @@ async def _user_action(settings: Settings, args: argparse.Namespace) -> int:
             _print(await lifecycle.unbounce(app.desk, args.email), args.json)
         else:
             _print(await credentials.revoke_requester_tokens(app.tokens, args.email), args.json)
+    return EX_OK
+
+
+def _operator(args: argparse.Namespace) -> str:
+    import getpass
+
+    return str(args.actor or f"cli:{getpass.getuser()}")
+
+
+async def _privacy_action(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway import privacy
+    from gateway.app import open_app
+
+    async with open_app(settings) as app:
+        data = app.data_store()
+        if args.users_command == "export":
+            out = await privacy.export_person(data, args.email, args.out, _operator(args), args.reason,
+                                              internal=args.internal)
+        elif args.users_command == "erase":
+            out = await privacy.erase_person(data, args.email, _operator(args), args.reason, args.dry_run)
+        else:
+            out = await privacy.allow_address(data, args.email, _operator(args), args.reason)
+    _print(out, args.json)
+    return EX_OK
+
+
+async def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway import privacy
+    from gateway.app import open_app
+
+    before = _time(args.before, "--before") if args.before else None
+    async with open_app(settings) as app:
+        _print(await privacy.audit_list(app.data_store(), args.limit, before), args.json)
     return EX_OK
 
 
@@ -497,11 +564,11 @@ async def maintenance(settings: Settings, at: str | None, dry_run: bool) -> list
         return await run_timed_jobs(app.jobs, dry_run=dry_run, deliver=True)
 
 
-def _time(value: str) -> datetime:
+def _time(value: str, option: str = "--at") -> datetime:
     try:
         at = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise InvalidInput(f"--at: not an ISO 8601 time: {value!r}") from None
+        raise InvalidInput(f"{option}: not an ISO 8601 time: {value!r}") from None
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
@@ -544,7 +611,7 @@ COMMANDS: dict[str, Handler] = {
     "ingest": cmd_ingest, "db": cmd_db, "users": cmd_users, "cases": cmd_cases, "outbox": cmd_outbox,
     "inbox": cmd_inbox, "reprocess": cmd_reprocess, "run": cmd_run, "maintenance": cmd_maintenance,
     "render": cmd_render, "imap": cmd_imap,
-    "tokens": cmd_tokens,
+    "tokens": cmd_tokens, "audit": cmd_audit,
 }
 
 

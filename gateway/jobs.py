@@ -1,7 +1,8 @@
-"""Timed jobs (SPEC §3 rule 4, §8): cases in `udfoert` for `policy.close_after_days` are
-closed by "system"; the portal's ended sessions, old links and quiet attempt counters go. The
-daemon runs them every `daemon.maintenance_interval_s` on one node at a time
-(`maintenance_loop`, under a lease); `gateway maintenance` runs them once, for cron.
+"""Timed jobs (SPEC §3 rule 4, §8, §10): cases in `udfoert` for `policy.close_after_days` are
+closed by "system"; the portal's ended sessions, old links and quiet attempt counters go; then
+the retention periods are enforced (gateway/retention.py). The daemon runs them every
+`daemon.maintenance_interval_s` on one node at a time (`maintenance_loop`, under a lease);
+`gateway maintenance` runs them once, for cron.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.clock import Clock
+from gateway.datastore import DataStore
 from gateway.errors import StoreRejected, StoreUnavailable
 from gateway.model import Status
+from gateway.retention import run_retention
+from gateway.settings import RetentionSettings
 from store import cases, portal
 from store.engine import Database, Sessions
 from store.lease import Lease
@@ -40,6 +44,8 @@ class JobDesk:
     language: str  # `policy.language`
     message_id_domain: str
     send_due: Callable[[], Awaitable[int]]  # one round of the sender: what is due, sent; how many
+    retention: RetentionSettings
+    data: DataStore  # what the retention jobs delete in, and the WAL they cut
 
 
 async def close_done_cases(desk: JobDesk, dry_run: bool = False) -> list[dict[str, Any]]:
@@ -75,6 +81,7 @@ async def run_timed_jobs(desk: JobDesk, dry_run: bool = False, deliver: bool = F
     actions = await close_done_cases(desk, dry_run)
     if not dry_run and (purged := await desk.tx.run(portal.purge, desk.clock.now())):
         actions.append({"job": "purge_portal", "count": purged, "done": True})
+    actions += await run_retention(desk.data, desk.retention, dry_run)
     if deliver and not dry_run:
         sent = 0
         while count := await desk.send_due():

@@ -266,6 +266,7 @@ class Facts:
     by_subject: CaseRef | None = None
     cc_users: tuple[UserRef, ...] = ()
     recent_from_sender: int = 0  # mails from this address that opened or touched a case in the last hour
+    sender_blocked: bool = False  # an unknown sender whose data was erased: never registered again by mail
 
 
 # --- plans: what to do with one mail ---------------------------------------------------------

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import tomllib
+import types
 import typing
 import urllib.parse
 from dataclasses import dataclass, field
@@ -38,7 +39,19 @@ class DatabaseSettings:
 @dataclass(frozen=True)
 class StorageSettings:
     blob_dir: str = "var/blobs"
-    raw_retention_days: int = 365  # after a case closes (SPEC §10)
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """How long personal data is kept (SPEC §10; README "Data protection"), in days; 0 keeps it
+    for good (that job is off). Enforced by the timed jobs (gateway/retention.py)."""
+
+    raw_mail_days: int = 90  # a mail's raw bytes, after its case was closed (lukket)
+    set_aside_mail_days: int = 30  # quarantined, ignored and rejected mail, after it was handled
+    sent_mail_days: int = 30  # what a notification said (subject, names), after it was sent
+    closed_case_days: int = 1826  # a closed case's comments, attachments and names (5 years)
+    blob_grace_s: int = 3600  # an attachment file no row names is deleted once untouched this long
+    blob_sweep_hours: float = 24.0  # how often the whole attachment folder is checked for such files
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,26 @@ class MailSettings:
 
 
 @dataclass(frozen=True)
+class OidcSettings:
+    """Single sign-on for the portal by OpenID Connect (gateway/http/portal/oidc.py). The portal is
+    a confidential client: register `{portal.url}/login/sso/callback` as its redirect URI. As for
+    the IMAP OAuth accounts, the secret itself never is a setting: client_secret_env names the
+    environment variable that holds it."""
+
+    issuer: str  # exactly as the provider's discovery document and ID tokens give it
+    client_id: str
+    client_secret_env: str
+    discovery_url: str = ""  # default: {issuer}/.well-known/openid-configuration
+    scopes: tuple[str, ...] = ("openid", "email")
+    display_name: str = "single sign-on"  # the login page's button: "Log ind med {display_name}"
+    timeout_s: float = 10.0  # per request to the provider
+
+    @property
+    def discovery_endpoint(self) -> str:
+        return self.discovery_url or self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+@dataclass(frozen=True)
 class PortalSettings:
     """Serviceportalen, served on the API's listener (gateway/http/portal). `url` is where the
     customers reach it: the links in mails, and whether cookies need https (they do unless it is
@@ -66,6 +99,7 @@ class PortalSettings:
     link_minutes: int = 30  # a mailed link to set a password works once, for this long
     attempts_per_address: int = 5  # failed logins (and link requests) per address before the back-off
     attempts_per_client: int = 50  # the same per client address
+    oidc: OidcSettings | None = None  # [portal.oidc]: single sign-on, off unless configured
 
 
 @dataclass(frozen=True)
@@ -201,6 +235,7 @@ class DaemonSettings:
 class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     mail: MailSettings = field(default_factory=MailSettings)
     portal: PortalSettings = field(default_factory=PortalSettings)
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
@@ -240,6 +275,12 @@ def load_settings(path: str | Path | None = None, env: typing.Mapping[str, str] 
     return _build(Settings, raw, "", extra={"base_dir": str(base_dir_value)})
 
 
+_RENAMED = {
+    "storage.raw_retention_days": "renamed to retention.raw_mail_days, which is now enforced (default 90 days "
+                                  "after the case is closed); see [retention] in gateway.example.toml",
+}
+
+
 def _apply_env(raw: dict[str, Any], env: typing.Mapping[str, str]) -> None:
     sections = {f.name for f in dataclasses.fields(Settings)}
     for name, value in env.items():
@@ -263,6 +304,9 @@ def _build(cls: type, data: Any, prefix: str, extra: dict[str, Any] | None = Non
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
+    for key in sorted(unknown):
+        if f"{prefix}{key}" in _RENAMED:
+            raise ConfigError(f"{prefix}{key}: {_RENAMED[prefix + key]}")
     if unknown:
         raise ConfigError(f"unknown key {prefix}{sorted(unknown)[0]}")
     kwargs: dict[str, Any] = dict(extra or {})
@@ -280,6 +324,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if isinstance(value, _EnvValue) and tp is not str and origin is not Literal:
         value = _parse_env(tp, str(value), key)
+    if origin in (typing.Union, types.UnionType):  # an optional section: `X | None`
+        (inner,) = (arg for arg in typing.get_args(tp) if arg is not type(None))
+        return _convert(inner, value, key)
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, key + ".")  # type: ignore[arg-type]
     if origin is tuple:
@@ -359,6 +406,11 @@ def _validate(obj: Any, prefix: str) -> None:
         raise ConfigError("api.requester_token_secret: must differ from mail.reply_token_secret")
     if isinstance(obj, SmtpSettings | ApiSettings) and not 0 <= obj.port <= 65535:
         raise ConfigError(f"{prefix}port: must be 0-65535")
+    if isinstance(obj, RetentionSettings):
+        for name in ("raw_mail_days", "set_aside_mail_days", "sent_mail_days", "closed_case_days", "blob_grace_s",
+                     "blob_sweep_hours"):
+            if getattr(obj, name) < 0:
+                raise ConfigError(f"retention.{name}: must not be negative (0 keeps the data for good)")
     if isinstance(obj, PolicySettings) and obj.close_after_days < 0:
         raise ConfigError("policy.close_after_days: must not be negative")
     if isinstance(obj, OutboundSettings) and not obj.transport.startswith(("maildir:", "smtp://")):
@@ -373,6 +425,8 @@ def _validate(obj: Any, prefix: str) -> None:
         raise ConfigError("worker.parse_processes: must be 1-64")
     if isinstance(obj, ImapAccount):
         _validate_imap_auth(obj, prefix)
+    if isinstance(obj, OidcSettings):
+        _validate_oidc(obj, prefix)
     if isinstance(obj, DaemonSettings) and obj.node_id and not _NODE_ID.fullmatch(obj.node_id):
         raise ConfigError("daemon.node_id: 1-64 letters, digits, '.', '_' or '-'")
     if isinstance(obj, SmtpSettings):
@@ -422,3 +476,24 @@ def _validate_portal(portal: PortalSettings) -> None:
                 "attempts_per_client"):
         if getattr(portal, key) < 1:
             raise ConfigError(f"portal.{key}: must be at least 1")
+
+
+def _validate_oidc(oidc: OidcSettings, prefix: str) -> None:
+    for key in ("issuer", "discovery_endpoint"):
+        parts = urllib.parse.urlsplit(getattr(oidc, key))
+        loopback = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1", "localhost")
+        if not parts.hostname or not (parts.scheme == "https" or loopback):
+            name = "discovery_url" if key == "discovery_endpoint" else key
+            raise ConfigError(f"{prefix}{name}: must be an https:// URL (http:// only on the loopback)")
+    if not oidc.client_id:
+        raise ConfigError(f"{prefix}client_id: required")
+    if not _ENV_NAME.fullmatch(oidc.client_secret_env):  # never echo it: it may be a pasted secret
+        raise ConfigError(f"{prefix}client_secret_env: must be the NAME of the environment variable that "
+                          "holds the secret (letters, digits and _), never the secret itself")
+    for scope in ("openid", "email"):
+        if scope not in oidc.scopes:
+            raise ConfigError(f"{prefix}scopes: must include {scope!r}")
+    if not oidc.display_name.strip():
+        raise ConfigError(f"{prefix}display_name: must not be empty")
+    if not 0 < oidc.timeout_s <= 60:
+        raise ConfigError(f"{prefix}timeout_s: must be more than 0 and at most 60")

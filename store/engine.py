@@ -1,7 +1,10 @@
 """The async engine: SQLite through aiosqlite by default, PostgreSQL through asyncpg.
 
 SQLite runs in WAL mode with synchronous=FULL, so a commit is durable (RELIABILITY 31), with
-foreign keys on and a busy timeout; `check_durability` verifies that at start-up.
+foreign keys on and a busy timeout; `check_durability` verifies that at start-up. Every
+connection has `secure_delete` on: what a transaction deletes or overwrites is zeroed in the
+file, not left in free pages, so erased and expired data is gone from the database file once
+the WAL is checkpointed (store/sqlite/wal.py: `truncate_wal`).
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ def _sqlite_pragmas(engine: AsyncEngine | Engine, busy_timeout_ms: int) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.close()
 

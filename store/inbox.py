@@ -310,6 +310,7 @@ class Inbox:
     async def reprocess(self, inbound_id: int | None = None, quarantined: bool = False) -> int:
         """Put mails back in the queue (`gateway reprocess ID|--quarantined`)."""
         cond = T.c.id == inbound_id if inbound_id is not None else T.c.state == "quarantined"
+        cond = cond & (T.c.state != "expired")  # its raw bytes were deleted (retention, erasure)
         if inbound_id is None and not quarantined:
             return 0
         with store_errors("inbox"):

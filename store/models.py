@@ -33,6 +33,9 @@ class AppUser(SQLModel, table=True):
     # Requester tokens name the generation they were issued in; `users revoke-tokens` bumps it.
     # A server default only: the mail path's INSERTs (store/sqlite/driver.py) name their columns.
     token_generation: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    # Set when the person's data was erased (store/erasure.py): the row stays as a pseudonym, so
+    # the case skeletons that name it stay whole; such a user is never a recipient again.
+    erased_at: datetime | None = None
 
 
 def partial_index(name: str, *columns: str, where: str) -> Index:
@@ -43,7 +46,11 @@ def partial_index(name: str, *columns: str, where: str) -> Index:
 class SupportCase(SQLModel, table=True):
     __tablename__ = "support_case"
     # Lists are newest first by last change, a page at a time (store/queries.py: cases_page).
-    __table_args__ = (Index("ix_case_updated", "updated_at", "id"),)
+    # The retention jobs (store/retention.py) find closed cases not yet done by the other two,
+    # without reading every case ever closed on each run.
+    __table_args__ = (Index("ix_case_updated", "updated_at", "id"),
+                      Index("ix_case_raw_due", "status", "raw_deleted_at", "status_changed_at"),
+                      Index("ix_case_anonymise_due", "status", "anonymised_at", "status_changed_at"))
     id: int | None = Field(default=None, primary_key=True)
     number: str = Field(max_length=40, unique=True)
     subject: str = Field(max_length=500, default="")
@@ -55,6 +62,8 @@ class SupportCase(SQLModel, table=True):
     created_at: datetime
     updated_at: datetime
     status_changed_at: datetime
+    raw_deleted_at: datetime | None = None  # its mails' raw bytes were deleted (retention.raw_mail_days)
+    anonymised_at: datetime | None = None  # only the skeleton is left (retention.closed_case_days)
 
 
 class CaseParty(SQLModel, table=True):
@@ -69,7 +78,7 @@ class Comment(SQLModel, table=True):
     __tablename__ = "comment"
     id: int | None = Field(default=None, primary_key=True)
     case_id: int = Field(foreign_key="support_case.id", index=True)
-    author_id: int | None = Field(default=None, foreign_key="app_user.id")
+    author_id: int | None = Field(default=None, foreign_key="app_user.id", index=True)  # index: export, erasure
     created_at: datetime
     source: str = Field(max_length=10)
     public: bool = True
@@ -134,9 +143,12 @@ class InboundMail(SQLModel, table=True):
     # its mails ever (a flood from one address made every mail slower than the last).
     # processed_at: /metrics reads the mails processed since its last scrape (store/stats.py);
     # only processed rows are in it, so the SMTP edge's inserts do not write it.
+    # (outcome, state, processed_at): the retention job finds set-aside mail due for deletion
+    # without reading every ignored mail ever received (an `expired` one has left the range).
     __table_args__ = (Index("ix_inbound_claim", "state", "claimed_until"),
                       Index("ix_inbound_from_processed", "from_addr", "processed_at"),
-                      partial_index("ix_inbound_processed", "processed_at", where="processed_at IS NOT NULL"))
+                      partial_index("ix_inbound_processed", "processed_at", where="processed_at IS NOT NULL"),
+                      Index("ix_inbound_expiry", "outcome", "state", "processed_at"))
     id: int | None = Field(default=None, primary_key=True)
     received_at: datetime
     source: str = Field(max_length=100)
@@ -146,7 +158,7 @@ class InboundMail(SQLModel, table=True):
     sha256: str = Field(max_length=64)
     message_id: str | None = Field(default=None, max_length=998, index=True)
     dedup_key: str = Field(max_length=64, unique=True)
-    state: str = Field(default="pending", max_length=20)
+    state: str = Field(default="pending", max_length=20)  # … | expired: raw bytes deleted (retention)
     attempts: int = 0
     claimed_until: datetime | None = None
     claimed_by: str | None = Field(default=None, max_length=100)
@@ -187,7 +199,8 @@ class Outbox(SQLModel, table=True):
     __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),
                       Index("ix_outbox_recipient_created", "recipient", "created_at"),
                       Index("ix_outbox_case_recipient_created", "case_id", "recipient", "created_at"),
-                      partial_index("ix_outbox_sent", "sent_at", where="sent_at IS NOT NULL"))
+                      partial_index("ix_outbox_sent", "sent_at", where="sent_at IS NOT NULL"),
+                      Index("ix_outbox_prune_due", "state", "pruned_at", "sent_at"))
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime
     event: str = Field(max_length=20)
@@ -197,13 +210,14 @@ class Outbox(SQLModel, table=True):
     language: str = Field(default="da", max_length=5)
     message_id: str = Field(max_length=998, unique=True)
     context: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # type: ignore[type-arg]
-    state: str = Field(default="pending", max_length=20)  # pending|sending|sent|failed|held
+    state: str = Field(default="pending", max_length=20)  # pending|sending|sent|failed|held|cancelled
     attempts: int = 0
     next_attempt_at: datetime
     claimed_until: datetime | None = None
     claimed_by: str | None = Field(default=None, max_length=100)  # `node:run` of the sender that holds it
     last_error: str | None = None
     sent_at: datetime | None = None
+    pruned_at: datetime | None = None  # what it said (subject, names) was deleted (retention.sent_mail_days)
 
 
 class Counter(SQLModel, table=True):
@@ -243,6 +257,33 @@ class ImapFolderState(SQLModel, table=True):
     last_uid: int = Field(default=0, sa_column=Column(BigInteger, nullable=False, default=0))
     failures: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # type: ignore[type-arg]
     last_fetch_at: datetime | None = None
+
+
+class AuditEvent(SQLModel, table=True):
+    """Who exported, erased or allowed whose data, when and why; and what the retention jobs
+    deleted (actor "system"). The agents' case actions are in `status_change` and `comment`;
+    `gateway audit list` shows both (store/audit.py)."""
+
+    __tablename__ = "audit_event"
+    id: int | None = Field(default=None, primary_key=True)
+    at: datetime = Field(index=True)
+    actor: str = Field(max_length=320)  # an agent's address, "cli:<login>", or "system"
+    via: str | None = Field(default=None, max_length=100)  # the API service the agent acted through
+    action: str = Field(max_length=30)  # export | erase | allow | retention
+    subject: str | None = Field(default=None, max_length=320, index=True)  # whose data: an address
+    reason: str = Field(default="", max_length=1000)
+    detail: dict = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))  # type: ignore[type-arg]
+
+
+class BlockedAddress(SQLModel, table=True):
+    """The address of a person whose data was erased: mail from it registers nobody until an
+    operator allows it again (`gateway users allow`). `user_id` is the pseudonymised record
+    that remains, so an export by the address shows what is left."""
+
+    __tablename__ = "blocked_address"
+    email: str = Field(primary_key=True, max_length=320)
+    user_id: int | None = Field(default=None, foreign_key="app_user.id")
+    blocked_at: datetime
 
 
 def joined_text(visible: str, signature: str) -> str:

@@ -254,10 +254,12 @@ class OutboxQueue:
 
 def recipients_for(session: Session, case: SupportCase | CaseRef, exclude_user_id: int | None,
                          default_language: str) -> list[Recipient]:
-    """The requester and every party, never the one who caused the event (SPEC §7)."""
+    """The requester and every party, never the one who caused the event (SPEC §7), nor anyone
+    whose data was erased (their record is a pseudonym now)."""
     parties = (session.exec(model_select(CaseParty.user_id).where(CaseParty.case_id == case.id))).all()
     ids = [case.requester_id, *parties]
-    users = (session.exec(model_select(AppUser).where(col(AppUser.id).in_(ids)))).all()
+    users = (session.exec(model_select(AppUser).where(col(AppUser.id).in_(ids),
+                                                      col(AppUser.erased_at).is_(None)))).all()
     by_id = {u.id: u for u in users}
     return [recipient_of(by_id[i], default_language) for i in dict.fromkeys(ids)
             if i in by_id and i != exclude_user_id]

@@ -36,6 +36,7 @@ from store.models import (
     SupportCase,
     joined_text,
 )
+from store.person import address_blocked
 from store.sqlite.driver import DriverStatement
 
 
@@ -161,6 +162,9 @@ def load_facts(session: Session, triage: Triage, now: datetime) -> Facts:
         by_subject=refs.get(by_subject) if by_subject else None,
         cc_users=tuple(user_refs(session, list(triage.cc))) if triage.cc and sender else (),
         recent_from_sender=recent_from(session, triage.sender, now, triage.recent_cap) if triage.sender else 0,
+        # an unknown sender whose data was erased (store/person.py): not registered again by mail
+        sender_blocked=bool(triage.sender and not sender and not triage.kind.is_automated
+                            and address_blocked(session.connection(), triage.sender)),
     )
 
 

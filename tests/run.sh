@@ -33,9 +33,10 @@ pg_suite() {
     tests/test_pipeline.py tests/test_corpus.py tests/test_notify.py tests/test_hostile.py \
     tests/test_lifecycle.py tests/test_api.py tests/test_story.py tests/test_smtp.py tests/test_imap.py \
     tests/test_daemon.py tests/test_multinode.py tests/test_credentials.py tests/test_imap_oauth.py \
-    tests/test_portal_store.py tests/test_portal_http.py tests/test_portal_browser.py tests/test_faults.py \
+    tests/test_portal_store.py tests/test_portal_http.py tests/test_portal_browser.py tests/test_portal_sso.py \
+    tests/test_faults.py \
     tests/test_crash.py tests/test_operations.py tests/test_cli_ops.py tests/test_attachments.py tests/test_stats.py \
-    tests/test_store_edge.py "$@"
+    tests/test_privacy.py tests/test_privacy_story.py tests/test_store_edge.py "$@"
 }
 
 # The two suites run side by side: each spends most of its time waiting on its daemons,

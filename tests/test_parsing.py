@@ -17,7 +17,7 @@ import pytest
 
 from gateway.errors import UnusableMail
 from gateway.parse_pool import ParseRunner
-from gateway.pipeline.parse import Limits
+from gateway.pipeline.parse import Limits, parse_mail
 from store.blobs import BlobStore
 from tests.conftest import CORPUS
 
@@ -310,3 +310,42 @@ def test_html_parts_outside_an_alternative_are_content(raw: bytes, text: str) ->
     from gateway.pipeline.parse import parse_mail
 
     assert parse_mail(raw).text.strip() == text
+
+
+def _attached(disposition: bytes, ctype: bytes = b"application/pdf") -> bytes:
+    return (b"From: a@b.example\r\nTo: k@statens-adm.example\r\nSubject: Hej\r\nMIME-Version: 1.0\r\n"
+            b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nSe bilag\r\n'
+            b"--B\r\nContent-Type: " + ctype + b"\r\nContent-Disposition: " + disposition + b"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--B--\r\n")
+
+
+@pytest.mark.parametrize(("raw", "name"), [
+    (_attached("attachment; filename=Søknad æøå.pdf".encode()), "Søknad æøå.pdf"),
+    (_attached("attachment;\r\n\tfilename=\"ciële.txt\"".encode()), "ciële.txt"),
+    (_attached(b"attachment", "application/pdf; name=Bilag_1_\xe6\xf8\xe5.pdf".encode("latin-1")), "Bilag_1_æøå.pdf"),
+    (_attached(b"attachment; filename*=utf-8''S%C3%B8knad.pdf"), "Søknad.pdf"),
+    (_attached(b"attachment; filename=\"=?utf-8?q?S=C3=B8knad.pdf?=\""), "Søknad.pdf"),
+], ids=["raw utf-8", "raw utf-8 folded and quoted", "raw latin-1 in name=", "rfc 2231", "rfc 2047 in quotes"])
+def test_raw_8bit_attachment_names_are_read_like_subjects(raw: bytes, name: str) -> None:
+    from gateway.pipeline.parse import parse_mail
+
+    assert [a.name for a in parse_mail(raw).attachments] == [name]
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    ("friendly =?UTF-8?Q?=E2=9C=94?=\r\n (1476358788189)", "friendly \u2714 (1476358788189)"),  # space kept
+    ("=?utf-8?b?w6Y=?= =?utf-8?b?w7g=?=", "\u00e6\u00f8"),  # space between encoded-words goes
+    ("=?utf-8?b?8J+Y?= =?utf-8?b?gA==?=", "\U0001f600"),  # one character split between two words
+    ("=?utf-8?q?a?= b =?utf-8?q?c?=", "a b c"),
+    ("=?NONE?B?VEVTVA=?=", "TEST"),  # an unknown charset and bad padding
+    ("plain text", "plain text"),
+], ids=["space-after-word", "space-between-words", "split-character", "words-and-text", "unknown-charset", "plain"])
+def test_encoded_words_decode_as_rfc_2047_says(value: str, text: str) -> None:
+    from gateway.pipeline.headers import decode
+
+    assert decode(value) == text
+
+
+def test_the_first_of_two_subjects_is_the_subject() -> None:
+    raw = b"From: a@b.example\r\nSubject: Testing outlook\r\nSubject: Another PDF\r\n\r\nbody\r\n"
+    assert parse_mail(raw).subject == "Testing outlook"

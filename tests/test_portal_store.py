@@ -167,6 +167,7 @@ async def test_mine_sager_lists_own_and_shared_cases_filtered_and_paged(app: App
     assert (total, [r.number for r in rows], rows[0].status) == (1, [numbers[0]], "udfoert")
     rows, total = await app.tx.read(portal_cases.my_cases, jens, "all", 2, 2)
     assert total == 6 and [r.number for r in rows] == [numbers[4], numbers[3]]
+    assert await app.tx.read(portal_cases.my_cases, jens, "all", 25, 50) == ([], 6)  # past the last page
     mette = await user_id(app, "mette@kunde.example")
     rows, total = await app.tx.read(portal_cases.my_cases, mette, "all", 25, 0)
     assert [r.number for r in rows] == [metters]
@@ -185,8 +186,11 @@ async def test_a_case_is_found_only_for_its_requester_and_parties(app: App) -> N
     assert await app.tx.read(portal_cases.member_case, number, mette) is None
     assert await app.tx.read(portal_cases.member_case, number, ole) is None
     assert await app.tx.read(portal_cases.member_case, "SAG-999999", jens) is None
+    assert await app.tx.read(portal_cases.member_case_page, number, ole) is None
     await lifecycle.share(app.desk, number, "mette@kunde.example", "jens@kunde.example")
     assert await app.tx.read(portal_cases.member_case, number, mette) is not None
+    page = await app.tx.read(portal_cases.member_case_page, number, mette)
+    assert page is not None and page.head == head and [p.email for p in page.parties] == ["mette@kunde.example"]
 
 
 async def test_the_case_page_shows_public_comments_only_and_their_files(app: App) -> None:

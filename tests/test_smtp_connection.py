@@ -1,5 +1,6 @@
-"""gateway/ingest/smtp_connection.py: aiosmtpd's per-connection tables and its address parser,
-made cheaper, give the answers aiosmtpd gives."""
+"""The adapter's connection fast paths (gateway/ingest/smtp_adapter.py): aiosmtpd's per-connection
+tables and its address parser, made cheaper, give the answers aiosmtpd gives. The same fast
+paths under whole sessions, against stock aiosmtpd: tests/test_smtp_conformance.py."""
 
 from __future__ import annotations
 
@@ -12,13 +13,8 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.ingest.smtp import ConnectionLimits, Gate, InboxHandler, _protocol_class
-from gateway.ingest.smtp_connection import PlainAddresses
-
-
-class Plain(PlainAddresses, SMTP):
-    pass
-
+from gateway.ingest.smtp import ConnectionLimits, Gate, InboxHandler, protocol_class
+from gateway.ingest.smtp_adapter import FastSMTP as Plain
 
 ATEXT = "abcXYZ019!#$%&'*+/=?^_`{|}~-"
 NOISE = ATEXT + ' .@<>()[]\\"\t\r\nø:,;'
@@ -70,7 +66,7 @@ def test_the_connection_tables_are_the_ones_aiosmtpd_builds_from_the_full_dir() 
     async def tables() -> None:
         handler = InboxHandler.__new__(InboxHandler)
         for lmtp in (False, True):
-            ours = _protocol_class(lmtp, Gate(ConnectionLimits(10, 10), 60.0))(handler, hostname="x", ident="x")
+            ours = protocol_class(lmtp, Gate(ConnectionLimits(10, 10), 60.0))(handler, hostname="x", ident="x")
             base = LMTP if lmtp else SMTP
 
             class Full(base):  # type: ignore[valid-type, misc]

@@ -4,7 +4,8 @@ The reader takes everything up to the next ".<CRLF>" at a time, where aiosmtpd r
 a time. The reference below is aiosmtpd's rule written out line by line: lines end at <CRLF>
 only; the first line that is exactly ".<CRLF>" ends the mail; a line starting with a dot loses
 that dot; a line longer than the limit (with its CRLF) or a mail over the size limit is
-refused after the dot, the whole mail read either way. Streams are built from the pieces that
+refused after the dot, the whole mail read either way, and the first line that is too long
+or ends past the size limit decides which refusal. Streams are built from the pieces that
 matter (bare CR and LF, dots, CRLF, long runs) and fed to a real asyncio.StreamReader with
 aiosmtpd's limit, in random chunks, with the next command behind the mail.
 """
@@ -33,10 +34,17 @@ def reference(stream: bytes, size_limit: int) -> tuple[bytes, str | None, bytes]
             break
         lines.append(line)
     rest = stream[pos:]
-    if size_limit and sum(map(len, lines)) > size_limit:
-        return b"", TOO_BIG, rest
-    if any(len(line) > LINE_LIMIT for line in lines):
-        return b"", LINE_TOO_LONG, rest
+    refusal, size = None, 0
+    for line in lines:  # the order of aiosmtpd 1.4.6's checks in its smtp_DATA
+        if refusal is None and len(line) > LINE_LIMIT + 2:  # the line overran the stream reader
+            refusal = LINE_TOO_LONG
+        size += len(line)
+        if refusal is None and size_limit and size > size_limit:
+            refusal = TOO_BIG
+        if refusal is None and len(line) > LINE_LIMIT:
+            refusal = LINE_TOO_LONG
+    if refusal:
+        return b"", refusal, rest
     return b"".join(line[1:] if line.startswith(b".") else line for line in lines), None, rest
 
 
@@ -58,12 +66,12 @@ async def read_in_chunks(stream: bytes, cuts: list[int], size_limit: int) -> tup
 
 
 PIECES = st.sampled_from([b"\r\n", b"\n", b"\r", b".", b"..", b".\r\n", b"\n.\r\n", b"\r\n.\n", b"x", b"Hej.",
-                          b" ", b"\r\n..\r\n", b"y" * 400, b"z" * 999, b"w" * 1000])
+                          b" ", b"\r\n..\r\n", b"y" * 400, b"z" * 999, b"w" * 1000, b"v" * 1001, b"u" * 1002])
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=st.lists(PIECES, max_size=40), cuts=st.lists(st.integers(0, 50_000), max_size=8),
-       size_limit=st.sampled_from([0, 2000, 100_000]))
+       size_limit=st.sampled_from([0, 1000, 2000, 3000, 100_000]))
 def test_read_data_keeps_aiosmtpds_rules_in_any_chunking(body: list[bytes], cuts: list[int],
                                                           size_limit: int) -> None:
     # the mail: the pieces, ended by a line of one dot (after a CRLF unless it is empty)

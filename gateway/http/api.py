@@ -18,20 +18,24 @@ import base64
 import binascii
 import json
 import logging
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from gateway import credentials, lifecycle, metrics
+from gateway import credentials, lifecycle, metrics, privacy
 from gateway.addresses import canonical
 from gateway.attachments import download_headers, open_attachment
 from gateway.credentials import Caller
@@ -425,6 +429,43 @@ async def unbounce(request: Request) -> Response:
     return _ok(await lifecycle.unbounce(_gw(request).desk, _required(body, "email")))
 
 
+# --- a person's data (gateway/privacy.py), agents and services only ---------------------------------
+
+
+def _flag(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise ApiError(422, f"field {name!r} must be true or false")
+    return value
+
+
+async def users_export(request: Request) -> Response:
+    """Everything stored about the person, as the zip `gateway users export` writes."""
+    body, actor, via = await _posted(request, _agent_actor)
+    folder = Path(tempfile.mkdtemp(prefix="gw-export-"))
+    try:
+        out = folder / "export.zip"
+        await privacy.export_person(_gw(request).data, _required(body, "email"), out, actor,
+                                    _field(body, "reason", False), via=via, internal=_flag(body, "internal"))
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return FileResponse(out, media_type="application/zip", filename="export.zip",
+                        background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+
+
+async def users_erase(request: Request) -> Response:
+    body, actor, via = await _posted(request, _agent_actor)
+    return _ok(await privacy.erase_person(_gw(request).data, _required(body, "email"), actor,
+                                          _field(body, "reason", False), _flag(body, "dry_run"), via=via))
+
+
+async def users_allow(request: Request) -> Response:
+    body, actor, via = await _posted(request, _agent_actor)
+    return _ok(await privacy.allow_address(_gw(request).data, _required(body, "email"), actor,
+                                           _field(body, "reason", False), via=via))
+
+
 # --- the application ------------------------------------------------------------------------------
 
 
@@ -443,6 +484,8 @@ def build_api(deps: HttpDeps, loops: LoopWatch | None = None) -> Starlette:
         Route("/cases/{number}/comments", post_comment, methods=["POST"]),
         Route("/users/search", search_users), Route("/users/token", issue_token, methods=["POST"]),
         Route("/users/unbounce", unbounce, methods=["POST"]),
+        Route("/users/export", users_export, methods=["POST"]), Route("/users/erase", users_erase, methods=["POST"]),
+        Route("/users/allow", users_allow, methods=["POST"]),
         *portal_routes(deps),  # Serviceportalen's pages, /static/ and /favicon.ico (gateway/http/portal)
     ]
     handlers: dict[Any, Any] = {Exception: _on_error, HTTPException: _on_error, ApiError: _on_error,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from gateway.clock import Clock
 from gateway.credentials import TokenDesk
+from gateway.datastore import DataStore
 from gateway.lifecycle import CaseDesk
 from gateway.settings import Settings
 from store.blobs import BlobStore
@@ -30,3 +31,4 @@ class HttpDeps:
     # What /healthz asks besides the daemon's loops (name -> alive now): the daemon's parts add
     # themselves as they start (`App.liveness`, the same dict).
     liveness: dict[str, Callable[[], bool]]
+    data: DataStore  # the data-protection endpoints (`gateway.privacy`)

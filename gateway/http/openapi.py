@@ -125,11 +125,35 @@ def openapi_document() -> dict[str, Any]:
                 _json_content(_ref("Unbounced")), [],
                 _json_content({"type": "object", "required": ["email"], "properties": {"email": _EMAIL}}),
                 errors="400 401 403 404 415 422 503")},
+            **_privacy_paths(),
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": _schemas(),
         },
+    }
+
+
+def _privacy_paths() -> dict[str, Any]:
+    """A person's data (gateway/privacy.py), agents and services only; the reason is audited."""
+    def body(**extra: Any) -> dict[str, Any]:
+        return _json_content({"type": "object", "required": ["email", "reason"], "properties": {
+            "email": _EMAIL, "reason": {"type": "string", "minLength": 1, "maxLength": 1000}, **extra, **_AS}})
+
+    flag = {"type": "boolean", "default": False}
+    zip_file = {"application/zip": {"schema": {"type": "string", "format": "binary"}}}
+    errors = "400 401 403 404 409 415 422 503"
+    return {
+        "/users/export": {"post": _operation("Everything stored about a person, as a zip (agents)", zip_file,
+                                             [_ACTING], body(internal=flag), errors=errors)},
+        "/users/erase": {"post": _operation(
+            "Erase a person's mails, files, text and name; block their address (agents)",
+            _json_content({"type": "object", "required": ["email", "dry_run"]}), [_ACTING], body(dry_run=flag),
+            errors=errors)},
+        "/users/allow": {"post": _operation(
+            "Let an erased person's address register again by mail (agents)",
+            _json_content({"type": "object", "required": ["email", "blocked"]}), [_ACTING], body(),
+            errors=errors)},
     }
 
 

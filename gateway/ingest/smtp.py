@@ -1,6 +1,9 @@
 """The SMTP (or LMTP) edge: cheap checks, raw bytes committed to the inbox, then 250 (SPEC §4).
 
 Run inside our own event loop with `loop.create_server` (not aiosmtpd's threaded Controller).
+aiosmtpd is reached only through gateway/ingest/smtp_adapter.py, and only by its public names
+here: the adapter holds the fast paths that need its private parts, for the version they were
+verified with.
 Every reply is a named constant below. The handler never parses a mail: parsing happens in
 the worker. If the commit fails or is too slow, the answer is 451 and the sender retries; a
 commit that lands after a 451 is harmless, because the retry hits the dedup key.
@@ -23,12 +26,19 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, AnyStr
 
-from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP, Envelope, Session
-
 from gateway.addresses import canonical, local_and_tag
-from gateway.ingest.smtp_connection import NamesForTables, PlainAddresses
-from gateway.ingest.smtp_data import TOO_MUCH_DATA, read_data
+from gateway.ingest.smtp_adapter import (
+    AIOSMTPD_VERSION,
+    SMTP,
+    VERIFIED_RANGE,
+    Envelope,
+    HandlerNames,
+    Session,
+    fast_paths,
+    protocol_base,
+    syntax,
+)
+from gateway.ingest.smtp_data import TOO_MUCH_DATA
 from gateway.settings import SmtpSettings
 from store.inbox import Accepted, IncomingMail, header_end
 
@@ -97,7 +107,7 @@ def hop_count(raw: bytes) -> int:
     return len(_RECEIVED.findall(raw, 0, end if end is not None else min(len(raw), 1_048_576)))
 
 
-class InboxHandler(NamesForTables):
+class InboxHandler(HandlerNames):
     """aiosmtpd handler hooks. State lives in the envelope; the store is one callable."""
 
     def __init__(self, store: Store, cfg: SmtpSettings, addresses: tuple[str, ...],
@@ -273,37 +283,40 @@ class Gate:
         self.sessions: set[Any] = set()
 
 
-def _protocol_class(lmtp: bool, gate: Gate) -> type[SMTP]:
-    base: type[SMTP] = LMTP if lmtp else SMTP
+def protocol_class(lmtp: bool, gate: Gate, fast: bool = True) -> type[SMTP]:
+    """The session class of one listener: aiosmtpd's protocol (through the adapter, with its fast
+    paths unless `fast` is False) plus connection caps, a session deadline, graceful shutdown,
+    the error budget and our replies to AUTH and to the size limit. Only public names of
+    aiosmtpd's protocol are used here; our own attributes are named gw_*."""
+    base = protocol_base(lmtp, fast)
 
-    class GatewaySMTP(NamesForTables, PlainAddresses, base):  # type: ignore[valid-type, misc]
-        """aiosmtpd's protocol plus connection caps, a session deadline and graceful shutdown."""
-
-        _gw_started = False
-        _gw_admitted = False
-        _gw_in_data = False
-        _gw_errors = 0
+    class GatewaySMTP(base):  # type: ignore[valid-type, misc]
+        gw_started = False
+        gw_admitted = False
+        gw_in_data = False
+        gw_errors = 0
+        gw_ip = ""
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            if self._gw_started:  # STARTTLS hands the TLS transport in again
+            if self.gw_started:  # STARTTLS hands the TLS transport in again
                 super().connection_made(transport)
                 return
-            self._gw_started = True
+            self.gw_started = True
             peer = transport.get_extra_info("peername")
-            self._gw_ip = peer[0] if isinstance(peer, tuple) else str(peer)
+            self.gw_ip = peer[0] if isinstance(peer, tuple) else str(peer)
             refusal = (TEMP_SHUTDOWN if not gate.accepting
-                       else None if gate.limits.admit(self._gw_ip) else TEMP_BUSY)
+                       else None if gate.limits.admit(self.gw_ip) else TEMP_BUSY)
             if refusal:
-                log.info("smtp.connection_refused", extra={"peer": self._gw_ip, "reply": refusal[:9]})
+                log.info("smtp.connection_refused", extra={"peer": self.gw_ip, "reply": refusal[:9]})
                 transport.write(refusal.encode() + b"\r\n")  # type: ignore[attr-defined]
                 transport.close()
                 return
-            self._gw_admitted = True
+            self.gw_admitted = True
             gate.sessions.add(self)
             super().connection_made(transport)
-            self._gw_deadline = asyncio.get_running_loop().call_later(gate.deadline_s, self._gw_expire)
+            self.gw_deadline = asyncio.get_running_loop().call_later(gate.deadline_s, self.gw_expire)
 
-        def _gw_expire(self) -> None:
+        def gw_expire(self) -> None:
             self.gw_close(TEMP_DEADLINE)
 
         def gw_close(self, reply: str | None) -> None:
@@ -315,38 +328,17 @@ def _protocol_class(lmtp: bool, gate: Gate) -> type[SMTP]:
 
         def gw_shutdown(self) -> None:
             """Between transactions: 421 now. Inside DATA: after the reply (smtp_DATA below)."""
-            if not self._gw_in_data:
+            if not self.gw_in_data:
                 self.gw_close(TEMP_SHUTDOWN)
 
+        @syntax("DATA")
         async def smtp_DATA(self, arg: str) -> None:
-            """aiosmtpd's DATA with the mail read in pieces, not a line at a time (below)."""
-            if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
-                return
-            assert self.envelope is not None
-            if not self.envelope.rcpt_tos:
-                await self.push("503 Error: need RCPT command")
-                return
-            if arg:
-                await self.push("501 Syntax: DATA")
-                return
-            self._gw_in_data = True
+            """The base's DATA; a shutdown lets it answer and then says 421 (gw_shutdown)."""
+            self.gw_in_data = True
             try:
-                await self.push("354 End data with <CR><LF>.<CR><LF>")
-                try:
-                    content, trouble = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
-                except asyncio.CancelledError:  # the connection was lost during DATA
-                    self._writer.close()
-                    raise
-                if trouble:
-                    await self.push(trouble)
-                    self._set_post_data_state()
-                    return
-                self.envelope.content = self.envelope.original_content = content
-                status = await self._call_handler_hook("DATA")
-                self._set_post_data_state()
-                await self.push(status)
+                await super().smtp_DATA(arg)
             finally:
-                self._gw_in_data = False
+                self.gw_in_data = False
             if not gate.accepting:
                 self.gw_close(TEMP_SHUTDOWN)
 
@@ -358,18 +350,18 @@ def _protocol_class(lmtp: bool, gate: Gate) -> type[SMTP]:
                 status = _REWORDED.get(status, status)  # type: ignore[assignment]
             await super().push(status)
             if status[:2] in ("50", b"50"):  # aiosmtpd counts only unknown verbs (RELIABILITY 20)
-                self._gw_errors += 1
-                if self._gw_errors >= MAX_COMMAND_ERRORS:
-                    log.info("smtp.too_many_errors", extra={"peer": self._gw_ip})
+                self.gw_errors += 1
+                if self.gw_errors >= MAX_COMMAND_ERRORS:
+                    log.info("smtp.too_many_errors", extra={"peer": self.gw_ip})
                     self.gw_close(TEMP_ERRORS)
 
         def connection_lost(self, error: Exception | None) -> None:
-            if not self._gw_admitted:
+            if not self.gw_admitted:
                 return
-            self._gw_admitted = False
-            gate.limits.leave(self._gw_ip)
+            self.gw_admitted = False
+            gate.limits.leave(self.gw_ip)
             gate.sessions.discard(self)
-            self._gw_deadline.cancel()
+            self.gw_deadline.cancel()
             super().connection_lost(error)
 
     return GatewaySMTP
@@ -394,12 +386,21 @@ def call_limits(cfg: SmtpSettings) -> dict[str, int]:
             "RCPT": max(many, cfg.max_recipients * 10)}
 
 
+def protocol_options(cfg: SmtpSettings, loop: asyncio.AbstractEventLoop) -> dict[str, Any]:
+    """The keyword arguments of aiosmtpd's protocol for the listener (also given to stock
+    aiosmtpd by the conformance test and the bench's floor, so the limits are the same)."""
+    return dict(data_size_limit=cfg.max_message_size, hostname=cfg.hostname, decode_data=False,
+                command_call_limit=call_limits(cfg), tls_context=tls_context(cfg), require_starttls=False,
+                auth_required=False, ident="Kundebetjening gateway", timeout=300, loop=loop)
+
+
 class SmtpListener:
     """Owns the asyncio server; `close` drains the sessions as the module docstring says."""
 
-    def __init__(self, handler: InboxHandler, cfg: SmtpSettings) -> None:
+    def __init__(self, handler: InboxHandler, cfg: SmtpSettings, *, fast: bool = True) -> None:
         self._handler = handler
         self._cfg = cfg
+        self._fast = fast and fast_paths()
         self._server: asyncio.base_events.Server | None = None
         self.limits = ConnectionLimits(cfg.max_connections, cfg.max_connections_per_ip, cfg.trusted_relays,
                                        cfg.max_connections_per_relay)
@@ -408,17 +409,16 @@ class SmtpListener:
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
-        cls = _protocol_class(self._cfg.lmtp, self._gate)
-        ctx = tls_context(self._cfg)
-        kwargs: dict[str, Any] = dict(
-            data_size_limit=self._cfg.max_message_size, hostname=self._cfg.hostname, decode_data=False,
-            command_call_limit=call_limits(self._cfg), tls_context=ctx, require_starttls=False,
-            auth_required=False, ident="Kundebetjening gateway", timeout=300, loop=loop)
-        self._server = await loop.create_server(lambda: cls(self._handler, **kwargs),
+        if not fast_paths():
+            log.warning("smtp.aiosmtpd_unverified", extra={"version": AIOSMTPD_VERSION, "verified": VERIFIED_RANGE})
+        cls = protocol_class(self._cfg.lmtp, self._gate, self._fast)
+        options = protocol_options(self._cfg, loop)
+        self._server = await loop.create_server(lambda: cls(self._handler, **options),
                                                 host=self._cfg.host, port=self._cfg.port)
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("smtp.listening", extra={"host": self._cfg.host, "port": self.port, "lmtp": self._cfg.lmtp,
-                                          "starttls": ctx is not None})
+                                          "starttls": options["tls_context"] is not None,
+                                          "fast_paths": self._fast})
         return self.port
 
     @property

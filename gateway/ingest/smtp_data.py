@@ -1,4 +1,4 @@
-"""The mail data after DATA's 354, read for the listener (gateway/ingest/smtp.py) with
+"""The mail data after DATA's 354, read for the listener (gateway/ingest/smtp_adapter.py) with
 aiosmtpd's rules but not a line at a time."""
 
 from __future__ import annotations
@@ -20,40 +20,50 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
     reader, a third of the listener's CPU. Here each read takes everything up to the next
     ".<CRLF>", which ends the mail only where a line starts, that is, right after a <CRLF>
     (the data itself starts at a line start); lines end at <CRLF> only, as in aiosmtpd since
-    1.4.5 (SMTP smuggling: a bare LF before ".<CR><LF>" ends nothing). The line limit is
-    aiosmtpd's (500 after the mail), checked on the whole mail.
+    1.4.5 (SMTP smuggling: a bare LF before ".<CR><LF>" ends nothing). The limits are
+    aiosmtpd's, checked on the whole mail; of a mail over the size limit only what decides
+    aiosmtpd's answer is kept (`_refusal`).
     """
     parts: list[bytes] = []
     size = 0
-    too_big = False
+    keep = size_limit + line_limit + 3 if size_limit else 0  # enough to answer as aiosmtpd would
     last = b"\r\n"  # the last two bytes read
     while True:
         try:
             piece = await reader.readuntil(END_OF_DATA)
+            end = (last + piece[:-3])[-2:] == b"\r\n"
         except asyncio.LimitOverrunError as exc:  # no ".<CRLF>" within the reader's limit yet
-            piece = await reader.readexactly(exc.consumed)
-        else:
-            before = (last + piece[:-3])[-2:]
-            if before == b"\r\n":
-                piece = piece[:-3]
-                size += len(piece)
-                if not too_big:
-                    parts.append(piece)
-                break
-        size += len(piece)
-        last = (last + piece)[-2:]
-        if too_big:
-            continue
-        if size_limit and size > size_limit:
-            too_big = True
-            parts.clear()  # nothing more is kept: the mail is refused, only read to its end
-        else:
+            piece, end = await reader.readexactly(exc.consumed), False
+        if end:
+            piece = piece[:-3]
+        if not keep or size < keep:
             parts.append(piece)
-    if too_big or (size_limit and size > size_limit):
-        return b"", TOO_MUCH_DATA
+        size += len(piece)
+        if end:
+            break
+        last = (last + piece)[-2:]
     content = b"".join(parts)
+    if size_limit and size > size_limit:
+        return b"", _refusal(content, size_limit, line_limit)
     if content and max(map(len, content.split(b"\r\n"))) + 2 > line_limit:
         return b"", LINE_TOO_LONG
     if content[:1] == b".":  # dot-unstuffing (RFC 5321 4.5.2)
         content = content[1:]
     return content.replace(b"\r\n.", b"\r\n"), None
+
+
+def _refusal(start: bytes, size_limit: int, line_limit: int) -> str:
+    """aiosmtpd's answer to a mail over the size limit, from its first `size_limit + line_limit
+    + 3` octets (or all of it): the first line that is too long or ends past the size limit
+    decides. aiosmtpd weighs a line's length before the size when the line overran its stream
+    reader (over `line_limit + 2` octets with the CRLF), after the size otherwise."""
+    *lines, unfinished = start.split(b"\r\n")
+    end = 0
+    for line in lines:
+        length = len(line) + 2
+        end += length
+        if length > line_limit or end > size_limit:
+            return LINE_TOO_LONG if length > line_limit + 2 or end <= size_limit else TOO_MUCH_DATA
+    # Every line so far short and within the limit: the cut-off line begins within the limit
+    # and has more octets than the stream reader holds.
+    return LINE_TOO_LONG if len(unfinished) > line_limit + 1 else TOO_MUCH_DATA

@@ -10,7 +10,7 @@ from __future__ import annotations
 import email.message
 import re
 from datetime import datetime
-from email.header import decode_header, make_header
+from email.header import decode_header
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -69,7 +69,7 @@ def subject(message: email.message.Message, parsed: mailparser.MailParser | None
         return ""
     if not raw.isascii():
         return guess_8bit(raw, body_bytes(message), declared(message), fallbacks)
-    return str((parsed.subject if parsed else "") or "") or decode(raw)
+    return decode(raw)  # the first Subject (mail-parser gives a list when there are several)
 
 
 def guess_8bit(value: str, context: bytes = b"", declared: str | None = None,
@@ -99,12 +99,34 @@ def _repad(match: re.Match[str]) -> str:
     return match.group(1) + data + "=" * (-len(data) % 4) + match.group(3)
 
 
+# A run of encoded-words with only white space between them (RFC 2047 §6.2: that space goes).
+_ENCODED_RUN = re.compile(r"=\?[^?\s]{1,40}\?[qQbB]\?[^?\s]*\?=(?:\s+=\?[^?\s]{1,40}\?[qQbB]\?[^?\s]*\?=)*")
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+
+
 def decode(value: object) -> str:
-    text = _B_WORD.sub(_repad, str(value)[:MAX_HEADER_VALUE * 4])
+    """A header's text: each run of encoded-words decoded as one (a character may be split
+    between two words), the text around them kept as it is. `decode_header` alone also drops
+    the space between an encoded-word and the plain text after it ("✔ (1476…)" became "✔(1476…)")."""
+    text = _FOLD.sub("", _B_WORD.sub(_repad, str(value)[:MAX_HEADER_VALUE * 4]))
     try:
-        return str(make_header(decode_header(text)))[:MAX_HEADER_VALUE]
-    except (ValueError, LookupError, UnicodeError, AssertionError):
+        return _ENCODED_RUN.sub(lambda run: _decode_run(run.group(0)), text)[:MAX_HEADER_VALUE]
+    except (ValueError, UnicodeError, AssertionError):
         return text.encode("ascii", "replace").decode("ascii")[:MAX_HEADER_VALUE]
+
+
+def _decode_run(run: str) -> str:
+    """Encoded-words only; an unknown charset ("NONE", a typo) is read as UTF-8, replacing."""
+    parts = []
+    for data, charset in decode_header(run):
+        if isinstance(data, str):
+            parts.append(data)
+            continue
+        try:
+            parts.append(data.decode(charset or "ascii"))
+        except (LookupError, UnicodeError):
+            parts.append(data.decode("utf-8", "replace"))
+    return "".join(parts)
 
 
 def decoded_headers(message: email.message.Message) -> tuple[tuple[str, str], ...]:

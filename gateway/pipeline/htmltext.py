@@ -23,7 +23,10 @@ import nh3
 # <head> itself is not skipped: when a broken mail never closes it, the body would vanish;
 # what a head holds (title, style, script, meta) is skipped or empty anyway.
 _SKIP = frozenset({"script", "style", "title", "template", "svg", "math", "object", "iframe"})
-_PARAGRAPH = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "dl", "table", "pre", "hr"})
+_PARAGRAPH = frozenset({"p", "h1", "h2", "h3", "h4", "h5", "h6", "ul", "ol", "dl", "table", "pre"})
+# <hr> is a rule people see; as text a line of dashes (as wide as soundasleep/html2text draws it).
+# reply.py takes such a line for a separator only at the end of the new text.
+_RULE_LINE = "-" * 63
 _LINE = frozenset({"div", "tr", "li", "dt", "dd", "section", "article", "header", "footer", "nav",
                    "aside", "main", "figure", "figcaption", "address", "center", "caption", "form",
                    "fieldset", "details", "summary", "tbody", "thead", "tfoot"})
@@ -99,6 +102,7 @@ class _TextExtractor(HTMLParser):
         self._lists: list[list[int]] = []  # per open list: [is_ordered, counter]
         self._cells = 0
         self._link: tuple[str, list[str]] | None = None
+        self._link_image = False  # the open link holds an image: with no text, its URL is shown
         self._word_item = False
 
     # --- parser callbacks -------------------------------------------------------------
@@ -116,6 +120,8 @@ class _TextExtractor(HTMLParser):
         if tag == "a":
             self._end_link()
             self._link = (dict(attrs).get("href") or "", [])
+        elif tag == "img":
+            self._image(dict(attrs))
 
     def handle_endtag(self, tag: str) -> None:
         if tag in _SKIP:
@@ -169,6 +175,18 @@ class _TextExtractor(HTMLParser):
             self._paragraph()
         elif tag in _LINE:
             self._break()
+        elif tag == "hr":
+            self._paragraph()
+            self._emit(_RULE_LINE)
+            self._paragraph()
+
+    def _image(self, attrs: dict[str, str | None]) -> None:
+        """An image's text alternative as "[alt]" (its title when it has no alt); alt="" marks
+        a decorative image, and tracking pixels have none: those show nothing."""
+        self._link_image = self._link is not None
+        label = _SPACES.sub(" ", (attrs.get("alt") or attrs.get("title") or "").translate(_INVISIBLE)).strip()
+        if label:
+            self._emit(f"[{label}]")
 
     def _close_block(self, tag: str) -> None:
         if tag in ("ul", "ol"):
@@ -200,8 +218,13 @@ class _TextExtractor(HTMLParser):
         if self._link is None:
             return
         href, words = self._link
-        self._link = None
-        shown = _shown_url(href.strip(), "".join(words).strip())
+        self._link, image = None, self._link_image
+        self._link_image = False
+        text = "".join(words).strip()
+        if not text and image:  # a linked image without alt text: the URL is all there is to read
+            self._emit(_readable_url(href.strip()))
+            return
+        shown = _shown_url(href.strip(), text)
         if shown:
             self._emit(f" ({shown})")
 
@@ -247,11 +270,18 @@ class _TextExtractor(HTMLParser):
         return "\n".join(out).strip("\n")
 
 
+def _readable_url(href: str) -> str:
+    """A link target people can use (web, mail, phone), mailto: dropped; otherwise ""."""
+    if not href.lower().startswith(_SHOWN_SCHEMES):
+        return ""
+    return href[7:] if href.lower().startswith("mailto:") else href
+
+
 def _shown_url(href: str, text: str) -> str:
     """The URL to show after a link's text, or "" when it would only repeat the text."""
-    if not href.lower().startswith(_SHOWN_SCHEMES) or not text:
+    shown = _readable_url(href) if text else ""
+    if not shown:
         return ""
-    shown = href[7:] if href.lower().startswith("mailto:") else href
     bare = re.sub(r"^[a-z]+://", "", shown.lower()).rstrip("/")
     return "" if bare in text.lower() else shown
 

@@ -309,15 +309,27 @@ def _store(part: email.message.Message, blobs: BlobSink | None, index: int) -> S
         payload = part.get_payload(decode=True)
         data = payload if isinstance(payload, bytes) else b""
         name = ""
-    filename = _filename(part)
-    shown = (h.decode(filename) if "=?" in filename else filename) if filename else name
-    display = attachment_display_name(shown, part.get_content_type(), index)
+    display = attachment_display_name(_shown_name(part) or name, part.get_content_type(), index)
     sized = _Counted(data)
     sha = blobs(sized) if blobs is not None else _sha256(sized)
     if not part.is_multipart() and part.get_content_maintype() != "text":
         part.set_payload("")  # drop the encoded copy: the blob store has the bytes now
     inline = (part.get_content_disposition() or "") == "inline" and bool(part.get("Content-ID"))
     return StoredAttachment(display, sized.size, sha, part.get_content_type(), inline)
+
+
+def _shown_name(part: email.message.Message) -> str:
+    """The part's file name for people: RFC 2047 words decoded, and a name sent as raw 8-bit
+    bytes read like a raw 8-bit subject (UTF-8 first). The email package would show those
+    bytes as U+FFFD; its raw header keeps them, so the header is read first, then parsed."""
+    raw = {k.lower(): str(v) for k, v in part.raw_items() if k.lower() in ("content-type", "content-disposition")}
+    if any(not value.isascii() for value in raw.values()):
+        readable = email.message.Message()
+        for key, value in raw.items():
+            readable[key] = h.guess_8bit(value) if not value.isascii() else value
+        part = readable
+    filename = _filename(part) or ""
+    return h.decode(filename) if "=?" in filename else filename
 
 
 class _Counted:

@@ -33,6 +33,7 @@ from gateway.pipeline.thread import choose_thread, clean_subject
 
 NO_TEXT = "(Ingen tekst i mailen)"
 NO_SUBJECT = "(Intet emne)"
+BLOCKED = "unknown sender whose data was erased: not registered again until `gateway users allow`"
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ def make_plan(mail: ParsedMail, triage: Triage, facts: Facts, policy: PlanPolicy
         return Reject("unknown sender", reply_to=mail.from_addr)
     if sender is None and policy.unknown_sender == "quarantine":
         return Quarantine("unknown sender")
+    if sender is None and facts.sender_blocked:  # "register", but this address's data was erased
+        return Quarantine(BLOCKED)
     comment, shared = draft(mail), _cc_shared(facts, triage.authenticated, policy)
     if match is not None and sender is not None and match.case.admits(sender):
         return _on_case(match.case, sender, comment, mail, shared, policy)

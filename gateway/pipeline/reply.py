@@ -5,10 +5,16 @@ wrote:", "-----Original Message-----") come from mail-parser-reply's header gram
 language it knows (`LANGUAGES`). Around it we add what that library does not do:
 
 * `>` quote blocks are removed wherever they are, with the attribution line above them, so
-  inline and bottom-posted answers keep their text;
-* Gmail's wrapped attributions ("… <jens@x.dk" / ">:") are joined first, and any
-  "<date> … <address> <verb>:" line counts as an attribution whatever its language;
-* "-------- Oprindelig besked --------" and its relatives end the new text;
+  inline and bottom-posted answers keep their text; so are Supercite "JH>" runs, and "| "
+  runs under an attribution (old Gmail's "2013/7/20 Name <x@y>" has no colon);
+* attributions wrapped over up to four lines ("… <jens@x.dk" / ">:", German Gmail's
+  "… schrieb am Fr., 28." / "Apr. 2017 um 11:53 Uhr:") are joined first; any
+  "<date> … <address> <verb>:" line counts as an attribution whatever its language, and
+  "Name <address> wrote:" without a date too;
+* "-------- Oprindelig besked --------" (also in bold, "*---…---*") and its relatives end the
+  new text; so does a forward marker under new text, while a mail that opens with one is
+  only a forward: its forwarded text is the content;
+* a tracker's lone "ᐧ" line is no text;
 * Outlook's From/Sent/To/Subject block in the languages the library lacks (Russian
   "От:/Отправлено:", Finnish, Portuguese…) and "<date> … <name> <verb>:" attributions with
   the verb of any of them (Dutch "Op … schreef … het volgende:"); Windows Mail's invisible
@@ -53,22 +59,45 @@ _WRAPPED_TAIL = re.compile(
 )
 _WRAPPED_TAIL_LEN = 120
 _REWRAPPED_WIDTH = 60  # a quoted line at least this long may have been wrapped by the client
+# Forward markers: a separator too ("---------- Forwarded message ---------"), and when one opens
+# the text the forwarded mail is the content (`_forwarded_body`).
+_FORWARDED = (r"forwarded message|forwarded e-?mail|videresendt (?:meddelelse|besked|e-?mail|melding)"
+              r"|vidarebefordrat meddelande|weitergeleitete nachricht|message transf[ée]r[ée]|doorgestuurd bericht"
+              r"|messaggio inoltrato|mensaje reenviado|mensagem encaminhada|пересылаемое сообщение")
 _SEPARATOR = re.compile(
-    r"^\s*-{2,}\s*(?:original message|oprindelig (?:meddelelse|besked|e-?mail)|opprinnelig melding"
+    r"^[\s*_]*-{2,}\s*(?:" + _FORWARDED + r"|original message|oprindelig (?:meddelelse|besked|e-?mail)|opprinnelig melding"
     r"|ursprungligt meddelande|urspr(?:ü|ue)ngliche nachricht|originalnachricht|message d'origine"
     r"|alkuperäinen viesti|oorspronkelijk bericht|origineel bericht|исходное сообщение|messaggio originale"
     r"|mensaje original|mensagem original|wiadomość oryginalna|původní zpráva|eredeti üzenet"
-    r"|[^\n]{0,120}\b(?:wrote|schreef|schrieb|skrev|a écrit|написал\(?а?\)?)\b[^\n]{0,40}?)\s*-{2,}\s*$",
+    r"|[^\n]{0,120}\b(?:wrote|schreef|schrieb|skrev|a écrit|написал\(?а?\)?)\b[^\n]{0,40}?)\s*-{2,}[\s*_]*$",
     re.IGNORECASE,
 )
+_FORWARD_MARKER = re.compile(r"^[\s*_]*-{2,}\s*(?:" + _FORWARDED + r")\s*-{2,}[\s*_]*$|^\s*begin forwarded message:$",
+                             re.IGNORECASE)
 # "<date> … <name> <verb>:" in the languages whose verb the library lacks or only knows at the
 # very end ("Op … schreef Jan het volgende:", "… написал(а):", "… kirjoitti:").
 _WROTE = re.compile(
     r"^(?=[^\n]*\d)[^\n]{0,200}?(?<!\w)(?:wrote|schreef|schrieb|skrev|skriver|kirjoitti|napisał\(a\)|napisał"
     r"|napsal\(a\)|a écrit|ha scritto|escribió|escreveu|написал\(а\)|написала|написал|пишет|írta|yazdı)"
-    r"(?!\w)[^\n:]{0,60}\s?:$",
+    r"(?!\w)(?:[^\n:]|(?<=\d):(?=\d\d)){0,60}\s?:$",  # "schrieb am 28. Apr. 2017 um 11:53 Uhr:"
     re.IGNORECASE,
 )
+# "Some One <x@y> wrote:", "… via Forum <x@y> schrieb:": no date, so only with an address right
+# before the verb and the colon at the end.
+_NAMED_WROTE = re.compile(
+    r"^[^\n<>]{0,120}?[<(\[]\s*" + _ADDRESS + r"\s*[>)\]][\s\"']*(?:wrote|schreef|schrieb|skrev|skriver|kirjoitti"
+    r"|napisał\(a\)|napisał|napsal\(a\)|a écrit|ha scritto|escribió|escreveu|написал\(а\)|написала|написал|пишет"
+    r"|írta|yazdı)\s?:$",
+    re.IGNORECASE,
+)
+# Gmail's old colon-less attribution over "| " quotes: "2013/7/20 Name <x@y>" (a year, an address
+# at the end). Taken only right above a quote block.
+_COLONLESS_ATTRIBUTION = re.compile(
+    r"^(?=[^\n]*\b(?:19|20)\d\d\b)[^\n]{0,200}?[<(\[]\s*" + _ADDRESS + r"\s*[>)\]]$")
+# Supercite quotes with the writer's initials: "JH> text", "C>".
+_SUPERCITE = re.compile(r"^\s?([A-Za-z]{1,4})>(?:\s|$)")
+_BAR_QUOTED = re.compile(r"^\s*\|")
+_WRAPPED_PARTS = 4  # an attribution wrapped over at most this many lines (blank lines between not counted)
 # "On Wed, 14 Nov 2018 08:14:43 -0200 John Doe <john@doe.com> wrote": no colon, so only with
 # a date and an address right before the verb at the end of the line.
 _WROTE_NO_COLON = re.compile(
@@ -112,13 +141,14 @@ def split_reply(text: str, languages: tuple[str, ...] = LANGUAGES) -> tuple[str,
     if not any(line.strip() for line in lines):
         return "", ""
     headers = _header_regex(languages)
+    lines = lines[_forwarded_body(lines):]
     # Each step is skipped when the text lacks what all it looks for has (an attribution or a
     # header label has a ":", a quote a ">", a separator a line that starts "--", "___" or
     # "==="): they go line by line, and on a 20 KB mail without them they were a third of its
     # parse (tests/test_reply.py checks the answers against every step run).
     if ":" in text:
         lines = _join_wrapped_attributions(lines, headers)
-    kept = _drop_quote_blocks(lines, headers) if ">" in text else lines
+    kept = _drop_quote_blocks(lines, headers) if ">" in text or "|" in text else lines
     if ":" in text or _RULE_FIRST.match(text) or _RULE_NEXT.search(text) or _FOOTER_ANYWHERE.search(text):
         kept = kept[: _history_start_below_top(kept, headers)]
     kept, signature = _split_signature(_drop_trailing_noise(kept, footers=False))
@@ -128,10 +158,28 @@ def split_reply(text: str, languages: tuple[str, ...] = LANGUAGES) -> tuple[str,
     return result, "\n".join(_squeeze_blank_lines(signature)).strip("\n")
 
 
+def _forwarded_body(lines: list[str]) -> int:
+    """Where the forwarded mail's text starts when the text opens with a forward marker (a mail
+    that is only a forward: its content is the forwarded text), else 0. The marker and the
+    header block under it (to the first blank line) are left to the full text."""
+    first = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+    if first == len(lines) or not _FORWARD_MARKER.match(lines[first]):
+        return 0
+    gap = next((i for i in range(first + 1, len(lines)) if not lines[i].strip()), len(lines))
+    block = lines[first + 1 : gap]
+    if block and not _FROM_LABEL.match(block[0]):
+        return first + 1  # no header block under the marker
+    body = next((i for i in range(gap, len(lines)) if lines[i].strip()), len(lines))
+    return body if body < len(lines) else 0
+
+
 _RULE_FIRST = re.compile(r"[ \t*]*[-_=]")  # a line that may start a separator, at the text's start
 _RULE_NEXT = re.compile(r"\n[ \t*]*[-_=]")  # ... or after a line break (a literal first: fast)
 
 
+# Mail trackers (Gmail add-ons) put a lone "ᐧ" (U+1427) line under the text: no text of the sender's.
+_TRACKER = "\u1427"
+_TRACKER_LINE = re.compile(r"^[ \t]*\u1427[ \t]*$", re.MULTILINE)
 _INVISIBLE = ("\ufeff", "\u200b", "\x00", "\u200e", "\u200f")
 
 
@@ -139,6 +187,8 @@ def _normalise(text: str) -> str:
     """One kind of line end; no zero-width or direction marks (Windows Mail puts left-to-right
     marks inside its quote headers: "Sendt:\u200e \u200e3.\u200e marts")."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if _TRACKER in text:
+        text = _TRACKER_LINE.sub("", text)
     for mark in _INVISIBLE:  # str.replace per mark: a third of the cost of str.translate
         if mark in text:
             text = text.replace(mark, "")
@@ -162,7 +212,7 @@ def _is_attribution(line: str, headers: re.Pattern[str]) -> bool:
     line = line.strip()
     if len(line) > _HEADER_LINE or not line.endswith(":"):
         return False
-    return bool(_ATTRIBUTION.match(line) or _WROTE.match(line) or headers.search(line))
+    return bool(_ATTRIBUTION.match(line) or _WROTE.match(line) or _NAMED_WROTE.match(line) or headers.search(line))
 
 
 def _is_bare_attribution(line: str) -> bool:
@@ -173,19 +223,56 @@ def _is_bare_attribution(line: str) -> bool:
 
 
 def _join_wrapped_attributions(lines: list[str], headers: re.Pattern[str]) -> list[str]:
-    """Gmail wraps long attributions: "… Jens <jens@x.dk" + ">:", or "… Coe" + "<a@b> kirjoitti:"."""
+    """Clients wrap long attributions: Gmail's "… Jens <jens@x.dk" + ">:", "… Coe" +
+    "<a@b> kirjoitti:", German Gmail's "… schrieb am Fr., 28." + "Apr. 2017 um 11:53 Uhr:",
+    and up to `_WRAPPED_PARTS` lines ("On … Some One" / "<" / "mailto:… <x@y>" / "> wrote:")."""
     out: list[str] = []
     for line in lines:
-        if line.endswith(":") and _may_continue(out[-1] if out else "", line) \
-                and not _is_attribution(out[-1], headers):
-            previous = out[-1].rstrip()
-            glue = "" if previous.endswith(("<", "(", "[")) or line.lstrip().startswith(">") else " "
-            joined = previous + glue + line.strip()
-            if _is_attribution(joined, headers):
-                out[-1] = joined
+        if line.endswith(":") and len(line) <= _WRAPPED_TAIL_LEN and out:
+            joined = _wrapped_attribution(out, line, headers)
+            if joined is not None:
+                start, text = joined
+                del out[start:]
+                out.append(text)
                 continue
         out.append(line)
     return out
+
+
+def _wrapped_attribution(out: list[str], line: str, headers: re.Pattern[str]) -> tuple[int, str] | None:
+    """(index in `out` where the attribution ending at `line` starts, the joined line), or None.
+
+    The first line of a wrapped attribution holds its date, so the shortest join whose first
+    line has a digit and that one of our own patterns takes wins ("<x@y>" + "a écrit :" alone is
+    not the whole of 'Le 4 janv. 2016 19:03, "Name"' / "<x@y>" / "a écrit :"). Failing that, two
+    lines may still make any attribution, the library's grammar included, as before."""
+    whole = _is_attribution(line, headers)
+    if whole and not (line.lstrip().startswith(("<", "(", "[")) or out[-1].rstrip().endswith(("<", "(", "["))):
+        return None  # a whole attribution; only one wrapped at its address lacks its head
+    parts, index, blank = [line.strip()], len(out), 0
+    first_pair: tuple[int, str] | None = None
+    while index and len(parts) < (2 if whole else _WRAPPED_PARTS):
+        index -= 1
+        previous = out[index].strip()
+        if not previous:
+            blank += 1
+            if blank > 1 or whole:
+                break
+            continue
+        if len(previous) > _HEADER_LINE or _QUOTED.match(previous) or _is_attribution(previous, headers):
+            break
+        blank = 0
+        parts.insert(0, previous)
+        joined = _glue(parts)
+        if len(joined) > _HEADER_LINE:
+            break
+        if any(ch.isdigit() for ch in previous) and (
+                _ATTRIBUTION.match(joined) or _WROTE.match(joined) or _NAMED_WROTE.match(joined)):
+            return index, joined
+        if len(parts) == 2 and previous == out[-1].strip() and not whole \
+                and _may_continue(previous, line) and _is_attribution(joined, headers):
+            first_pair = (index, joined)
+    return first_pair
 
 
 def _may_continue(previous: str, line: str) -> bool:
@@ -193,19 +280,64 @@ def _may_continue(previous: str, line: str) -> bool:
             and len(line) <= _WRAPPED_TAIL_LEN and bool(_WRAPPED_TAIL.match(line)))
 
 
+def _glue(parts: list[str]) -> str:
+    joined = parts[0]
+    for part in parts[1:]:
+        joined += ("" if joined.endswith(("<", "(", "[")) or part.startswith(">") else " ") + part
+    return joined
+
+
 def _drop_quote_blocks(lines: list[str], headers: re.Pattern[str]) -> list[str]:
-    """Remove `>` lines, and the attribution right above each block of them."""
+    """Remove `>` lines, Supercite "JH>" runs and "| " runs under an attribution, and the
+    attribution right above each block of them."""
     drop = [">" in line and bool(_QUOTED.match(line)) for line in lines]
+    _mark_supercite(lines, drop)
+    if "|" in "".join(lines):
+        _mark_bar_quotes(lines, drop, headers)
     for index, quoted in enumerate(drop):
         if not quoted or (index and drop[index - 1]):
             continue
         above = index - 1
         while above >= 0 and not lines[above].strip():
             above -= 1
-        if above >= 0 and not drop[above] and _is_attribution(lines[above], headers):
+        if above >= 0 and not drop[above] and _is_attribution_above_quote(lines[above], headers):
             drop[above] = True
     _drop_rewrapped_quote_lines(lines, drop)
     return [line for line, dropped in zip(lines, drop, strict=True) if not dropped]
+
+
+def _is_attribution_above_quote(line: str, headers: re.Pattern[str]) -> bool:
+    return _is_attribution(line, headers) or (len(line) <= _HEADER_LINE and bool(_COLONLESS_ATTRIBUTION.match(line.strip())))
+
+
+def _mark_supercite(lines: list[str], drop: list[bool]) -> None:
+    """Runs of two or more lines quoted with the same initials ("C>", "JH> …")."""
+    index = 0
+    while index < len(lines):
+        found = _SUPERCITE.match(lines[index]) if ">" in lines[index] else None
+        end = index + 1
+        while found and end < len(lines) and (following := _SUPERCITE.match(lines[end])) \
+                and following.group(1) == found.group(1):
+            end += 1
+        if found and end - index >= 2:
+            drop[index:end] = [True] * (end - index)
+        index = end
+
+
+def _mark_bar_quotes(lines: list[str], drop: list[bool], headers: re.Pattern[str]) -> None:
+    """Lines quoted with "| " right under an attribution (a "|" table under none stays)."""
+    for index, line in enumerate(lines):
+        if not _BAR_QUOTED.match(line) or (index and _BAR_QUOTED.match(lines[index - 1])):
+            continue
+        above = index - 1
+        while above >= 0 and not lines[above].strip():
+            above -= 1
+        if above < 0 or not _is_attribution_above_quote(lines[above], headers):
+            continue
+        end = index
+        while end < len(lines) and _BAR_QUOTED.match(lines[end]):
+            drop[end] = True
+            end += 1
 
 
 def _drop_rewrapped_quote_lines(lines: list[str], drop: list[bool]) -> None:
@@ -230,7 +362,7 @@ def _history_start(lines: list[str], headers: re.Pattern[str]) -> int:
     for index, form in enumerate(forms):
         # A separator starts with "--" once stripped; an attribution ends in ":" (a stripped
         # line over _LABEL_ONLY that ends in ":" keeps it in its form when it can be one).
-        if form[:2] == "--" or form[-1:] == ":":
+        if form.lstrip("*_")[:2] == "--" or form[-1:] == ":":
             line = window[index]
             if _SEPARATOR.match(line) or _is_attribution(line, headers):
                 starts.append(index)

@@ -89,3 +89,21 @@ class Checkpointer:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)").one()
         self.checkpoints += 1
         return True
+
+
+def truncate_wal(url: str, attempts: int = 3, wait_ms: int = 1000) -> bool:
+    """Copy the whole WAL into the database file and cut it to zero bytes (after an erasure
+    or a retention run): frames of earlier transactions still hold the old pages until then.
+    TRUNCATE waits for readers of an older snapshot and holds new writers back meanwhile, so
+    each try waits at most `wait_ms` (the SMTP writer retries its commits for longer); says
+    whether it got through."""
+    engine = sync_sqlite_engine(url, wait_ms)
+    try:
+        with engine.connect() as conn:
+            for _ in range(attempts):
+                if not conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()[0]:
+                    return True
+                time.sleep(0.1)
+        return False
+    finally:
+        engine.dispose()

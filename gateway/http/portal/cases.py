@@ -23,7 +23,7 @@ from gateway.http.portal.i18n import size, translator
 from gateway.model import Source, Status
 from store import portal_cases
 from store.portal import PortalUser
-from store.portal_cases import CaseHead
+from store.portal_cases import CaseHead, CasePage
 
 log = logging.getLogger("gateway.portal")
 
@@ -65,15 +65,20 @@ class Cases:
 
     async def case(self, request: Request) -> Response:
         visitor, user = await self.portal.user_visitor(request)
-        return await self._case_page(request, visitor, await self._head(request, user))
+        number = str(request.path_params.get("number", ""))
+        page = await self.portal.read(portal_cases.member_case_page, number, user.id) \
+            if lifecycle.valid_number(number) else None
+        if page is None:
+            raise not_found()
+        return await self._case_page(request, visitor, page.head, page=page)
 
     async def _head(self, request: Request, user: PortalUser) -> CaseHead:
         return await case_of(self.portal, request, user)
 
     async def _case_page(self, request: Request, visitor: Visitor, head: CaseHead, status: int = 200,
-                         error: str | None = None, text: str = "") -> Response:
+                         error: str | None = None, text: str = "", page: CasePage | None = None) -> Response:
         assert visitor.user is not None
-        page = await self.portal.read(portal_cases.case_page, head)
+        page = page or await self.portal.read(portal_cases.case_page, head)
         closed = head.status == Status.LUKKET.value
         return self.portal.pages.render(
             request, visitor, "case.html.j2", status, page_path=f"/sager/{head.number}", page=page, case=head,

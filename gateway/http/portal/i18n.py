@@ -74,7 +74,8 @@ ENGLISH: dict[str, str] = {
     "Adgangskode": "Password",
     "Gentag adgangskode": "Repeat password",
     "Navn": "Name",
-    "Log ind med single sign-on": "Log in with single sign-on",
+    "Log ind med {name}": "Log in with {name}",
+    "Log ind med adgangskode": "Log in with your password",
     "Glemt adgangskode?": "Forgot your password?",
     "Ny bruger? Opret dig her": "New user? Register here",
     "Forkert e-mailadresse eller adgangskode.": "Wrong e-mail address or password.",
@@ -199,6 +200,19 @@ ENGLISH: dict[str, str] = {
     "Tjenesten er midlertidigt utilgængelig": "The service is temporarily unavailable",
     "Prøv igen om lidt.": "Please try again in a little while.",
     "Der opstod en fejl": "An error occurred",
+    # single sign-on
+    "Log ind med single sign-on mislykkedes": "Logging in with single sign-on failed",
+    "Vi kunne ikke bekræfte dit login. Prøv igen, eller log ind med din adgangskode.":
+        "We could not confirm your login. Try again, or log in with your password.",
+    "Din e-mailadresse er ikke bekræftet hos {name}. Bekræft den dér, eller log ind med din adgangskode.":
+        "Your e-mail address is not verified at {name}. Verify it there, or log in with your password.",
+    "Du er ikke oprettet på Serviceportalen": "You are not registered on Serviceportalen",
+    "Første gang opretter du dig med en adgangskode via et link, vi sender til din e-mail. "
+    "Derefter kan du logge ind med {name}.":
+        "The first time, you register with a password through a link we send to your e-mail. "
+        "After that you can log in with {name}.",
+    "Single sign-on er midlertidigt utilgængelig": "Single sign-on is temporarily unavailable",
+    "Prøv igen om lidt, eller log ind med din adgangskode.": "Try again in a little while, or log in with your password.",
 }
 
 _MONTHS_DA = ("januar", "februar", "marts", "april", "maj", "juni", "juli", "august", "september", "oktober",

@@ -59,7 +59,8 @@ class Visitor:
 class Pages:
     def __init__(self, settings: Settings, cookies: CookieNames, secure: bool, directory: Path = TEMPLATES) -> None:
         self._settings, self._cookies, self._secure = settings, cookies, secure
-        self._env = jinja2.Environment(loader=jinja2.FileSystemLoader(directory), autoescape=True,
+        # auto_reload off: the templates ship with the code; no stat() of each file on every page.
+        self._env = jinja2.Environment(loader=jinja2.FileSystemLoader(directory), autoescape=True, auto_reload=False,
                                        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
 
     def render(self, request: Request, visitor: Visitor, template: str, status: int = 200,
@@ -93,7 +94,7 @@ class Pages:
         return {
             "lang": lang, "_": i18n.translator(lang), "user": visitor.user, "csrf": visitor.csrf,
             "other_lang": "en" if lang == "da" else "da", "switch_url": _switch_url(request, path, lang),
-            "notice": notice, "error": None, "sso": bool(getattr(settings.portal, "oidc", None)),
+            "notice": notice, "error": None, "sso": settings.portal.oidc.display_name if settings.portal.oidc else None,
             "mail_to": settings.mail.addresses[0], "path": path,
             "when": lambda at: i18n.when(at, lang), "size": lambda n: i18n.size(n, lang),
             "status_label": lambda s: i18n.status_label(s, lang),

@@ -1,18 +1,21 @@
 """The portal's address table, and the one place where a handler's failure becomes a page.
 
 Paths are Danish, like the portal: /sager (Mine sager), /sager/N (the case), /login, /opret,
-/glemt, /link/TOKEN. Each route carries the security headers (`security.SecurityHeaders`).
+/glemt, /link/TOKEN, /login/sso (single sign-on, with `[portal.oidc]`). Each route carries
+the security headers (`security.SecurityHeaders`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -24,6 +27,7 @@ from gateway.http.portal.cases import Cases
 from gateway.http.portal.context import NOT_FOUND, LoginRequired, PageError, Portal, Visitor
 from gateway.http.portal.security import SecurityHeaders
 from gateway.http.portal.share import Share
+from gateway.http.portal.sso import CALLBACK, START, Sso
 
 if TYPE_CHECKING:
     from gateway.http.deps import HttpDeps
@@ -58,9 +62,21 @@ def portal_routes(deps: HttpDeps) -> list[BaseRoute]:
     headers = [Middleware(SecurityHeaders)]
     routes: list[BaseRoute] = [Route(path, _page(portal, handler), methods=methods, middleware=headers)
                                for path, handler, methods in table]
+    routes.extend(_sso_routes(portal, headers))
     routes.append(Route("/favicon.ico", _favicon, middleware=headers))
     routes.append(Mount("/static", StaticFiles(directory=STATIC), middleware=headers))
     return routes
+
+
+def _sso_routes(portal: Portal, headers: list[Middleware]) -> list[BaseRoute]:
+    """Single sign-on's two routes when `[portal.oidc]` is configured (no page otherwise); the
+    flow's cookie (state, nonce, PKCE verifier) is read and written on these two alone."""
+    if portal.settings.portal.oidc is None:
+        return [Route(path, _page(portal, _nowhere), middleware=headers) for path in (START, CALLBACK)]
+    sso = Sso(portal, os.environ)
+    flow = [*headers, Middleware(SessionMiddleware, **sso.flow_cookie())]
+    return [Route(START, _page(portal, sso.start), middleware=flow),
+            Route(CALLBACK, _page(portal, sso.callback), middleware=flow)]
 
 
 async def _nowhere(request: Request) -> Response:
