@@ -542,7 +542,7 @@ async def test_openapi_document_is_valid(client: httpx.AsyncClient) -> None:
 async def test_api_loop_serves_on_port_zero_and_stops(gw: App, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="gateway.http.api")
     stop = asyncio.Event()
-    task = asyncio.create_task(api_module.api_loop(gw, stop))
+    task = asyncio.create_task(api_module.api_loop(gw.http, stop))
     for _ in range(200):
         ports = [getattr(r, "port", None) for r in caplog.records if r.getMessage() == "api.listening"]
         if ports or task.done():
@@ -577,7 +577,7 @@ class ServedApi:
         self.stop = asyncio.Event()
         async with open_app(self.settings, clock=FrozenClock()) as app:
             await seed(app)
-            task = asyncio.create_task(api_module.api_loop(app, self.stop))
+            task = asyncio.create_task(api_module.api_loop(app.http, self.stop))
             while not _listening(self.port):
                 await asyncio.sleep(0.02)
             self.ready.set()
