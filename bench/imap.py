@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/imap.py --n 1000 --size 20000
 
-One ~20 KB mail from ../shared/bench/gen_corpus.py (--fixed-size), copied N times with its own
+One ~20 KB mail from bench/gen_corpus.py (--fixed-size), copied N times with its own
 Message-ID and Subject, is appended to a Dovecot INBOX (tests/dovecot.py). In the same run:
   floor       a bare imapclient loop: login, SELECT, UID SEARCH, FETCH BODY.PEEK[] of all N
               (200 UIDs per FETCH, like the gateway), nothing stored, nothing moved; the same
@@ -35,11 +35,10 @@ from imapclient import IMAPClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-GEN = ROOT.parent / "shared" / "bench" / "gen_corpus.py"
+GEN = ROOT / "bench" / "gen_corpus.py"
 
-from gateway.app import App, open_app  # noqa: E402
+from gateway.app import App, build  # noqa: E402
 from gateway.clock import SystemClock  # noqa: E402
-from gateway.daemon import inbox_writer  # noqa: E402
 from gateway.ingest.imap import BATCH_MESSAGES, imap_loop  # noqa: E402
 from gateway.settings import ImapAccount, Settings, load_settings  # noqa: E402
 from tests.dovecot import Dovecot  # noqa: E402
@@ -111,11 +110,11 @@ async def gateway_run(server: Dovecot, user: str, n: int, inline_parse: bool, wo
         lambda: watcher.folder_status("Processed", [b"MESSAGES"]).get(b"MESSAGES") == n if
         watcher.folder_exists("Processed") else False)
     with tempfile.TemporaryDirectory() as tmp:
-        async with open_app(settings_for(tmp, server, user, inline_parse), clock=SystemClock(), migrate=True) as app, \
-                inbox_writer(app):  # as `gateway run` has it
+        # the daemon's own wiring (its inbox writer), as `gateway run` has it
+        async with build(settings_for(tmp, server, user, inline_parse), "daemon", SystemClock(), migrate=True) as app:
             stop = asyncio.Event()
             started = time.perf_counter()
-            tasks = [asyncio.create_task(imap_loop(app, stop))]
+            tasks = [asyncio.create_task(imap_loop(app.imap_intake, stop))]
             if worker:
                 tasks.append(asyncio.create_task(worker_loop(inline_parse)(app, stop)))
             await wait_until(moved)
@@ -136,7 +135,7 @@ def worker_loop(inline_parse: bool) -> Callable[[App, asyncio.Event], Coroutine[
     """As `gateway run` does it: with parsing in a child, the worker runs in a child process."""
     if inline_parse:
         return lambda app, stop: app.worker.run(stop)
-    from gateway.worker_process import child_loop
+    from gateway.runtime.children import child_loop
 
     multiprocessing.set_start_method("forkserver", force=True)
     return child_loop("worker")

@@ -4,7 +4,7 @@
     .venv/bin/python bench/ingest.py --n 1000            # realistic mix, seed 42
     .venv/bin/python bench/ingest.py --big-mb 25          # one mail with a 25 MiB attachment
 
-The mix comes from ../shared/bench/gen_corpus.py. In the same run it measures:
+The mix comes from bench/gen_corpus.py. In the same run it measures:
   floor      bare `mailparser.parse_from_bytes` over every mail (one core)
   inbox      committing the raw mails to the durable inbox (group commit)
   worker     the inbox worker: parse, classify, thread, reply-strip, blobs, one transaction
@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-GEN = ROOT.parent / "shared" / "bench" / "gen_corpus.py"
+GEN = ROOT / "bench" / "gen_corpus.py"
 
 
 def corpus(n: int, seed: int) -> list[bytes]:

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from tests.daemon_proc import DaemonProcess  # noqa: E402
 from tests.smtp_probes import ADDRESS, timed_deliveries  # noqa: E402
 
-GEN_CORPUS = ROOT.parent / "shared" / "bench" / "gen_corpus.py"
+GEN_CORPUS = ROOT / "bench" / "gen_corpus.py"
 SENDER = "loadgen@example.org"
 
 

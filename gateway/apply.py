@@ -1,4 +1,5 @@
-"""Execute a `Plan` in the caller's transaction: rows, history, index and outbox together.
+"""The mail transaction: one parsed mail's facts read, its plan decided and executed, in the
+caller's transaction — rows, history, index and outbox together.
 
 A crash anywhere before the commit leaves nothing behind; after it, everything — including
 the notifications the change calls for (a transactional outbox, RELIABILITY 28).
@@ -9,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-
-from sqlmodel import Session
 
 from gateway.model import (
     AppendComment,
@@ -27,9 +26,12 @@ from gateway.model import (
     Status,
     UserRef,
 )
-from store import outbox, writes
+from gateway.pipeline import Policy, decide, triage
+from gateway.pipeline.plan import PlanPolicy
+from gateway.settings import Settings
+from store import outbox, queries, writes
 from store.inbox import Claim
-from store.models import SupportCase
+from store.transact import TxSession
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,43 @@ class ApplySettings:
     limits: outbox.RateLimits = outbox.RateLimits()
 
 
-def apply_plan(session: Session, plan: Plan, mail: ParsedMail, inbound_id: int, now: datetime,
+@dataclass(frozen=True)
+class Steps:
+    """The parts of the settings a mail's steps need: the pure steps' and apply's."""
+
+    policy: Policy
+    apply: ApplySettings
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Steps:
+        plan = PlanPolicy(s.policy.unknown_sender, s.policy.sender_authentication, s.policy.cc_sharing,
+                          s.policy.courtesy_replies, s.mail.case_prefix, s.policy.max_mails_per_sender_per_hour)
+        return cls(
+            policy=Policy(frozenset(a.lower() for a in (*s.mail.addresses, s.mail.from_address)),
+                          s.mail.message_id_domain, s.mail.reply_token_secret, s.mail.addresses,
+                          s.policy.authserv_id, plan),
+            apply=ApplySettings(s.mail.case_prefix, s.mail.case_digits, s.mail.message_id_domain, s.policy.language,
+                                outbox.RateLimits(s.policy.max_auto_answers_per_day, s.policy.notify_per_10_minutes,
+                                                  s.policy.notify_per_hour)),
+        )
+
+
+def handle_all(session: TxSession, steps: Steps, mails: list[tuple[int, Claim, ParsedMail]],
+               now: datetime) -> list[Result]:
+    """The transaction of a group of parsed mails, one after the other. A mail whose claim was
+    lost meanwhile raises LostClaim, and the whole group rolls back."""
+    return [handle(session, steps, inbound_id, mail, now, claim) for inbound_id, claim, mail in mails]
+
+
+def handle(session: TxSession, steps: Steps, inbound_id: int, mail: ParsedMail, now: datetime,
+           claim: Claim | None = None) -> Result:
+    """One mail: the pure steps before the reads, the reads, the plan, and its execution."""
+    triaged = triage(mail, steps.policy)
+    plan = decide(mail, triaged, queries.load_facts(session, triaged, now), steps.policy)
+    return apply_plan(session, plan, mail, inbound_id, now, steps.apply, claim)
+
+
+def apply_plan(session: TxSession, plan: Plan, mail: ParsedMail, inbound_id: int, now: datetime,
                cfg: ApplySettings, claim: Claim | None = None) -> Result:
     case_id: int | None = None
     if isinstance(plan, OpenCase):
@@ -60,7 +98,7 @@ def apply_plan(session: Session, plan: Plan, mail: ParsedMail, inbound_id: int, 
     return Result(result.action, result.case, result.reason, inbound_id, result.notifications)
 
 
-def _open_case(session: Session, plan: OpenCase, mail: ParsedMail, inbound_id: int, now: datetime,
+def _open_case(session: TxSession, plan: OpenCase, mail: ParsedMail, inbound_id: int, now: datetime,
                cfg: ApplySettings) -> tuple[Result, int]:
     requester = writes.ensure_user(session, plan.requester, now)
     number = writes.next_case_number(session, cfg.case_prefix, cfg.case_digits)
@@ -81,30 +119,29 @@ def _open_case(session: Session, plan: OpenCase, mail: ParsedMail, inbound_id: i
     return Result(Outcome.CREATED, number, reason, notifications=tuple(ids)), case_id
 
 
-def _append(session: Session, plan: AppendComment, mail: ParsedMail, inbound_id: int, now: datetime,
+def _append(session: TxSession, plan: AppendComment, mail: ParsedMail, inbound_id: int, now: datetime,
             cfg: ApplySettings) -> Result:
-    case = session.get(SupportCase, plan.case.id)
-    assert case is not None and case.id is not None
-    writes.add_comment(session, case.id, plan.author.id, plan.comment, Source.EMAIL, now, inbound_id)
+    case, author = plan.case, plan.author
+    writes.add_comment(session, case.id, author.id, plan.comment, Source.EMAIL, now, inbound_id)
     writes.index_message_id(session, mail.message_id, case.id, ours=False)
-    case.updated_at = now
-    session.add(case)
-    added = [p for p in plan.parties if writes.add_party(session, case.id, p.id, now, plan.author.id)]
+    added = [p for p in plan.parties if writes.add_party(session, case.id, p.id, now, author.id)]
+    head = outbox.CaseHead(case.id, case.number, case.subject, (plan.new_status or case.status).value)
     ids: list[str] = []
-    if plan.new_status is not None:
-        previous = writes.change_status(session, case, plan.new_status, now, plan.author.id, plan.author.email,
-                                        "reply from the requester" if not plan.reopened else "reopened by reply")
+    if plan.new_status is None:
+        writes.touch_case(session, case.id, now)
+    else:
+        previous = writes.set_status(session, case.id, plan.new_status, now, author.id, author.email,
+                                     "reply from the requester" if not plan.reopened else "reopened by reply")
         event = Event.REOPENED if plan.reopened else Event.STATUS
-        recipients = outbox.recipients_for(session, case, plan.author.id, cfg.language)
-        ids += outbox.enqueue(session, case, event, recipients, now, cfg.message_id_domain,
-                              {"previous_status": previous.value, "actor_name": plan.author.name},
-                              limits=cfg.limits)
-    ids += _tell_new_parties(session, outbox.CaseHead.of(case), added, plan.author.name, now, cfg)
+        recipients = outbox.recipients_for(session, case, author.id, cfg.language)
+        ids += outbox.enqueue(session, head, event, recipients, now, cfg.message_id_domain,
+                              {"previous_status": previous.value, "actor_name": author.name}, limits=cfg.limits)
+    ids += _tell_new_parties(session, head, added, author.name, now, cfg)
     action = Outcome.REOPENED if plan.reopened else Outcome.COMMENTED
     return Result(action, case.number, "", notifications=tuple(ids))
 
 
-def _tell_new_parties(session: Session, case: outbox.CaseHead, users: Sequence[UserRef], actor_name: str,
+def _tell_new_parties(session: TxSession, case: outbox.CaseHead, users: Sequence[UserRef], actor_name: str,
                       now: datetime, cfg: ApplySettings, new_case: bool = False) -> list[str]:
     if not users:
         return []
@@ -113,7 +150,7 @@ def _tell_new_parties(session: Session, case: outbox.CaseHead, users: Sequence[U
                           new_case=new_case)
 
 
-def _ignore(session: Session, plan: Ignore, mail: ParsedMail, inbound_id: int, now: datetime) -> Result:
+def _ignore(session: TxSession, plan: Ignore, mail: ParsedMail, inbound_id: int, now: datetime) -> Result:
     if plan.case is not None and plan.comment is not None and plan.author is not None:
         draft = plan.comment
         writes.add_comment(session, plan.case.id, plan.author.id, draft, Source.EMAIL, now, inbound_id,
@@ -125,7 +162,7 @@ def _ignore(session: Session, plan: Ignore, mail: ParsedMail, inbound_id: int, n
     return Result(Outcome.IGNORED, plan.case.number if plan.case else None, reason)
 
 
-def _mark_bouncing(session: Session, named: tuple[str, ...], mail: ParsedMail, reason: str, now: datetime) -> str:
+def _mark_bouncing(session: TxSession, named: tuple[str, ...], mail: ParsedMail, reason: str, now: datetime) -> str:
     """Mark a recipient bouncing only when the report names them AND cites a mail of ours that
     went to them. Anyone can write a delivery report: one that had only to cite some mail of
     ours could silence any address (a customer citing their own receipt, naming a colleague)."""
@@ -149,7 +186,7 @@ def _cited_ids(mail: ParsedMail) -> list[str]:
     return list(dict.fromkeys(filter(None, (mail.original_message_id, *mail.in_reply_to, *mail.references))))
 
 
-def _reject(session: Session, plan: Reject, now: datetime, cfg: ApplySettings) -> Result:
+def _reject(session: TxSession, plan: Reject, now: datetime, cfg: ApplySettings) -> Result:
     ids: list[str] = []
     if plan.reply_to:
         rcpt = outbox.Recipient(plan.reply_to, "", cfg.language)

@@ -13,18 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import Session, select
-from sqlmodel.ext.asyncio.session import AsyncSession
-
 from gateway.errors import NotFound
 from gateway.lifecycle import Forbidden, safe_name
-from store import queries
+from store import cases, users
 from store.blobs import BlobStore
-from store.models import Attachment, Comment
-from store.transact import run_in
+from store.engine import Sessions
+from store.transact import run_in, transaction
 
-_MAX_ID = 2**63 - 1  # beyond: no row, and the drivers refuse the number
 _SPELLED = str.maketrans({"æ": "ae", "Æ": "AE", "ø": "oe", "Ø": "OE", "ß": "ss"})  # NFKD keeps these whole
 
 
@@ -37,34 +32,24 @@ class AttachmentFile:
     path: Path  # the content, in the blob store
 
 
-async def open_attachment(sessions: async_sessionmaker[AsyncSession], blobs: BlobStore, number: str,
-                          attachment_id: int, requester: str | None) -> AttachmentFile:
+async def open_attachment(sessions: Sessions, blobs: BlobStore, number: str, attachment_id: int,
+                          requester: str | None) -> AttachmentFile:
     """Attachment `attachment_id` of case `number`, for an agent (`requester` None) or for the
     requester with that address. `NotFound` when it is not on that case or not for their eyes
     (an internal note's file), or when its content is gone; `Forbidden` for a non-party."""
-    async with sessions() as session:
-        row = await run_in(session, _attachment_for, number, attachment_id, requester)
-    path = blobs.path(row.sha256)
+    async with transaction(sessions) as session:
+        case = await run_in(session, cases.case_ref, number)
+        if requester is not None:
+            user = await run_in(session, users.find, requester)
+            if user is None or not case.admits(user):
+                raise Forbidden(f"not a party of {case.number}")
+        found = await run_in(session, cases.file_of, case.id, attachment_id)
+    if found is None or (requester is not None and not found.public):
+        raise NotFound(f"no attachment {attachment_id} on {case.number}")
+    path = blobs.path(found.sha256)
     if not path.is_file():
         raise NotFound(f"the content of attachment {attachment_id} of {number} is missing from the blob store")
-    assert row.id is not None
-    return AttachmentFile(row.id, safe_name(row.name), row.size, row.content_type, path)
-
-
-def _attachment_for(session: Session, number: str, attachment_id: int, requester: str | None) -> Attachment:
-    case = queries.require_case(session, number)
-    if requester is not None:
-        user = queries.user_by_email(session, requester)
-        if user is None or not queries.case_ref(session, case).admits(queries.user_ref(user)):
-            raise Forbidden(f"not a party of {case.number}")
-    found = None
-    if 0 < attachment_id <= _MAX_ID:
-        query = (select(Attachment, Comment.public).join(Comment, Attachment.comment_id == Comment.id)  # type: ignore[arg-type]
-                 .where(Attachment.id == attachment_id, Comment.case_id == case.id))
-        found = session.exec(query).first()
-    if found is None or (requester is not None and not found[1]):
-        raise NotFound(f"no attachment {attachment_id} on {case.number}")
-    return found[0]
+    return AttachmentFile(found.id, safe_name(found.name), found.size, found.content_type, path)
 
 
 def download_headers(name: str) -> dict[str, str]:

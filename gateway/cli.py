@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,7 +32,7 @@ from gateway.errors import (
 )
 from gateway.model import Event, Status
 from gateway.settings import Settings, load_settings
-from store.transact import run_in
+from store.transact import in_session
 
 EX_OK, EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_NOUSER, EX_SOFTWARE, EX_OSERR = 0, 64, 65, 66, 67, 70, 71
 EX_TEMPFAIL, EX_CONFIG = 75, 78
@@ -281,9 +282,8 @@ async def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
     async with open_app(settings, subprocess_parse=False) as app:
         accepted, result = await app.ingest_now(IncomingMail(raw, args.source, args.sender, recipients))
         if result is None:
-            async with app.sessions() as session:
-                _print(_duplicate(accepted.inbound_id, *await run_in(session, queries.inbound_case,
-                                                                      accepted.inbound_id)), args.json)
+            found = await in_session(app.sessions, queries.inbound_case, accepted.inbound_id)
+            _print(_duplicate(accepted.inbound_id, *found), args.json)
             return EX_OK
     _print({"action": result.action.value, "case": result.case, "reason": result.reason,
             "inbound_id": accepted.inbound_id}, args.json)
@@ -317,38 +317,44 @@ async def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 
 async def cmd_users(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.app import open_app
-    from gateway.model import Role, UserKind
-    from store import queries, writes
+    from store import queries
 
     if args.users_command in ("unbounce", "revoke-tokens"):
         return await _user_action(settings, args)
     if args.users_command in ("export", "erase", "allow"):
         return await _privacy_action(settings, args)
-    async with open_app(settings) as app, app.sessions() as session:
+    async with open_app(settings) as app:
         if args.users_command == "add":
-            from gateway.addresses import canonical
-
-            email = canonical(args.email)
-            if email is None:
-                raise Refused(f"not a valid address: {args.email}")
-            if await run_in(session, queries.user_by_email, email):
-                raise Refused(f"user {email} exists already")
-            from store.person import address_blocked
-
-            if await app.tx.read(address_blocked, email):
-                raise Refused(f"{email} was erased and is blocked; `gateway users allow {email} --reason …` first")
-            kind = UserKind.SHARED_MAILBOX if args.shared_mailbox else UserKind.PERSON
-            role = Role.AGENT if args.agent else Role.CUSTOMER
-            await run_in(session, writes.add_user, email, args.name, args.org, kind, role, app.clock.now(), args.language)
-            await session.commit()
-            print(f"added {email}")
+            await _add_user(app, args)
         elif args.users_command == "list":
-            _print(await run_in(session, queries.list_users), args.json)
+            _print(await in_session(app.sessions, queries.list_users), args.json)
         else:
             from gateway.lifecycle import search_users
 
-            _print(await search_users(session, args.text, args.org), args.json)
+            _print(await search_users(app.desk, args.text, args.org), args.json)
     return EX_OK
+
+
+async def _add_user(app: Any, args: argparse.Namespace) -> None:
+    from gateway.addresses import canonical
+    from gateway.model import Role, UserKind
+    from store import users
+    from store.transact import run_in, transaction
+
+    email = canonical(args.email)
+    if email is None:
+        raise Refused(f"not a valid address: {args.email}")
+    kind = UserKind.SHARED_MAILBOX if args.shared_mailbox else UserKind.PERSON
+    role = Role.AGENT if args.agent else Role.CUSTOMER
+    from store.person import address_blocked
+
+    if await app.tx.read(address_blocked, email):
+        raise Refused(f"{email} was erased and is blocked; `gateway users allow {email} --reason …` first")
+    async with transaction(app.sessions) as session:
+        if await run_in(session, users.find, email):
+            raise Refused(f"user {email} exists already")
+        await run_in(session, users.add, email, args.name, args.org, kind, role, app.clock.now(), args.language)
+    print(f"added {email}")
 
 
 async def _user_action(settings: Settings, args: argparse.Namespace) -> int:
@@ -357,9 +363,9 @@ async def _user_action(settings: Settings, args: argparse.Namespace) -> int:
 
     async with open_app(settings) as app:
         if args.users_command == "unbounce":
-            _print(await lifecycle.unbounce(app, args.email), args.json)
+            _print(await lifecycle.unbounce(app.desk, args.email), args.json)
         else:
-            _print(await credentials.revoke_requester_tokens(app, args.email), args.json)
+            _print(await credentials.revoke_requester_tokens(app.tokens, args.email), args.json)
     return EX_OK
 
 
@@ -389,9 +395,8 @@ async def _privacy_action(settings: Settings, args: argparse.Namespace) -> int:
 async def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     from gateway import privacy
     from gateway.app import open_app
-    from gateway.jobs import parse_at
 
-    before = parse_at(args.before, "--before") if args.before else None
+    before = _time(args.before, "--before") if args.before else None
     async with open_app(settings) as app:
         _print(await privacy.audit_list(app.data_store(), args.limit, before), args.json)
     return EX_OK
@@ -404,19 +409,18 @@ async def cmd_cases(settings: Settings, args: argparse.Namespace) -> int:
     async with open_app(settings) as app:
         if args.cases_command == "attachment":
             return await _save_attachment(app, args)
-        if args.cases_command in ("list", "show"):
-            async with app.sessions() as session:
-                if args.cases_command == "list":
-                    before = _case_cursor(args.before)
-                    user = await _known_user(session, args.user)
-                    _print_page(await run_in(session, queries.cases_page, args.status, user, args.limit, before),
-                                args.json)
-                else:
-                    _show(await run_in(session, queries.case_detail, args.number), args.json)
+        if args.cases_command == "list":
+            before = _case_cursor(args.before)
+            user = await _known_user(app, args.user)
+            _print_page(await in_session(app.sessions, queries.cases_page, args.status, user, args.limit, before),
+                        args.json)
+            return EX_OK
+        if args.cases_command == "show":
+            _show(await in_session(app.sessions, queries.case_detail, args.number), args.json)
             return EX_OK
         from gateway.lifecycle import run_cli_action
 
-        _print(await run_cli_action(app, args), args.json)
+        _print(await run_cli_action(app.desk, args), args.json)
     return EX_OK
 
 
@@ -437,17 +441,17 @@ def _id_cursor(text: str | None) -> int | None:
     return int(text) if text is not None else None
 
 
-async def _known_user(session: Any, email: str | None) -> str | None:
+async def _known_user(app: Any, email: str | None) -> str | None:
     """The `--user` filter's address, which must be a registered user."""
     from gateway.addresses import canonical
-    from store import queries
+    from store import users
 
     if email is None:
         return None
     address = canonical(email)
     if address is None:
         raise UsageError(f"--user: not an e-mail address: {email!r}")
-    if await run_in(session, queries.user_by_email, address) is None:
+    if await in_session(app.sessions, users.find, address) is None:
         raise UsageError(f"--user: no user {address}")
     return address
 
@@ -493,8 +497,7 @@ async def cmd_outbox(settings: Settings, args: argparse.Namespace) -> int:
 
     async with open_app(settings) as app:
         if args.outbox_command == "list":
-            async with app.sessions() as session:
-                _print_page(await run_in(session, queries.outbox_page, args.state, args.limit,
+            _print_page(await in_session(app.sessions, queries.outbox_page, args.state, args.limit,
                                          _id_cursor(args.before)), args.json)
         else:
             if args.id is None and not args.failed:
@@ -510,9 +513,9 @@ async def cmd_inbox(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.app import open_app
     from store import queries
 
-    async with open_app(settings) as app, app.sessions() as session:
-        _print_page(await run_in(session, queries.inbox_page, args.state, args.limit, _id_cursor(args.before)),
-                    args.json)
+    async with open_app(settings) as app:
+        _print_page(await in_session(app.sessions, queries.inbox_page, args.state, args.limit,
+                                     _id_cursor(args.before)), args.json)
     return EX_OK
 
 
@@ -537,18 +540,36 @@ async def cmd_reprocess(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.daemon import run_daemon
     from gateway.ingest.oauth import token_sources
+    from gateway.runtime.daemon import run_daemon
 
     token_sources(settings.imap.accounts)  # an unset client secret stops the start, naming the key
     return await run_daemon(settings)
 
 
 async def cmd_maintenance(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.jobs import run_maintenance_cli
-
-    _print(await run_maintenance_cli(settings, args.at, args.dry_run), args.json)
+    _print(await maintenance(settings, args.at, args.dry_run), args.json)
     return EX_OK
+
+
+async def maintenance(settings: Settings, at: str | None, dry_run: bool) -> list[dict[str, Any]]:
+    """`gateway maintenance [--at ISO-TIME] [--dry-run]`, for cron (SPEC §8): the timed jobs
+    once, as of `at`, and the notifications they queued sent (no sender loop runs)."""
+    from gateway.app import open_app
+    from gateway.clock import FrozenClock, SystemClock
+    from gateway.jobs import run_timed_jobs
+
+    clock = FrozenClock(_time(at)) if at else SystemClock()
+    async with open_app(settings, clock=clock, subprocess_parse=False) as app:
+        return await run_timed_jobs(app.jobs, dry_run=dry_run, deliver=True)
+
+
+def _time(value: str, option: str = "--at") -> datetime:
+    try:
+        at = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise InvalidInput(f"{option}: not an ISO 8601 time: {value!r}") from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 
 async def cmd_render(settings: Settings, args: argparse.Namespace) -> int:
@@ -570,7 +591,7 @@ async def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
 
     async with open_app(settings) as app:
         if args.tokens_command == "issue":
-            issued = await credentials.issue_api_token(app, args.agent, args.service)
+            issued = await credentials.issue_api_token(app.tokens, args.agent, args.service)
             if args.json:
                 _print(issued, True)
             else:
@@ -579,9 +600,9 @@ async def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
                 print(f"gateway: API token {issued['id']} for {issued['kind']} {holder}; it is shown only now",
                       file=sys.stderr)
         elif args.tokens_command == "list":
-            _print(await credentials.list_api_tokens(app), args.json)
+            _print(await credentials.list_api_tokens(app.tokens), args.json)
         else:
-            revoked = await credentials.revoke_api_token(app, args.id)
+            revoked = await credentials.revoke_api_token(app.tokens, args.id)
             print(f"API token {args.id} revoked" if revoked["changed"] else f"API token {args.id} was revoked already")
     return EX_OK
 
@@ -630,13 +651,6 @@ def _run(args: argparse.Namespace) -> int:
         return code
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # the store refused (locked, read-only, gone): the sender should retry
-        from sqlalchemy.exc import DBAPIError, OperationalError
-
-        if isinstance(exc, OperationalError | DBAPIError):
-            print(f"gateway: temporary failure, try again: {type(exc).__name__}", file=sys.stderr)
-            return EX_TEMPFAIL
-        raise
 
 
 def _default_config() -> str | None:

@@ -20,11 +20,13 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gateway.errors import GatewayError, Refused
+from gateway.clock import Clock
+from gateway.errors import GatewayError, NotFound, Refused
 from gateway.lifecycle import Forbidden, InvalidInput, require_address
 from gateway.model import Role
+from gateway.settings import ApiSettings
 from gateway.tokens import (
     API_TOKEN_PREFIX,
     RequesterClaims,
@@ -33,11 +35,9 @@ from gateway.tokens import (
     requester_claims,
     requester_token,
 )
-from store import api_tokens, queries, writes
-from store.transact import run_in
-
-if TYPE_CHECKING:
-    from gateway.app import App
+from store import api_tokens, users, writes
+from store.engine import Sessions
+from store.transact import in_session, run_in, transaction
 
 log = logging.getLogger("gateway.credentials")
 
@@ -59,12 +59,21 @@ class Caller:
 LEGACY_SERVICE = "api.agent_tokens"  # the `via` of what the deprecated shared tokens do
 
 
-async def authenticate(app: App, token: str) -> Caller:
+@dataclass(frozen=True)
+class TokenDesk:
+    """What the tokens are checked and issued with, built once by the root (`gateway.app`)."""
+
+    sessions: Sessions
+    clock: Clock
+    api: ApiSettings  # the requester tokens' secret and lifetime, the deprecated shared tokens
+
+
+async def authenticate(desk: TokenDesk, token: str) -> Caller:
     if token.startswith(API_TOKEN_PREFIX):
-        return await _api_token_caller(app, token)
-    if _is_legacy(app.settings.api.agent_tokens, token):
+        return await _api_token_caller(desk, token)
+    if _is_legacy(desk.api.agent_tokens, token):
         return Caller(agent=True, service=LEGACY_SERVICE)
-    return await _requester_caller(app, token)
+    return await _requester_caller(desk, token)
 
 
 def _is_legacy(configured: tuple[str, ...], token: str) -> bool:
@@ -73,9 +82,8 @@ def _is_legacy(configured: tuple[str, ...], token: str) -> bool:
     return any(hmac.compare_digest(raw, known.encode()) for known in configured)
 
 
-async def _api_token_caller(app: App, token: str) -> Caller:
-    async with app.sessions() as session, session.begin():
-        found = await run_in(session, api_tokens.holder, api_token_hash(token), app.clock.now())
+async def _api_token_caller(desk: TokenDesk, token: str) -> Caller:
+    found = await in_session(desk.sessions, api_tokens.holder, api_token_hash(token), desk.clock.now())
     if found is None:
         raise Unauthenticated("unknown or revoked token")
     if found.kind == api_tokens.SERVICE:
@@ -85,17 +93,16 @@ async def _api_token_caller(app: App, token: str) -> Caller:
     return Caller(agent=True, email=found.email, token_id=found.id)
 
 
-async def _requester_caller(app: App, token: str) -> Caller:
-    claims = requester_claims(app.settings.api.requester_token_secret, token)
+async def _requester_caller(desk: TokenDesk, token: str) -> Caller:
+    claims = requester_claims(desk.api.requester_token_secret, token)
     if claims is None:
         raise Unauthenticated("unknown token")
-    if not claims.valid_at(int(app.clock.now().timestamp())):
+    if not claims.valid_at(int(desk.clock.now().timestamp())):
         raise Unauthenticated("the token has expired; ask for a new one")
-    async with app.sessions() as session:
-        user = await run_in(session, queries.user_by_email, claims.email)
+    user = await in_session(desk.sessions, api_tokens.token_user, claims.email)
     if user is None:
         raise Unauthenticated("unknown token")
-    if user.token_generation != claims.generation:
+    if user.generation != claims.generation:
         raise Unauthenticated("the token was revoked; ask for a new one")
     if user.role == Role.AGENT.value:
         raise Forbidden("requester tokens are for customers; agents use an agent token")
@@ -105,24 +112,24 @@ async def _requester_caller(app: App, token: str) -> Caller:
 # --- requester tokens ---------------------------------------------------------------------------
 
 
-async def issue_requester_token(app: App, email: str | None) -> dict[str, Any]:
+async def issue_requester_token(desk: TokenDesk, email: str | None) -> dict[str, Any]:
     """A token that acts as one customer, for the portal acting on their behalf."""
     address = require_address(email)
-    async with app.sessions() as session:
-        user = await run_in(session, queries.require_user, address)
+    user = await in_session(desk.sessions, api_tokens.token_user, address)
+    if user is None:
+        raise NotFound(f"no user {address}")
     if user.role == Role.AGENT.value:
         raise Refused(f"{address} is an agent; agents use agent tokens")
-    claims = RequesterClaims(user.email, int(app.clock.now().timestamp()),
-                             app.settings.api.requester_token_lifetime_s, user.token_generation)
-    return {"email": user.email, "token": requester_token(app.settings.api.requester_token_secret, claims),
+    claims = RequesterClaims(user.email, int(desk.clock.now().timestamp()), desk.api.requester_token_lifetime_s,
+                             user.generation)
+    return {"email": user.email, "token": requester_token(desk.api.requester_token_secret, claims),
             "expires_at": datetime.fromtimestamp(claims.expires_at, UTC).isoformat()}
 
 
-async def revoke_requester_tokens(app: App, email: str | None) -> dict[str, Any]:
+async def revoke_requester_tokens(desk: TokenDesk, email: str | None) -> dict[str, Any]:
     """Every requester token issued to this user so far is refused from now on."""
     address = require_address(email)
-    async with app.sessions() as session, session.begin():
-        generation = await run_in(session, writes.bump_token_generation, address)
+    generation = await in_session(desk.sessions, writes.bump_token_generation, address)
     log.info("user.tokens_revoked", extra={"generation": generation})
     return {"email": address, "revoked": True}
 
@@ -130,35 +137,33 @@ async def revoke_requester_tokens(app: App, email: str | None) -> dict[str, Any]
 # --- agent and service tokens --------------------------------------------------------------------
 
 
-async def issue_api_token(app: App, agent: str | None = None, service: str | None = None) -> dict[str, Any]:
+async def issue_api_token(desk: TokenDesk, agent: str | None = None, service: str | None = None) -> dict[str, Any]:
     """A new token for an agent or a service, returned this once; only its hash is kept."""
     token = new_api_token()
-    async with app.sessions() as session, session.begin():
+    async with transaction(desk.sessions) as session:
         if agent is not None:
-            user = await run_in(session, queries.require_user, require_address(agent))
-            if user.role != Role.AGENT.value:
+            user = await run_in(session, users.require, require_address(agent))
+            if user.role is not Role.AGENT:
                 raise Refused(f"{user.email} is not an agent (gateway users add EMAIL --agent)")
             token_id = await run_in(session, api_tokens.add, api_tokens.AGENT, api_token_hash(token),
-                                    app.clock.now(), user_id=user.id)
+                                    desk.clock.now(), user_id=user.id)
             holder: dict[str, Any] = {"kind": api_tokens.AGENT, "agent": user.email, "service": None}
         else:
             name = (service or "").strip()
             if not _SERVICE_NAME.fullmatch(name):
                 raise InvalidInput("a service name is 1-100 letters, digits and . _ @ - or spaces")
             token_id = await run_in(session, api_tokens.add, api_tokens.SERVICE, api_token_hash(token),
-                                    app.clock.now(), name=name)
+                                    desk.clock.now(), name=name)
             holder = {"kind": api_tokens.SERVICE, "agent": None, "service": name}
     log.info("token.issued", extra={"token_id": token_id, "kind": holder["kind"]})
     return {"id": token_id, **holder, "token": token}
 
 
-async def list_api_tokens(app: App) -> list[dict[str, Any]]:
-    async with app.sessions() as session:
-        return await run_in(session, api_tokens.listing)
+async def list_api_tokens(desk: TokenDesk) -> list[dict[str, Any]]:
+    return await in_session(desk.sessions, api_tokens.listing)
 
 
-async def revoke_api_token(app: App, token_id: int) -> dict[str, Any]:
-    async with app.sessions() as session, session.begin():
-        changed = await run_in(session, api_tokens.revoke, token_id, app.clock.now())
+async def revoke_api_token(desk: TokenDesk, token_id: int) -> dict[str, Any]:
+    changed = await in_session(desk.sessions, api_tokens.revoke, token_id, desk.clock.now())
     log.info("token.revoked", extra={"token_id": token_id})
     return {"id": token_id, "revoked": True, "changed": changed}

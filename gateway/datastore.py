@@ -7,18 +7,17 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
 from gateway.clock import Clock
 from store.blobs import BlobStore
+from store.engine import Database
+from store.sqlite.wal import truncate_wal
 from store.transact import Transactor
-from store.wal import truncate_wal
 
 
 @dataclass(frozen=True)
 class DataStore:
     tx: Transactor
-    engine: AsyncEngine  # for a lease
+    engine: Database  # for a lease
     blobs: BlobStore
     clock: Clock
     sqlite_url: str | None = None  # a SQLite file: its WAL is cut after anything is deleted

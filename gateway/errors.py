@@ -1,11 +1,14 @@
-"""The project's own exception tree. Library errors are translated once, at the seam.
+"""The project's own exception tree. Library errors are translated once, at the seam: the
+store's driver errors in `store.faults.store_errors`, at the edge of every store call.
 
     GatewayError
     ├── ConfigError          bad configuration; names the key (sysexits 78)
     │   └── StoreNotReady    no store there, or not at this gateway's schema: `gateway db upgrade`
     ├── UnusableMail         input that can never be processed (sysexits 65)
     ├── TemporaryFailure     try again later (sysexits 75; SMTP 451)
-    │   ├── StoreUnavailable the database could not commit
+    │   ├── StoreUnavailable the store does not answer now: down, locked, a lost connection, a timeout
+    │   ├── StoreRejected    the store refused a statement (a constraint, a value it cannot hold): this
+    │   │                    write is wrong, not the store away; tried again it may pass (a race lost)
     │   ├── LostClaim        another worker took the mail over when our lease ran out
     │   └── TokenUnavailable no OAuth2 access token: endpoint unreachable, tenant/client/secret refused
     ├── UsageError           a command line that cannot mean anything (sysexits 64)
@@ -41,7 +44,13 @@ class TemporaryFailure(GatewayError):
 
 
 class StoreUnavailable(TemporaryFailure):
-    pass
+    """The store does not answer now (store/faults.py: `is_outage`): what was cut off is given
+    back and tried again as soon as it answers, its try not counted."""
+
+
+class StoreRejected(TemporaryFailure):
+    """The store answered, and refused the statement: a constraint (another writer won a race)
+    or a value it cannot hold. A mail or notification counts it as a failed try."""
 
 
 class LostClaim(TemporaryFailure):

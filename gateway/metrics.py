@@ -24,9 +24,9 @@ import prometheus_client
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811 - re-exported
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store import stats
+from store.engine import Database
 
 prometheus_client.disable_created_metrics()
 
@@ -121,7 +121,7 @@ class _Scrape:
 class StoreMetrics:
     """`/metrics` of one store: its tallies live as long as the API that serves them."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: Database) -> None:
         self._engine = engine
         self._figures = stats.StoreFigures()
 

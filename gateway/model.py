@@ -244,15 +244,27 @@ class ThreadMatch:
 
 
 @dataclass(frozen=True, slots=True)
-class Context:
-    """What the store knows that the plan depends on."""
+class Triage:
+    """What a mail shows by itself, before the store is asked (`gateway.pipeline.triage`): its
+    kind, whether it proves its sender, and what the store must look up for it."""
 
-    sender: UserRef | None
+    kind: Classification
+    authenticated: bool | None  # None: the policy is off
+    keys: ThreadKeys
+    sender: str | None  # the From address
+    cc: tuple[str, ...] = ()  # the Cc'd addresses to look up (CC sharing only)
+    recent_cap: int = 0  # count the sender's mails of the last hour up to this; 0: not counted
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    """What the store knows that the plan needs (`store.queries.load_facts`)."""
+
+    sender: UserRef | None = None
     by_message_id: CaseRef | None = None
     by_token: CaseRef | None = None
     by_subject: CaseRef | None = None
     cc_users: tuple[UserRef, ...] = ()
-    authenticated: bool | None = None  # None: policy off / not evaluated
     recent_from_sender: int = 0  # mails from this address that opened or touched a case in the last hour
     sender_blocked: bool = False  # an unknown sender whose data was erased: never registered again by mail
 

@@ -1,7 +1,7 @@
 """Names the daemon's processes as `top`, `ps -o comm` and /proc/PID/comm show them.
 
-`gateway run` is several processes (store/sqlite_writer.py, gateway/worker_process.py,
-gateway/parsing.py); started from a fork server, they would all be called "python". With
+`gateway run` is several processes (store/sqlite/writer.py, gateway/runtime/children.py,
+gateway/parse_pool.py); started from a fork server, they would all be called "python". With
 these names an operator sees which one is busy: gw-daemon (SMTP listener, IMAP, API),
 gw-writer (inbox commits), gw-worker, gw-sender, gw-parse.
 """

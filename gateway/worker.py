@@ -1,4 +1,5 @@
-"""The inbox worker: claim → parse → classify → identify → thread → plan → apply (one transaction).
+"""The inbox worker: claims mails, parses them (gateway.parse_pool), and hands them, a group
+per transaction, to the mail transaction (gateway.apply.handle_all).
 
 Failures are recorded and retried; after `max_attempts` a mail is quarantined with its error,
 never deleted (`gateway reprocess` puts it back). A mail that can never be understood
@@ -20,35 +21,23 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy.exc import DBAPIError
-from sqlmodel import Session
-
-from gateway.apply import ApplySettings, apply_plan
+from gateway.apply import Steps, handle_all
 from gateway.clock import Clock
 from gateway.errors import LostClaim, UnusableMail
-from gateway.model import Classification, Context, Outcome, ParsedMail, Result
-from gateway.parsing import ParseRunner
-from gateway.pipeline.classify import classify
-from gateway.pipeline.identify import authenticated
-from gateway.pipeline.plan import PlanPolicy, make_plan
-from gateway.pipeline.thread import thread_keys
-from gateway.settings import Settings
-from store import queries
-from store.faults import is_outage
+from gateway.model import Outcome, ParsedMail, Result
+from gateway.parse_pool import ParseRunner
+from gateway.settings import WorkerSettings
+from store.faults import is_outage, is_store_error
 from store.inbox import Claim, ClaimedMail, Inbox, claim_mails, read_raw, read_raws
-from store.outbox import RateLimits
-from store.person import address_blocked
 from store.transact import Transactor
 
 log = logging.getLogger("gateway.worker")
 
 # Mails whose parse is ready share a transaction (one commit for up to eight). On SQLite that
 # transaction holds the one write lock; the worker child begins none while SMTP commits follow
-# each other (store/sqlite_writer.py, smtp_pause), so a burst's 250s never queue behind it
+# each other (store/sqlite/writer.py, smtp_pause), so a burst's 250s never queue behind it
 # (bench/smtp.py: end to end +20 %, p99 DATA->250 21-28 ms).
 GROUP_MAX = 8
 # While the SMTP commits pause, a group may be larger: it keeps no 250 waiting, and fewer, larger
@@ -68,40 +57,15 @@ def default_holder() -> str:
     return f"cli-{socket.gethostname()}:{os.getpid()}"[:100]
 
 
-@dataclass(frozen=True)
-class Steps:
-    """The small parts of the settings each step needs."""
-
-    policy: PlanPolicy
-    apply: ApplySettings
-    own_addresses: frozenset[str]
-    message_id_domain: str
-    token_secret: str
-    addresses: tuple[str, ...]
-    authserv_id: str
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> Steps:
-        return cls(
-            policy=PlanPolicy(s.policy.unknown_sender, s.policy.sender_authentication, s.policy.cc_sharing,
-                              s.policy.courtesy_replies, s.mail.case_prefix, s.policy.max_mails_per_sender_per_hour),
-            apply=ApplySettings(s.mail.case_prefix, s.mail.case_digits, s.mail.message_id_domain, s.policy.language,
-                                RateLimits(s.policy.max_auto_answers_per_day, s.policy.notify_per_10_minutes,
-                                           s.policy.notify_per_hour)),
-            own_addresses=frozenset(a.lower() for a in (*s.mail.addresses, s.mail.from_address)),
-            message_id_domain=s.mail.message_id_domain, token_secret=s.mail.reply_token_secret,
-            addresses=s.mail.addresses, authserv_id=s.policy.authserv_id,
-        )
-
-
 class InboxWorker:
-    def __init__(self, tx: Transactor, inbox: Inbox, parser: ParseRunner, settings: Settings, clock: Clock,
-                 holder: str | None = None) -> None:
+    def __init__(self, tx: Transactor, inbox: Inbox, parser: ParseRunner, cfg: WorkerSettings, steps: Steps,
+                 clock: Clock, holder: str | None = None, on_processed: Callable[[], None] | None = None,
+                 smtp_quiet: Callable[[], bool] | None = None) -> None:
         self._tx = tx
         self._inbox = inbox
         self._parser = parser
-        self._settings = settings
-        self._steps = Steps.from_settings(settings)
+        self._cfg = cfg
+        self._steps = steps
         self._clock = clock
         self.holder = (holder or default_holder())[:100]  # the daemon's `node:run` (store/node_run.py)
         # The claims this worker works on (claimed, not yet finished, failed or given back); and
@@ -112,14 +76,14 @@ class InboxWorker:
         self._given_back = 0
         self.wakeup = asyncio.Event()
         self.processed = 0
-        self.on_processed: Callable[[], None] = lambda: None
-        # Whether the SMTP commits are pausing (store.sqlite_writer.smtp_quiet): then a group may
+        self.on_processed: Callable[[], None] = on_processed or (lambda: None)
+        # Whether the SMTP commits are pausing (store.sqlite.writer.smtp_quiet): then a group may
         # be larger, as it keeps nobody's 250 waiting.
-        self.smtp_quiet: Callable[[], bool] = lambda: False
+        self.smtp_quiet: Callable[[], bool] = smtp_quiet or (lambda: False)
 
     async def run_once(self, limit: int | None = None, only_id: int | None = None) -> list[Result]:
         """One batch from claim to outcome (the CLI's `process`, a mail handled at once)."""
-        cfg = self._settings.worker
+        cfg = self._cfg
         claimed = await self._claim_batch(limit or cfg.batch_size, only_id)
         flow = await self._start(claimed)
         results: list[Result] = []
@@ -137,7 +101,7 @@ class InboxWorker:
         them: as a connection of its own it waited for their lock, 30-90 ms a claim while a
         backlog drained, and the flow ran dry meanwhile. It does not wait for SMTP pauses."""
         claimed = await self._tx.run_now(claim_mails, limit, self.holder, self._clock.now(),
-                                         self._settings.worker.lease_s, only_id)
+                                         self._cfg.lease_s, only_id)
         self._in_hand.update(mail.id for mail in claimed)
         return claimed
 
@@ -201,7 +165,7 @@ class InboxWorker:
         except Exception as exc:
             if is_outage(exc):
                 raise  # not this mail's fault: given back, its try not counted
-            if isinstance(exc, DBAPIError):
+            if is_store_error(exc):
                 return await self._failed(mail, f"store: {type(exc).__name__}")
             log.exception("mail.failed", extra={"inbound_id": mail.id})
             return await self._failed(mail, f"{type(exc).__name__}: {exc}")
@@ -227,7 +191,7 @@ class InboxWorker:
         return Result(Outcome.QUARANTINED, None, reason, mail.id)
 
     async def _failed(self, mail: ClaimedMail, error: str) -> Result:
-        cfg = self._settings.worker
+        cfg = self._cfg
         state = await self._inbox.failed(mail.id, error, mail.attempts, cfg.max_attempts, self._clock.now(),
                                          cfg.retry_delay_s, claim=self._claim(mail))
         self._in_hand.discard(mail.id)
@@ -246,7 +210,7 @@ class InboxWorker:
         Two loops share the flow of claimed mails. The feeder claims and starts parsing up to
         AHEAD batches ahead; the applier writes the outcomes in order, a group of parsed mails
         per transaction. While SMTP commits come one after another, the applier waits for them
-        to pause (store.sqlite_writer.smtp_pause) but the parsing goes on, on the other core:
+        to pause (store.sqlite.writer.smtp_pause) but the parsing goes on, on the other core:
         after a burst only the writes are left. On stop, the group in hand is finished and the
         mails not yet applied are given back to the inbox, their attempt not counted.
 
@@ -272,7 +236,7 @@ class InboxWorker:
 
     async def _feed(self, flow: deque[tuple[ClaimedMail, asyncio.Future[Any]]], stop: asyncio.Event,
                     halt: asyncio.Event, room: asyncio.Event, arrived: asyncio.Event) -> None:
-        cfg = self._settings.worker
+        cfg = self._cfg
         window = cfg.batch_size * AHEAD
         while not (stop.is_set() or halt.is_set()):
             if len(flow) >= window:
@@ -300,7 +264,7 @@ class InboxWorker:
 
     async def _apply_flow(self, flow: deque[tuple[ClaimedMail, asyncio.Future[Any]]], stop: asyncio.Event,
                           room: asyncio.Event, arrived: asyncio.Event) -> None:
-        interval = self._settings.worker.poll_interval_s
+        interval = self._cfg.poll_interval_s
         while not stop.is_set():
             if not flow:
                 arrived.clear()
@@ -381,46 +345,3 @@ async def _first(*waits: asyncio.Event | asyncio.Future[Any], timeout: float | N
         for wait, task in zip(waits, pending, strict=True):
             if task is not wait:
                 task.cancel()
-
-
-def handle_all(session: Session, steps: Steps, mails: list[tuple[int, Claim, ParsedMail]],
-               now: datetime) -> list[Result]:
-    """The transaction of a group of parsed mails: each one classified, threaded, planned, applied.
-    A mail whose claim was lost meanwhile raises LostClaim, and the group rolls back."""
-    return [handle(session, steps, inbound_id, mail, now, claim) for inbound_id, claim, mail in mails]
-
-
-def handle(session: Session, steps: Steps, inbound_id: int, mail: ParsedMail, now: datetime,
-           claim: Claim | None = None) -> Result:
-    kind = classify(mail, steps.own_addresses, steps.message_id_domain)
-    ctx = context(session, steps, mail, kind, now)
-    plan = make_plan(mail, kind, ctx, steps.policy)
-    return apply_plan(session, plan, mail, inbound_id, now, steps.apply, claim)
-
-
-def context(session: Session, steps: Steps, mail: ParsedMail, kind: Classification, now: datetime) -> Context:
-    """What the store knows that the plan needs: the sender, the cases the mail may belong to."""
-    keys = thread_keys(mail, steps.token_secret, steps.addresses, steps.policy.case_prefix)
-    sender = queries.user_refs(session, [mail.from_addr])[0:1] if mail.from_addr else []
-    by_token = None
-    for number in keys.token_case_numbers:
-        by_token = queries.case_id_by_number(session, number)
-        if by_token:
-            break
-    by_message_id = queries.case_id_by_message_ids(session, keys.message_ids)
-    by_subject = queries.case_id_by_number(session, keys.subject_number) if keys.subject_number else None
-    refs = {case_id: queries.case_ref_by_id(session, case_id) for case_id in (by_message_id, by_token, by_subject)
-            if case_id is not None}
-    cc_users = tuple(queries.user_refs(session, list(mail.cc))) if steps.policy.cc_sharing and sender else ()
-    return Context(
-        sender=sender[0] if sender else None,
-        by_message_id=refs.get(by_message_id) if by_message_id else None,
-        by_token=refs.get(by_token) if by_token else None,
-        by_subject=refs.get(by_subject) if by_subject else None,
-        cc_users=cc_users,
-        authenticated=authenticated(mail, steps.authserv_id, steps.policy.sender_authentication),
-        recent_from_sender=queries.recent_from(session, mail.from_addr, now, steps.policy.max_mails_per_sender_per_hour)
-        if mail.from_addr and not kind.is_automated else 0,
-        sender_blocked=bool(mail.from_addr and not sender and not kind.is_automated
-                            and address_blocked(session.connection(), mail.from_addr)),
-    )

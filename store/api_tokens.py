@@ -1,4 +1,5 @@
-"""Bearer tokens of the HTTP API, inside one caller-owned transaction. Only hashes are stored."""
+"""Bearer tokens of the HTTP API, inside one caller-owned transaction. Only hashes are stored.
+Requester tokens are not stored at all: a user's `token_generation` refuses the older ones."""
 
 from __future__ import annotations
 
@@ -27,6 +28,20 @@ class TokenHolder:
     name: str
     email: str | None
     role: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUser:
+    """A user as a requester token sees them: the generation their tokens must carry."""
+
+    email: str
+    role: str
+    generation: int
+
+
+def token_user(session: Session, email: str) -> TokenUser | None:
+    user = session.exec(select(AppUser).where(AppUser.email == email.lower())).first()
+    return TokenUser(user.email, user.role, user.token_generation) if user is not None else None
 
 
 def add(session: Session, kind: str, token_hash: str, now: datetime, user_id: int | None = None,

@@ -4,7 +4,7 @@ SQLite runs in WAL mode with synchronous=FULL, so a commit is durable (RELIABILI
 foreign keys on and a busy timeout; `check_durability` verifies that at start-up. Every
 connection has `secure_delete` on: what a transaction deletes or overwrites is zeroed in the
 file, not left in free pages, so erased and expired data is gone from the database file once
-the WAL is checkpointed (store/wal.py: `truncate_wal`).
+the WAL is checkpointed (store/sqlite/wal.py: `truncate_wal`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,12 @@ from sqlalchemy.pool import StaticPool
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from gateway.errors import ConfigError
+from store.faults import store_errors
+
+# The store's handles as the rest of the code names them (it never imports SQLAlchemy itself).
+Database = AsyncEngine
+Sessions = async_sessionmaker[AsyncSession]
+OpenSession = AsyncSession  # one session of `Sessions`, inside `store.transact.transaction`
 
 
 def is_sqlite(url: str) -> bool:
@@ -121,6 +127,11 @@ def is_file_sqlite(url: str) -> bool:
 
 async def check_durability(engine: AsyncEngine) -> None:
     """Refuse to run when a commit would not survive a power loss."""
+    with store_errors("opening the store"):
+        await _check_durability(engine)
+
+
+async def _check_durability(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             journal = (await conn.execute(text("PRAGMA journal_mode"))).scalar()
@@ -131,6 +142,13 @@ async def check_durability(engine: AsyncEngine) -> None:
             value = (await conn.execute(text("SHOW synchronous_commit"))).scalar()
             if str(value).lower() not in ("on", "remote_write", "remote_apply"):
                 raise ConfigError(f"PostgreSQL synchronous_commit={value}: commits are not durable")
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """One round trip to the store; `StoreUnavailable` when it does not answer."""
+    with store_errors():
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -4,18 +4,15 @@ when the folder was last fetched (for the metrics)."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.errors import StoreUnavailable
+from store.faults import store_errors
 from store.models import ImapFolderState
 
 FS = ImapFolderState.__table__  # type: ignore[attr-defined]
@@ -28,23 +25,15 @@ class FolderState:
     failures: dict[str, int] = field(default_factory=dict)
 
 
-@contextlib.asynccontextmanager
-async def _store_errors(what: str) -> AsyncIterator[None]:
-    """Database trouble while reading an account is one more reason to back off, not a crash."""
-    try:
-        yield
-    except (OperationalError, DBAPIError, OSError) as exc:
-        raise StoreUnavailable(f"{what}: the store does not answer ({type(exc).__name__})") from exc
-
-
 def _dialect_insert(engine: AsyncEngine) -> Any:
     return (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
 
 
 async def load_state(engine: AsyncEngine, account: str, folder: str) -> FolderState:
-    async with _store_errors("imap state"), engine.connect() as conn:
-        row = (await conn.execute(select(FS.c.uidvalidity, FS.c.last_uid, FS.c.failures)
-                                  .where(FS.c.account == account, FS.c.folder == folder))).first()
+    with store_errors("imap state"):
+        async with engine.connect() as conn:
+            row = (await conn.execute(select(FS.c.uidvalidity, FS.c.last_uid, FS.c.failures)
+                                      .where(FS.c.account == account, FS.c.folder == folder))).first()
     if row is None:
         return FolderState()
     return FolderState(row.uidvalidity, int(row.last_uid), dict(row.failures or {}))
@@ -60,5 +49,6 @@ async def save_state(engine: AsyncEngine, account: str, folder: str, state: Fold
 
     stmt = _dialect_insert(engine)(FS).values(account=account, folder=folder, **values())
     stmt = stmt.on_conflict_do_update(index_elements=["account", "folder"], set_=values())
-    async with _store_errors("imap state"), engine.begin() as conn:
-        await conn.execute(stmt)
+    with store_errors("imap state"):  # trouble while reading an account: one more reason to back off
+        async with engine.begin() as conn:
+            await conn.execute(stmt)

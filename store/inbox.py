@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import Session
 
 from gateway.errors import StoreUnavailable
+from store.faults import store_errors
 from store.models import InboundMail, InboundRaw
 
 T = InboundMail.__table__  # type: ignore[attr-defined]
@@ -276,8 +277,9 @@ class Inbox:
             values.update(outcome="quarantined", reason=f"processing failed {attempts} times: {error[:500]}",
                           processed_at=now)
         stmt = update(T).where(T.c.id == inbound_id, *(CLAIM_HOLDS if claim else ())).values(**values)
-        async with self._engine.begin() as conn:
-            done = await conn.execute(stmt, claim.params if claim else {})
+        with store_errors("inbox"):
+            async with self._engine.begin() as conn:
+                done = await conn.execute(stmt, claim.params if claim else {})
         return state if done.rowcount == 1 else "lost"
 
     async def release(self, ids: Sequence[int], holder: str) -> None:
@@ -285,10 +287,11 @@ class Inbox:
         those `holder` still holds."""
         if not ids:
             return
-        async with self._engine.begin() as conn:
-            await conn.execute(update(T).where(T.c.id.in_(list(ids)), T.c.state == "processing",
-                                               T.c.claimed_by == holder[:100])
-                               .values(state="pending", claimed_until=None, attempts=T.c.attempts - 1))
+        with store_errors("inbox"):
+            async with self._engine.begin() as conn:
+                await conn.execute(update(T).where(T.c.id.in_(list(ids)), T.c.state == "processing",
+                                                   T.c.claimed_by == holder[:100])
+                                   .values(state="pending", claimed_until=None, attempts=T.c.attempts - 1))
 
     async def release_stranded(self, holder: str, keep: Sequence[int] = ()) -> int:
         """Give back every claim `holder` holds but `keep` (the mails in the worker's hands),
@@ -297,9 +300,11 @@ class Inbox:
         cond = [T.c.state == "processing", T.c.claimed_by == holder[:100]]
         if keep:
             cond.append(T.c.id.not_in(list(keep)))
-        async with self._engine.begin() as conn:
-            done = await conn.execute(update(T).where(*cond).values(
-                state="pending", claimed_until=None, attempts=case((T.c.attempts > 0, T.c.attempts - 1), else_=0)))
+        with store_errors("inbox"):
+            async with self._engine.begin() as conn:
+                done = await conn.execute(update(T).where(*cond).values(
+                    state="pending", claimed_until=None,
+                    attempts=case((T.c.attempts > 0, T.c.attempts - 1), else_=0)))
         return int(done.rowcount or 0)
 
     async def reprocess(self, inbound_id: int | None = None, quarantined: bool = False) -> int:
@@ -308,14 +313,16 @@ class Inbox:
         cond = cond & (T.c.state != "expired")  # its raw bytes were deleted (retention, erasure)
         if inbound_id is None and not quarantined:
             return 0
-        async with self._engine.begin() as conn:
-            result = await conn.execute(update(T).where(cond).values(
-                state="pending", attempts=0, claimed_until=None, outcome=None, processed_at=None))
+        with store_errors("inbox"):
+            async with self._engine.begin() as conn:
+                result = await conn.execute(update(T).where(cond).values(
+                    state="pending", attempts=0, claimed_until=None, outcome=None, processed_at=None))
         return int(result.rowcount or 0)
 
     async def depth(self) -> dict[str, int]:
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(select(T.c.state, func.count()).group_by(T.c.state))).all()
+        with store_errors("inbox"):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(select(T.c.state, func.count()).group_by(T.c.state))).all()
         return {str(state): int(count) for state, count in rows}
 
     async def wait_for_store(self, attempts: int = 3) -> None:
@@ -350,7 +357,7 @@ class GroupCommitter:
     def __init__(self, inbox: BatchStore, now: Any, max_batch: int = 64, in_flight: int = 1) -> None:
         self._inbox = inbox
         self._submit: Callable[[list[IncomingMail], datetime], asyncio.Future[list[Accepted]]] | None = getattr(
-            inbox, "submit_many", None)  # a store that answers by future (store/sqlite_writer.py)
+            inbox, "submit_many", None)  # a store that answers by future (store/sqlite/writer.py)
         self._now = now
         self._max_batch = max_batch
         self._free = in_flight

@@ -14,10 +14,9 @@ from typing import Any
 
 from sqlalchemy import and_, delete, or_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.errors import StoreUnavailable
+from store.faults import store_errors
 from store.models import JobLease
 
 JL = JobLease.__table__  # type: ignore[attr-defined]
@@ -43,15 +42,13 @@ class Lease:
         now = self._now()
         until = now + timedelta(seconds=self._ttl)
         mine_or_expired = and_(JL.c.name == self.name, or_(JL.c.holder == self.holder, JL.c.until < now))
-        try:
+        with store_errors(f"lease {self.name}"):
             async with self._engine.begin() as conn:
                 taken = (await conn.execute(update(JL).where(mine_or_expired)
                                             .values(holder=self.holder, until=until))).rowcount
                 if not taken:
                     insert = _insert(self._engine)(JL).values(name=self.name, holder=self.holder, until=until)
                     taken = (await conn.execute(insert.on_conflict_do_nothing(index_elements=["name"]))).rowcount
-        except (OperationalError, DBAPIError, OSError) as exc:
-            raise StoreUnavailable(f"lease {self.name}: the store does not answer ({type(exc).__name__})") from exc
         if taken:
             self._renewed = time.monotonic()
         return bool(taken)
@@ -65,8 +62,6 @@ class Lease:
             await self.renew()
 
     async def release(self) -> None:
-        try:
+        with store_errors(f"lease {self.name}"):
             async with self._engine.begin() as conn:
                 await conn.execute(delete(JL).where(JL.c.name == self.name, JL.c.holder == self.holder))
-        except (OperationalError, DBAPIError, OSError) as exc:
-            raise StoreUnavailable(f"lease {self.name}: the store does not answer ({type(exc).__name__})") from exc

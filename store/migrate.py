@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from gateway.errors import StoreNotReady
+from gateway.errors import StoreNotReady, StoreRejected, StoreUnavailable
 from store.engine import describe, sqlite_file
+from store.faults import store_errors
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -43,15 +43,16 @@ def alembic_config(url: str = "") -> Config:
 
 async def current_revision(engine: AsyncEngine) -> str | None:
     """The store's alembic revision, or None when it has none yet (a new, empty database).
-    A store that cannot be reached raises (the driver's error, or `StoreNotReady` when the
+    A store that cannot be reached raises (`StoreUnavailable`, or `StoreNotReady` when the
     PostgreSQL database does not exist)."""
     try:
-        async with engine.connect() as conn:
-            if not await conn.run_sync(lambda c: inspect(c).has_table("alembic_version")):
-                return None
-            rows = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
-    except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) == "3D000":  # PostgreSQL: invalid_catalog_name
+        with store_errors("opening the store"):
+            async with engine.connect() as conn:
+                if not await conn.run_sync(lambda c: inspect(c).has_table("alembic_version")):
+                    return None
+                rows = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+    except (StoreUnavailable, StoreRejected) as exc:
+        if getattr(getattr(exc.__cause__, "orig", None), "sqlstate", None) == "3D000":  # PostgreSQL: no such database
             raise StoreNotReady(f"no database {describe(engine.url.render_as_string(hide_password=False))}: "
                                 "create it (createdb), then run `gateway db upgrade`") from None
         raise
@@ -71,8 +72,9 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> str | None:
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, revision)
 
-    async with engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+    with store_errors("migrating the store"):
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade)
     return before
 
 

@@ -25,6 +25,7 @@ from sqlalchemy import case, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from store.faults import store_errors
 from store.inbox import T as INBOX
 from store.models import NodeRun
 from store.outbox import T as OUTBOX
@@ -53,6 +54,11 @@ async def begin_run(engine: AsyncEngine, node_id: str, now: datetime) -> tuple[s
     """Start the next run of `node_id`: its holder name, and how many inbox claims and outbox
     rows of the earlier runs went back to the queue."""
     insert = (postgresql if engine.dialect.name == "postgresql" else sqlite).insert
+    with store_errors("node run"):
+        return await _begin_run(engine, insert, node_id, now)
+
+
+async def _begin_run(engine: AsyncEngine, insert: Any, node_id: str, now: datetime) -> tuple[str, int, int]:
     async with engine.begin() as conn:
         await conn.execute(insert(NR).values(node_id=node_id, run=0, started_at=now)
                            .on_conflict_do_nothing(index_elements=["node_id"]))
@@ -70,12 +76,13 @@ async def begin_run(engine: AsyncEngine, node_id: str, now: datetime) -> tuple[s
 async def give_back(engine: AsyncEngine, holder: str, role: str, now: datetime) -> int:
     """The claims `holder` left when its process died: the worker's inbox mails or the sender's
     outbox rows back to the queue, their try not counted."""
-    async with engine.begin() as conn:
-        if role == "worker":
-            done = await conn.execute(_back(INBOX, "processing", INBOX.c.claimed_by == holder))
-        else:
-            done = await conn.execute(_back(OUTBOX, "sending", OUTBOX.c.claimed_by == holder)
-                                      .values(next_attempt_at=now))
+    with store_errors("node run"):
+        async with engine.begin() as conn:
+            if role == "worker":
+                done = await conn.execute(_back(INBOX, "processing", INBOX.c.claimed_by == holder))
+            else:
+                done = await conn.execute(_back(OUTBOX, "sending", OUTBOX.c.claimed_by == holder)
+                                          .values(next_attempt_at=now))
     return int(done.rowcount or 0)
 
 

@@ -18,10 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, col
 from sqlmodel import select as model_select
 
-from gateway.model import Event, UserRef
-from store.driver import DriverStatement
+from gateway.model import CaseRef, Event, UserRef
+from store.faults import store_errors
 from store.models import AppUser, CaseParty, MessageIndex, Outbox, SupportCase
 from store.queries import capped_count
+from store.sqlite.driver import DriverStatement
 
 T = Outbox.__table__  # type: ignore[attr-defined]
 
@@ -202,49 +203,56 @@ class OutboxQueue:
                         claimed_by=holder[:100] or None)
                 .returning(T.c.id, T.c.event, T.c.recipient, T.c.recipient_name, T.c.language, T.c.message_id,
                            T.c.context, T.c.attempts))
-        async with self._engine.begin() as conn:
-            rows = (await conn.execute(stmt)).all()
+        with store_errors("outbox"):
+            async with self._engine.begin() as conn:
+                rows = (await conn.execute(stmt)).all()
         return sorted((DueNotification(r.id, r.event, r.recipient, r.recipient_name, r.language, r.message_id,
                                        dict(r.context or {}), r.attempts) for r in rows), key=lambda d: d.id)
 
     async def mark_sent(self, ids: Sequence[int], now: datetime) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(update(T).where(T.c.id.in_(list(ids)))
-                               .values(state="sent", sent_at=now, claimed_until=None, last_error=None))
+        with store_errors("outbox"):
+            async with self._engine.begin() as conn:
+                await conn.execute(update(T).where(T.c.id.in_(list(ids)))
+                                   .values(state="sent", sent_at=now, claimed_until=None, last_error=None))
 
     async def mark_retry(self, row_id: int, error: str, at: datetime) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(update(T).where(T.c.id == row_id).values(
-                state="pending", next_attempt_at=at, claimed_until=None, last_error=error[:2000]))
+        with store_errors("outbox"):
+            async with self._engine.begin() as conn:
+                await conn.execute(update(T).where(T.c.id == row_id).values(
+                    state="pending", next_attempt_at=at, claimed_until=None, last_error=error[:2000]))
 
     async def mark_failed(self, row_id: int, error: str) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(update(T).where(T.c.id == row_id).values(
-                state="failed", claimed_until=None, last_error=error[:2000]))
+        with store_errors("outbox"):
+            async with self._engine.begin() as conn:
+                await conn.execute(update(T).where(T.c.id == row_id).values(
+                    state="failed", claimed_until=None, last_error=error[:2000]))
 
     async def release_stranded(self, holder: str, now: datetime) -> int:
         """Every row `holder` still has `sending` back to pending, its try not counted: a
         store error cut the sender off before it could mark them (none of them had a 250)."""
-        async with self._engine.begin() as conn:
-            done = await conn.execute(update(T).where(T.c.state == "sending", T.c.claimed_by == holder[:100]).values(
-                state="pending", next_attempt_at=now, claimed_until=None,
-                attempts=case((T.c.attempts > 0, T.c.attempts - 1), else_=0)))
+        with store_errors("outbox"):
+            async with self._engine.begin() as conn:
+                done = await conn.execute(update(T).where(T.c.state == "sending", T.c.claimed_by == holder[:100]).values(
+                    state="pending", next_attempt_at=now, claimed_until=None,
+                    attempts=case((T.c.attempts > 0, T.c.attempts - 1), else_=0)))
         return int(done.rowcount or 0)
 
     async def retry(self, row_id: int | None, now: datetime) -> int:
         cond = T.c.id == row_id if row_id is not None else T.c.state == "failed"
-        async with self._engine.begin() as conn:
-            result = await conn.execute(update(T).where(cond, T.c.state.in_(["failed", "held"]))
-                                        .values(state="pending", next_attempt_at=now, attempts=0))
+        with store_errors("outbox"):
+            async with self._engine.begin() as conn:
+                result = await conn.execute(update(T).where(cond, T.c.state.in_(["failed", "held"]))
+                                            .values(state="pending", next_attempt_at=now, attempts=0))
         return int(result.rowcount or 0)
 
     async def depth(self) -> dict[str, int]:
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(select(T.c.state, func.count()).group_by(T.c.state))).all()
+        with store_errors("outbox"):
+            async with self._engine.connect() as conn:
+                rows = (await conn.execute(select(T.c.state, func.count()).group_by(T.c.state))).all()
         return {str(s): int(n) for s, n in rows}
 
 
-def recipients_for(session: Session, case: SupportCase, exclude_user_id: int | None,
+def recipients_for(session: Session, case: SupportCase | CaseRef, exclude_user_id: int | None,
                          default_language: str) -> list[Recipient]:
     """The requester and every party, never the one who caused the event (SPEC §7), nor anyone
     whose data was erased (their record is a pseudonym now)."""

@@ -78,6 +78,11 @@ def user_by_email(conn: Connection, email: str) -> PortalUser | None:
     return _user(row) if row else None
 
 
+def user_of(session: Session, email: str) -> PortalUser | None:
+    """`user_by_email` inside a write transaction."""
+    return user_by_email(session.connection(), email)
+
+
 def password_hash(conn: Connection, user_id: int) -> str | None:
     return conn.execute(select(_PW.c.password_hash).where(_PW.c.user_id == user_id)).scalar()
 

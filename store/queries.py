@@ -12,8 +12,17 @@ from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from gateway.errors import NotFound
-from gateway.model import ACTIVE_STATUSES, DONE_STATUSES, CaseRef, Role, Status, UserKind, UserRef
-from store.driver import DriverStatement
+from gateway.model import (
+    ACTIVE_STATUSES,
+    DONE_STATUSES,
+    CaseRef,
+    Facts,
+    Role,
+    Status,
+    Triage,
+    UserKind,
+    UserRef,
+)
 from store.models import (
     AppUser,
     Attachment,
@@ -27,6 +36,8 @@ from store.models import (
     SupportCase,
     joined_text,
 )
+from store.person import address_blocked
+from store.sqlite.driver import DriverStatement
 
 
 def user_ref(user: AppUser) -> UserRef:
@@ -82,7 +93,7 @@ _RECENT_FROM = capped_count(_IN.c.from_addr == bindparam("address"), _IN.c.proce
                             _IN.c.outcome.in_(["created", "commented", "reopened"]))
 
 
-# The same, run by the driver on SQLite (store/driver.py): rows are tuples in column order.
+# The same, run by the driver on SQLite (store/sqlite/driver.py): rows are tuples in column order.
 _RUN_USER_REFS = DriverStatement(_USER_REFS, (), ["emails"])
 _RUN_CASE_BY_NUMBER = DriverStatement(_CASE_BY_NUMBER, (), ["number"])
 _RUN_CASES_BY_MESSAGE_ID = DriverStatement(_CASES_BY_MESSAGE_ID, (), ["message_ids"])
@@ -131,6 +142,30 @@ def recent_from(session: Session, address: str, now: datetime, cap: int) -> int:
         return 0
     return int(_RUN_RECENT_FROM.scalar(session.connection(), {"address": address, "since": now - timedelta(hours=1),
                                                                "cap": cap}))
+
+
+def load_facts(session: Session, triage: Triage, now: datetime) -> Facts:
+    """What the store knows that the plan needs (gateway.pipeline), read in one call: a read
+    for the sender, one for each kind of thread key the mail carries, two for each case they
+    name, one for the Cc'd users (CC sharing, a registered sender) and one for the loop guard."""
+    sender = user_refs(session, [triage.sender])[0:1] if triage.sender else []
+    keys = triage.keys
+    by_token = next(filter(None, (case_id_by_number(session, n) for n in keys.token_case_numbers)), None)
+    by_message_id = case_id_by_message_ids(session, keys.message_ids)
+    by_subject = case_id_by_number(session, keys.subject_number) if keys.subject_number else None
+    refs = {case_id: case_ref_by_id(session, case_id)
+            for case_id in dict.fromkeys((by_message_id, by_token, by_subject)) if case_id is not None}
+    return Facts(
+        sender=sender[0] if sender else None,
+        by_message_id=refs.get(by_message_id) if by_message_id else None,
+        by_token=refs.get(by_token) if by_token else None,
+        by_subject=refs.get(by_subject) if by_subject else None,
+        cc_users=tuple(user_refs(session, list(triage.cc))) if triage.cc and sender else (),
+        recent_from_sender=recent_from(session, triage.sender, now, triage.recent_cap) if triage.sender else 0,
+        # an unknown sender whose data was erased (store/person.py): not registered again by mail
+        sender_blocked=bool(triage.sender and not sender and not triage.kind.is_automated
+                            and address_blocked(session.connection(), triage.sender)),
+    )
 
 
 def require_case(session: Session, number: str) -> SupportCase:

@@ -21,6 +21,7 @@ from sqlalchemy import case, func, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from store.faults import store_errors
 from store.models import ImapFolderState, InboundMail, Outbox, StatusChange
 
 _IN = InboundMail.__table__  # type: ignore[attr-defined]
@@ -192,7 +193,7 @@ def read_now(conn: Connection) -> Now:
     outbox = conn.execute(select(_OUT.c.state, func.count()).where(_OUT.c.state.in_(OUTBOX_QUEUED))
                           .group_by(_OUT.c.state))
     failed = conn.execute(select(_OUT.c.event, func.count()).where(_OUT.c.state == "failed").group_by(_OUT.c.event))
-    # "system" is gateway.lifecycle.SYSTEM: only the timed job closes a case as the system
+    # "system" is store.cases.SYSTEM: only the timed job closes a case as the system
     closed = conn.execute(select(func.count()).where(_SC.c.by_label == "system", _SC.c.to_status == "lukket"))
     fetched = conn.execute(select(_IMAP.c.account, _IMAP.c.folder, _IMAP.c.last_fetch_at)
                            .where(_IMAP.c.last_fetch_at.is_not(None)))
@@ -216,5 +217,6 @@ class StoreFigures:
         return read_now(conn)
 
     async def read(self, engine: AsyncEngine) -> Now:
-        async with self.lock, engine.connect() as conn:
-            return await conn.run_sync(self._read)
+        with store_errors("metrics"):
+            async with self.lock, engine.connect() as conn:
+                return await conn.run_sync(self._read)

@@ -12,13 +12,19 @@ event loop and the driver's thread (a new case was about 140 of them, ~15 ms); h
 
 The function must not await and must not keep ORM objects past the transaction; it returns
 plain values.
+
+The use-cases of agents and customers (`gateway.lifecycle`, the API's reads, the CLI) run on
+the async engine's own sessions instead, beside the transactor's thread: `in_session` for one
+store function, `transaction` for several that share a transaction (`run_in`). Every way in
+here raises the project's own errors, never the driver's (`store.faults.store_errors`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -26,15 +32,20 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from store.engine import is_file_sqlite, sync_sqlite_engine
+from store.engine import OpenSession, Sessions, is_file_sqlite, sync_sqlite_engine
+from store.faults import store_errors
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# What a store function receives, as the callers that hand one over name it.
+TxSession = Session  # `Transactor.run`, `in_session`, `run_in`: a sync ORM session in a transaction
+ReadConnection = Connection  # `Transactor.read`: a Core connection, for reads only
+
 
 class Transactor:
     def __init__(self, engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession],
-                 busy_timeout_ms: int = 5000) -> None:
+                 busy_timeout_ms: int = 5000, before_write: Callable[[], Awaitable[None]] | None = None) -> None:
         self._sessions = sessions
         self._engine = engine
         url = engine.url.render_as_string(hide_password=False)
@@ -50,9 +61,9 @@ class Transactor:
             self._read_engine = sync_sqlite_engine(url, busy_timeout_ms)
             self._read_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
         # Awaited before each `run` (not `run_now`): in the worker and sender processes, until the
-        # SMTP commits pause (store.sqlite_writer.smtp_pause). It waits on the event loop, not on
+        # SMTP commits pause (store.sqlite.writer.smtp_pause). It waits on the event loop, not on
         # the transaction thread, so a `run_now` (a claim) is never queued behind the wait.
-        self.before_write: Callable[[], Awaitable[None]] | None = None
+        self.before_write = before_write
 
     async def run(self, fn: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`fn(session, *args, **kwargs)` in one transaction: committed when it returns,
@@ -65,28 +76,30 @@ class Transactor:
         """`run` without `before_write`: for a short transaction the others depend on (the
         worker's claims). On SQLite it takes its turn on the same thread as every other write
         of this process, so the two never wait on each other's lock."""
-        if self._thread is None:
-            async with self._sessions() as session, session.begin():
-                return await session.run_sync(fn, *args, **kwargs)  # type: ignore[arg-type]
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, lambda: self._run_here(self.sync_engine, fn, args, kwargs))
+        with store_errors():
+            if self._thread is None:
+                async with self._sessions() as session, session.begin():
+                    return await session.run_sync(fn, *args, **kwargs)  # type: ignore[arg-type]
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._thread,
+                                              lambda: self._run_here(self.sync_engine, fn, args, kwargs))
 
     async def read(self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`fn(connection, …)` for reads only: a Core connection, no ORM session, and it never
         waits for SMTP commits (`before_write`): in WAL mode a reader takes no write lock. On
         SQLite it runs on a thread and connection
         of its own, beside a write transaction in progress."""
-        if self._read_thread is None:
-            async with self._engine.connect() as conn:
-                return await conn.run_sync(fn, *args, **kwargs)
-        engine = self._read_engine
-        assert engine is not None
+        with store_errors():
+            if self._read_thread is None:
+                async with self._engine.connect() as conn:
+                    return await conn.run_sync(fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._read_thread, self._read_here, fn, args,
+                                                                    kwargs)
 
-        def here() -> R:
-            with engine.connect() as conn:
-                return fn(conn, *args, **kwargs)
-
-        return await asyncio.get_running_loop().run_in_executor(self._read_thread, here)
+    def _read_here(self, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        assert self._read_engine is not None
+        with self._read_engine.connect() as conn:
+            return fn(conn, *args, **kwargs)
 
     @staticmethod
     def _run_here(engine: Engine | None, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
@@ -102,10 +115,29 @@ class Transactor:
                 engine.dispose()
 
 
+async def in_session(sessions: Sessions, fn: Callable[Concatenate[Session, P], R], *args: P.args,
+                     **kwargs: P.kwargs) -> R:
+    """`fn(sync_session, …)` in one transaction of a new session: committed when it returns,
+    rolled back when it raises."""
+    with store_errors():
+        async with sessions() as session, session.begin():
+            return await session.run_sync(fn, *args, **kwargs)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def transaction(sessions: Sessions) -> AsyncIterator[OpenSession]:
+    """One transaction that several store functions share (`run_in`): committed when the block
+    ends, rolled back when it raises; the commit's driver errors translated too."""
+    with store_errors():
+        async with sessions() as session, session.begin():
+            yield session
+
+
 async def run_in(session: AsyncSession, fn: Callable[Concatenate[Session, P], R], *args: P.args,
                  **kwargs: P.kwargs) -> R:
     """`fn(sync_session, …)` inside an async session's open transaction (its greenlet).
 
     SQLModel's async session hands `fn` SQLModel's own sync `Session` (with `exec`);
     SQLAlchemy's annotation only knows its base class."""
-    return await session.run_sync(fn, *args, **kwargs)  # type: ignore[arg-type]
+    with store_errors():
+        return await session.run_sync(fn, *args, **kwargs)  # type: ignore[arg-type]

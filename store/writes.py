@@ -7,12 +7,12 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import bindparam, insert, text, update
+from sqlalchemy import select as select_core
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 
 from gateway.errors import LostClaim, NotFound
 from gateway.model import CommentDraft, NewUser, Role, Source, Status, UserKind, UserRef
-from store.driver import DriverStatement
 from store.inbox import CLAIM_HOLDS, Claim
 from store.models import (
     AppUser,
@@ -28,6 +28,7 @@ from store.models import (
     joined_text,
 )
 from store.queries import user_by_email
+from store.sqlite.driver import DriverStatement
 
 _TEXT_CAP = 1_000_000
 
@@ -63,13 +64,18 @@ _INDEX = MessageIndex.__table__  # type: ignore[attr-defined]
 _INBOUND = InboundMail.__table__  # type: ignore[attr-defined]
 # Statements built once: building one per call cost about as much again as running it
 # (SQLAlchemy builds the construct and its cache key each time; 53 -> 29 us an INSERT), and on
-# SQLite run by the driver (store/driver.py).
+# SQLite run by the driver (store/sqlite/driver.py).
 _INSERT_USER = DriverStatement(insert(_USERS).returning(_USERS.c.id),
                                ["email", "name", "kind", "role", "created_at"])
 _INSERT_CASE = DriverStatement(insert(_CASES).returning(_CASES.c.id), [
     "number", "subject", "requester_id", "status", "follows_id", "created_at", "updated_at", "status_changed_at"])
 _INSERT_HISTORY = DriverStatement(insert(_HISTORY),
-                                  ["case_id", "at", "by_id", "by_label", "from_status", "to_status", "reason"])
+                                  ["case_id", "at", "by_id", "by_label", "from_status", "to_status", "reason", "via"])
+_CASE_STATUS = DriverStatement(select_core(_CASES.c.status).where(_CASES.c.id == bindparam("case_id")), (),
+                               ["case_id"])
+_SET_STATUS = DriverStatement(update(_CASES).where(_CASES.c.id == bindparam("case_id")),
+                              ["status", "updated_at", "status_changed_at"], ["case_id"])
+_TOUCH_CASE = DriverStatement(update(_CASES).where(_CASES.c.id == bindparam("case_id")), ["updated_at"], ["case_id"])
 _INSERT_COMMENT = DriverStatement(insert(_COMMENTS).returning(_COMMENTS.c.id), [
     "case_id", "author_id", "created_at", "source", "public", "visible_text", "full_text", "html", "inbound_id",
     "kind", "via", "signature"])
@@ -128,24 +134,33 @@ def create_case(session: Session, number: str, subject: str, requester: UserRef,
     _INSERT_HISTORY.execute(conn, {
         "case_id": case_id, "at": now, "by_id": requester.id, "by_label": requester.email[:100],
         "from_status": None, "to_status": Status.REGISTRERET.value,
-        "reason": f"follows {follows_id}" if follows_id else None})
+        "reason": f"follows {follows_id}" if follows_id else None, "via": None})
     return case_id
 
 
-def change_status(session: Session, case: SupportCase, to: Status, now: datetime,
-                        by_id: int | None, by_label: str, reason: str | None = None, via: str | None = None) -> Status:
-    """`by_label` is who acted; `via`, the service they acted through (an API service token)."""
-    previous = Status(case.status)
-    case.status = to.value
-    case.updated_at = now
-    case.status_changed_at = now
-    session.add(case)
-    assert case.id is not None
-    session.add(StatusChange(case_id=case.id, at=now, by_id=by_id, by_label=by_label[:100],
-                             from_status=previous.value, to_status=to.value,
-                             reason=clean_text(reason, 1000) if reason else None,
-                             via=clean_text(via, 100) if via else None))
+def touch_case(session: Session, case_id: int, now: datetime) -> None:
+    """The case changed now (a comment, a party), its status not."""
+    _TOUCH_CASE.execute(session.connection(), {"case_id": case_id, "updated_at": now})
+
+
+def set_status(session: Session, case_id: int, to: Status, now: datetime, by_id: int | None, by_label: str,
+               reason: str | None = None, via: str | None = None) -> Status:
+    """The case's status to `to`, with its history row; returns the status it had."""
+    conn = session.connection()
+    previous = Status(_CASE_STATUS.scalar(conn, {"case_id": case_id}))
+    _SET_STATUS.execute(conn, {"case_id": case_id, "status": to.value, "updated_at": now, "status_changed_at": now})
+    record_change(session, case_id, previous, to, now, by_id, by_label, reason, via)
     return previous
+
+
+def record_change(session: Session, case_id: int, previous: Status, to: Status, now: datetime, by_id: int | None,
+                   by_label: str, reason: str | None, via: str | None = None) -> None:
+    """The history row: `by_label` is who acted; `via`, the service they acted through (an API
+    service token)."""
+    _INSERT_HISTORY.execute(session.connection(), {
+        "case_id": case_id, "at": now, "by_id": by_id, "by_label": by_label[:100], "from_status": previous.value,
+        "to_status": to.value, "reason": clean_text(reason, 1000) if reason else None,
+        "via": clean_text(via, 100) if via else None})
 
 
 def add_comment(session: Session, case_id: int, author_id: int | None, draft: CommentDraft,

@@ -18,9 +18,12 @@ from typing import Any
 import pytest
 
 from gateway.app import App, open_app
+from gateway.apply import Steps
 from gateway.clock import FrozenClock
 from gateway.model import Role, UserKind
+from gateway.pipeline import Planner
 from gateway.settings import Settings, load_settings
+from gateway.worker import InboxWorker
 from store import queries, writes
 from store.transact import run_in
 
@@ -108,6 +111,17 @@ def clock() -> FrozenClock:
 async def app(settings: Settings, clock: FrozenClock) -> AsyncIterator[App]:
     async with open_app(settings, clock=clock) as opened:
         yield opened
+
+
+def worker_of(app: App, holder: str | None = None, *, planner: Planner | None = None, tx: Any = None,
+              inbox: Any = None, smtp_quiet: Callable[[], bool] | None = None) -> InboxWorker:
+    """A worker on the app's store, wired as gateway.app wires its own, with the seams a test
+    replaces: the plan step, the transactor and inbox (a failing store), the SMTP pauses."""
+    steps = Steps.from_settings(app.settings)
+    if planner is not None:
+        steps = dataclasses.replace(steps, policy=dataclasses.replace(steps.policy, planner=planner))
+    return InboxWorker(tx or app.tx, inbox or app.inbox, app.parser, app.settings.worker, steps, app.clock,
+                       holder or app.worker.holder, smtp_quiet=smtp_quiet)
 
 
 async def detail(app: App, number: str) -> dict[str, Any]:

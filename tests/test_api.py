@@ -16,11 +16,11 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway import api as api_module
 from gateway import credentials, lifecycle
-from gateway.api import build_api
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
+from gateway.http import api as api_module
+from gateway.http.api import build_api
 from gateway.model import Status
 from gateway.tokens import RequesterClaims, api_token_hash, requester_claims, requester_token
 from store import api_tokens, queries
@@ -78,7 +78,7 @@ async def gw(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[App]:
 
 @pytest.fixture
 async def client(gw: App) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=build_api(gw))
+    transport = httpx.ASGITransport(app=build_api(gw.http))
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
         yield c
 
@@ -161,7 +161,7 @@ async def test_item17_4_requester_tokens_expire(client: httpx.AsyncClient, gw: A
 async def test_item17_4_revoke_tokens_refuses_every_earlier_one(client: httpx.AsyncClient, gw: App) -> None:
     issued = [(await client.post("/users/token", headers=agent(None), json={"email": who})).json()["token"]
               for who in (REQUESTER, REQUESTER, COLLEAGUE)]
-    assert await credentials.revoke_requester_tokens(gw, REQUESTER.upper()) == {"email": REQUESTER, "revoked": True}
+    assert await credentials.revoke_requester_tokens(gw.tokens, REQUESTER.upper()) == {"email": REQUESTER, "revoked": True}
     for token, status in zip(issued, (401, 401, 200), strict=True):
         response = await client.get("/cases", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == status
@@ -170,7 +170,7 @@ async def test_item17_4_revoke_tokens_refuses_every_earlier_one(client: httpx.As
     fresh = (await client.post("/users/token", headers=agent(None), json={"email": REQUESTER})).json()["token"]
     assert (await client.get("/cases", headers={"Authorization": f"Bearer {fresh}"})).status_code == 200
     with pytest.raises(lifecycle.NotFound):
-        await credentials.revoke_requester_tokens(gw, "nobody@kunde.example")
+        await credentials.revoke_requester_tokens(gw.tokens, "nobody@kunde.example")
 
 
 @pytest.mark.parametrize(("api", "message"), [
@@ -243,26 +243,26 @@ async def test_item17_3_deprecated_config_tokens_act_as_a_service(client: httpx.
 
 
 async def test_item17_3_issue_list_revoke(client: httpx.AsyncClient, gw: App, clock: FrozenClock) -> None:
-    issued = await credentials.issue_api_token(gw, agent=AGENT.upper())
+    issued = await credentials.issue_api_token(gw.tokens, agent=AGENT.upper())
     assert issued["kind"] == "agent" and issued["agent"] == AGENT and issued["token"].startswith("gwt_")
     mine = {"Authorization": f"Bearer {issued['token']}"}
     clock.advance(minutes=5)
     assert (await client.get("/cases", headers=mine)).status_code == 200
-    listed = {t["id"]: t for t in await credentials.list_api_tokens(gw)}
+    listed = {t["id"]: t for t in await credentials.list_api_tokens(gw.tokens)}
     assert listed[issued["id"]]["last_used_at"] == clock.now().isoformat()
     assert listed[issued["id"]]["revoked_at"] is None and listed[issued["id"]]["agent"] == AGENT
     assert issued["token"] not in repr(listed) and api_token_hash(issued["token"]) not in repr(listed)
-    assert await credentials.revoke_api_token(gw, issued["id"]) == {"id": issued["id"], "revoked": True,
+    assert await credentials.revoke_api_token(gw.tokens, issued["id"]) == {"id": issued["id"], "revoked": True,
                                                                     "changed": True}
     refused = await client.get("/cases", headers=mine)
     assert refused.status_code == 401 and "revoked" in refused.json()["error"]
-    assert (await credentials.revoke_api_token(gw, issued["id"]))["changed"] is False
+    assert (await credentials.revoke_api_token(gw.tokens, issued["id"]))["changed"] is False
     with pytest.raises(lifecycle.NotFound):
-        await credentials.revoke_api_token(gw, 9999)
+        await credentials.revoke_api_token(gw.tokens, 9999)
     with pytest.raises(lifecycle.Refused, match="not an agent"):
-        await credentials.issue_api_token(gw, agent=REQUESTER)
+        await credentials.issue_api_token(gw.tokens, agent=REQUESTER)
     with pytest.raises(lifecycle.InvalidInput):
-        await credentials.issue_api_token(gw, service="\x00bad")
+        await credentials.issue_api_token(gw.tokens, service="\x00bad")
     async with gw.sessions() as session:
         stored = await run_in(session, api_tokens.listing)
     assert all(set(row) == {"id", "kind", "agent", "service", "created_at", "last_used_at", "revoked_at"}
@@ -330,7 +330,7 @@ async def test_issue_token_then_use_it(client: httpx.AsyncClient) -> None:
 
 async def test_case_list_filters(client: httpx.AsyncClient, gw: App, clock: FrozenClock) -> None:
     clock.advance(minutes=1)  # the most recently changed case comes first
-    await lifecycle.set_status(gw, "SAG-000002", Status.UDFOERT, AGENT)
+    await lifecycle.set_status(gw.desk, "SAG-000002", Status.UDFOERT, AGENT)
     numbers = {f: [c["number"] for c in (await client.get(f"/cases?{f}", headers=agent(None))).json()["items"]]
                for f in ("status=active", "status=done", "status=all", "status=udfoert", f"user={OUTSIDER}", "")}
     assert numbers == {"status=active": ["SAG-000003", "SAG-000001"], "status=done": ["SAG-000002"],
@@ -406,13 +406,13 @@ async def test_malformed_bodies(client: httpx.AsyncClient) -> None:
 
 
 async def test_illegal_transition_is_409(client: httpx.AsyncClient, gw: App) -> None:
-    await lifecycle.close(gw, "SAG-000001", REQUESTER, "Fortrudt")
+    await lifecycle.close(gw.desk, "SAG-000001", REQUESTER, "Fortrudt")
     response = await client.post("/cases/SAG-000001/status", headers=agent(), json={"status": "paabegyndt"})
     assert response.status_code == 409 and "never be reopened" in response.json()["error"]
 
 
 async def test_requester_comment_json_and_multipart(client: httpx.AsyncClient, gw: App) -> None:
-    await lifecycle.set_status(gw, "SAG-000001", Status.AFVENTER_REKVIRENT, AGENT)
+    await lifecycle.set_status(gw.desk, "SAG-000001", Status.AFVENTER_REKVIRENT, AGENT)
     data = base64.b64encode(b"bilag").decode()
     r = await client.post("/cases/SAG-000001/comments", headers=requester(gw),
                           json={"text": "Her er bilaget", "attachments": [{"name": "bilag.txt", "data": data}]})
@@ -477,7 +477,7 @@ async def test_item17_1_unbounce_releases_the_held_mail(client: httpx.AsyncClien
 
 async def test_healthz(gw: App) -> None:
     alive = {"worker": True, "sender": True}
-    transport = httpx.ASGITransport(app=build_api(gw, loops=lambda: alive))
+    transport = httpx.ASGITransport(app=build_api(gw.http, loops=lambda: alive))
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
         ok = await c.get("/healthz")
         assert ok.status_code == 200 and ok.json() == {"status": "ok", "store": True, "loops": alive}
@@ -488,18 +488,18 @@ async def test_healthz(gw: App) -> None:
 
 
 async def _broken_store_health(gw: App) -> tuple[int, bool]:
+    from dataclasses import replace
+
     from sqlalchemy.ext.asyncio import create_async_engine
 
-    original = gw.engine
-    gw.engine = create_async_engine("sqlite+aiosqlite:////nonexistent/dir/gateway.db")
+    broken = create_async_engine("sqlite+aiosqlite:////nonexistent/dir/gateway.db")
     try:
-        transport = httpx.ASGITransport(app=build_api(gw))
+        transport = httpx.ASGITransport(app=build_api(replace(gw.http, engine=broken)))
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
             r = await c.get("/healthz")
         return r.status_code, r.json()["store"]
     finally:
-        await gw.engine.dispose()
-        gw.engine = original
+        await broken.dispose()
 
 
 async def test_metrics(client: httpx.AsyncClient, gw: App, clock: FrozenClock) -> None:
@@ -540,9 +540,9 @@ async def test_openapi_document_is_valid(client: httpx.AsyncClient) -> None:
 
 
 async def test_api_loop_serves_on_port_zero_and_stops(gw: App, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="gateway.api")
+    caplog.set_level(logging.INFO, logger="gateway.http.api")
     stop = asyncio.Event()
-    task = asyncio.create_task(api_module.api_loop(gw, stop))
+    task = asyncio.create_task(api_module.api_loop(gw.http, stop))
     for _ in range(200):
         ports = [getattr(r, "port", None) for r in caplog.records if r.getMessage() == "api.listening"]
         if ports or task.done():
@@ -577,7 +577,7 @@ class ServedApi:
         self.stop = asyncio.Event()
         async with open_app(self.settings, clock=FrozenClock()) as app:
             await seed(app)
-            task = asyncio.create_task(api_module.api_loop(app, self.stop))
+            task = asyncio.create_task(api_module.api_loop(app.http, self.stop))
             while not _listening(self.port):
                 await asyncio.sleep(0.02)
             self.ready.set()

@@ -15,9 +15,9 @@ from urllib.parse import unquote
 import httpx
 import pytest
 
-from gateway.api import build_api
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
+from gateway.http.api import build_api
 from store import queries
 from store.inbox import IncomingMail
 from store.models import Attachment, Comment
@@ -71,7 +71,7 @@ async def gw(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[App]:
 
 @pytest.fixture
 async def client(gw: App) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_api(gw)), base_url="http://gw") as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_api(gw.http)), base_url="http://gw") as c:
         yield c
 
 

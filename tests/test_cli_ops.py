@@ -19,10 +19,10 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.api import build_api
 from gateway.app import App, open_app
 from gateway.cli import build_parser
 from gateway.clock import FrozenClock
+from gateway.http.api import build_api
 from gateway.lifecycle import assign, note, reply, set_status, share
 from gateway.model import Event, Role, Status, UserKind
 from store import writes
@@ -75,7 +75,7 @@ async def _seven_cases(proc: DaemonProcess) -> None:
             await app.ingest_now(IncomingMail(build_mail(f"kunde{i}@borger.example", f"Sag {i}"), "pipe", None,
                                               (ADDRESS,)))
         clock.advance(minutes=1)
-        await set_status(app, "SAG-000002", "paabegyndt", AGENT)
+        await set_status(app.desk, "SAG-000002", "paabegyndt", AGENT)
 
 
 def _all_pages(config: Path, *args: str) -> tuple[list[Any], list[str]]:
@@ -131,7 +131,7 @@ async def test_the_api_pages_cases_with_next(tmp_path: Path) -> None:
     await _seven_cases(proc)
     headers = {"Authorization": "Bearer page-token-0123456789"}
     async with open_app(proc.settings, subprocess_parse=False) as app, httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=build_api(app)), base_url="http://gw") as api:
+            transport=httpx.ASGITransport(app=build_api(app.http)), base_url="http://gw") as api:
         numbers, url = [], "/cases?status=all&limit=3"
         while url:
             page = (await api.get(url, headers=headers)).json()
@@ -278,6 +278,24 @@ def test_a_mistake_is_one_line_and_a_sysexits_code(store: DaemonProcess, args: l
         one_line(err)
 
 
+@pytest.mark.sqlite_only
+def test_a_locked_store_is_one_line_and_75(store: DaemonProcess) -> None:
+    """The store's driver error reaches the command translated at the store's edge (no
+    fallback for driver errors in the CLI): one line, 75, try again."""
+    import sqlite3
+
+    lock = sqlite3.connect(str(Path(store.settings.database.url.split("///", 1)[1])), isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    try:
+        rc, out, err = cli("users", "add", "ny@kunde.example", "--name", "Ny", config=store.config_path,
+                           env={"GATEWAY_DATABASE__BUSY_TIMEOUT_MS": "100"})
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert (rc, out) == (75, ""), err
+    assert one_line(err) == "gateway: temporary failure, try again: the store does not answer (OperationalError)"
+
+
 def _taken() -> tuple[socket.socket, int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -323,11 +341,11 @@ async def _a_full_case(proc: DaemonProcess) -> None:
         raw = build_mail(REQUESTER, "Min faktura", "Hvor er min faktura?",
                          attachments=[("faktura.pdf", b"%PDF" * 300, "application/pdf")])
         await app.ingest_now(IncomingMail(raw, "pipe", None, (ADDRESS,)))
-        for step in (lambda: assign(app, "SAG-000001", AGENT, AGENT),
-                     lambda: share(app, "SAG-000001", COLLEAGUE, REQUESTER),
-                     lambda: note(app, "SAG-000001", "Kunden ringede \x1b[2J i går.", AGENT),
-                     lambda: reply(app, "SAG-000001", "Den er sendt.", AGENT, []),
-                     lambda: set_status(app, "SAG-000001", "afventer_rekvirent", AGENT, "venter på svar")):
+        for step in (lambda: assign(app.desk, "SAG-000001", AGENT, AGENT),
+                     lambda: share(app.desk, "SAG-000001", COLLEAGUE, REQUESTER),
+                     lambda: note(app.desk, "SAG-000001", "Kunden ringede \x1b[2J i går.", AGENT),
+                     lambda: reply(app.desk, "SAG-000001", "Den er sendt.", AGENT, []),
+                     lambda: set_status(app.desk, "SAG-000001", "afventer_rekvirent", AGENT, "venter på svar")):
             clock.advance(minutes=5)
             await step()
 

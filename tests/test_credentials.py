@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 from gateway import credentials
-from gateway.api import build_api
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
+from gateway.http.api import build_api
 from store import writes
 from store.transact import run_in
 from tests.cli_proc import run_cli
@@ -45,7 +45,7 @@ async def gateway(app: App, *args: str) -> tuple[int, str, str]:
 
 
 async def status_with(app: App, token: str) -> int:
-    transport = httpx.ASGITransport(app=build_api(app))
+    transport = httpx.ASGITransport(app=build_api(app.http))
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
         return (await client.get("/cases", headers={"Authorization": f"Bearer {token}"})).status_code
 
@@ -95,13 +95,13 @@ async def test_item17_token_commands_refuse_in_one_line(gw: App, args: list[str]
 
 
 async def test_item17_4_users_revoke_tokens(gw: App) -> None:
-    issued = await credentials.issue_requester_token(gw, CUSTOMER)
+    issued = await credentials.issue_requester_token(gw.tokens, CUSTOMER)
     assert await status_with(gw, issued["token"]) == 200
     rc, out, err = await gateway(gw, "users", "revoke-tokens", CUSTOMER.upper(), "--json")
     assert rc == 0, err
     assert json.loads(out) == {"email": CUSTOMER, "revoked": True}
     assert await status_with(gw, issued["token"]) == 401
-    assert await status_with(gw, (await credentials.issue_requester_token(gw, CUSTOMER))["token"]) == 200
+    assert await status_with(gw, (await credentials.issue_requester_token(gw.tokens, CUSTOMER))["token"]) == 200
 
 
 async def test_item17_1_users_unbounce(tmp_path: Path) -> None:

@@ -25,11 +25,12 @@ from sqlalchemy import insert, text
 from sqlalchemy.exc import OperationalError
 
 from gateway.app import App, start_node_run
-from gateway.worker import InboxWorker, handle_all
+from gateway.apply import handle_all
+from gateway.worker import InboxWorker
 from store.inbox import IncomingMail, claim_mails
 from store.node_run import begin_run
 from store.outbox import T as OUTBOX
-from tests.conftest import MailBuilder, add_user
+from tests.conftest import MailBuilder, add_user, worker_of
 
 STEPS = ("claim", "raw_read", "group", "single", "record", "release")
 
@@ -103,8 +104,7 @@ class OutageInbox:
 
 
 def worker_on(app: App, outage: Outage, holder: str) -> InboxWorker:
-    return InboxWorker(OutageTransactor(app.tx, outage), OutageInbox(app.inbox, outage),  # type: ignore[arg-type]
-                       app.parser, app.settings, app.clock, holder)
+    return worker_of(app, holder, tx=OutageTransactor(app.tx, outage), inbox=OutageInbox(app.inbox, outage))
 
 
 async def states(app: App) -> list[tuple[str, str | None, int]]:
@@ -210,7 +210,7 @@ async def test_issue24_item2_a_restarted_node_takes_back_its_own_claims_and_leav
     outbox = await _rows(app, "SELECT id, state, claimed_by, attempts FROM outbox WHERE state <> 'pending'")
     assert {r[0]: r[1:] for r in outbox} == {d.id: ("sending", b1, 1) for d in sending_b}
 
-    worker = InboxWorker(app.tx, app.inbox, app.parser, app.settings, app.clock, a2)
+    worker = worker_of(app, a2)
     done = await worker.run_once()
     assert sorted(r.inbound_id for r in done) == sorted(m.id for m in held_a)
     # B's claims are B's until their lease runs out

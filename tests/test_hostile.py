@@ -24,7 +24,7 @@ from gateway.tokens import reply_address
 from store import queries, writes
 from store.inbox import IncomingMail
 from store.transact import run_in
-from tests.conftest import ADDRESS, MailBuilder, add_user, detail, make_settings, outbox
+from tests.conftest import ADDRESS, MailBuilder, add_user, detail, make_settings, outbox, worker_of
 
 
 async def ingest(app: App, raw: bytes, envelope_from: str | None = "x@borger.example"):
@@ -368,7 +368,7 @@ async def inbox_rows(app: App) -> list[dict]:
 async def set_status(app: App, number: str, status: Status) -> None:
     async with app.sessions() as session, session.begin():
         case = await run_in(session, queries.require_case, number)
-        await run_in(session, writes.change_status, case, status, app.clock.now(), None, "test")
+        await run_in(session, writes.set_status, case.id, status, app.clock.now(), None, "test")
 
 
 def without_message_id(raw: bytes) -> bytes:
@@ -688,7 +688,7 @@ async def test_item68_access_removed_after_a_notification_is_checked_when_the_re
     await add_user(app, "jens@borger.example", "Jens", org="Borger A/S")
     await add_user(app, "mette@borger.example", "Mette", org="Borger A/S")
     first = await ingest(app, mail())
-    await lifecycle.share(app, first.case, "mette@borger.example", "jens@borger.example")
+    await lifecycle.share(app.desk, first.case, "mette@borger.example", "jens@borger.example")
     [shared] = [o for o in await outbox(app) if o["event"] == "shared"]
     token_address = reply_address(app.settings.mail.reply_token_secret, ADDRESS, first.case)
 
@@ -802,7 +802,7 @@ async def outbox_contexts(app: App) -> list[tuple[str, str, str | None, dict]]:
 
 
 async def test_item27_poison_mail_is_quarantined_while_the_others_keep_flowing(app: App, mail: MailBuilder,
-                                                                               monkeypatch, caplog, clock) -> None:
+                                                                               caplog, clock) -> None:
     """One mail makes processing raise every time. It sits in the middle of the queue; the mails
     before and after it (and those arriving while it is retried) all become cases in the same
     runs. After `worker.max_attempts` tries it is quarantined with its error, and the operator's
@@ -810,17 +810,15 @@ async def test_item27_poison_mail_is_quarantined_while_the_others_keep_flowing(a
     /metrics scrape, and a `mail.quarantined` warning in the log."""
     import logging
 
-    import gateway.worker as worker_module
     from gateway import metrics
-
-    real_plan = worker_module.make_plan
+    from gateway.pipeline.plan import make_plan
 
     def poisoned(parsed, *args, **kwargs):
         if "POISON" in parsed.subject:
             raise RuntimeError("worker crashes on this mail")
-        return real_plan(parsed, *args, **kwargs)
+        return make_plan(parsed, *args, **kwargs)
 
-    monkeypatch.setattr(worker_module, "make_plan", poisoned)
+    worker = worker_of(app, planner=poisoned)
     max_attempts = app.settings.worker.max_attempts
     assert max_attempts >= 2
 
@@ -835,7 +833,7 @@ async def test_item27_poison_mail_is_quarantined_while_the_others_keep_flowing(a
     with caplog.at_level(logging.INFO, logger="gateway"):
         while True:
             runs += 1
-            results = await app.worker.run_once()
+            results = await worker.run_once()
             by_id = {r.inbound_id: r for r in results}
             poison = by_id.pop(poison_id)
             # every good mail claimed in this run became a case in this run: nothing waits behind the poison
@@ -857,7 +855,7 @@ async def test_item27_poison_mail_is_quarantined_while_the_others_keep_flowing(a
     assert runs == max_attempts
     assert poison.action is Outcome.QUARANTINED and "worker crashes on this mail" in poison.reason
     assert created == set(ids) - {poison_id}
-    assert await app.worker.run_once() == []  # quarantined: never claimed again
+    assert await worker.run_once() == []  # quarantined: never claimed again
 
     held = rows[poison_id]
     assert (held["state"], held["outcome"], held["case"]) == ("quarantined", "quarantined", None)
@@ -945,13 +943,13 @@ async def test_item57_notifications_go_to_the_registered_address_never_to_reply_
     assert (await detail(app, first.case))["requester"]["email"] == jens
 
     agent = "agent@statens-adm.example"
-    assert (await lifecycle.assign(app, first.case, agent, agent))["notifications"]
-    assert (await lifecycle.set_status(app, first.case, Status.AFVENTER_REKVIRENT, agent))["notifications"]
-    assert (await lifecycle.reply(app, first.case, "Send venligst kvitteringen.", agent))["notifications"]
+    assert (await lifecycle.assign(app.desk, first.case, agent, agent))["notifications"]
+    assert (await lifecycle.set_status(app.desk, first.case, Status.AFVENTER_REKVIRENT, agent))["notifications"]
+    assert (await lifecycle.reply(app.desk, first.case, "Send venligst kvitteringen.", agent))["notifications"]
     answer = await ingest(app, mail(subject=f"Re: [{first.case}] Spørgsmål om min faktura",
                                     body="Her er kvitteringen.", headers=header))
     assert (answer.action, answer.case) == (Outcome.COMMENTED, first.case)
-    assert (await lifecycle.set_status(app, first.case, Status.UDFOERT, agent))["notifications"]
+    assert (await lifecycle.set_status(app.desk, first.case, Status.UDFOERT, agent))["notifications"]
 
     rows = await outbox(app)
     assert [r["event"] for r in rows] == ["receipt", "status", "status", "reply", "status"]

@@ -33,6 +33,7 @@ from gateway.ingest.imap import (
     AccountReader,
     Backoff,
     FolderState,
+    ImapIntake,
     Lease,
     LeaseLost,
     advance,
@@ -96,7 +97,7 @@ async def running(settings: Settings, reader: type[AccountReader] = AccountReade
     """The app with its IMAP loop and inbox worker running, stopped (and checked) on exit."""
     async with open_app(settings, clock=SystemClock()) as app:
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(imap_loop(app, stop, reader)), asyncio.create_task(app.worker.run(stop))]
+        tasks = [asyncio.create_task(imap_loop(app.imap_intake, stop, reader)), asyncio.create_task(app.worker.run(stop))]
         try:
             yield app
         finally:
@@ -163,7 +164,7 @@ async def test_idle_ingests_within_two_seconds_and_stops_fast(dovecot: Dovecot, 
     acct = account(dovecot, user, poll_interval_s=60.0)
     async with open_app(imap_settings(tmp_path, acct), clock=SystemClock()) as app:
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(imap_loop(app, stop)), asyncio.create_task(app.worker.run(stop))]
+        tasks = [asyncio.create_task(imap_loop(app.imap_intake, stop)), asyncio.create_task(app.worker.run(stop))]
         await eventually(lambda: _has_state(app, acct.name))
         await asyncio.sleep(0.3)  # the reader is now in IDLE
         await asyncio.to_thread(dovecot.append, user, mails(1))
@@ -223,7 +224,7 @@ async def test_item92_crash_between_commit_and_move_gives_one_case(dovecot: Dove
     settings = imap_settings(tmp_path, acct)
     dovecot.append(user, mails(1))
     async with open_app(settings, clock=SystemClock()) as app:
-        await asyncio.wait_for(imap_loop(app, asyncio.Event(), CrashAfterCommit), timeout=10)
+        await asyncio.wait_for(imap_loop(app.imap_intake, asyncio.Event(), CrashAfterCommit), timeout=10)
         assert await inbound_count(app) == 1
     assert await folder(dovecot, user, "INBOX") == 1, "not moved: the crash came first"
     async with running(settings) as app:
@@ -292,10 +293,10 @@ def test_imaplib_formats_its_debug_lines_only_when_they_are_logged(dovecot: Dove
 @pytest.mark.sqlite_only
 async def test_in_gateway_run_imap_commits_through_the_daemons_inbox_writer(
         dovecot: Dovecot, user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On SQLite the daemon has one inbox writer process (store/sqlite_writer.py); SMTP and IMAP share it."""
-    from gateway.daemon import inbox_writer
+    """On SQLite the daemon has one inbox writer process (store/sqlite/writer.py); SMTP and IMAP share it."""
+    from gateway.app import build
     from store.inbox import Inbox
-    from store.sqlite_writer import SqliteInboxWriter
+    from store.sqlite.writer import SqliteInboxWriter
 
     batches: list[int] = []
     write = SqliteInboxWriter.accept_many
@@ -311,10 +312,9 @@ async def test_in_gateway_run_imap_commits_through_the_daemons_inbox_writer(
 
     monkeypatch.setattr(Inbox, "accept_many", not_here)
     dovecot.append(user, mails(3))
-    async with open_app(imap_settings(tmp_path, account(dovecot, user)), clock=SystemClock()) as app, \
-            inbox_writer(app):
+    async with build(imap_settings(tmp_path, account(dovecot, user)), "daemon", SystemClock()) as app:
         stop = asyncio.Event()
-        task = asyncio.create_task(imap_loop(app, stop))
+        task = asyncio.create_task(imap_loop(app.imap_intake, stop))
         await eventually(lambda: _equals(folder(dovecot, user, "Processed"), 3))
         stop.set()
         await asyncio.wait_for(task, 10)
@@ -463,9 +463,9 @@ async def test_item98_one_node_at_a_time_reads_an_account(dovecot: Dovecot, user
     dovecot.append(user, mails(20))
     async with open_app(settings, clock=SystemClock()) as app:
         stop_a, stop_b = asyncio.Event(), asyncio.Event()
-        node_a = asyncio.create_task(imap_loop(app, stop_a, QuickRetry))
+        node_a = asyncio.create_task(imap_loop(app.imap_intake, stop_a, QuickRetry))
         await eventually(lambda: _equals(inbound_count(app), 20))
-        node_b = asyncio.create_task(imap_loop(app, stop_b, QuickRetry))  # a second node, same database
+        node_b = asyncio.create_task(imap_loop(app.imap_intake, stop_b, QuickRetry))  # a second node, same database
         await asyncio.sleep(0.5)
         stop_a.set()
         await asyncio.wait_for(node_a, 5)
@@ -642,7 +642,7 @@ def test_account_names_must_differ() -> None:
 
 async def test_loop_without_accounts_waits_for_stop(app: App) -> None:
     stop = asyncio.Event()
-    task = asyncio.create_task(imap_loop(app, stop))
+    task = asyncio.create_task(imap_loop(app.imap_intake, stop))
     await asyncio.sleep(0.1)
     assert not task.done()
     stop.set()
@@ -686,7 +686,7 @@ async def test_item91_crash_between_fetch_and_commit_leaves_the_mail_unseen_then
     dovecot.append(user, raws)
     assert not any(b"\\Seen" in f for f in (await asyncio.to_thread(_flags, dovecot, user)).values())
     async with open_app(settings, clock=SystemClock()) as app:
-        await asyncio.wait_for(imap_loop(app, asyncio.Event(), CrashBeforeCommit), timeout=30)
+        await asyncio.wait_for(imap_loop(app.imap_intake, asyncio.Event(), CrashBeforeCommit), timeout=30)
         assert await inbound_count(app) == 0, "the commit never happened"
     # the whole of each message was fetched before the crash (the server stores lines with CRLF)
     assert sorted(fetched) == sorted(r.replace(b"\n", b"\r\n") for r in raws)
@@ -739,8 +739,8 @@ async def test_item95_message_expunged_between_search_and_fetch_is_skipped(
             return found
 
     class Reader(AccountReader):
-        def __init__(self, app: App, acct: ImapAccount, holder: str, *rest: Any) -> None:
-            super().__init__(app, acct, holder, *rest)
+        def __init__(self, intake: ImapIntake, acct: ImapAccount, holder: str, *rest: Any) -> None:
+            super().__init__(intake, acct, holder, *rest)
             self.box = ExpungedMeanwhile(acct)
 
     dovecot.append(user, mails(3, "x"))
@@ -853,8 +853,8 @@ async def test_item97_hostile_server_with_a_huge_literal_is_bounded(
     timeout_s = 3.0  # the hostile account's socket timeout (the default is SOCKET_TIMEOUT_S)
 
     class ShortTimeout(AccountReader):
-        def __init__(self, app: App, acct: ImapAccount, holder: str, *rest: Any) -> None:
-            super().__init__(app, acct, holder, *rest)
+        def __init__(self, intake: ImapIntake, acct: ImapAccount, holder: str, *rest: Any) -> None:
+            super().__init__(intake, acct, holder, *rest)
             if acct.name == "hostile":
                 self.box = Mailbox(acct, timeout_s=timeout_s)
 

@@ -247,12 +247,12 @@ async def test_restart_and_a_second_node_work_as_with_a_password(
     async with open_app(settings, clock=SystemClock()) as app:
         stop_a, stop_b = asyncio.Event(), asyncio.Event()
         tokens = token_sources(settings.imap.accounts)
-        node_a = asyncio.create_task(imap_loop(app, stop_a, _NodeA, tokens))
+        node_a = asyncio.create_task(imap_loop(app.imap_intake, stop_a, _NodeA, tokens))
         worker = asyncio.create_task(app.worker.run(stop_b))
         await eventually(lambda: _positive(inbound_count(app)))
         await asyncio.to_thread(dovecot.restart)
         await eventually(lambda: _equals(inbound_count(app), 40), timeout=60)
-        node_b = asyncio.create_task(imap_loop(app, stop_b, _NodeA))  # its own token source, as a node has
+        node_b = asyncio.create_task(imap_loop(app.imap_intake, stop_b, _NodeA))  # its own token source, as a node has
         await asyncio.sleep(0.5)
         stop_a.set()
         await asyncio.wait_for(node_a, 10)

@@ -14,14 +14,13 @@ from typing import Any
 
 import pytest
 
-from gateway import jobs, lifecycle
+from gateway import cli, jobs, lifecycle
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
 from gateway.errors import NotFound, Refused
 from gateway.model import Outcome, Status
-from store import queries, writes
+from store import cases, queries, writes
 from store.inbox import IncomingMail
-from store.models import SupportCase
 from store.transact import run_in
 from tests.conftest import ADDRESS, add_user, build_mail, make_settings
 
@@ -103,13 +102,12 @@ async def new_case(app: App, status: Status, assignee: bool = True, party: bool 
         requester = await run_in(session, queries.require_user, REQUESTER)
         number = await run_in(session, writes.next_case_number, "SAG-", 6)
         case_id = await run_in(session, writes.create_case, number, "Faktura", queries.user_ref(requester), now)
-        case = await session.get(SupportCase, case_id)
         if assignee:
-            case.assignee_id = (await run_in(session, queries.require_user, AGENT)).id
+            await run_in(session, cases.assign, case_id, (await run_in(session, queries.require_user, AGENT)).id, now)
         if party:
-            await run_in(session, writes.add_party, case.id, (await run_in(session, queries.require_user, COLLEAGUE)).id, now, None)
+            await run_in(session, writes.add_party, case_id, (await run_in(session, queries.require_user, COLLEAGUE)).id, now, None)
         if status is not Status.REGISTRERET:
-            await run_in(session, writes.change_status, case, status, now, None, "setup")
+            await run_in(session, writes.set_status, case_id, status, now, None, "setup")
     return number
 
 
@@ -140,7 +138,7 @@ async def test_agent_status_grid(world: App) -> None:
             before = await detail(world, number)
             sent_before = len(await mails(world, number))
             try:
-                result = await lifecycle.set_status(world, number, to, AGENT, reason="test")
+                result = await lifecycle.set_status(world.desk, number, to, AGENT, reason="test")
                 got = SAME if not result["changed"] else Status(result["status"])
             except Refused:
                 got = NO
@@ -165,7 +163,7 @@ async def test_agent_status_grid(world: App) -> None:
 async def test_tildelt_needs_an_assignee(world: App) -> None:
     number = await new_case(world, Status.PAABEGYNDT, assignee=False)
     with pytest.raises(Refused, match="assign"):
-        await lifecycle.set_status(world, number, Status.TILDELT, AGENT)
+        await lifecycle.set_status(world.desk, number, Status.TILDELT, AGENT)
 
 
 # --- every other event against every status --------------------------------------------------------
@@ -175,31 +173,31 @@ async def run_event(app: App, event: str, number: str, clock: FrozenClock) -> st
     """Perform `event`; the number of a new case when one was opened."""
     match event:
         case "assign":
-            await lifecycle.assign(app, number, AGENT2, AGENT)
+            await lifecycle.assign(app.desk, number, AGENT2, AGENT)
         case "reply":
-            await lifecycle.reply(app, number, "Her er svaret.", AGENT)
+            await lifecycle.reply(app.desk, number, "Her er svaret.", AGENT)
         case "note":
-            await lifecycle.note(app, number, "Internt: ring til økonomi.", AGENT)
+            await lifecycle.note(app.desk, number, "Internt: ring til økonomi.", AGENT)
         case "share":
             async with app.sessions() as session, session.begin():
                 case = await run_in(session, queries.require_case, number)
                 await session.delete(await session.get(writes.CaseParty, (case.id, (
                     await run_in(session, queries.require_user, COLLEAGUE)).id)))
-            await lifecycle.share(app, number, COLLEAGUE, REQUESTER)
+            await lifecycle.share(app.desk, number, COLLEAGUE, REQUESTER)
         case "requester close":
-            await lifecycle.close(app, number, REQUESTER, "Fortrudt")
+            await lifecycle.close(app.desk, number, REQUESTER, "Fortrudt")
         case "party close":
-            await lifecycle.close(app, number, COLLEAGUE, "Fortrudt")
+            await lifecycle.close(app.desk, number, COLLEAGUE, "Fortrudt")
         case "agent close":
-            await lifecycle.close(app, number, AGENT, "Dublet")
+            await lifecycle.close(app.desk, number, AGENT, "Dublet")
         case "requester comment" | "requester comment, no assignee":
-            await lifecycle.comment(app, number, "Her er oplysningerne.", REQUESTER)
+            await lifecycle.comment(app.desk, number, "Her er oplysningerne.", REQUESTER)
         case "party comment":
-            await lifecycle.comment(app, number, "Jeg svarer for Jens.", COLLEAGUE)
+            await lifecycle.comment(app.desk, number, "Jeg svarer for Jens.", COLLEAGUE)
         case "outsider comment":
-            await lifecycle.comment(app, number, "Hej", OUTSIDER)
+            await lifecycle.comment(app.desk, number, "Hej", OUTSIDER)
         case "customer sets status":
-            await lifecycle.set_status(app, number, Status.UDFOERT, REQUESTER)
+            await lifecycle.set_status(app.desk, number, Status.UDFOERT, REQUESTER)
         case "mail reply" | "mail reply, no assignee" | "party mail reply":
             sender = COLLEAGUE if event.startswith("party") else REQUESTER
             result = await ingest(app, build_mail(sender, f"SV: [{number}] Faktura",
@@ -208,7 +206,7 @@ async def run_event(app: App, event: str, number: str, clock: FrozenClock) -> st
         case _ if event.startswith("timed job"):
             days = 8 if "8" in event else 6
             clock.advance(days=days)
-            await jobs.close_done_cases(app)
+            await jobs.close_done_cases(app.jobs)
         case _:
             raise AssertionError(event)
     return None
@@ -275,17 +273,17 @@ def check_effects(event: str, frm: Status, expected: Status, history: list[dict[
 
 async def test_item76_notifications_skip_the_actor_and_reach_every_party(world: App) -> None:
     number = await new_case(world, Status.AFVENTER_REKVIRENT)
-    await lifecycle.comment(world, number, "Svar fra Mette", COLLEAGUE)
+    await lifecycle.comment(world.desk, number, "Svar fra Mette", COLLEAGUE)
     sent = await mails(world, number)
     assert sorted(m["recipients"][0] for m in sent) == [REQUESTER]  # not Mette, who acted
-    await lifecycle.set_status(world, number, Status.UDFOERT, AGENT)
+    await lifecycle.set_status(world.desk, number, Status.UDFOERT, AGENT)
     sent = (await mails(world, number))[1:]
     assert [m["recipients"][0] for m in sent] == [REQUESTER, COLLEAGUE]
 
 
 async def test_note_is_internal_and_never_mailed(world: App) -> None:
     number = await new_case(world, Status.TILDELT)
-    await lifecycle.note(world, number, "Kunden er VIP", AGENT)
+    await lifecycle.note(world.desk, number, "Kunden er VIP", AGENT)
     [note] = (await detail(world, number))["comments"]
     assert note["public"] is False and note["visible_text"] == "Kunden er VIP"
     assert await mails(world, number) == []
@@ -300,7 +298,7 @@ async def test_reply_with_attachment_is_stored(world: App, tmp_path: Path) -> No
     path.write_bytes(b"%PDF-1.4 vejledning")
     args = argparse.Namespace(cases_command="reply", number=number, text="Se vedhæftede.", actor=AGENT,
                               attach=[str(path)], json=True)
-    result = await lifecycle.run_cli_action(world, args)
+    result = await lifecycle.run_cli_action(world.desk, args)
     assert result["action"] == "reply" and len(result["notifications"]) == 2
     [comment] = (await detail(world, number))["comments"]
     assert comment["source"] == "agent" and comment["public"] is True
@@ -328,21 +326,21 @@ async def test_cli_refusals_are_clear(world: App, command: str, extra: dict[str,
     args = argparse.Namespace(**{"cases_command": command, "number": number, "actor": actor, "attach": [],
                                  "reason": None, **extra})
     with pytest.raises(error, match=message):
-        await lifecycle.run_cli_action(world, args)
+        await lifecycle.run_cli_action(world.desk, args)
 
 
 async def test_customer_may_not_use_agent_actions(world: App) -> None:
     number = await new_case(world, Status.TILDELT)
-    for call in (lifecycle.assign(world, number, AGENT, REQUESTER),
-                 lifecycle.reply(world, number, "hej", REQUESTER),
-                 lifecycle.note(world, number, "hej", COLLEAGUE)):
+    for call in (lifecycle.assign(world.desk, number, AGENT, REQUESTER),
+                 lifecycle.reply(world.desk, number, "hej", REQUESTER),
+                 lifecycle.note(world.desk, number, "hej", COLLEAGUE)):
         with pytest.raises(lifecycle.Forbidden):
             await call
 
 
 async def test_close_records_the_reason(world: App) -> None:
     number = await new_case(world, Status.PAABEGYNDT)
-    await lifecycle.close(world, number, REQUESTER, "Jeg fandt selv svaret")
+    await lifecycle.close(world.desk, number, REQUESTER, "Jeg fandt selv svaret")
     case = await detail(world, number)
     assert case["status"] == "lukket" and case["close_reason"] == "Jeg fandt selv svaret"
     assert case["history"][-1] == {**case["history"][-1], "by": REQUESTER, "reason": "Jeg fandt selv svaret"}
@@ -357,7 +355,7 @@ async def test_timed_job_twice_at_once_closes_each_case_once(world: App, clock: 
     young = await new_case(world, Status.UDFOERT)
     active = await new_case(world, Status.TILDELT)
     clock.advance(days=4, minutes=1)  # `old` is 7 days + 1 minute in udfoert, `young` 4 days
-    first, second = await asyncio.gather(jobs.close_done_cases(world), jobs.close_done_cases(world))
+    first, second = await asyncio.gather(jobs.close_done_cases(world.jobs), jobs.close_done_cases(world.jobs))
     assert sorted(a["case"] for a in first + second) == [old]
     closes = [h for h in (await detail(world, old))["history"] if h["to"] == "lukket"]
     assert len(closes) == 1 and closes[0]["by"] == "system" and closes[0]["from"] == "udfoert"
@@ -365,8 +363,8 @@ async def test_timed_job_twice_at_once_closes_each_case_once(world: App, clock: 
     assert (await detail(world, young))["status"] == "udfoert"
     assert (await detail(world, active))["status"] == "tildelt"
     clock.advance(days=3)
-    assert [a["case"] for a in await jobs.close_done_cases(world)] == [young]
-    assert await jobs.close_done_cases(world) == []
+    assert [a["case"] for a in await jobs.close_done_cases(world.jobs)] == [young]
+    assert await jobs.close_done_cases(world.jobs) == []
 
 
 async def test_reopening_restarts_the_clock(world: App, clock: FrozenClock) -> None:
@@ -375,17 +373,17 @@ async def test_reopening_restarts_the_clock(world: App, clock: FrozenClock) -> N
     result = await ingest(world, build_mail(REQUESTER, f"SV: [{number}] Faktura", "Det virker stadig ikke."))
     assert result.action is Outcome.REOPENED
     clock.advance(hours=1)
-    await lifecycle.set_status(world, number, Status.UDFOERT, AGENT)
+    await lifecycle.set_status(world.desk, number, Status.UDFOERT, AGENT)
     clock.advance(days=2)  # 8 days since the first udfoert, 2 since the second
-    assert await jobs.close_done_cases(world) == []
+    assert await jobs.close_done_cases(world.jobs) == []
     clock.advance(days=5, minutes=1)
-    assert [a["case"] for a in await jobs.close_done_cases(world)] == [number]
+    assert [a["case"] for a in await jobs.close_done_cases(world.jobs)] == [number]
 
 
 async def test_dry_run_changes_nothing(world: App, clock: FrozenClock) -> None:
     number = await new_case(world, Status.UDFOERT)
     clock.advance(days=8)
-    [planned] = await jobs.close_done_cases(world, dry_run=True)
+    [planned] = await jobs.close_done_cases(world.jobs, dry_run=True)
     assert planned == {**planned, "case": number, "to": "lukket", "done": False}
     assert (await detail(world, number))["status"] == "udfoert"
     assert await mails(world, number) == []
@@ -397,31 +395,31 @@ async def test_close_after_days_is_configurable(tmp_path: Path, clock: FrozenClo
         await people(app)
         number = await new_case(app, Status.UDFOERT)
         clock.advance(days=2, seconds=1)
-        assert [a["case"] for a in await jobs.close_done_cases(app)] == [number]
+        assert [a["case"] for a in await jobs.close_done_cases(app.jobs)] == [number]
 
 
 async def test_maintenance_cli_runs_as_of_a_time_and_delivers(world: App, clock: FrozenClock) -> None:
     number = await new_case(world, Status.UDFOERT)
     at = (clock.now() + timedelta(days=8)).isoformat()
-    planned = await jobs.run_maintenance_cli(world.settings, at, dry_run=True)
+    planned = await cli.maintenance(world.settings, at, dry_run=True)
     assert [(a["case"], a["done"]) for a in planned] == [(number, False)]
-    done = await jobs.run_maintenance_cli(world.settings, at, dry_run=False)
+    done = await cli.maintenance(world.settings, at, dry_run=False)
     assert [(a.get("case"), a["done"]) for a in done] == [(number, True), (None, True)]
     assert done[1] == {"job": "deliver_notifications", "count": 2, "done": True}
     assert (await detail(world, number))["status"] == "lukket"
     assert {m["state"] for m in await mails(world, number)} == {"sent"}
     assert len(list((Path(world.settings.base_dir) / "outbound" / "new").iterdir())) == 2
     with pytest.raises(Refused, match="ISO"):
-        await jobs.run_maintenance_cli(world.settings, "next tuesday", dry_run=True)
+        await cli.maintenance(world.settings, "next tuesday", dry_run=True)
 
 
 async def test_lease_lets_one_node_run_per_interval(world: App, clock: FrozenClock) -> None:
-    assert await jobs.take_lease(world, "maintenance", "node-a", 300)
-    assert not await jobs.take_lease(world, "maintenance", "node-b", 300)
-    assert await jobs.take_lease(world, "maintenance", "node-a", 300)  # renews its own
+    assert await jobs.take_lease(world.jobs, "maintenance", "node-a", 300)
+    assert not await jobs.take_lease(world.jobs, "maintenance", "node-b", 300)
+    assert await jobs.take_lease(world.jobs, "maintenance", "node-a", 300)  # renews its own
     clock.advance(seconds=301)
-    assert await jobs.take_lease(world, "maintenance", "node-b", 300)
-    assert not await jobs.take_lease(world, "maintenance", "node-a", 300)
+    assert await jobs.take_lease(world.jobs, "maintenance", "node-b", 300)
+    assert not await jobs.take_lease(world.jobs, "maintenance", "node-a", 300)
 
 
 async def closed_then_stopped(app: App, number: str, task: asyncio.Task[None], stop: asyncio.Event) -> None:
@@ -442,7 +440,7 @@ async def test_maintenance_loop_closes_and_stops(tmp_path: Path, clock: FrozenCl
         number = await new_case(app, Status.UDFOERT)
         clock.advance(days=7, seconds=1)
         stop = asyncio.Event()
-        task = asyncio.create_task(jobs.maintenance_loop(app, stop))
+        task = asyncio.create_task(jobs.maintenance_loop(app.jobs, stop))
         await closed_then_stopped(app, number, task, stop)
 
 
@@ -460,7 +458,7 @@ async def test_maintenance_loop_outlives_a_locked_store(tmp_path: Path, clock: F
         lock = sqlite3.connect(str(app.engine.url.database), isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")
         stop = asyncio.Event()
-        task = asyncio.create_task(jobs.maintenance_loop(app, stop))
+        task = asyncio.create_task(jobs.maintenance_loop(app.jobs, stop))
         await asyncio.sleep(1.5)  # at least one tick against the locked store
         assert not task.done(), task
         lock.execute("ROLLBACK")
@@ -473,24 +471,24 @@ async def test_maintenance_loop_outlives_a_locked_store(tmp_path: Path, clock: F
 
 async def test_share_within_the_organisation_only(world: App) -> None:
     number = await new_case(world, Status.TILDELT, party=False)
-    result = await lifecycle.share(world, number, COLLEAGUE.upper(), REQUESTER)
+    result = await lifecycle.share(world.desk, number, COLLEAGUE.upper(), REQUESTER)
     assert result["changed"] and result["party"] == COLLEAGUE
     [shared] = await mails(world, number)
     assert shared["event"] == "shared" and shared["recipients"] == [COLLEAGUE]
-    assert (await lifecycle.share(world, number, COLLEAGUE, AGENT))["changed"] is False
+    assert (await lifecycle.share(world.desk, number, COLLEAGUE, AGENT))["changed"] is False
     for who in (OUTSIDER, AGENT2, "ukendt@kunde.example"):
         with pytest.raises(Refused, match="own organisation"):
-            await lifecycle.share(world, number, who, REQUESTER)
+            await lifecycle.share(world.desk, number, who, REQUESTER)
     with pytest.raises(Refused, match="requester"):
-        await lifecycle.share(world, number, REQUESTER, AGENT)
+        await lifecycle.share(world.desk, number, REQUESTER, AGENT)
     with pytest.raises(lifecycle.Forbidden):
-        await lifecycle.share(world, number, COLLEAGUE, OUTSIDER)
+        await lifecycle.share(world.desk, number, COLLEAGUE, OUTSIDER)
     assert [p["email"] for p in (await detail(world, number))["parties"]] == [COLLEAGUE]
 
 
 async def test_shared_colleague_can_reply_by_mail(world: App) -> None:
     number = await new_case(world, Status.AFVENTER_REKVIRENT, party=False)
-    await lifecycle.share(world, number, COLLEAGUE, REQUESTER)
+    await lifecycle.share(world.desk, number, COLLEAGUE, REQUESTER)
     [shared] = await mails(world, number)
     result = await ingest(world, build_mail(COLLEAGUE, "Re: noget", "Jeg svarer for Jens.",
                                             in_reply_to=shared["message_id"]))
@@ -530,12 +528,11 @@ async def test_item66_cc_sharing(tmp_path: Path, clock: FrozenClock, cc_sharing:
 
 
 async def test_search_users_of_one_organisation(world: App) -> None:
-    async with world.sessions() as session:
-        by_name = await lifecycle.search_users(session, "mette", ORG)
-        by_address = await lifecycle.search_users(session, "@kunde.example", ORG.lower())
-        other_org = await lifecycle.search_users(session, "ole", ORG)
-        wildcard = await lifecycle.search_users(session, "%", ORG)
-        no_org = await lifecycle.search_users(session, "", "Findes ikke")
+    by_name = await lifecycle.search_users(world.desk, "mette", ORG)
+    by_address = await lifecycle.search_users(world.desk, "@kunde.example", ORG.lower())
+    other_org = await lifecycle.search_users(world.desk, "ole", ORG)
+    wildcard = await lifecycle.search_users(world.desk, "%", ORG)
+    no_org = await lifecycle.search_users(world.desk, "", "Findes ikke")
     assert [u["email"] for u in by_name] == [COLLEAGUE]
     assert [u["email"] for u in by_address] == [REQUESTER, COLLEAGUE]  # by name: Jens, Mette
     assert other_org == [] and wildcard == [] and no_org == []
@@ -543,7 +540,7 @@ async def test_search_users_of_one_organisation(world: App) -> None:
 
 async def test_concurrent_actions_on_one_case_serialise(world: App) -> None:
     number = await new_case(world, Status.TILDELT)
-    results = await asyncio.gather(*(lifecycle.set_status(world, number, s, AGENT)
+    results = await asyncio.gather(*(lifecycle.set_status(world.desk, number, s, AGENT)
                                      for s in (Status.UDFOERT, Status.AFVENTER_INTERNT, Status.PAABEGYNDT)))
     assert all(r["changed"] for r in results)
     history = (await detail(world, number))["history"][-3:]

@@ -330,7 +330,7 @@ async def test_item17_1_a_forged_report_cannot_silence_a_colleague(relayed: App,
     receipt = next(m.message["Message-ID"] for m in sink.messages if m.recipients == ["ole@andet.example"])
     forged = await ingest(relayed, delivery_report("ole@andet.example", receipt, "mette@firma.example", AGENT))
     # the colleague's next status mail goes out, not held
-    await lifecycle.set_status(relayed, "SAG-000001", "paabegyndt", AGENT)
+    await lifecycle.set_status(relayed.desk, "SAG-000001", "paabegyndt", AGENT)
     assert [r["state"] for r in await outbox(relayed)] == ["sent", "sent", "pending"]
     assert await relayed.sender.run_once() == 1
     assert sink.messages[-1].recipients == ["mette@firma.example"]
@@ -364,16 +364,16 @@ async def test_item17_1_unbounce_sends_the_held_mail(relayed: App, sink: Sink, m
                                           "jens@borger.example"))
     await ingest(relayed, mail(subject="Nyt spørgsmål", body="Endnu et"))
     assert await relayed.sender.run_once() == 0
-    done = await lifecycle.unbounce(relayed, "Jens@Borger.example")
+    done = await lifecycle.unbounce(relayed.desk, "Jens@Borger.example")
     assert done == {"email": "jens@borger.example", "was_bouncing": True, "released": 1}
     assert await _bouncing(relayed) == {"jens@borger.example": False}
     assert await relayed.sender.run_once() == 1
     assert [r["state"] for r in await outbox(relayed)] == ["sent", "sent"]
     assert [m.message["Subject"].split()[0] for m in sink.messages] == ["[SAG-000001]", "[SAG-000002]"]
-    again = await lifecycle.unbounce(relayed, "jens@borger.example")
+    again = await lifecycle.unbounce(relayed.desk, "jens@borger.example")
     assert again == {"email": "jens@borger.example", "was_bouncing": False, "released": 0}
     with pytest.raises(lifecycle.NotFound):
-        await lifecycle.unbounce(relayed, "nobody@borger.example")
+        await lifecycle.unbounce(relayed.desk, "nobody@borger.example")
 
 
 async def test_maildir_default_delivers_files(app: App, mail: MailBuilder) -> None:

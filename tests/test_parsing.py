@@ -1,4 +1,4 @@
-"""The parse budget in child processes (gateway/parsing.py, RELIABILITY 38–41): same answers as
+"""The parse budget in child processes (gateway/parse_pool.py, RELIABILITY 38–41): same answers as
 parsing inline; a mail past the deadline or the memory budget fails alone, its child is
 replaced, and the mails in the other children are not touched."""
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import UnusableMail
-from gateway.parsing import ParseRunner
+from gateway.parse_pool import ParseRunner
 from gateway.pipeline.parse import Limits, parse_mail
 from store.blobs import BlobStore
 from tests.conftest import CORPUS

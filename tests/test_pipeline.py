@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 import pytest
 from sqlalchemy import event, text
 from sqlalchemy.pool import Pool
 
 from gateway.app import App, open_app
+from gateway.apply import handle_all
 from gateway.errors import ConfigError
 from gateway.model import Outcome, Status
-from store import queries, writes
+from gateway.worker import SMALL_MAIL
+from store import cases, queries, writes
 from store.engine import check_durability, make_engine, sync_sqlite_engine
-from store.inbox import IncomingMail, claim_mails, read_raw
+from store.inbox import IncomingMail, claim_mails, read_raw, read_raws
 from store.transact import run_in
-from tests.conftest import ADDRESS, MailBuilder, add_user, detail, make_settings, outbox
+from tests.conftest import ADDRESS, MailBuilder, add_user, detail, make_settings, outbox, worker_of
 
 
 async def ingest(app: App, raw: bytes, to: tuple[str, ...] = (ADDRESS,)):
@@ -28,8 +31,9 @@ async def set_status(app: App, number: str, status: Status, assignee: str | None
     async with app.sessions() as session, session.begin():
         case = await run_in(session, queries.require_case, number)
         if assignee:
-            case.assignee_id = (await run_in(session, queries.require_user, assignee)).id
-        await run_in(session, writes.change_status, case, status, app.clock.now(), None, "test")
+            agent = await run_in(session, queries.require_user, assignee)
+            await run_in(session, cases.assign, case.id, agent.id, app.clock.now())
+        await run_in(session, writes.set_status, case.id, status, app.clock.now(), None, "test")
 
 
 async def test_new_mail_opens_case_with_receipt(app: App, mail: MailBuilder) -> None:
@@ -217,29 +221,26 @@ async def test_unparseable_mail_is_quarantined_not_lost(app: App) -> None:
     assert row["size"] == len(nested)
 
 
-async def test_item27_processing_failure_retries_then_quarantines(app: App, mail: MailBuilder, monkeypatch,
-                                                                  clock) -> None:
+async def test_item27_processing_failure_retries_then_quarantines(app: App, mail: MailBuilder, clock) -> None:
     """Retried with back-off (worker.retry_delay_s, doubled per try), then quarantined."""
-    import gateway.worker as worker_module
-
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(worker_module, "make_plan", broken)
+    failing = worker_of(app, planner=broken)
     delay = app.settings.worker.retry_delay_s
     assert delay > 0
-    results = [await ingest(app, mail())]
+    await app.accept(IncomingMail(mail(), "test", "sender@borger.example", (ADDRESS,)))
+    results = await failing.run_once()
     clock.advance(seconds=delay - 1)
-    assert await app.worker.run_once() == []  # not before its time
+    assert await failing.run_once() == []  # not before its time
     clock.advance(seconds=1)
-    results += await app.worker.run_once()
+    results += await failing.run_once()
     clock.advance(seconds=2 * delay - 1)
-    assert await app.worker.run_once() == []  # the second wait is twice as long
+    assert await failing.run_once() == []  # the second wait is twice as long
     clock.advance(seconds=1)
-    results += await app.worker.run_once()
+    results += await failing.run_once()
     assert [r.retry for r in results] == [True, True, False]
-    assert results[-1].action is Outcome.QUARANTINED
-    monkeypatch.undo()
+    assert results[-1].action is Outcome.QUARANTINED and "RuntimeError: boom" in results[-1].reason
     assert await app.inbox.reprocess(quarantined=True) == 1
     [again] = await app.worker.run_once()
     assert again.action is Outcome.CREATED
@@ -260,16 +261,13 @@ async def test_a_worker_whose_lease_ran_out_applies_nothing(app: App, mail: Mail
     """A worker stalls past its lease, another worker claims the mail and makes the case; when
     the first one wakes up its transaction rolls back: one case, not two (a mail is never
     applied twice). A mail of its group that it still holds is applied once."""
-    from gateway.worker import InboxWorker
-
     late = await app.accept(IncomingMail(mail(subject="Forsinket"), "test"))
     kept = await app.accept(IncomingMail(mail(subject="Beholdt"), "test")) if together else None
     stalled = await app.tx.run_now(claim_mails, 10, app.worker.holder, clock.now(), lease_s=60)
     parsed = [await app.parser.parse(await app.tx.read(read_raw, m.id), m.envelope_from, m.envelope_to)
               for m in stalled]
     clock.advance(seconds=61)
-    other = InboxWorker(app.tx, app.inbox, app.parser, app.settings, clock)
-    other.holder = "other-node"
+    other = worker_of(app, "other-node")
     [taken] = await other.run_once(only_id=late.inbound_id)
     assert taken.action is Outcome.CREATED
 
@@ -515,7 +513,7 @@ async def test_item31_start_up_refuses_postgresql_without_synchronous_commit(tmp
 
 @pytest.mark.sqlite_only
 def test_statements_run_by_the_driver_write_what_sqlalchemy_writes(tmp_path) -> None:
-    """store/driver.py runs the worker's hot statements on pysqlite with the converters
+    """store/sqlite/driver.py runs the worker's hot statements on pysqlite with the converters
     SQLAlchemy compiled: each stores the same column values as SQLAlchemy's own execution
     (dates, JSON, booleans, None, NUL-free text), and RETURNING and rowcount agree."""
     from datetime import UTC, datetime
@@ -562,7 +560,7 @@ def test_statements_run_by_the_driver_write_what_sqlalchemy_writes(tmp_path) -> 
 
 @pytest.mark.sqlite_only
 def test_selects_run_by_the_driver_read_what_sqlalchemy_reads(tmp_path) -> None:
-    """The worker's SELECTs on pysqlite (store/driver.py): an IN over a fixed list and over a
+    """The worker's SELECTs on pysqlite (store/sqlite/driver.py): an IN over a fixed list and over a
     parameter of 1, 2 and 3 values, dates bound, counts capped; the rows equal SQLAlchemy's."""
     from datetime import UTC, datetime, timedelta
 
@@ -612,54 +610,59 @@ def test_selects_run_by_the_driver_read_what_sqlalchemy_reads(tmp_path) -> None:
         engine.dispose()
 
 
+class NotingTransactor:
+    """The app's transactor, noting the size of each group of mails written in one transaction
+    and the inbox ids of each read of several raw mails at once."""
+
+    def __init__(self, real: Any) -> None:
+        self._real = real
+        self.groups: list[int] = []
+        self.raws_read: list[list[int]] = []
+
+    async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if fn is handle_all:
+            self.groups.append(len(args[1]))
+        return await self._real.run(fn, *args, **kwargs)
+
+    async def read(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if fn is read_raws:
+            self.raws_read.append(list(args[0]))
+        return await self._real.read(fn, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
 @pytest.mark.parametrize(("quiet", "largest"), [(False, 8), (True, 32)])
-async def test_groups_grow_only_while_the_smtp_commits_pause(app: App, mail: MailBuilder, monkeypatch,
-                                                             quiet: bool, largest: int) -> None:
+async def test_groups_grow_only_while_the_smtp_commits_pause(app: App, mail: MailBuilder, quiet: bool,
+                                                             largest: int) -> None:
     """The worker's loop writes up to GROUP_MAX parsed mails a transaction, QUIET_GROUP_MAX
     while no SMTP commit runs or came lately (the daemon's SQLite writer says which)."""
-    sizes: list[int] = []
-    apply_group = app.worker._apply_group
-
-    async def spy(group):  # type: ignore[no-untyped-def]
-        sizes.append(len(group))
-        return await apply_group(group)
-
-    monkeypatch.setattr(app.worker, "_apply_group", spy)
-    app.worker.smtp_quiet = lambda: quiet
+    tx = NotingTransactor(app.tx)
+    worker = worker_of(app, tx=tx, smtp_quiet=lambda: quiet)
     for i in range(0, 70, 10):
         await app.accept_many([IncomingMail(mail(subject=f"Gruppe {j}"), "test") for j in range(i, i + 10)])
     stop = asyncio.Event()
-    loop = asyncio.create_task(app.worker.run(stop))
+    loop = asyncio.create_task(worker.run(stop))
     try:
         for _ in range(300):
-            if sum(sizes) >= 70:
+            if sum(tx.groups) >= 70:
                 break
             await asyncio.sleep(0.05)
     finally:
         stop.set()
         await loop
-    assert sum(sizes) == 70
-    assert max(sizes) == largest, sizes
+    assert sum(tx.groups) == 70
+    assert max(tx.groups) == largest, tx.groups
 
 
-async def test_a_batch_reads_its_small_mails_together_and_a_big_one_alone(app: App, mail: MailBuilder,
-                                                                          monkeypatch) -> None:
-    import gateway.worker as worker_module
-    from store import inbox as inbox_module
-
-    monkeypatch.setattr(worker_module, "SMALL_MAIL", 2000)
-    together: list[list[int]] = []
-    read_many = inbox_module.read_raws
-
-    def spy(conn, ids):  # type: ignore[no-untyped-def]
-        together.append(list(ids))
-        return read_many(conn, ids)
-
-    monkeypatch.setattr(worker_module, "read_raws", spy)
+async def test_a_batch_reads_its_small_mails_together_and_a_big_one_alone(app: App, mail: MailBuilder) -> None:
+    tx = NotingTransactor(app.tx)
+    worker = worker_of(app, tx=tx)
     small = [await app.accept(IncomingMail(mail(subject=f"Lille {i}"), "test")) for i in range(3)]
-    big = await app.accept(IncomingMail(mail(subject="Stor", body="x" * 5000), "test"))
-    results = await app.worker.run_once()
-    assert together == [[a.inbound_id for a in small]]
+    big = await app.accept(IncomingMail(mail(subject="Stor", body="x" * (SMALL_MAIL + 1000)), "test"))
+    results = await worker.run_once()
+    assert tx.raws_read == [[a.inbound_id for a in small]]
     assert {r.inbound_id for r in results} == {a.inbound_id for a in [*small, big]}
     assert all(r.action is Outcome.CREATED for r in results)
     assert (await detail(app, results[-1].case))["subject"] == "Stor"

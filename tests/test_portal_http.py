@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from gateway import lifecycle
-from gateway.api import build_api
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
+from gateway.http.api import build_api
 from gateway.http.portal.i18n import ENGLISH
 from gateway.http.portal.passwords import Passwords
 from gateway.http.portal.security import cookie_secure, safe_next
@@ -98,7 +98,7 @@ async def portal_app(tmp_path: Path, clock: FrozenClock) -> AsyncIterator[App]:
 
 
 async def visit(app: App, tmp_path: Path) -> AsyncIterator[Visit]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_api(app)), base_url=PORTAL) as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_api(app.http)), base_url=PORTAL) as client:
         yield Visit(app, client, tmp_path / "outbound")
 
 
@@ -269,7 +269,7 @@ async def test_another_customers_case_answers_404_everywhere(jens: Visit, other:
 
 async def test_a_party_sees_the_case_but_no_luk(jens: Visit, other: Visit, portal_app: App) -> None:
     number = await mail_in(portal_app)
-    await lifecycle.share(portal_app, number, METTE, JENS)
+    await lifecycle.share(portal_app.desk, number, METTE, JENS)
     await other.register(METTE)
     page = await other.get(f"/sager/{number}")
     assert page.status_code == 200 and f"/sager/{number}/luk" not in page.text
@@ -286,8 +286,8 @@ async def test_a_party_sees_the_case_but_no_luk(jens: Visit, other: Visit, porta
 
 async def test_a_comment_with_a_file_is_a_comment_as_by_mail(jens: Visit, portal_app: App) -> None:
     number = await mail_in(portal_app)
-    await lifecycle.share(portal_app, number, METTE, JENS)
-    await lifecycle.note(portal_app, number, "Internt: ring til kunden", AGENT)
+    await lifecycle.share(portal_app.desk, number, METTE, JENS)
+    await lifecycle.note(portal_app.desk, number, "Internt: ring til kunden", AGENT)
     await jens.register(JENS)
     token = csrf(await jens.get(f"/sager/{number}"))
     sent = await jens.post(f"/sager/{number}/kommentar", {"csrf": token, "kommentar": "Her er kvitteringen"},
@@ -316,8 +316,8 @@ async def test_a_comment_with_a_file_is_a_comment_as_by_mail(jens: Visit, portal
 async def test_a_comment_reopens_udfoert_and_lukket_refuses_with_the_guides_words(jens: Visit,
                                                                                    portal_app: App) -> None:
     number = await mail_in(portal_app)
-    await lifecycle.share(portal_app, number, METTE, JENS)
-    await lifecycle.set_status(portal_app, number, Status.UDFOERT, AGENT)
+    await lifecycle.share(portal_app.desk, number, METTE, JENS)
+    await lifecycle.set_status(portal_app.desk, number, Status.UDFOERT, AGENT)
     await jens.register(JENS)
     page = await jens.get(f"/sager/{number}")
     assert "Sagen er vurderet som udført, og svar er fremsendt." in page.text
@@ -325,7 +325,7 @@ async def test_a_comment_reopens_udfoert_and_lukket_refuses_with_the_guides_word
     case = await detail(portal_app, number)
     assert case["status"] == "paabegyndt" and case["history"][-1]["from"] == "udfoert"
     assert [m["Subject"] for m in await jens.mails_to(METTE)][-1].startswith(f"[{number}] Sagen er genåbnet")
-    await lifecycle.set_status(portal_app, number, Status.LUKKET, AGENT)
+    await lifecycle.set_status(portal_app.desk, number, Status.LUKKET, AGENT)
     page = await jens.get(f"/sager/{number}")
     assert 'name="kommentar"' not in page.text and "Herefter kan den ikke genåbnes." in page.text
     assert f"mailto:{ADDRESS}?subject=%5B{number}%5D" in page.text  # a new case, linked by the tag
@@ -464,7 +464,7 @@ async def test_the_timed_jobs_purge_ended_sessions(jens: Visit, portal_app: App,
 
     await jens.register(JENS)
     clock.advance(hours=13)
-    actions = await run_timed_jobs(portal_app)
+    actions = await run_timed_jobs(portal_app.jobs)
     assert {"job": "purge_portal", "count": 1, "done": True} in actions
     assert await session_count(portal_app) == 0
 

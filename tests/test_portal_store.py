@@ -156,9 +156,9 @@ async def test_mine_sager_lists_own_and_shared_cases_filtered_and_paged(app: App
     clock.advance(minutes=1)
     metters = await new_case(app, "mette@kunde.example", "Mettes egen")
     clock.advance(minutes=1)
-    await lifecycle.share(app, metters, "jens@kunde.example", "mette@kunde.example")
+    await lifecycle.share(app.desk, metters, "jens@kunde.example", "mette@kunde.example")
     clock.advance(minutes=1)
-    await lifecycle.set_status(app, numbers[0], Status.UDFOERT, "agent@sa.example")
+    await lifecycle.set_status(app.desk, numbers[0], Status.UDFOERT, "agent@sa.example")
     jens = await user_id(app, "jens@kunde.example")
 
     rows, total = await app.tx.read(portal_cases.my_cases, jens, "active", 25, 0)
@@ -187,7 +187,7 @@ async def test_a_case_is_found_only_for_its_requester_and_parties(app: App) -> N
     assert await app.tx.read(portal_cases.member_case, number, ole) is None
     assert await app.tx.read(portal_cases.member_case, "SAG-999999", jens) is None
     assert await app.tx.read(portal_cases.member_case_page, number, ole) is None
-    await lifecycle.share(app, number, "mette@kunde.example", "jens@kunde.example")
+    await lifecycle.share(app.desk, number, "mette@kunde.example", "jens@kunde.example")
     assert await app.tx.read(portal_cases.member_case, number, mette) is not None
     page = await app.tx.read(portal_cases.member_case_page, number, mette)
     assert page is not None and page.head == head and [p.email for p in page.parties] == ["mette@kunde.example"]
@@ -200,8 +200,8 @@ async def test_the_case_page_shows_public_comments_only_and_their_files(app: App
         sender="jens@kunde.example", attachments=[("bilag.pdf", b"%PDF-1.4", "application/pdf")]), "t", None, (ADDRESS,)))
     assert result is not None and result.case
     number = result.case
-    await lifecycle.note(app, number, "Intern: kunden er sur", "agent@sa.example")
-    await lifecycle.reply(app, number, "Vi kigger på det", "agent@sa.example",
+    await lifecycle.note(app.desk, number, "Intern: kunden er sur", "agent@sa.example")
+    await lifecycle.reply(app.desk, number, "Vi kigger på det", "agent@sa.example",
                           [lifecycle.NewAttachment("svar.txt", "text/plain", b"svar")])
     jens = await user_id(app, "jens@kunde.example")
     head = await app.tx.read(portal_cases.member_case, number, jens)

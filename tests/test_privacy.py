@@ -25,11 +25,11 @@ import pytest
 from sqlalchemy import text
 
 from gateway import lifecycle, privacy
-from gateway.api import build_api
 from gateway.app import App, open_app
 from gateway.clock import FrozenClock
 from gateway.datastore import DataStore
 from gateway.errors import ConfigError, NotFound, Refused
+from gateway.http.api import build_api
 from gateway.jobs import run_timed_jobs
 from gateway.model import CommentDraft, Source, StoredAttachment
 from gateway.retention import sweep_blobs
@@ -95,12 +95,12 @@ async def test_each_retention_period_with_a_frozen_clock(tmp_path: Path, clock: 
         nofrom = await ingest(app, b"To: " + ADDRESS.encode() + b"\r\nSubject: " + SUBJECT.encode() +
                               b"\r\nMessage-ID: <q@x.example>\r\n\r\nUden afsender\r\n")
         assert (away.action.value, nofrom.action.value) == ("ignored", "quarantined")
-        await lifecycle.close(app, "SAG-000001", AGENT, "løst")
+        await lifecycle.close(app.desk, "SAG-000001", AGENT, "løst")
         await send_all(app)  # the receipt and "lukket", sent at the start
 
         async def on_day(days: int, dry_run: bool = False) -> list[dict[str, Any]]:
             clock.set(start + timedelta(days=days))
-            return [a for a in await run_timed_jobs(app, dry_run=dry_run) if a["job"] != "close_done_cases"]
+            return [a for a in await run_timed_jobs(app.jobs, dry_run=dry_run) if a["job"] != "close_done_cases"]
 
         assert done(await on_day(29)) == []
         preview = await on_day(31, dry_run=True)
@@ -148,9 +148,9 @@ async def test_retention_zero_keeps_data_and_the_old_key_is_refused(tmp_path: Pa
     async with open_app(settings, clock=clock) as app:
         await add_user(app, AGENT, "Anne Agent", agent=True)
         await ingest(app, secret_mail())
-        await lifecycle.close(app, "SAG-000001", AGENT)
+        await lifecycle.close(app.desk, "SAG-000001", AGENT)
         clock.advance(days=10_000)
-        assert not [a for a in done(await run_timed_jobs(app)) if a["job"] in ("raw_mail", "closed_cases")]
+        assert not [a for a in done(await run_timed_jobs(app.jobs)) if a["job"] in ("raw_mail", "closed_cases")]
         assert await rows(app, "SELECT count(*) FROM inbound_raw") == [(1,)]
     config = tmp_path / "old.toml"
     config.write_text("[storage]\nraw_retention_days = 365\n")
@@ -172,7 +172,7 @@ async def test_two_nodes_at_once_delete_each_thing_once(tmp_path: Path) -> None:
             await ingest(app, build_mail(f"kunde{i}@kunde.example", f"Sag {i}", "Tekst", attachments=attachment))
             await ingest(app, build_mail(f"kunde{i}@kunde.example", "Fravær", "Væk",
                                          headers={"Auto-Submitted": "auto-replied"}))
-            await lifecycle.close(app, f"SAG-{i + 1:06d}", AGENT)
+            await lifecycle.close(app.desk, f"SAG-{i + 1:06d}", AGENT)
         await send_all(app)
         files = [blob_path(app, FILE_BYTES + bytes([i])) for i in range(6)]
     at = (start + timedelta(days=6 * 365)).isoformat()
@@ -280,12 +280,12 @@ async def seeded(app: App) -> None:
     await add_user(app, METTE, "Mette Madsen", ORG)
     await add_user(app, AGENT, "Anne Agent", agent=True)
     assert (await ingest(app, secret_mail())).case == "SAG-000001"
-    await lifecycle.share(app, "SAG-000001", METTE, JENS)
-    await lifecycle.reply(app, "SAG-000001", "Vi kigger på det.", AGENT,
+    await lifecycle.share(app.desk, "SAG-000001", METTE, JENS)
+    await lifecycle.reply(app.desk, "SAG-000001", "Vi kigger på det.", AGENT,
                           [lifecycle.NewAttachment("svar.txt", "text/plain", b"Agentens svarbilag")])
     await ingest(app, build_mail(JENS, f"SV: [SAG-000001] {SUBJECT}", "Xylofonbetaling er stadig forkert.",
                                  attachments=[(ATTACHMENT, FILE_BYTES, "application/pdf")]))
-    await lifecycle.note(app, "SAG-000001", "Intern note om kunden", AGENT)
+    await lifecycle.note(app.desk, "SAG-000001", "Intern note om kunden", AGENT)
     await send_all(app)
 
 
@@ -359,7 +359,7 @@ async def test_export_erase_export_then_the_address_mails_again(tmp_path: Path, 
         assert [e["action"] for e in json.loads(after["audit.json"])] == ["export", "erase"]
 
         # The colleague keeps the case; notifications go to her, never to the erased person.
-        await lifecycle.set_status(app, "SAG-000001", "udfoert", AGENT)
+        await lifecycle.set_status(app.desk, "SAG-000001", "udfoert", AGENT)
         assert {r for (r,) in await rows(app, "SELECT recipient FROM outbox WHERE state = 'pending'")} == {METTE}
 
         # The erased address writes again: the unknown-sender policy, and no user is made.
@@ -456,7 +456,7 @@ async def test_api_erase_export_and_allow_are_for_agents(app: App, tmp_path: Pat
         await run_in(session, api_tokens.add, api_tokens.AGENT, api_token_hash(AGENT_TOKEN), app.clock.now(),
                      agent.id)
     bearer = {"Authorization": f"Bearer {AGENT_TOKEN}"}
-    transport = httpx.ASGITransport(app=build_api(app))
+    transport = httpx.ASGITransport(app=build_api(app.http))
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as api:
         token = (await api.post("/users/token", json={"email": JENS}, headers=bearer)).json()["token"]
         as_jens = {"Authorization": f"Bearer {token}"}

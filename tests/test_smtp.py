@@ -38,7 +38,7 @@ from gateway.ingest.smtp import (
 )
 from store.inbox import Accepted, GroupCommitter, IncomingMail
 from store.models import InboundMail, InboundRaw
-from store.sqlite_writer import QUIET_S, SqliteInboxWriter
+from store.sqlite.writer import QUIET_S, SqliteInboxWriter
 from tests import smtp_probes as probes
 from tests.conftest import ADDRESS, build_mail, make_settings
 from tests.smtp_probes import RawSmtp, Reply
@@ -900,7 +900,7 @@ async def test_lmtp_answers_once_per_recipient(tmp_path: Path) -> None:
 
 async def test_sqlite_writer_waits_out_a_short_lock_and_gives_up_on_a_long_one(app: App) -> None:
     from gateway.errors import StoreUnavailable
-    from store.sqlite_writer import SqliteInboxWriter
+    from store.sqlite.writer import SqliteInboxWriter
 
     if app.engine.dialect.name != "sqlite":
         pytest.skip("the writer is the SQLite path")
@@ -933,7 +933,7 @@ async def test_a_dead_inbox_writer_process_fails_its_batch_and_the_next_batch_st
     import signal
 
     from gateway.errors import StoreUnavailable
-    from store.sqlite_writer import SqliteInboxWriter
+    from store.sqlite.writer import SqliteInboxWriter
 
     writer = SqliteInboxWriter(app.engine.url.render_as_string(hide_password=False), busy_timeout_s=5)
     mail = IncomingMail(probes.message("after the crash"), "smtp", "anna@borger.example", (ADDRESS,))
@@ -959,7 +959,7 @@ async def test_the_worker_yields_to_smtp_commits_but_not_forever_and_claims_do_n
     import multiprocessing
 
     from store.engine import make_engine, session_factory
-    from store.sqlite_writer import BUSY, smtp_pause
+    from store.sqlite.writer import BUSY, smtp_pause
     from store.transact import Transactor
 
     engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/x.db")

@@ -94,5 +94,7 @@ def test_a_later_scrape_reads_only_the_new_rows_through_an_index(tmp_path: Path)
     engine.dispose()
     processed, sent, inbox, outbox, failed, closed, _imap = plans
     assert "ix_inbound_processed" in processed and "ix_outbox_sent" in sent, plans
-    assert "ix_inbound_claim" in inbox and "ix_outbox_due" in outbox and "ix_outbox_due" in failed, plans
+    # the depths count by state: any index that starts with the state will do (ix_outbox_due,
+    # or the retention job's ix_outbox_prune_due)
+    assert "ix_inbound_claim" in inbox and "INDEX ix_outbox_" in outbox and "INDEX ix_outbox_" in failed, plans
     assert "ix_status_change_system" in closed, plans

@@ -1,4 +1,4 @@
-"""store/wal.py: in `gateway run` on SQLite, no commit waits for a WAL checkpoint; the worker's
+"""store/sqlite/wal.py: in `gateway run` on SQLite, no commit waits for a WAL checkpoint; the worker's
 Checkpointer copies the WAL into the database file when the SMTP commits pause, and at least
 every FORCE_AFTER_S while they do not."""
 
@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine
 
 from store.engine import make_engine, sync_sqlite_engine
-from store.wal import FORCE_AFTER_S, Checkpointer, checkpoint_elsewhere
+from store.sqlite.wal import FORCE_AFTER_S, Checkpointer, checkpoint_elsewhere
 
 pytestmark = pytest.mark.sqlite_only
 

@@ -47,16 +47,17 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from gateway.app import App
+from gateway.clock import Clock
 from gateway.errors import ConfigError, TemporaryFailure
 from gateway.ingest.mailbox import DONE_KEYWORD, ImapProblem, Mailbox
 from gateway.ingest.oauth import TokenSource, token_sources
-from gateway.settings import ImapAccount
+from gateway.settings import ImapAccount, ImapSettings
+from store.engine import Database
 from store.imap_state import FolderState, load_state, save_state
 from store.inbox import Accepted, IncomingMail, header_end
 from store.lease import Lease, LeaseLost
@@ -73,6 +74,18 @@ LEASE_S = 30.0
 LEASE_RETRY_S = 5.0
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ImapIntake:
+    """What the IMAP readers work with, built once by the root (`gateway.app`)."""
+
+    settings: ImapSettings  # the accounts and the back-off
+    engine: Database  # the accounts' leases and what each remembers (`store.imap_state`)
+    clock: Clock
+    commit: Callable[[list[IncomingMail]], Awaitable[list[Accepted]]]  # raw bytes, durably, in one go
+    wait_for_store: Callable[[int], Awaitable[None]]  # StoreUnavailable when it does not answer
+    wake_worker: Callable[[], None]  # mails were committed
 
 
 def advance(last_uid: int, scanned: Sequence[int], done: set[int]) -> int:
@@ -140,15 +153,15 @@ class AccountReader:
 
     lease_retry_s = LEASE_RETRY_S
 
-    def __init__(self, app: App, account: ImapAccount, holder: str, tokens: TokenSource | None = None) -> None:
-        self.app = app
+    def __init__(self, intake: ImapIntake, account: ImapAccount, holder: str, tokens: TokenSource | None = None) -> None:
+        self.intake = intake
         self.account = account
         self.box = Mailbox(account, tokens=tokens)
         # A second connection, with a thread of its own, moves (flags, deletes) what is committed,
         # while the first one fetches the next batch: on one connection the two took turns.
         self.mover = Mailbox(account, tokens=tokens)
-        self.lease = Lease(app.engine, f"imap:{account.name}", holder, app.clock.now, LEASE_S)
-        self.backoff = Backoff(app.settings.imap.backoff_initial_s, app.settings.imap.backoff_max_s)
+        self.lease = Lease(intake.engine, f"imap:{account.name}", holder, intake.clock.now, LEASE_S)
+        self.backoff = Backoff(intake.settings.backoff_initial_s, intake.settings.backoff_max_s)
         self.state = FolderState()
         self._keywords = False
         self._searched = 0  # the highest UID the last SEARCH of this session answered
@@ -208,7 +221,7 @@ class AccountReader:
     async def _session(self, stop: asyncio.Event) -> None:
         a = self.account
         await asyncio.gather(self.call(self.box.connect), self.call_mover(self.mover.connect))
-        self.state = await load_state(self.app.engine, a.name, a.folder)
+        self.state = await load_state(self.intake.engine, a.name, a.folder)
         log.info("imap.connected", extra={**self._log, "folder": a.folder, "idle": self.box.can_idle})
         while not stop.is_set():
             # SELECT again each round: a folder deleted and rebuilt under an open session is
@@ -234,7 +247,7 @@ class AccountReader:
                 log.warning("imap.uidvalidity_changed", extra={**self._log, "folder": a.folder,
                                                                "old": self.state.uidvalidity, "new": info.uidvalidity})
             self.state = FolderState(info.uidvalidity)
-            await save_state(self.app.engine, a.name, a.folder, self.state, None)
+            await save_state(self.intake.engine, a.name, a.folder, self.state, None)
 
     def criteria(self) -> list[str]:
         if self.account.after != "flag":
@@ -254,7 +267,7 @@ class AccountReader:
             progress += await self._set_aside_oversized(sizes)
             fitting = [u for u in window if u in sizes and sizes[u] <= self.account.max_message_size]
             progress += await self._take_all(list(batches(fitting, sizes)))
-        await save_state(self.app.engine, self.account.name, self.account.folder, self.state, self.app.clock.now())
+        await save_state(self.intake.engine, self.account.name, self.account.folder, self.state, self.intake.clock.now())
         return progress
 
     async def _take_all(self, groups: list[list[int]]) -> int:
@@ -309,16 +322,16 @@ class AccountReader:
     async def _finish(self, fetched: list[int], done: list[int], refused: list[int]) -> None:
         """After the commit: move/flag/delete what is stored; a refused message counts a try."""
         if done:
-            self.app.worker.wakeup.set()
+            self.intake.wake_worker()
             await self.after_commit(done)
         given_up = await self._count_failures(refused)
         self.state = replace(self.state, last_uid=advance(self.state.last_uid, fetched, {*done, *given_up}))
         if refused or given_up:
-            await save_state(self.app.engine, self.account.name, self.account.folder, self.state, None)
+            await save_state(self.intake.engine, self.account.name, self.account.folder, self.state, None)
 
     async def commit(self, mails: list[IncomingMail]) -> list[Accepted]:
         """The one place raw bytes reach the store."""
-        return await self.app.accept_many(mails)
+        return await self.intake.commit(mails)
 
     def fetch(self, uids: list[int]) -> dict[int, IncomingMail]:
         """In the account's thread: a batch's raw bytes as inbox mails (the writer hashes them)."""
@@ -338,7 +351,7 @@ class AccountReader:
         except Exception as exc:
             log.warning("imap.commit_failed", extra={**self._log, "count": len(mails), "error": type(exc).__name__})
             if len(mails) == 1:
-                await self.app.inbox.wait_for_store(attempts=1)  # store down: StoreUnavailable, back off
+                await self.intake.wait_for_store(1)  # store down: StoreUnavailable, back off
                 return [], list(mails)
         done, refused = [], []
         for uid, mail in mails.items():
@@ -346,7 +359,7 @@ class AccountReader:
                 self._log_stored([uid], await self.commit([mail]))
                 done.append(uid)
             except Exception:
-                await self.app.inbox.wait_for_store(attempts=1)
+                await self.intake.wait_for_store(1)
                 refused.append(uid)
         return done, refused
 
@@ -429,10 +442,10 @@ def check_config(accounts: Sequence[ImapAccount]) -> None:
             raise ConfigError(f"imap.accounts {a.name}: folder {a.folder!r} cannot also be where mail is moved to")
 
 
-async def imap_loop(app: App, stop: asyncio.Event, reader: type[AccountReader] = AccountReader,
+async def imap_loop(intake: ImapIntake, stop: asyncio.Event, reader: type[AccountReader] = AccountReader,
                     tokens: dict[str, TokenSource] | None = None) -> None:
     """Read every configured account until `stop`; the daemon runs this beside the SMTP edge."""
-    accounts = app.settings.imap.accounts
+    accounts = intake.settings.accounts
     check_config(accounts)
     tokens = token_sources(accounts) if tokens is None else tokens
     if not accounts:  # nothing to read: do not end early, the daemon would take that as a failure
@@ -441,5 +454,5 @@ async def imap_loop(app: App, stop: asyncio.Event, reader: type[AccountReader] =
     holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
     async with asyncio.TaskGroup() as group:
         for account in accounts:
-            group.create_task(reader(app, account, holder, tokens.get(account.name)).run(stop),
+            group.create_task(reader(intake, account, holder, tokens.get(account.name)).run(stop),
                               name=f"imap:{account.name}")

@@ -19,19 +19,17 @@ import asyncio
 import logging
 import random
 from datetime import timedelta
-from pathlib import Path
 
 from gateway.clock import Clock
 from gateway.errors import DeliveryError, PermanentDeliveryError
 from gateway.model import Event, Status
 from gateway.notify.compose import Notice, Renderer
-from gateway.notify.transport import Mailer, mailer_from_settings
-from gateway.settings import OutboundSettings, Settings
+from gateway.notify.transport import Mailer
+from gateway.settings import OutboundSettings
 from store.faults import is_outage
 from store.outbox import DueNotification, OutboxQueue
 
 log = logging.getLogger("gateway.sender")
-TEMPLATES = Path(__file__).resolve().parent.parent.parent / "templates"
 
 
 def notice_of(due: DueNotification) -> Notice:
@@ -190,10 +188,3 @@ async def _pause(stop: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stop.wait(), seconds)
     except TimeoutError:
         pass
-
-
-def make_sender(settings: Settings, queue: OutboxQueue, clock: Clock, holder: str = "") -> Sender:
-    renderer = Renderer(TEMPLATES, settings, clock=clock.now)
-    return Sender(queue, renderer, mailer_from_settings(settings), settings.outbound, clock, holder=holder)
-
-

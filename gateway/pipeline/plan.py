@@ -1,19 +1,22 @@
 """Decide what one mail does (SPEC §3 rules 1–3, §5), as a value. Pure: no I/O.
 
-The steps before this one have classified the mail and loaded the facts (`Context`); the
-plan is executed by `gateway.apply` in one transaction.
+The steps before this one have sorted the mail (`Triage`) and the store has answered what it
+knows about it (`Facts`); `gateway.pipeline` runs them in order, and `gateway.apply` executes
+the plan in one transaction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway import rules
 from gateway.model import (
+    DONE_STATUSES,
     AppendComment,
     CaseRef,
     Classification,
     CommentDraft,
-    Context,
+    Facts,
     Ignore,
     MailKind,
     NewUser,
@@ -22,7 +25,7 @@ from gateway.model import (
     Plan,
     Quarantine,
     Reject,
-    Status,
+    Triage,
     UserRef,
 )
 from gateway.pipeline.reply import is_courtesy_reply, split_reply
@@ -43,28 +46,29 @@ class PlanPolicy:
     max_mails_per_sender_per_hour: int = 30
 
 
-def make_plan(mail: ParsedMail, kind: Classification, ctx: Context, policy: PlanPolicy) -> Plan:
-    match = choose_thread(ctx)
-    if kind.is_automated:
-        return _automated(kind, match.case if match else None)
+def make_plan(mail: ParsedMail, triage: Triage, facts: Facts, policy: PlanPolicy) -> Plan:
+    match = choose_thread(facts)
+    if triage.kind.is_automated:
+        return _automated(triage.kind, match.case if match else None)
     if mail.from_addr is None:
         return Quarantine(f"no single valid From address ({mail.from_count} found)")
-    if 0 < policy.max_mails_per_sender_per_hour <= ctx.recent_from_sender:
+    if 0 < policy.max_mails_per_sender_per_hour <= facts.recent_from_sender:
         return Ignore(f"mail loop: over {policy.max_mails_per_sender_per_hour} mails from this sender in an hour",
                       case=match.case if match else None)
-    if ctx.sender is not None and ctx.authenticated is False and policy.sender_authentication == "enforce":
+    sender = facts.sender
+    if sender is not None and triage.authenticated is False and policy.sender_authentication == "enforce":
         return Quarantine("unauthenticated mail claiming a registered address")
-    if ctx.sender is None and policy.unknown_sender == "reject":
+    if sender is None and policy.unknown_sender == "reject":
         return Reject("unknown sender", reply_to=mail.from_addr)
-    if ctx.sender is None and policy.unknown_sender == "quarantine":
+    if sender is None and policy.unknown_sender == "quarantine":
         return Quarantine("unknown sender")
-    if ctx.sender is None and ctx.sender_blocked:  # "register", but this address's data was erased
+    if sender is None and facts.sender_blocked:  # "register", but this address's data was erased
         return Quarantine(BLOCKED)
-    comment = draft(mail)
-    if match is not None and ctx.sender is not None and match.case.admits(ctx.sender):
-        return _on_case(match.case, ctx.sender, comment, mail, ctx, policy)
+    comment, shared = draft(mail), _cc_shared(facts, triage.authenticated, policy)
+    if match is not None and sender is not None and match.case.admits(sender):
+        return _on_case(match.case, sender, comment, mail, shared, policy)
     note = "thread reference ignored: sender is not a party of the case" if match else ""
-    return _open(mail, ctx, policy, comment, follows=None, note=note)
+    return _open(mail, sender, shared, policy, comment, follows=None, note=note)
 
 
 def _automated(kind: Classification, case: CaseRef | None) -> Ignore:
@@ -73,35 +77,33 @@ def _automated(kind: Classification, case: CaseRef | None) -> Ignore:
     return Ignore(reason, case=keep, bounced_recipients=kind.bounced_recipients)
 
 
-def _on_case(case: CaseRef, sender: UserRef, comment: CommentDraft, mail: ParsedMail, ctx: Context,
+def _on_case(case: CaseRef, sender: UserRef, comment: CommentDraft, mail: ParsedMail, shared: tuple[UserRef, ...],
              policy: PlanPolicy) -> Plan:
-    done = case.status in (Status.UDFOERT, Status.LUKKET)
+    done = case.status in DONE_STATUSES
     if done and policy.courtesy_replies and is_courtesy_reply(_with_signature(comment)):
         return Ignore("courtesy reply on a finished case", case=case, author=sender, comment=comment)
-    if case.status is Status.LUKKET:
-        return _open(mail, ctx, policy, comment, follows=case, note="")
-    back = Status.TILDELT if case.assignee_id is not None else Status.PAABEGYNDT
-    new_status = back if case.status in (Status.AFVENTER_REKVIRENT, Status.UDFOERT) else None
-    return AppendComment(case, sender, comment, new_status=new_status,
-                         reopened=case.status is Status.UDFOERT,
-                         parties=_cc_parties(ctx, policy, sender, case.requester_id))
+    if rules.is_final(case.status):
+        return _open(mail, sender, shared, policy, comment, follows=case, note="")
+    move = rules.after_answer(case.status, case.assignee_id is not None)
+    return AppendComment(case, sender, comment, new_status=move.to if move else None,
+                         reopened=move.reopens if move else False,
+                         parties=shared if sender.id == case.requester_id else ())
 
 
-def _open(mail: ParsedMail, ctx: Context, policy: PlanPolicy, comment: CommentDraft,
-          follows: CaseRef | None, note: str) -> OpenCase:
-    requester: UserRef | NewUser = ctx.sender or NewUser(mail.from_addr or "", mail.from_name)
+def _open(mail: ParsedMail, sender: UserRef | None, shared: tuple[UserRef, ...], policy: PlanPolicy,
+          comment: CommentDraft, follows: CaseRef | None, note: str) -> OpenCase:
+    requester: UserRef | NewUser = sender or NewUser(mail.from_addr or "", mail.from_name)
     subject = clean_subject(mail.subject, policy.case_prefix) or (follows.subject if follows else NO_SUBJECT)
-    parties = _cc_parties(ctx, policy, ctx.sender, ctx.sender.id) if ctx.sender else ()
-    return OpenCase(requester, subject, comment, follows=follows, parties=parties, note=note)
+    return OpenCase(requester, subject, comment, follows=follows, parties=shared, note=note)
 
 
-def _cc_parties(ctx: Context, policy: PlanPolicy, sender: UserRef | None, requester_id: int) -> tuple[UserRef, ...]:
-    """CC sharing (SPEC §5): only for an authenticated mail from the requester, own organisation only."""
-    if not policy.cc_sharing or sender is None or sender.id != requester_id or ctx.authenticated is not True:
+def _cc_shared(facts: Facts, authenticated: bool | None, policy: PlanPolicy) -> tuple[UserRef, ...]:
+    """CC sharing (SPEC §5): the Cc'd users of the sender's own organisation, when the mail is
+    authenticated. They become parties only of a case the sender is the requester of."""
+    sender = facts.sender
+    if not policy.cc_sharing or sender is None or authenticated is not True or sender.organisation_id is None:
         return ()
-    if sender.organisation_id is None:
-        return ()
-    return tuple(u for u in ctx.cc_users if u.organisation_id == sender.organisation_id and u.id != sender.id)
+    return tuple(u for u in facts.cc_users if u.organisation_id == sender.organisation_id and u.id != sender.id)
 
 
 def draft(mail: ParsedMail) -> CommentDraft:

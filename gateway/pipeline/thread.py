@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.model import Context, ParsedMail, ThreadKeys, ThreadMatch, ThreadVia
+from gateway.model import Facts, ParsedMail, ThreadKeys, ThreadMatch, ThreadVia
 from gateway.tokens import numbers_from_recipients
 
 _PREFIX = re.compile(r"^\s*(?:(?:re|sv|vs|fw|fwd|aw|wg|tr|antw|ynt)\s*(?:\[\d+\])?\s*:\s*)+", re.IGNORECASE)
@@ -43,9 +43,9 @@ def thread_keys(mail: ParsedMail, secret: str, our_addresses: tuple[str, ...], c
     )
 
 
-def choose_thread(ctx: Context) -> ThreadMatch | None:
-    for case, via in ((ctx.by_message_id, ThreadVia.MESSAGE_ID), (ctx.by_token, ThreadVia.TOKEN),
-                      (ctx.by_subject, ThreadVia.SUBJECT)):
+def choose_thread(facts: Facts) -> ThreadMatch | None:
+    for case, via in ((facts.by_message_id, ThreadVia.MESSAGE_ID), (facts.by_token, ThreadVia.TOKEN),
+                      (facts.by_subject, ThreadVia.SUBJECT)):
         if case is not None:
             return ThreadMatch(case, via)
     return None

@@ -17,7 +17,6 @@ import math
 import secrets
 from datetime import datetime, timedelta
 
-from sqlmodel import Session
 from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -33,6 +32,7 @@ from gateway.tokens import link_selector
 from store import outbox
 from store import portal as portal_store
 from store.portal import Throttle
+from store.transact import TxSession
 
 log = logging.getLogger("gateway.portal")
 
@@ -125,17 +125,17 @@ class Auth:
         if wait > 0:
             return self._link_page(request, visitor, purpose, email_text, next_path, self._too_many(visitor, wait), 429)
         await self.portal.write(self._issue_link, keys, email, next_path, visitor.lang, now)
-        self.portal.app.sender.wakeup.set()
+        self.portal.desk.wake_sender()
         return self.portal.pages.render(request, visitor, "link_sent.html.j2", page_path=request.url.path,
                                         email=email, minutes=self.portal.settings.portal.link_minutes)
 
-    def _issue_link(self, session: Session, keys: tuple[str, str], email: str, next_path: str | None, lang: str,
+    def _issue_link(self, session: TxSession, keys: tuple[str, str], email: str, next_path: str | None, lang: str,
                     now: datetime) -> None:
         """Count the request; unless the address is an agent's, a link and its mail, queued in the
         outbox in the same transaction. The wording follows the address: "reset" once it has a
         password, whichever form was used."""
         self._count(session, keys, now)
-        user = portal_store.user_by_email(session.connection(), email)
+        user = portal_store.user_of(session, email)
         if user is not None and not user.is_customer:
             return
         purpose = "reset" if portal_store.has_password(session, email) else "register"
@@ -180,7 +180,7 @@ class Auth:
         log.info("portal.password_set", extra={"user_id": user.id, "purpose": link.purpose})
         return await sessions.start_session(self.portal, user, "password", link.next_path)
 
-    def _use_link(self, session: Session, selector: str, hashed: str, name: str) -> portal_store.PortalUser | None:
+    def _use_link(self, session: TxSession, selector: str, hashed: str, name: str) -> portal_store.PortalUser | None:
         """Take the link (once, by a conditional UPDATE), make the customer if the address is new,
         set the password (which ends the user's other sessions) — one transaction."""
         now = self.portal.now()
@@ -208,7 +208,7 @@ class Auth:
         self.portal.check_csrf(visitor, form)
         return visitor, form
 
-    def _count(self, session: Session, keys: tuple[str, str], now: datetime) -> None:
+    def _count(self, session: TxSession, keys: tuple[str, str], now: datetime) -> None:
         portal_store.throttle_hit(session, keys[0], now, self.per_address)
         portal_store.throttle_hit(session, keys[1], now, self.per_client)
 

@@ -116,7 +116,7 @@ class Cases:
                        files: list[lifecycle.NewAttachment]) -> Response:
         _ = translator(visitor.lang)
         try:
-            await lifecycle.comment(self.portal.app, head.number, text, user.email, files, source=Source.PORTAL)
+            await lifecycle.comment(self.portal.desk, head.number, text, user.email, files, source=Source.PORTAL)
         except lifecycle.Forbidden:
             raise not_found() from None  # shared no longer, between the page and the post
         except lifecycle.InvalidInput:
@@ -159,7 +159,7 @@ class Cases:
         self.portal.check_csrf(visitor, form)
         head = await self._own_case(request, user)
         try:
-            await lifecycle.close(self.portal.app, head.number, user.email)
+            await lifecycle.close(self.portal.desk, head.number, user.email)
         except lifecycle.Forbidden:
             raise not_found() from None
         except Refused:
@@ -180,10 +180,10 @@ class Cases:
         head = await self._head(request, user)
         file_id = str(request.path_params.get("file", ""))
         found = await self.portal.read(portal_cases.download, head.id, int(file_id)) if file_id.isdigit() else None
-        if found is None or not self.portal.app.blobs.exists(found.sha256):
+        if found is None or not self.portal.deps.blobs.exists(found.sha256):
             raise not_found()
         # Always a download, never shown by the browser: the bytes are the sender's, not ours.
-        return FileResponse(self.portal.app.blobs.path(found.sha256), media_type="application/octet-stream",
+        return FileResponse(self.portal.deps.blobs.path(found.sha256), media_type="application/octet-stream",
                             filename=lifecycle.safe_name(found.name), content_disposition_type="attachment",
                             headers={"Content-Security-Policy": "sandbox; default-src 'none'",
                                      "Cache-Control": "private, no-store"})

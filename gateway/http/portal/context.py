@@ -1,43 +1,32 @@
-"""What every portal handler works with: the `Portal` (built once over the opened `App`) and
-the `Visitor` of one request (language, user, cookies, CSRF token)."""
+"""What every portal handler works with: the `Portal` (built once over the HTTP wing's
+`HttpDeps`) and the `Visitor` of one request (language, user, cookies, CSRF token)."""
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection
-from sqlmodel import Session
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from gateway.http.portal import i18n
 from gateway.http.portal.csrf import csrf_token, csrf_valid
+from gateway.http.portal.pages import PageError, Pages, Visitor
 from gateway.http.portal.passwords import Passwords
 from gateway.http.portal.security import cookie_secure
 from gateway.http.portal.sessions import CookieNames, current_user
+from gateway.lifecycle import CaseDesk
 from store.portal import PortalUser
+from store.transact import ReadConnection, TxSession
 
 if TYPE_CHECKING:
-    from gateway.app import App
-    from gateway.http.portal.pages import Pages
+    from gateway.http.deps import HttpDeps
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-class PageError(Exception):
-    """Answer with the error page: `status`, a title and a sentence (Danish; translated)."""
-
-    def __init__(self, status: int, title: str, message: str) -> None:
-        super().__init__(title)
-        self.status = status
-        self.title = title
-        self.message = message
 
 
 NOT_FOUND = (404, "Siden findes ikke", "Siden findes ikke, eller du har ikke adgang til den.")
@@ -72,35 +61,25 @@ async def read_form(request: Request, limit: int, files: int = 0) -> FormData:
         raise PageError(exc.status_code, *BAD_FORM[1:]) from None
 
 
-@dataclass(frozen=True, slots=True)
-class Visitor:
-    lang: str
-    user: PortalUser | None
-    session_cookie: str  # as sent, whether or not its session still lives
-    form_cookie: str
-    csrf: str
-    new_form_cookie: bool  # made for this response: it must set it
-    asked_lang: str | None  # ?lang= on this request: remembered in a cookie
-
-
 class Portal:
-    def __init__(self, app: App, pages: Callable[[Portal], Pages]) -> None:
-        self.app = app
-        self.settings = app.settings
-        self.secret = app.settings.mail.reply_token_secret
-        self.secure = cookie_secure(app.settings.portal.url)
+    def __init__(self, deps: HttpDeps) -> None:
+        self.deps = deps
+        self.desk: CaseDesk = deps.desk
+        self.settings = deps.settings
+        self.secret = deps.settings.mail.reply_token_secret
+        self.secure = cookie_secure(deps.settings.portal.url)
         self.cookies = CookieNames.for_(self.secure)
         self.passwords = Passwords()
-        self.pages = pages(self)
+        self.pages = Pages(self.settings, self.cookies, self.secure)
 
     def now(self) -> datetime:
-        return self.app.clock.now()
+        return self.deps.clock.now()
 
-    async def read(self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
-        return await self.app.tx.read(fn, *args, **kwargs)
+    async def read(self, fn: Callable[Concatenate[ReadConnection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self.deps.tx.read(fn, *args, **kwargs)
 
-    async def write(self, fn: Callable[Concatenate[Session, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
-        return await self.app.tx.run(fn, *args, **kwargs)
+    async def write(self, fn: Callable[Concatenate[TxSession, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
+        return await self.deps.tx.run(fn, *args, **kwargs)
 
     async def visitor(self, request: Request) -> Visitor:
         session_cookie = request.cookies.get(self.cookies.session, "")

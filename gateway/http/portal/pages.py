@@ -7,8 +7,9 @@ its stored plain text (HTML mail was made text when it was parsed, and nh3-clean
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
@@ -16,10 +17,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 from gateway.http.portal import i18n
-from gateway.http.portal.context import PageError, Visitor
-
-if TYPE_CHECKING:
-    from gateway.http.portal.context import Portal
+from gateway.http.portal.sessions import CookieNames
+from gateway.settings import Settings
+from store.portal import PortalUser
 
 TEMPLATES = Path(__file__).resolve().parents[3] / "templates" / "portal"
 LANG_COOKIE_DAYS = 365
@@ -33,9 +33,32 @@ NOTICES = {
 }
 
 
+class PageError(Exception):
+    """Answer with the error page: `status`, a title and a sentence (Danish; translated)."""
+
+    def __init__(self, status: int, title: str, message: str) -> None:
+        super().__init__(title)
+        self.status = status
+        self.title = title
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Visitor:
+    """Who a page is for: language, user, cookies, CSRF token (`context.Portal.visitor`)."""
+
+    lang: str
+    user: PortalUser | None
+    session_cookie: str  # as sent, whether or not its session still lives
+    form_cookie: str
+    csrf: str
+    new_form_cookie: bool  # made for this response: it must set it
+    asked_lang: str | None  # ?lang= on this request: remembered in a cookie
+
+
 class Pages:
-    def __init__(self, portal: Portal, directory: Path = TEMPLATES) -> None:
-        self._portal = portal
+    def __init__(self, settings: Settings, cookies: CookieNames, secure: bool, directory: Path = TEMPLATES) -> None:
+        self._settings, self._cookies, self._secure = settings, cookies, secure
         # auto_reload off: the templates ship with the code; no stat() of each file on every page.
         self._env = jinja2.Environment(loader=jinja2.FileSystemLoader(directory), autoescape=True, auto_reload=False,
                                        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -54,7 +77,7 @@ class Pages:
 
     def finish(self, visitor: Visitor, response: Response) -> Response:
         """The visitor's new cookies; no page of the portal is kept in a cache."""
-        cookies, secure = self._portal.cookies, self._portal.secure
+        cookies, secure = self._cookies, self._secure
         if visitor.new_form_cookie:
             response.set_cookie(cookies.form, visitor.form_cookie, httponly=True, secure=secure, samesite="lax",
                                 path="/")
@@ -66,7 +89,7 @@ class Pages:
 
     def _frame(self, request: Request, visitor: Visitor, path: str) -> dict[str, Any]:
         lang = visitor.lang
-        settings = self._portal.settings
+        settings = self._settings
         notice = NOTICES.get(request.query_params.get("besked", ""))
         return {
             "lang": lang, "_": i18n.translator(lang), "user": visitor.user, "csrf": visitor.csrf,

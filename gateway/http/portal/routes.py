@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
@@ -26,13 +25,12 @@ from gateway.errors import NotFound, TemporaryFailure
 from gateway.http.portal.auth import Auth
 from gateway.http.portal.cases import Cases
 from gateway.http.portal.context import NOT_FOUND, LoginRequired, PageError, Portal, Visitor
-from gateway.http.portal.pages import Pages
 from gateway.http.portal.security import SecurityHeaders
 from gateway.http.portal.share import Share
 from gateway.http.portal.sso import CALLBACK, START, Sso
 
 if TYPE_CHECKING:
-    from gateway.app import App
+    from gateway.http.deps import HttpDeps
 
 log = logging.getLogger("gateway.portal")
 
@@ -40,9 +38,9 @@ STATIC = Path(__file__).resolve().parent.parent / "static"
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def portal_routes(app: App) -> list[BaseRoute]:
-    """The portal's routes over one opened `App`, to be mounted beside the API's."""
-    portal = Portal(app, Pages)
+def portal_routes(deps: HttpDeps) -> list[BaseRoute]:
+    """The portal's routes over the HTTP wing's `HttpDeps`, to be mounted beside the API's."""
+    portal = Portal(deps)
     auth, cases, share = Auth(portal), Cases(portal), Share(portal)
     get, post = ["GET"], ["POST"]
     table: list[tuple[str, Handler, list[str]]] = [
@@ -102,7 +100,7 @@ def _page(portal: Portal, handler: Handler) -> Handler:
             return portal.pages.error(request, await _visitor(portal, request), error)
         except NotFound:
             return portal.pages.error(request, await _visitor(portal, request), PageError(*NOT_FOUND))
-        except (OperationalError, DBAPIError, TemporaryFailure) as exc:
+        except TemporaryFailure as exc:
             log.warning("portal.store_error", extra={"error": type(exc).__name__, "path": request.url.path})
             return portal.pages.error(request, portal.anonymous(request), PageError(
                 503, "Tjenesten er midlertidigt utilgængelig", "Prøv igen om lidt."))
@@ -113,5 +111,5 @@ def _page(portal: Portal, handler: Handler) -> Handler:
 async def _visitor(portal: Portal, request: Request) -> Visitor:
     try:
         return await portal.visitor(request)
-    except (OperationalError, DBAPIError, TemporaryFailure):
+    except TemporaryFailure:
         return portal.anonymous(request)

@@ -14,20 +14,23 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
-from typing import TYPE_CHECKING
+from datetime import datetime, timedelta
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from gateway.addresses import canonical
 from gateway.errors import Refused
+from gateway.settings import Settings
 from store import portal as portal_store
 from store.portal import PortalUser
+from store.transact import ReadConnection, TxSession
 
-if TYPE_CHECKING:
-    from gateway.http.portal.context import Portal
+P = ParamSpec("P")
+R = TypeVar("R")
 
 log = logging.getLogger("gateway.portal")
 
@@ -46,6 +49,21 @@ class CookieNames:
     def for_(cls, secure: bool) -> CookieNames:
         prefix = "__Host-" if secure else ""
         return cls(f"{prefix}gw_session", f"{prefix}gw_form", f"{prefix}gw_lang")
+
+
+class Portal(Protocol):
+    """What a session needs of the portal (`context.Portal` is one): its store, clock, cookies."""
+
+    settings: Settings
+    cookies: CookieNames
+    secure: bool
+
+    def now(self) -> datetime: ...
+
+    async def read(self, fn: Callable[Concatenate[ReadConnection, P], R], *args: P.args,
+                   **kwargs: P.kwargs) -> R: ...
+
+    async def write(self, fn: Callable[Concatenate[TxSession, P], R], *args: P.args, **kwargs: P.kwargs) -> R: ...
 
 
 def token_hash(token: str) -> str:

@@ -78,7 +78,7 @@ class Share:
         try:
             for person in people:
                 if person.email not in taken:
-                    await lifecycle.share(self.portal.app, head.number, person.email, user.email)
+                    await lifecycle.share(self.portal.desk, head.number, person.email, user.email)
         except lifecycle.Forbidden:
             raise not_found() from None
         except Refused:
@@ -88,8 +88,7 @@ class Share:
     async def _search(self, head: CaseHead, query: str) -> list[Person]:
         if not query.strip() or not head.organisation or head.organisation_id is None:
             return []
-        async with self.portal.app.sessions() as session:
-            found = await lifecycle.search_users(session, query, head.organisation, SEARCH_LIMIT)
+        found = await lifecycle.search_users(self.portal.desk, query, head.organisation, SEARCH_LIMIT)
         taken = await self._taken(head)
         return await self._people(head, [f["email"] for f in found if f["email"] not in taken])
 

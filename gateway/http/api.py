@@ -25,11 +25,9 @@ from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import uvicorn
-from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
@@ -42,17 +40,15 @@ from gateway.addresses import canonical
 from gateway.attachments import download_headers, open_attachment
 from gateway.credentials import Caller
 from gateway.errors import CannotListen, GatewayError, NotFound, Refused, TemporaryFailure
+from gateway.http.deps import HttpDeps
+from gateway.http.openapi import LIST_FILTERS, MAX_PAGE_LIMIT, PAGE_LIMIT, openapi_document
 from gateway.http.portal import portal_routes
 from gateway.model import Role, Source
-from gateway.openapi import LIST_FILTERS, MAX_PAGE_LIMIT, PAGE_LIMIT, openapi_document
-from store import queries
-from store.models import Organisation
-from store.transact import run_in
+from store import cases, queries, users
+from store.engine import ping
+from store.transact import in_session, run_in, transaction
 
-if TYPE_CHECKING:
-    from gateway.app import App
-
-log = logging.getLogger("gateway.api")
+log = logging.getLogger("gateway.http.api")
 
 DAEMON_LOOPS = frozenset({"worker", "sender", "imap", "maintenance", "api"})
 
@@ -84,7 +80,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 _STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
     (NotFound, 404), (lifecycle.Forbidden, 403), (lifecycle.InvalidInput, 422), (Refused, 409),
-    (TemporaryFailure, 503), (OperationalError, 503), (DBAPIError, 503), (GatewayError, 422),
+    (TemporaryFailure, 503), (GatewayError, 422),
 )
 
 
@@ -106,7 +102,7 @@ async def _on_error(request: Request, exc: Exception) -> Response:
 # --- request helpers ------------------------------------------------------------------------------
 
 
-def _gw(request: Request) -> App:
+def _gw(request: Request) -> HttpDeps:
     return request.app.state.gateway  # type: ignore[no-any-return]
 
 
@@ -123,7 +119,7 @@ async def _caller(request: Request) -> Caller:
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
     try:
-        return await credentials.authenticate(_gw(request), token)
+        return await credentials.authenticate(_gw(request).tokens, token)
     except credentials.Unauthenticated as exc:
         raise ApiError(401, str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
 
@@ -191,9 +187,8 @@ async def _agent_actor(request: Request, caller: Caller, body: dict[str, Any]) -
     address = canonical(named)
     if address is None:
         raise ApiError(422, "a service token names the acting agent in the X-Acting-User header or the field 'as'")
-    async with _gw(request).sessions() as session:
-        user = await run_in(session, queries.user_by_email, address)
-    if user is None or user.role != Role.AGENT.value:
+    user = await in_session(_gw(request).sessions, users.find, address)
+    if user is None or user.role is not Role.AGENT:
         raise ApiError(403, f"{address} is not a registered agent")
     return user.email, caller.service
 
@@ -268,12 +263,10 @@ def _form_parts(message: Message) -> tuple[str, list[lifecycle.NewAttachment]]:
 
 async def healthz(request: Request) -> Response:
     """Store reachable and every loop of the daemon alive → 200; else 503."""
-    gw = _gw(request)
     store = True
     try:
         async with asyncio.timeout(5):
-            async with gw.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
+            await ping(_gw(request).engine)
     except Exception:  # any failure to reach the store is "unhealthy", never an error page
         store = False
     loops = request.app.state.loops()
@@ -304,8 +297,7 @@ async def list_cases(request: Request) -> Response:
             raise ApiError(403, "a requester sees only their own cases")
         address = caller.email
     limit, before = _page_params(request)
-    async with _gw(request).sessions() as session:
-        page = await run_in(session, queries.cases_page, status, address, limit, before)
+    page = await in_session(_gw(request).sessions, queries.cases_page, status, address, limit, before)
     return _ok(page.as_json())
 
 
@@ -333,12 +325,11 @@ async def attachment(request: Request) -> Response:
 async def case_detail(request: Request) -> Response:
     caller = await _caller(request)
     number = _number(request)
-    async with _gw(request).sessions() as session:
+    async with transaction(_gw(request).sessions) as session:
         if not caller.agent:
-            case = await run_in(session, queries.require_case, number)
-            user = await run_in(session, queries.user_by_email, caller.email or "")
-            ref = await run_in(session, queries.case_ref, case)
-            if user is None or user.id is None or not ref.admits(queries.user_ref(user)):
+            case = await run_in(session, cases.case_ref, number)
+            user = await run_in(session, users.find, caller.email or "")
+            if user is None or not case.admits(user):
                 raise ApiError(403, f"not a party of {number}")
         return _ok(await run_in(session, queries.case_detail, number, include_internal=caller.agent))
 
@@ -355,36 +346,36 @@ async def _posted(request: Request, actor_of: Callable[[Request, Caller, dict[st
 
 async def post_status(request: Request) -> Response:
     body, actor, via = await _posted(request, _agent_actor)
-    return _ok(await lifecycle.set_status(_gw(request), _number(request), _required(body, "status"), actor,
+    return _ok(await lifecycle.set_status(_gw(request).desk, _number(request), _required(body, "status"), actor,
                                           _field(body, "reason", False), via=via))
 
 
 async def post_assign(request: Request) -> Response:
     body, actor, via = await _posted(request, _agent_actor)
-    return _ok(await lifecycle.assign(_gw(request), _number(request), _required(body, "agent"), actor, via=via))
+    return _ok(await lifecycle.assign(_gw(request).desk, _number(request), _required(body, "agent"), actor, via=via))
 
 
 async def post_reply(request: Request) -> Response:
     body, actor, via = await _posted(request, _agent_actor)
     files = _json_attachments(body)
-    return _ok(await lifecycle.reply(_gw(request), _number(request), _required(body, "text"), actor, files,
+    return _ok(await lifecycle.reply(_gw(request).desk, _number(request), _required(body, "text"), actor, files,
                                      source=Source.API, via=via))
 
 
 async def post_note(request: Request) -> Response:
     body, actor, via = await _posted(request, _agent_actor)
-    return _ok(await lifecycle.note(_gw(request), _number(request), _required(body, "text"), actor, Source.API,
+    return _ok(await lifecycle.note(_gw(request).desk, _number(request), _required(body, "text"), actor, Source.API,
                                     via=via))
 
 
 async def post_share(request: Request) -> Response:
     body, actor, via = await _posted(request, _actor)
-    return _ok(await lifecycle.share(_gw(request), _number(request), _required(body, "email"), actor, via=via))
+    return _ok(await lifecycle.share(_gw(request).desk, _number(request), _required(body, "email"), actor, via=via))
 
 
 async def post_close(request: Request) -> Response:
     body, actor, via = await _posted(request, _actor)
-    return _ok(await lifecycle.close(_gw(request), _number(request), actor, _field(body, "reason", False),
+    return _ok(await lifecycle.close(_gw(request).desk, _number(request), actor, _field(body, "reason", False),
                                      via=via))
 
 
@@ -401,30 +392,22 @@ async def post_comment(request: Request) -> Response:
         await _actor(request, caller, body)
         text_value, files = _field(body, "text", required=False) or "", _json_attachments(body)
     assert caller.email is not None
-    return _ok(await lifecycle.comment(_gw(request), _number(request), text_value, caller.email, files), 201)
+    return _ok(await lifecycle.comment(_gw(request).desk, _number(request), text_value, caller.email, files), 201)
 
 
 async def search_users(request: Request) -> Response:
     caller = await _caller(request)
+    gw = _gw(request)
     text_value = request.query_params.get("text", "")
     org = request.query_params.get("org")
-    async with _gw(request).sessions() as session:
-        if not caller.agent:
-            own = await _own_organisation(session, caller.email or "")
-            if own is None or (org is not None and org.strip().lower() != own.lower()):
-                raise ApiError(403, "a requester may search only their own organisation")
-            org = own
-        if not org:
-            raise ApiError(422, "name the organisation: org=…")
-        return _ok(await lifecycle.search_users(session, text_value, org))
-
-
-async def _own_organisation(session: Any, email: str) -> str | None:
-    user = await run_in(session, queries.user_by_email, email)
-    if user is None or user.organisation_id is None:
-        return None
-    org = await session.get(Organisation, user.organisation_id)
-    return org.name if org else None
+    if not caller.agent:
+        own = await in_session(gw.sessions, users.organisation_of, caller.email or "")
+        if own is None or (org is not None and org.strip().lower() != own.lower()):
+            raise ApiError(403, "a requester may search only their own organisation")
+        org = own
+    if not org:
+        raise ApiError(422, "name the organisation: org=…")
+    return _ok(await lifecycle.search_users(gw.desk, text_value, org))
 
 
 async def issue_token(request: Request) -> Response:
@@ -434,7 +417,7 @@ async def issue_token(request: Request) -> Response:
     if not caller.agent:
         raise ApiError(403, "only agents may issue requester tokens")
     body = await _json(request)
-    return _ok(await credentials.issue_requester_token(_gw(request), _required(body, "email")))
+    return _ok(await credentials.issue_requester_token(_gw(request).tokens, _required(body, "email")))
 
 
 async def unbounce(request: Request) -> Response:
@@ -443,7 +426,7 @@ async def unbounce(request: Request) -> Response:
     if not caller.agent:
         raise ApiError(403, "only agents may clear a bouncing mark")
     body = await _json(request)
-    return _ok(await lifecycle.unbounce(_gw(request), _required(body, "email")))
+    return _ok(await lifecycle.unbounce(_gw(request).desk, _required(body, "email")))
 
 
 # --- a person's data (gateway/privacy.py), agents and services only ---------------------------------
@@ -462,7 +445,7 @@ async def users_export(request: Request) -> Response:
     folder = Path(tempfile.mkdtemp(prefix="gw-export-"))
     try:
         out = folder / "export.zip"
-        await privacy.export_person(_gw(request).data_store(), _required(body, "email"), out, actor,
+        await privacy.export_person(_gw(request).data, _required(body, "email"), out, actor,
                                     _field(body, "reason", False), via=via, internal=_flag(body, "internal"))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
@@ -473,21 +456,21 @@ async def users_export(request: Request) -> Response:
 
 async def users_erase(request: Request) -> Response:
     body, actor, via = await _posted(request, _agent_actor)
-    return _ok(await privacy.erase_person(_gw(request).data_store(), _required(body, "email"), actor,
+    return _ok(await privacy.erase_person(_gw(request).data, _required(body, "email"), actor,
                                           _field(body, "reason", False), _flag(body, "dry_run"), via=via))
 
 
 async def users_allow(request: Request) -> Response:
     body, actor, via = await _posted(request, _agent_actor)
-    return _ok(await privacy.allow_address(_gw(request).data_store(), _required(body, "email"), actor,
+    return _ok(await privacy.allow_address(_gw(request).data, _required(body, "email"), actor,
                                            _field(body, "reason", False), via=via))
 
 
 # --- the application ------------------------------------------------------------------------------
 
 
-def build_api(app: App, loops: LoopWatch | None = None) -> Starlette:
-    """The Starlette application over one opened `App` (tests use it in-process)."""
+def build_api(deps: HttpDeps, loops: LoopWatch | None = None) -> Starlette:
+    """The Starlette application over one opened store's `HttpDeps` (tests use it in-process)."""
     routes = [
         Route("/healthz", healthz), Route("/metrics", metrics_text), Route("/openapi.json", openapi),
         Route("/cases", list_cases), Route("/cases/{number}", case_detail),
@@ -503,15 +486,15 @@ def build_api(app: App, loops: LoopWatch | None = None) -> Starlette:
         Route("/users/unbounce", unbounce, methods=["POST"]),
         Route("/users/export", users_export, methods=["POST"]), Route("/users/erase", users_erase, methods=["POST"]),
         Route("/users/allow", users_allow, methods=["POST"]),
-        *portal_routes(app),  # Serviceportalen's pages, /static/ and /favicon.ico (gateway/http/portal)
+        *portal_routes(deps),  # Serviceportalen's pages, /static/ and /favicon.ico (gateway/http/portal)
     ]
     handlers: dict[Any, Any] = {Exception: _on_error, HTTPException: _on_error, ApiError: _on_error,
-                                GatewayError: _on_error, OperationalError: _on_error, DBAPIError: _on_error}
+                                GatewayError: _on_error}
     api = Starlette(routes=routes, exception_handlers=handlers)
-    api.state.gateway = app
+    api.state.gateway = deps
     api.state.loops = loops or (lambda: {})
     api.state.openapi = openapi_document()
-    api.state.metrics = metrics.StoreMetrics(app.engine)
+    api.state.metrics = metrics.StoreMetrics(deps.engine)
     api.state.port = None
     return api
 
@@ -527,7 +510,7 @@ class _EmbeddedServer(uvicorn.Server):
 
 def _sibling_loops(parts: dict[str, Callable[[], bool]] | None = None) -> LoopWatch:
     """The daemon's loops running now (a loop that ended is no longer among the tasks), and its
-    other parts (`App.liveness`: the SMTP listener, the inbox writer, the worker and sender
+    other parts (`HttpDeps.liveness`: the SMTP listener, the inbox writer, the worker and sender
     children, which are dead while their loop still runs)."""
     expected = {t.get_name() for t in asyncio.all_tasks()} & DAEMON_LOOPS
     parts = parts if parts is not None else {}
@@ -549,15 +532,15 @@ async def _serve(server: uvicorn.Server) -> None:
         raise CannotListen(f"api: cannot listen on {server.config.host}:{server.config.port}") from None
 
 
-async def api_loop(app: App, stop: asyncio.Event) -> None:
+async def api_loop(deps: HttpDeps, stop: asyncio.Event) -> None:
     """Serve the API until `stop` is set (`api.host`/`api.port`; port 0 picks a free one)."""
-    cfg = app.settings.api
+    cfg = deps.settings.api
     if cfg.agent_tokens:
         log.warning("api.deprecated_agent_tokens", extra={"count": len(cfg.agent_tokens),
                                                           "replace_with": "gateway tokens issue --service NAME"})
-    api = build_api(app, _sibling_loops(app.liveness))
+    api = build_api(deps, _sibling_loops(deps.liveness))
     config = uvicorn.Config(api, host=cfg.host, port=cfg.port, log_config=None, access_log=False, lifespan="off",
-                            server_header=False, timeout_graceful_shutdown=int(app.settings.daemon.grace_s))
+                            server_header=False, timeout_graceful_shutdown=int(deps.settings.daemon.grace_s))
     server = _EmbeddedServer(config)
     serving = asyncio.create_task(_serve(server), name="api.http")
     stopping = asyncio.create_task(stop.wait())

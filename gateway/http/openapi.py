@@ -1,5 +1,5 @@
 """The OpenAPI 3 document the HTTP API serves at /openapi.json (written by hand, kept beside
-the handlers in gateway/api.py; schemathesis checks the two agree)."""
+the handlers in gateway/http/api.py; schemathesis checks the two agree)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ the commit that takes the WAL past `wal_autocheckpoint` pages, and that commit w
 
 * in the worker's transactions (SQLite's default, 1000 pages), the first commit after a burst
   of 1000 20 KB mails copied the whole burst, 350 ms, while the backlog waited behind it;
-* in the SMTP writer's commits (8000 pages, store/sqlite_writer.py), a client's 250 waited
+* in the SMTP writer's commits (8000 pages, store/sqlite/writer.py), a client's 250 waited
   266 ms for one (bench/smtp.py's p99 DATA->250 was 228-323 ms in such rounds, 15-25 ms else).
 
 In `gateway run` on SQLite the worker and sender processes therefore never checkpoint in a
@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from store.engine import sync_sqlite_engine
 
-log = logging.getLogger("store.wal")
+log = logging.getLogger("store.sqlite.wal")
 
 CHECK_EVERY_S = 0.1
 FORCE_AFTER_S = 1.0

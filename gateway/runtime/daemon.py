@@ -14,26 +14,19 @@ import logging
 import multiprocessing
 import os
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from gateway.app import App, open_app
+from gateway.app import App, build
 from gateway.errors import CannotListen
-from gateway.ingest.smtp import InboxHandler, SmtpListener
+from gateway.ingest.smtp import SmtpListener
 from gateway.procname import name_process
+from gateway.runtime.children import child_loop
 from gateway.settings import Settings
-from gateway.worker_process import Links, child_loop
-from store.inbox import BatchStore, GroupCommitter
-from store.sqlite_writer import SqliteInboxWriter
 
-log = logging.getLogger("gateway.daemon")
+log = logging.getLogger("gateway.runtime.daemon")
 
 Loop = Callable[[App, asyncio.Event], Coroutine[Any, Any, None]]
-
-
-def _received(app: App) -> None:
-    app.worker.wakeup.set()
 
 
 async def _worker_loop(app: App, stop: asyncio.Event) -> None:
@@ -44,18 +37,32 @@ async def _sender_loop(app: App, stop: asyncio.Event) -> None:
     await app.sender.run(stop)
 
 
-def extra_loops(settings: Settings) -> list[tuple[str, Loop]]:
-    """The loops of the other capabilities, each in its own module."""
-    from gateway.api import api_loop
+async def _maintenance_loop(app: App, stop: asyncio.Event) -> None:
     from gateway.jobs import maintenance_loop
 
-    loops: list[tuple[str, Loop]] = [("sender", _sender_loop), ("maintenance", maintenance_loop)]
-    if settings.imap.accounts:
-        from gateway.ingest.imap import imap_loop
+    await maintenance_loop(app.jobs, stop)
 
-        loops.append(("imap", imap_loop))
+
+async def _imap_loop(app: App, stop: asyncio.Event) -> None:
+    from gateway.ingest.imap import imap_loop
+
+    await imap_loop(app.imap_intake, stop)
+
+
+async def _api_loop(app: App, stop: asyncio.Event) -> None:
+    from gateway.http.api import api_loop
+
+    await api_loop(app.http, stop)
+
+
+def extra_loops(settings: Settings) -> list[tuple[str, Loop]]:
+    """The loops of the other capabilities, each in its own module, each given its slice of the
+    application (`App.jobs`, `App.imap_intake`, `App.http`)."""
+    loops: list[tuple[str, Loop]] = [("sender", _sender_loop), ("maintenance", _maintenance_loop)]
+    if settings.imap.accounts:
+        loops.append(("imap", _imap_loop))
     if settings.api.enabled:
-        loops.append(("api", api_loop))
+        loops.append(("api", _api_loop))
     return loops
 
 
@@ -73,7 +80,7 @@ def _clean_children() -> None:
 # What the children run, imported once by the fork server: each child then starts as a fork
 # with them loaded (measured: a daemon started in ~2-2.8 s and ~4-5 s of CPU when the worker,
 # sender and writer children imported SQLAlchemy and the rest each for itself).
-_CHILD_MODULES = ["gateway.parsing", "gateway.worker_process", "store.sqlite_writer"]
+_CHILD_MODULES = ["gateway.parse_pool", "gateway.runtime.children", "store.sqlite.writer"]
 
 
 async def run_daemon(settings: Settings) -> int:
@@ -95,37 +102,29 @@ async def run_daemon(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
 
-    async with open_app(settings, migrate=True, new_run=True) as app, inbox_writer(app) as writer:
-        committer = GroupCommitter(writer, app.clock.now, in_flight=getattr(writer, "in_flight", 1))
-        smtp: SmtpListener | None = None
-        if settings.smtp.enabled:
-            handler = InboxHandler(committer.submit, settings.smtp, settings.mail.addresses,
-                                   on_accepted=lambda _a: _received(app))
-            smtp = SmtpListener(handler, settings.smtp)
-            await _listen(smtp, settings)
-            app.liveness["smtp"] = smtp.serving
+    async with build(settings, "daemon", migrate=True) as app:
+        if app.smtp is not None:
+            await _listen(app.smtp, settings)
+            app.liveness["smtp"] = app.smtp.serving
         # With parsing in a child process, the worker and the sender each run in a child of
-        # their own (gateway/worker_process.py): the second core for them, and an SMTP loop
+        # their own (gateway/runtime/children.py): the second core for them, and an SMTP loop
         # that never waits behind a case transaction.
         separate = settings.worker.parse_in_subprocess
-        links = Links.make(getattr(writer, "busy_until", None))
-        worker = child_loop("worker", links) if separate else _worker_loop
+        worker = child_loop("worker") if separate else _worker_loop
         tasks = {asyncio.create_task(worker(app, stop), name="worker")}
         for name, run in extra_loops(settings):
             if separate and name == "sender":
-                run = child_loop("sender", links)
+                run = child_loop("sender")
             tasks.add(asyncio.create_task(run(app, stop), name=name))
         log.info("daemon.started", extra={"pid": os.getpid(), "loops": sorted(t.get_name() for t in tasks)})
         await _until_stopped(stop, tasks)
         deadline = loop.time() + settings.daemon.grace_s  # one budget for the whole shutdown
-        if smtp is not None:
-            await smtp.close(settings.daemon.grace_s)
+        if app.smtp is not None:
+            await app.smtp.close(settings.daemon.grace_s)
         stop.set()
         done, pending = await asyncio.wait(tasks, timeout=max(0.5, deadline - loop.time()))
         for task in pending:
             task.cancel()
-        await committer.close()
-        links.close()
         failed = [t for t in done if not t.cancelled() and t.exception() is not None]
         for task in failed:
             log.error("daemon.loop_failed", extra={"loop": task.get_name(), "error": repr(task.exception())})
@@ -142,25 +141,6 @@ async def _listen(smtp: SmtpListener, settings: Settings) -> None:
     except OSError as exc:  # the port is taken, or not ours to bind
         cfg = settings.smtp
         raise CannotListen(f"smtp: cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
-
-
-@asynccontextmanager
-async def inbox_writer(app: App) -> AsyncIterator[BatchStore]:
-    """Where the edges commit (SMTP's group commits, IMAP's batches): on SQLite a writer process
-    of its own (store/sqlite_writer.py says why), elsewhere the app's inbox."""
-    if app.engine.dialect.name != "sqlite":
-        yield app.inbox
-        return
-    writer = SqliteInboxWriter(app.engine.url.render_as_string(hide_password=False),
-                               app.settings.database.busy_timeout_ms / 1000)
-    await writer.start()
-    app.intake = writer  # the IMAP edge commits here too
-    app.liveness["inbox_writer"] = writer.alive
-    try:
-        yield writer
-    finally:
-        app.intake = None
-        writer.close()
 
 
 async def _until_stopped(stop: asyncio.Event, tasks: set[asyncio.Task[None]]) -> None:

@@ -38,9 +38,9 @@ OWNER_CHECK_S = 1.0
 START_TIMEOUT_S = 30.0
 
 
-def _init_child(blob_dir: str, memory_mb: int, owner: int) -> None:
+def _init_child(blobs: BlobStore, memory_mb: int, owner: int) -> None:
     global _blobs
-    _blobs = BlobStore(blob_dir)
+    _blobs = blobs  # the parent's, pickled: a path and the folders known to exist
     if memory_mb > 0:
         limit = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -71,11 +71,11 @@ def _parse_in_child(raw: bytes, limits: Limits, envelope_from: str | None,
         raise UnusableMail("parsing exceeded the memory budget") from exc
 
 
-def _serve(conn: Connection, blob_dir: str, memory_mb: int, owner: int) -> None:
+def _serve(conn: Connection, blobs: BlobStore, memory_mb: int, owner: int) -> None:
     """The child: "ready", then one answer per job — ("ok", ParsedMail) or ("error", exception)
     — until its pipe closes."""
     name_process("gw-parse")
-    _init_child(blob_dir, memory_mb, owner)
+    _init_child(blobs, memory_mb, owner)
     conn.send(("ready", None))
     while True:
         try:
@@ -106,11 +106,11 @@ class _Child:
     """One parse process and our end of its pipe. It parses its jobs in the order they were
     written; the one it is parsing (the head) has the deadline."""
 
-    def __init__(self, blob_dir: str, memory_mb: int, timeout_s: float, retire: Callable[[_Child], None],
+    def __init__(self, blobs: BlobStore, memory_mb: int, timeout_s: float, retire: Callable[[_Child], None],
                  freed: Callable[[], None]) -> None:
         ctx = multiprocessing.get_context("forkserver")
         ours, theirs = ctx.Pipe(duplex=True)
-        self.proc = ctx.Process(target=_serve, args=(theirs, blob_dir, memory_mb, os.getpid()),
+        self.proc = ctx.Process(target=_serve, args=(theirs, blobs, memory_mb, os.getpid()),
                                 name="gateway-parse", daemon=True)
         self.proc.start()
         theirs.close()  # its EOF is ours: the child leaves when we close or die
@@ -295,7 +295,7 @@ class ParseRunner:
         self._started += 1
         child: _Child | None = None
         try:
-            child = _Child(str(self._blobs.root), self._memory_mb, self._timeout, self._retire, self._wake_one)
+            child = _Child(self._blobs, self._memory_mb, self._timeout, self._retire, self._wake_one)
             self._children.add(child)
             await child.started()
             return child

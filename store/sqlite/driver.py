@@ -5,7 +5,7 @@ processing, execution context, result objects) each cost ~45 µs more than the ~
 needs to run it; here SQLAlchemy compiles each statement once, with the parameter converters
 of its column types, and pysqlite runs the SQL on the transaction's own connection (same
 transaction, same BEGIN-at-first-write). Every other driver (asyncpg, aiosqlite in memory)
-runs the statement through SQLAlchemy as before. `store.sqlite_writer.DriverInsert` does the
+runs the statement through SQLAlchemy as before. `store.sqlite.writer.DriverInsert` does the
 same for the inbox's INSERTs.
 
 SELECTs too: an `IN` over a fixed list becomes its own `?`s once; an `IN` over a parameter

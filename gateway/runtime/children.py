@@ -35,15 +35,12 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from gateway.app import App, open_app
+from gateway.app import App, Links, build
 from gateway.procname import name_process
 from gateway.settings import Settings
-from store.engine import defer_fsync
 from store.node_run import give_back
-from store.sqlite_writer import smtp_pause, smtp_quiet
-from store.wal import Checkpointer, checkpoint_elsewhere
 
-log = logging.getLogger("gateway.worker_process")
+log = logging.getLogger("gateway.runtime.children")
 
 RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 # The listener comes first when the cores are busy: a 250 is what a sender waits for, a case
@@ -52,29 +49,6 @@ RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 CHILD_NICENESS = 10
 KEEPS_DYING = 3  # deaths within the window below: /healthz says the child is dead
 KEEPS_DYING_WINDOW_S = 300.0
-
-
-@dataclass(frozen=True)
-class Links:
-    """What the children of one daemon share besides the settings."""
-
-    smtp_busy: Any = None  # the SQLite inbox writer's `busy_until` (store.sqlite_writer.smtp_pause)
-    # A socket pair: the worker child writes a byte to `notices_out` when it has queued
-    # notifications, the sender child wakes when `notices_in` has one.
-    notices_out: socket.socket | None = None
-    notices_in: socket.socket | None = None
-
-    @classmethod
-    def make(cls, smtp_busy: Any = None) -> Links:
-        out, into = socket.socketpair()
-        for end in (out, into):
-            end.setblocking(False)
-        return cls(smtp_busy, out, into)
-
-    def close(self) -> None:
-        for end in (self.notices_out, self.notices_in):
-            if end is not None:
-                end.close()
 
 
 @dataclass
@@ -144,11 +118,11 @@ class WorkerProcess:
         return code
 
 
-def child_loop(role: str, links: Links = Links()) -> Callable[[App, asyncio.Event], Coroutine[Any, Any, None]]:
+def child_loop(role: str) -> Callable[[App, asyncio.Event], Coroutine[Any, Any, None]]:
     """A daemon loop that keeps one child of this role ("worker" or "sender") running until `stop`."""
     async def run(app: App, stop: asyncio.Event) -> None:
         wakeup = app.worker.wakeup if role == "worker" else app.sender.wakeup
-        await _supervise(app, stop, role, wakeup, links)
+        await _supervise(app, stop, role, wakeup, app.links)
 
     return run
 
@@ -213,7 +187,7 @@ def child_main(settings: Settings, role: str, wake: socket.socket, links: Links 
     from gateway.logs import configure_logging
 
     name_process(f"gw-{role}")
-    multiprocessing.set_forkserver_preload(["gateway.parsing"])  # its parse pool, as in the parent
+    multiprocessing.set_forkserver_preload(["gateway.parse_pool"])  # its parse pool, as in the parent
     multiprocessing.set_start_method("forkserver", force=True)
     configure_logging(settings.daemon.log_format, settings.daemon.log_level)
     os.nice(CHILD_NICENESS)
@@ -237,30 +211,14 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
-    async with open_app(settings, migrate=False, holder=holder) as app:
-        checkpoints: Checkpointer | None = None
-        shared = app.tx.sync_engine if links.smtp_busy is not None else None  # SQLite, with the SMTP writer
-        if shared is not None:
-            app.tx.before_write = functools.partial(smtp_pause, links.smtp_busy)
-            await checkpoint_elsewhere(shared, app.engine)  # the worker's Checkpointer does them
-        if role == "worker":
-            if links.smtp_busy is not None:
-                app.worker.smtp_quiet = functools.partial(smtp_quiet, links.smtp_busy)
-            if shared is not None:
-                checkpoints = Checkpointer(app.engine.url.render_as_string(hide_password=False),
-                                           settings.database.busy_timeout_ms, app.worker.smtp_quiet)
-            if app.tx.sync_engine is not None:
-                defer_fsync(app.tx.sync_engine)  # durable with the next FULL commit (store/engine.py)
-            await app.parser.start()
+    async with build(settings, role, holder=holder, links=links) as app:  # type: ignore[arg-type]
         runner = app.worker if role == "worker" else app.sender
         wake.setblocking(False)
         loop.add_reader(wake.fileno(), _on_readable, wake, runner.wakeup, functools.partial(_parent_gone, stop))
-        if role == "worker" and links.notices_out is not None:
-            app.worker.on_processed = functools.partial(_nudge, links.notices_out)
         if role == "sender" and links.notices_in is not None:
             loop.add_reader(links.notices_in.fileno(), _on_readable, links.notices_in, runner.wakeup, lambda: None)
         log.info("worker.child_ready", extra={"role": role, "pid": os.getpid()})
-        checkpointing = asyncio.ensure_future(checkpoints.run(stop)) if checkpoints else None
+        checkpointing = asyncio.ensure_future(app.checkpoints.run(stop)) if app.checkpoints else None
         try:
             await runner.run(stop)
         finally:
@@ -269,13 +227,6 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
             if checkpointing is not None:
                 stop.set()
                 await checkpointing
-
-
-def _nudge(notices: socket.socket) -> None:
-    try:
-        notices.send(b"n")
-    except OSError:
-        pass  # full of nudges the sender has not read yet (it will wake anyway), or it is gone
 
 
 def _on_readable(sock: socket.socket, wakeup: asyncio.Event, gone: Callable[[], None]) -> None:
