@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What the worst inputs cost before they are quarantined (RELIABILITY 38-41).
+"""What the worst inputs cost before they are quarantined (catalogue 38-41).
 
     .venv/bin/python bench/bombs.py
 

@@ -1,4 +1,4 @@
-"""Canonical e-mail addresses (RELIABILITY items 58-61).
+"""Canonical e-mail addresses (catalogue items 58-61).
 
 Only the addr-spec counts. The domain is lower-cased and IDNA-encoded; an ASCII local part is
 case-folded; a non-ASCII local part is compared exactly, so a homoglyph never matches.

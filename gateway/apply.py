@@ -2,7 +2,7 @@
 caller's transaction — rows, history, index and outbox together.
 
 A crash anywhere before the commit leaves nothing behind; after it, everything — including
-the notifications the change calls for (a transactional outbox, RELIABILITY 28).
+the notifications the change calls for (a transactional outbox, catalogue 28).
 """
 
 from __future__ import annotations

@@ -553,7 +553,7 @@ async def cmd_maintenance(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def maintenance(settings: Settings, at: str | None, dry_run: bool) -> list[dict[str, Any]]:
-    """`gateway maintenance [--at ISO-TIME] [--dry-run]`, for cron (SPEC §8): the timed jobs
+    """`gateway maintenance [--at ISO-TIME] [--dry-run]`, for cron (rules §8): the timed jobs
     once, as of `at`, and the notifications they queued sent (no sender loop runs)."""
     from gateway.app import open_app
     from gateway.clock import FrozenClock, SystemClock

@@ -1,4 +1,4 @@
-"""Timed jobs (SPEC §3 rule 4, §8, §10): cases in `udfoert` for `policy.close_after_days` are
+"""Timed jobs (rules §3 rule 4, §8, §10): cases in `udfoert` for `policy.close_after_days` are
 closed by "system"; the portal's ended sessions, old links and quiet attempt counters go; then
 the retention periods are enforced (gateway/retention.py). The daemon runs them every
 `daemon.maintenance_interval_s` on one node at a time (`maintenance_loop`, under a lease);

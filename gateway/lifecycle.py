@@ -1,9 +1,9 @@
-"""The case lifecycle (SPEC §3): the actions of agents and requesters.
+"""The case lifecycle (rules §3): the actions of agents and requesters.
 
 The status rules are `gateway.rules`, which the mail path (`gateway.pipeline.plan`) asks too;
 who may act on a case is checked here, for the CLI and the HTTP API alike. Each action is one
 transaction that takes the case's write lock first, checks the rules, writes the change and its
-history row, and queues the SPEC §7 notifications to the requester and every party except the
+history row, and queues the rules §7 notifications to the requester and every party except the
 actor — all or nothing. The timed jobs (rule 4) are in `gateway.jobs`.
 
 Refusals are exceptions from `gateway.errors`: `NotFound` (unknown case or user), `Refused`
@@ -92,7 +92,7 @@ class NewAttachment:
 
 
 def safe_name(name: str) -> str:
-    """A file name without directories or control characters, bounded (SPEC §10)."""
+    """A file name without directories or control characters, bounded (rules §10)."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1]
     base = "".join(ch for ch in base if unicodedata.category(ch)[0] != "C").strip().strip(".")
     return base[:255] or "attachment"
@@ -279,7 +279,7 @@ async def note(desk: CaseDesk, number: str, text: str | None, actor: str | None,
 
 async def share(desk: CaseDesk, number: str, email: str | None, actor: str | None,
                 via: str | None = None) -> dict[str, Any]:
-    """Share with a user of the requester's own organisation (SPEC §1, §5); anyone else is refused."""
+    """Share with a user of the requester's own organisation (rules §1, §5); anyone else is refused."""
     async with _action(desk, number, actor, "share", via) as tx:
         if not tx.is_agent and not tx.admits_actor:
             raise Forbidden(f"{tx.actor.email} is not a party of {tx.case.number}")

@@ -1,4 +1,4 @@
-"""Prometheus metrics, all named `gateway_*` (SPEC §8).
+"""Prometheus metrics, all named `gateway_*` (rules §8).
 
 Every figure an operator alerts on is read from the store when `/metrics` is scraped
 (`store.stats`), not counted in memory where the work happens. The work happens in many

@@ -73,7 +73,7 @@ class Source(StrEnum):
 
 
 class Outcome(StrEnum):
-    """What was done with one inbound mail (SPEC §2)."""
+    """What was done with one inbound mail (rules §2)."""
 
     CREATED = "created"
     COMMENTED = "commented"
@@ -85,7 +85,7 @@ class Outcome(StrEnum):
 
 
 class Event(StrEnum):
-    """Notification events (SPEC §7)."""
+    """Notification events (rules §7)."""
 
     RECEIPT = "receipt"
     REPLY = "reply"
@@ -213,9 +213,9 @@ class CaseRef:
     requester_org_id: int | None = None
 
     def admits(self, user: UserRef) -> bool:
-        """Who may add to a case (SPEC §5): the requester, and its parties while they still belong
+        """Who may add to a case (rules §5): the requester, and its parties while they still belong
         to the requester's organisation; checked when a mail or action is processed, so access
-        ends when someone leaves the organisation (RELIABILITY 68)."""
+        ends when someone leaves the organisation (catalogue 68)."""
         if user.id == self.requester_id:
             return True
         return user.id in self.party_ids and (self.requester_org_id is None

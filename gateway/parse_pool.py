@@ -1,4 +1,4 @@
-"""Running the parse step inside a budget (RELIABILITY 38–41): child processes with a memory
+"""Running the parse step inside a budget (catalogue 38–41): child processes with a memory
 limit and a deadline, so one hostile mail can neither stall nor kill the daemon; they also put
 the parsing on the second core while the event loop goes on.
 

@@ -1,4 +1,4 @@
-"""The retention jobs (SPEC §10, GDPR art. 5(1)(e)): personal data is kept no longer than
+"""The retention jobs (rules §10, GDPR art. 5(1)(e)): personal data is kept no longer than
 `[retention]` says. Run by the daemon's timed jobs (gateway/jobs.py, once across nodes under
 the maintenance lease) and by `gateway maintenance` (`--dry-run` lists what would go).
 

@@ -1,4 +1,4 @@
-"""The case's status rules (SPEC §3), once: the mail path (`gateway.pipeline.plan`) and the
+"""The case's status rules (rules §3), once: the mail path (`gateway.pipeline.plan`) and the
 actions of agents and requesters (`gateway.lifecycle`) ask the same table.
 
     an answer from the requester's side (a mail, a portal or API comment)

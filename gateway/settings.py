@@ -43,7 +43,7 @@ class StorageSettings:
 
 @dataclass(frozen=True)
 class RetentionSettings:
-    """How long personal data is kept (SPEC §10; README "Data protection"), in days; 0 keeps it
+    """How long personal data is kept (rules §10; README "Data protection"), in days; 0 keeps it
     for good (that job is off). Enforced by the timed jobs (gateway/retention.py)."""
 
     raw_mail_days: int = 90  # a mail's raw bytes, after its case was closed (lukket)

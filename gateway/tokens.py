@@ -1,4 +1,4 @@
-"""Signed reply tokens: `kundebetjening+<token>@domain` (SPEC §5, §7).
+"""Signed reply tokens: `kundebetjening+<token>@domain` (rules §5, §7).
 
 The token is the case number plus a truncated HMAC-SHA256 over it with the configured secret.
 Case numbers alone are guessable; the MAC is not. Verification is constant-time.

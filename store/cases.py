@@ -71,7 +71,7 @@ def notify(session: Session, case: CaseRef, event: Event, context: dict[str, Any
     return outbox.enqueue(session, head, event, recipients, now, message_id_domain, context)
 
 
-# --- the timed close (SPEC §3 rule 4) -------------------------------------------------------------
+# --- the timed close (rules §3 rule 4) -------------------------------------------------------------
 
 
 def done_before(session: Session, cutoff: datetime) -> list[tuple[int, str, datetime]]:

@@ -1,6 +1,6 @@
 """The async engine: SQLite through aiosqlite by default, PostgreSQL through asyncpg.
 
-SQLite runs in WAL mode with synchronous=FULL, so a commit is durable (RELIABILITY 31), with
+SQLite runs in WAL mode with synchronous=FULL, so a commit is durable (catalogue 31), with
 foreign keys on and a busy timeout; `check_durability` verifies that at start-up. Every
 connection has `secure_delete` on: what a transaction deletes or overwrites is zeroed in the
 file, not left in free pages, so erased and expired data is gone from the database file once

@@ -1,4 +1,4 @@
-"""The durable inbox (SPEC §4): raw bytes are committed here before any edge acknowledges.
+"""The durable inbox (rules §4): raw bytes are committed here before any edge acknowledges.
 
 States: pending → processing (claimed with a lease) → done | pending again (attempts < max)
 | quarantined. A claim whose lease ran out (its node died) is taken back by the next claim.
@@ -6,7 +6,7 @@ The hot path (insert, claim) is SQLAlchemy Core, not ORM sessions (PERFORMANCE.m
 
 Dedup key: SHA-256 over the header block minus trace headers that relays and stores add, plus
 the body with line endings normalised. The same mail by SMTP and IMAP, or delivered twice,
-has one key; the same Message-ID with other content (pre-emption, RELIABILITY 34) does not.
+has one key; the same Message-ID with other content (pre-emption, catalogue 34) does not.
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ class Inbox:
                      now: datetime, retry_delay_s: float = 0.0, claim: Claim | None = None) -> str:
         """Record a processing failure: back to pending, not to be claimed again before
         `retry_delay_s` × 2^(tries − 1) (at most an hour) has passed; or quarantined after the
-        last try (RELIABILITY 27). With `claim`, only while it holds: "lost" when another
+        last try (catalogue 27). With `claim`, only while it holds: "lost" when another
         worker has taken the mail since."""
         state = "quarantined" if attempts >= max_attempts else "pending"
         delay = min(retry_delay_s * 2 ** max(attempts - 1, 0), 3600.0)

@@ -1,4 +1,4 @@
-"""SQLModel tables (SPEC §2). The schema itself is created by the alembic migrations.
+"""SQLModel tables (rules §2). The schema itself is created by the alembic migrations.
 
 Text columns never hold NUL (PostgreSQL refuses it) and long values are capped before insert
 by `store.writes`; raw mail bytes live in a binary column.
@@ -136,7 +136,7 @@ class ApiToken(SQLModel, table=True):
 
 
 class InboundMail(SQLModel, table=True):
-    """The durable inbox: every mail received, raw bytes first (SPEC §4)."""
+    """The durable inbox: every mail received, raw bytes first (rules §4)."""
 
     __tablename__ = "inbound_mail"
     # (from_addr, processed_at): the loop detector counts one sender's last hour, not all of
@@ -191,7 +191,7 @@ class MessageIndex(SQLModel, table=True):
 
 
 class Outbox(SQLModel, table=True):
-    """Every notification, queued in the transaction that caused it (SPEC §2, §7)."""
+    """Every notification, queued in the transaction that caused it (rules §2, §7)."""
 
     __tablename__ = "outbox"
     # The rate limits count a recipient's last day and a case's last hour to one recipient;
@@ -289,7 +289,7 @@ class BlockedAddress(SQLModel, table=True):
 def joined_text(visible: str, signature: str) -> str:
     """A comment's whole text when it had no quoted history: its visible text and signature."""
     return f"{visible}\n\n{signature}" if signature else visible
-# --- Serviceportalen (SPEC §11): passwords, sessions, single-use links, attempt counters --------
+# --- Serviceportalen (rules §11): passwords, sessions, single-use links, attempt counters --------
 
 
 class PortalPassword(SQLModel, table=True):

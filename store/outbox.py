@@ -1,8 +1,8 @@
-"""The outbox: notifications queued in the same transaction as the change (SPEC §2, §7).
+"""The outbox: notifications queued in the same transaction as the change (rules §2, §7).
 
 Every row is one message to one recipient, with its final Message-ID (indexed for threading).
 The sender loop claims due rows under a lease; `sending` rows whose lease ran out were
-abandoned by a node that died and are claimed again (the at-least-once window, RELIABILITY 29).
+abandoned by a node that died and are claimed again (the at-least-once window, catalogue 29).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def new_message_id(domain: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class RateLimits:
-    """SPEC §6, with the anchors' defaults: Znuny's 40 automatic answers per address and day,
+    """rules §6, with the anchors' defaults: Znuny's 40 automatic answers per address and day,
     Zammad's 10 per 10 minutes and 25 per hour per case and recipient. Over a limit the row is
     queued as `held` with the reason, visible and retryable, never silently dropped."""
 
@@ -254,7 +254,7 @@ class OutboxQueue:
 
 def recipients_for(session: Session, case: SupportCase | CaseRef, exclude_user_id: int | None,
                          default_language: str) -> list[Recipient]:
-    """The requester and every party, never the one who caused the event (SPEC §7), nor anyone
+    """The requester and every party, never the one who caused the event (rules §7), nor anyone
     whose data was erased (their record is a pseudonym now)."""
     parties = (session.exec(model_select(CaseParty.user_id).where(CaseParty.case_id == case.id))).all()
     ids = [case.requester_id, *parties]

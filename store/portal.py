@@ -1,4 +1,4 @@
-"""The portal's own rows (SPEC §11): passwords, sessions, single-use links, attempt counters.
+"""The portal's own rows (rules §11): passwords, sessions, single-use links, attempt counters.
 
 Writes are plain functions over the caller's `Session` (one transaction, `Transactor.run`);
 reads take a Core `Connection` (`Transactor.read`). Values come back as frozen dataclasses,

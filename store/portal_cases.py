@@ -1,4 +1,4 @@
-"""What the portal's pages read about cases (SPEC §11), always for one user.
+"""What the portal's pages read about cases (rules §11), always for one user.
 
 Every read here takes the user's id and finds only cases the user is requester or party of:
 the page, the download and the form posts all go through `member_case`, so a case of someone

@@ -1,5 +1,5 @@
 """Headless Chromium for the portal's tests: Debian's browser driven by Playwright, axe-core on
-every page (../shared/BROWSER.md), the real daemon's outbound maildir as the customers' inbox.
+every page (set-up in docs/testing.md), the real daemon's outbound maildir as the customers' inbox.
 
 Under CI a missing Chromium fails the tests: a skip would turn the browser suite green
 without running it.

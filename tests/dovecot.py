@@ -1,4 +1,4 @@
-"""A private Dovecot IMAP server for tests and benchmarks (RELIABILITY recipe c1).
+"""A private Dovecot IMAP server for tests and benchmarks (test recipe c1).
 
 Everything lives in one temporary folder: the configuration (a `-c` file loads nothing from
 conf.d), a passwd-file of users, the maildirs, the run and state folders. Dovecot runs in the

@@ -1,4 +1,4 @@
-"""A private Postfix in front of the gateway, as an operator runs it (RELIABILITY recipe c5).
+"""A private Postfix in front of the gateway, as an operator runs it (test recipe c5).
 
 Everything lives in one temporary folder: main.cf and master.cf, the queue and data folders,
 the mail log. Postfix listens on a free loopback port and relays the gateway's domain to the

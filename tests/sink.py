@@ -28,7 +28,7 @@ class SinkHandler:
     messages: list[Received] = field(default_factory=list)
     rcpt_reply: str | None = None  # e.g. "550 5.1.1 No such user" to refuse every recipient
     data_reply: str | None = None
-    data_stall_s: float = 0.0  # > 0: sit on the DATA reply that long (a slow relay, RELIABILITY 82)
+    data_stall_s: float = 0.0  # > 0: sit on the DATA reply that long (a slow relay, catalogue 82)
     stalling: int = 0  # DATA replies being sat on right now
     stall_matching: tuple[bytes, float] | None = None  # sit that long on a DATA that contains the bytes
 

@@ -1,4 +1,4 @@
-"""Classify (SPEC §6, RELIABILITY 71-77): table-driven rules, then the corpus (tests/corpus)."""
+"""Classify (rules §6, catalogue 71-77): table-driven rules, then the corpus (tests/corpus)."""
 
 from __future__ import annotations
 

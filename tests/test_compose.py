@@ -1,4 +1,4 @@
-"""Notification rendering and message composition (SPEC §7, RELIABILITY 78, 83, 84)."""
+"""Notification rendering and message composition (rules §7, catalogue 78, 83, 84)."""
 
 from __future__ import annotations
 
@@ -322,7 +322,7 @@ def test_envelope_from(renderer: Renderer) -> None:
     assert renderer.envelope_from() == SETTINGS.mail.from_address
 
 
-# --- header injection (RELIABILITY 78) -----------------------------------------------------------
+# --- header injection (catalogue 78) -----------------------------------------------------------
 
 _B64_NEWLINE = base64.b64encode(b"Sag\r\nBcc: evil@example.org").decode()
 HOSTILE = [

@@ -1,6 +1,6 @@
 """`gateway run` as a real child process: logs, signals, SIGKILL mid-burst, stale claims.
 
-The promise under test (SPEC §4): a mail that got 250 is in the inbox and becomes exactly one
+The promise under test (rules §4): a mail that got 250 is in the inbox and becomes exactly one
 case, whatever happens to the process; a mail that did not get 250 is retried by the sender
 and still becomes exactly one case.
 """

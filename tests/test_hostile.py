@@ -1,4 +1,4 @@
-"""Hostile and broken mail (RELIABILITY catalogue, SPEC §5–§6): each test is named after its item."""
+"""Hostile and broken mail (the reliability catalogue, rules §5–§6): each test is named after its item."""
 
 from __future__ import annotations
 
@@ -234,7 +234,7 @@ async def test_item59_zero_or_two_from_headers_are_quarantined(app: App, mail: M
 async def test_item59_sender_never_decides_identity(app: App, mail: MailBuilder) -> None:
     """Sender ≠ From ("on behalf of", common for secretaries and shared mailboxes) is not
     quarantined: identity comes from the single From alone, the Sender header never counts
-    (SPEC §5), so a forged Sender gains nothing. The catalogue's quarantine is for the From cases."""
+    (rules §5), so a forged Sender gains nothing. The catalogue's quarantine is for the From cases."""
     await add_user(app, "jens@borger.example", "Jens")
     result = await ingest(app, mail(headers={"Sender": "ole@andet.example"}))
     assert result.action is Outcome.CREATED
@@ -498,7 +498,7 @@ async def test_item42_twenty_thousand_addresses_are_bounded_and_never_notified(t
                                                                               ) -> None:
     """20k addresses in To/Cc with Cc sharing on. Under the default header caps the mail is a header
     bomb and quarantined cheaply; with the caps raised so that it is parsed, only the requester and
-    the registered colleague it is shared with (SPEC §5) get mail, and no user is made up from a header."""
+    the registered colleague it is shared with (rules §5) get mail, and no user is made up from a header."""
     worker = {"max_header_bytes": 4_000_000, "max_header_line_bytes": 4_000_000} if raised_limits else {}
     settings = make_settings(tmp_path, policy={"cc_sharing": True, "sender_authentication": "mark",
                                                "authserv_id": AUTHSERV}, worker=worker)
@@ -631,8 +631,8 @@ async def test_item50_empty_attachment_only_and_html_only_mails_open_readable_ca
 ], ids=["dmarc none", "dkim of another domain", "no results at all", "only another server's results"])
 async def test_item56_unauthenticated_reply_is_never_appended(tmp_path, clock, mail: MailBuilder,
                                                               results: str | None) -> None:
-    """SPEC §5 under `enforce`: a mail claiming a registered address that our MTA did not see pass
-    DMARC (or aligned DKIM/SPF) is quarantined. The catalogue allows a new flagged case; SPEC wins,
+    """rules §5 under `enforce`: a mail claiming a registered address that our MTA did not see pass
+    DMARC (or aligned DKIM/SPF) is quarantined. The catalogue allows a new flagged case; the rules win,
     so the test expects a quarantine: no comment on the case and no new case."""
     settings = make_settings(tmp_path, policy={"sender_authentication": "enforce", "authserv_id": AUTHSERV})
     async with open_app(settings, clock=clock) as app:
@@ -656,8 +656,8 @@ async def test_item56_unauthenticated_reply_is_never_appended(tmp_path, clock, m
 @pytest.mark.parametrize("registered", [False, True], ids=["unknown sender", "registered user of another organisation"])
 async def test_item65_non_party_writing_to_a_valid_reply_token_address_gets_its_own_case(
         app: App, mail: MailBuilder, registered: bool) -> None:
-    """SPEC §5: mail about a case from anyone but its requester and parties is a new mail from that
-    sender (the catalogue's staff quarantine is not what SPEC asks), whatever address it came to."""
+    """rules §5: mail about a case from anyone but its requester and parties is a new mail from that
+    sender (the catalogue's staff quarantine is not what the rules ask), whatever address it came to."""
     outsider = "signup@tredjepart.example"
     if registered:
         await add_user(app, outsider, "Tredjepart", org="Tredjepart ApS")
@@ -684,7 +684,7 @@ async def test_item68_access_removed_after_a_notification_is_checked_when_the_re
         app: App, mail: MailBuilder, removal: str) -> None:
     """Mette was a party (a colleague in Jens's organisation) and got the `shared` notification. Her
     access is then taken away in the store; her reply to that notification must not reach the case
-    (RELIABILITY 68; SPEC §1/§5: cases are shared with colleagues of the requester's organisation)."""
+    (catalogue 68; rules §1/§5: cases are shared with colleagues of the requester's organisation)."""
     await add_user(app, "jens@borger.example", "Jens", org="Borger A/S")
     await add_user(app, "mette@borger.example", "Mette", org="Borger A/S")
     first = await ingest(app, mail())
@@ -973,7 +973,7 @@ async def test_item69_non_party_colleague_answering_a_forwarded_notification_get
     """Mette works in Jens's organisation but the case was never shared with her. Jens forwards
     his receipt to her and she answers it with every reference a party would have: In-Reply-To
     (or References) our receipt's Message-ID, the case tag in the subject, sent to the signed
-    reply-token address. Same organisation is not enough (SPEC §5: only the requester and the
+    reply-token address. Same organisation is not enough (rules §5: only the requester and the
     users it is shared with): nothing reaches Jens's case, she gets a case of her own."""
     policy: dict = {"cc_sharing": True, "sender_authentication": "mark", "authserv_id": AUTHSERV} if sharing else {}
     settings = make_settings(tmp_path, policy=policy)

@@ -1,4 +1,4 @@
-"""The case lifecycle of SPEC §3 as tables: every (status, event) pair, the timed job, sharing.
+"""The case lifecycle of rules §3 as tables: every (status, event) pair, the timed job, sharing.
 
 The expectations are written out by hand below (not derived from `gateway.lifecycle`), so a
 rule that drifts in the code fails here.

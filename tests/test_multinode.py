@@ -1,4 +1,4 @@
-"""Two `gateway run` nodes against one PostgreSQL (SPEC §9): nothing processed or sent twice.
+"""Two `gateway run` nodes against one PostgreSQL (rules §9): nothing processed or sent twice.
 
 Runs in the PostgreSQL pass of `make test` (GATEWAY_TEST_DATABASE_URL); the SQLite pass
 skips it by name, since several nodes on one SQLite file is not a supported set-up.

@@ -1,4 +1,4 @@
-"""The parse budget in child processes (gateway/parse_pool.py, RELIABILITY 38–41): same answers as
+"""The parse budget in child processes (gateway/parse_pool.py, catalogue 38–41): same answers as
 parsing inline; a mail past the deadline or the memory budget fails alone, its child is
 replaced, and the mails in the other children are not touched."""
 

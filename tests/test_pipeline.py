@@ -379,7 +379,7 @@ async def test_the_per_sender_counts_read_only_the_time_window(app: App) -> None
     assert "ix_outbox_case_recipient_created (case_id=? AND recipient=? AND created_at>?)" in plans[2], plans[2]
 
 
-# --- RELIABILITY 31: a store whose commits are not durable is refused at start-up ---------------
+# --- catalogue 31: a store whose commits are not durable is refused at start-up ---------------
 
 def _with_pragmas(engine, *pragmas: str) -> None:
     """A connect hook after the engine's own, as a changed engine or a careless operator would add."""

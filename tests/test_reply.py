@@ -1,4 +1,4 @@
-"""Reply text (SPEC §5) and HTML to text: the corpus (tests/corpus), then table-driven cases."""
+"""Reply text (rules §5) and HTML to text: the corpus (tests/corpus), then table-driven cases."""
 
 from __future__ import annotations
 

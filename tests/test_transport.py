@@ -1,4 +1,4 @@
-"""Outbound delivery against real servers on 127.0.0.1 (RELIABILITY 79-82).
+"""Outbound delivery against real servers on 127.0.0.1 (catalogue 79-82).
 
 aiosmtpd runs inside the test's own event loop; Postfix `smtp-sink` plays the failing relay.
 """

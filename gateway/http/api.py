@@ -1,4 +1,4 @@
-"""The HTTP API for agents and integrations (SPEC §8), served by `gateway run` on uvicorn.
+"""The HTTP API for agents and integrations (rules §8), served by `gateway run` on uvicorn.
 
 Auth is a bearer token (`gateway.credentials`): an agent's own token acts as that agent only;
 a service token acts for the agent it names in `X-Acting-User` (or the JSON field `as`), and

@@ -81,7 +81,7 @@ def openapi_document() -> dict[str, Any]:
     return {
         "openapi": "3.0.3",
         "info": {"title": "Kundebetjening gateway API", "version": "1",
-                 "description": "Cases, statuses and sharing for agents and integrations (SPEC §3, §8)."},
+                 "description": "Cases, statuses and sharing for agents and integrations (rules §3, §8)."},
         "paths": {
             "/healthz": {"get": _operation("Store reachable and loops alive", _json_content(_ref("Health")),
                                            errors="503", secure=False)},

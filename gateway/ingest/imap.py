@@ -1,4 +1,4 @@
-"""The IMAP edge (SPEC §4): raw bytes from configured mailboxes into the durable inbox.
+"""The IMAP edge (rules §4): raw bytes from configured mailboxes into the durable inbox.
 
 Per account, one `AccountReader` coroutine and two connections, each with a thread of its
 own: one fetches, the other moves (flags, deletes) what is committed. The threads do only
@@ -14,7 +14,7 @@ fetches the next batch and moves the previous one while a batch is being committ
 order per message is what makes it safe: a crash before its move means it is fetched again
 and deduplicated. A message the store refuses while the store is otherwise working counts a
 try; after `max_tries` it goes to `failed_folder`. Only UIDs are used, never sequence
-numbers; folder names only go through the imapclient API (RELIABILITY 100). The last fetch
+numbers; folder names only go through the imapclient API (catalogue 100). The last fetch
 time of each folder is kept in `imap_folder_state.last_fetch_at` for the metrics (store/imap_state.py).
 
 Then IDLE when the server offers it (checked in short slices so `stop` is honoured within

@@ -6,7 +6,7 @@ An account logs in with its password, or by XOAUTH2 / OAUTHBEARER with a token f
 `TokenSource` (gateway.ingest.oauth): a refused token is renewed once and tried again on the same
 connection; a fresh token refused too means the app may not read this mailbox.
 Certificates are always verified; a literal a hostile server announces is bounded before it is
-read (RELIABILITY 97). Only UIDs are used, and folder names only go through the imapclient API.
+read (catalogue 97). Only UIDs are used, and folder names only go through the imapclient API.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class Mailbox:
         if a.tls == "none" and not _loopback(a.host):
             raise ImapProblem(f"refused: tls = 'none' is only allowed for a loopback host, not {a.host}")
         try:
-            # verification on, always (RELIABILITY 96); loading the CA store costs ~25 ms, so
+            # verification on, always (catalogue 96); loading the CA store costs ~25 ms, so
             # only when there is TLS
             context = ssl.create_default_context() if a.tls != "none" else None
             client = IMAPClient(a.host, port=a.port, ssl=a.tls == "implicit", ssl_context=context,
@@ -187,7 +187,7 @@ class Mailbox:
             client._imap.debug = 0
 
     def _bound_literals(self, client: IMAPClient) -> None:
-        """RELIABILITY 97: a hostile or broken server must not make us allocate what it announces,
+        """catalogue 97: a hostile or broken server must not make us allocate what it announces,
         nor hold the thread by trickling. Python 3.11's imaplib reads a literal `{n}` with one
         read(n), which allocates n bytes before the first one arrives (gh-119511), and the socket
         timeout bounds one silence, not a trickle. So a literal over twice `max_message_size`
@@ -264,7 +264,7 @@ class Mailbox:
         return {int(uid): int(item[b"RFC822.SIZE"]) for uid, item in data.items() if b"RFC822.SIZE" in item}
 
     def bodies(self, uids: Sequence[int]) -> dict[int, bytes]:
-        """Raw messages by UID; a UID expunged meanwhile is simply absent (RELIABILITY 95)."""
+        """Raw messages by UID; a UID expunged meanwhile is simply absent (catalogue 95)."""
         data = self._guard(self.client.fetch, list(uids), ["BODY.PEEK[]"])
         return {int(uid): bytes(item[b"BODY[]"]) for uid, item in data.items() if item.get(b"BODY[]") is not None}
 

@@ -1,4 +1,4 @@
-"""The SMTP (or LMTP) edge: cheap checks, raw bytes committed to the inbox, then 250 (SPEC §4).
+"""The SMTP (or LMTP) edge: cheap checks, raw bytes committed to the inbox, then 250 (rules §4).
 
 Run inside our own event loop with `loop.create_server` (not aiosmtpd's threaded Controller).
 aiosmtpd is reached only through gateway/ingest/smtp_adapter.py, and only by its public names
@@ -102,7 +102,7 @@ class Recipients:
 
 
 def hop_count(raw: bytes) -> int:
-    """Received headers in the header block (the loop breaker, RELIABILITY 23)."""
+    """Received headers in the header block (the loop breaker, catalogue 23)."""
     end = header_end(raw, 1_048_576)
     return len(_RECEIVED.findall(raw, 0, end if end is not None else min(len(raw), 1_048_576)))
 
@@ -120,7 +120,7 @@ class InboxHandler(HandlerNames):
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
                           responses: list[str]) -> list[str]:
-        # No AUTH on an MX (RELIABILITY 24); aiosmtpd would advertise it after STARTTLS.
+        # No AUTH on an MX (catalogue 24); aiosmtpd would advertise it after STARTTLS.
         session.host_name = hostname
         return [r for r in responses if not r[4:].upper().startswith("AUTH")]
 
@@ -228,7 +228,7 @@ def _peer(session: Session) -> str:
 
 
 class ConnectionLimits:
-    """Global and per-IP connection caps (aiosmtpd has none, RELIABILITY 19).
+    """Global and per-IP connection caps (aiosmtpd has none, catalogue 19).
 
     The relays the operator trusts (`smtp.trusted_relays`: the Postfix in front) have a limit
     of their own per address, outside the global and per-IP caps: Postfix opens up to 20
@@ -349,7 +349,7 @@ def protocol_class(lmtp: bool, gate: Gate, fast: bool = True) -> type[SMTP]:
             if isinstance(status, str):
                 status = _REWORDED.get(status, status)  # type: ignore[assignment]
             await super().push(status)
-            if status[:2] in ("50", b"50"):  # aiosmtpd counts only unknown verbs (RELIABILITY 20)
+            if status[:2] in ("50", b"50"):  # aiosmtpd counts only unknown verbs (catalogue 20)
                 self.gw_errors += 1
                 if self.gw_errors >= MAX_COMMAND_ERRORS:
                     log.info("smtp.too_many_errors", extra={"peer": self.gw_ip})
@@ -376,7 +376,7 @@ def tls_context(cfg: SmtpSettings) -> ssl.SSLContext | None:
 
 
 def call_limits(cfg: SmtpSettings) -> dict[str, int]:
-    """Per-session command budgets (RELIABILITY 21).
+    """Per-session command budgets (catalogue 21).
 
     The transaction commands get ten times the budget, so an MTA that sends many mails over
     one cached connection is not cut off, while a NOOP/RSET flood still is.

@@ -1,7 +1,7 @@
-"""Notification mails: render the templates, then build the RFC 5322 bytes (SPEC §7).
+"""Notification mails: render the templates, then build the RFC 5322 bytes (rules §7).
 
 Every value that came from a customer (case subject, display names, Message-IDs of their
-mails) is made single-line and bounded before it reaches a header (RELIABILITY 78).
+mails) is made single-line and bounded before it reaches a header (catalogue 78).
 
 The header section is encoded here and not by `email.headerregistry`: on CPython 3.11.7 the
 registry decodes encoded-words found in plain `str` values (CVE-2024-6923: a subject holding
@@ -92,7 +92,7 @@ class Notice:
     thread_ids: tuple[str, ...]  # earlier Message-IDs of the case thread, oldest first, with <>
     follows_number: str | None = None
     actor_name: str | None = None
-    reason: str | None = None  # kept for the record; never rendered (RELIABILITY 84)
+    reason: str | None = None  # kept for the record; never rendered (catalogue 84)
     link: str | None = None  # password_link: the link's selector; the mail gets the signed link
     link_purpose: str | None = None  # password_link: register | reset
 
@@ -296,7 +296,7 @@ class Renderer:
         name = notice.event.value
         subject = header_text(env.get_template(f"{name}.subject.txt.j2").render(context), 400)
         if context["tag"]:
-            subject = f"{context['tag']} {subject}"  # first, so "Re: [SAG-…]" threads (SPEC §5)
+            subject = f"{context['tag']} {subject}"  # first, so "Re: [SAG-…]" threads (rules §5)
         context["subject"] = subject
         text = env.get_template(f"{name}.txt.j2").render(context).strip() + "\n"
         html = env.get_template(f"{name}.html.j2").render(context).strip() + "\n"

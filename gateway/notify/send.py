@@ -1,8 +1,8 @@
-"""The sender loop: claim due outbox rows, render, deliver, mark (SPEC §7).
+"""The sender loop: claim due outbox rows, render, deliver, mark (rules §7).
 
 Once only, as far as the protocol allows: a row is claimed under a lease before it is sent
 and marked `sent` right after the relay's 250. A crash between the 250 and that mark is the
-one window where a message can go out twice (RELIABILITY 29); it is resent with the same
+one window where a message can go out twice (catalogue 29); it is resent with the same
 Message-ID, so mail clients fold the copies (and a maildir keeps one file per Message-ID).
 Transient failures retry with capped exponential back-off and jitter; 5xx and too many tries
 end as `failed`.

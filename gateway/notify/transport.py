@@ -1,4 +1,4 @@
-"""The one seam for outbound delivery (SPEC §7, RELIABILITY 79-82).
+"""The one seam for outbound delivery (rules §7, catalogue 79-82).
 
 `Mailer.send` hands finished message bytes to a relay or a local Maildir. Every library
 error is translated here, once:
@@ -47,7 +47,7 @@ class Mailer(Protocol):
 
 
 def check_address(address: str) -> str:
-    """Refuse anything that is not one bare addr-spec (RELIABILITY 79)."""
+    """Refuse anything that is not one bare addr-spec (catalogue 79)."""
     local, at, domain = address.rpartition("@")
     if (not at or not local or not domain or "@" in local
             or any(ch in _FORBIDDEN or not ch.isprintable() for ch in address)):

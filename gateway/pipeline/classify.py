@@ -1,4 +1,4 @@
-"""Classify: is a parsed mail ordinary, or automated mail that must never open a case (SPEC §6)?
+"""Classify: is a parsed mail ordinary, or automated mail that must never open a case (rules §6)?
 
 The rules run in the order of `RULES`; the first that recognises the mail wins. Bounces and
 reports come before auto-replies because most DSNs also carry `Auto-Submitted`, and a bounce
@@ -27,7 +27,7 @@ class _Own:
 
 Rule = Callable[[ParsedMail, _Own], Classification | None]
 
-# Local parts that are machines, never people (RELIABILITY 73).
+# Local parts that are machines, never people (catalogue 73).
 _DAEMON_LOCAL = re.compile(r"^(?:mailer[-_.]?daemon|mail[-_.]?daemon|postmaster)$")
 _DAEMON_NAME = re.compile(r"^(?:mailer[- ]daemon|mail delivery (?:subsystem|system|service))$", re.I)
 _NOREPLY_LOCAL = re.compile(r"(?:^|[-_.+])(?:no[-_.]?reply|do[-_.]?not[-_.]?reply)(?:$|[-_.+])")

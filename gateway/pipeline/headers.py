@@ -2,7 +2,7 @@
 
 Values are decoded from RFC 2047 (repairing bad base64 padding), raw 8-bit bytes are given a
 charset by a bounded guess, and every value is capped before it is decoded, so a header can
-never cost more than its cap (RELIABILITY 40).
+never cost more than its cap (catalogue 40).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def senders(message: email.message.Message, parsed: mailparser.MailParser | None
     raw_from = [str(v) for k, v in message.raw_items() if k.lower() == "from"]
     if any(not v.isascii() for v in raw_from):  # raw 8-bit bytes: mail-parser escapes them
         return mailboxes([guess_8bit(v, body_bytes(message), declared(message), fallbacks) for v in raw_from])
-    if len(raw_from) > 1:  # mail-parser reads the first From only; two are two senders (RELIABILITY 59)
+    if len(raw_from) > 1:  # mail-parser reads the first From only; two are two senders (catalogue 59)
         return mailboxes([decode(v) for v in raw_from])
     found = [(_display(str(name)), canonical(str(addr))) for name, addr in ((parsed.from_ if parsed else None) or [])[:100]
              if name or addr]
@@ -133,7 +133,7 @@ def decoded_headers(message: email.message.Message) -> tuple[tuple[str, str], ..
     """Every header decoded, capped; a long Received chain cannot push the others out.
 
     `X-Gateway-*` headers are ours to steer with, so any that arrive from outside are dropped
-    here (RELIABILITY 63); the raw mail keeps them as evidence.
+    here (catalogue 63); the raw mail keeps them as evidence.
     """
     out = []
     received = 0

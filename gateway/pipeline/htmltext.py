@@ -4,10 +4,10 @@
 what that step needs: one line per paragraph, list item and table row, links as
 "text (url)", and blockquotes as "> " lines so quoted history is recognised and stripped.
 
-`sanitize_html` is for display only (RELIABILITY 87-89): an allow-list, no scripts, no
+`sanitize_html` is for display only (catalogue 87-89): an allow-list, no scripts, no
 event handlers, no remote images.
 
-Both must stay bounded on hostile input (RELIABILITY 51). CPython 3.11's `html.parser`
+Both must stay bounded on hostile input (catalogue 51). CPython 3.11's `html.parser`
 re-scans to the end of the input for every "<" or "<!--" that never closes, which makes
 1 MB of "<a <a <a" take minutes; `_defuse` removes those cases in one linear pass first.
 """

@@ -1,10 +1,10 @@
-"""Sender authentication (SPEC §5, RELIABILITY 55–64), pure.
+"""Sender authentication (rules §5, catalogue 55–64), pure.
 
 Only the topmost `Authentication-Results` header counts, and only when its authserv-id is the
 one our own trusted MTA writes; anything a sender added lower down is ignored. A mail is
 authenticated when DMARC passed, or DKIM/SPF passed for a domain aligned with the From domain.
 A DKIM signature with a body length tag (`l=`) covers only the start of the body: anything
-appended after it is unsigned (RELIABILITY 64), so then neither a DKIM pass nor a DMARC pass
+appended after it is unsigned (catalogue 64), so then neither a DKIM pass nor a DMARC pass
 counts, only an aligned SPF pass.
 """
 

@@ -1,4 +1,4 @@
-"""Attachment display names (RELIABILITY 45, 48). Storage keys never come from here.
+"""Attachment display names (catalogue 45, 48). Storage keys never come from here.
 
 A name from a mail is shown to people only: path separators, control and bidi characters are
 removed, Windows reserved device names are defused, the result is NFC and at most 200 chars.

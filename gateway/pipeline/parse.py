@@ -1,10 +1,10 @@
-"""Parse one raw mail into a `ParsedMail`, once (SPEC §5).
+"""Parse one raw mail into a `ParsedMail`, once (rules §5).
 
 mail-parser on the standard library does the decoding. Attachments are written to the blob
 store one at a time while the message is walked and their payloads dropped before mail-parser
 sees the message, so a 25 MB attachment is never held in several decoded copies.
 
-`precheck` runs on the bytes *before* any parsing: parser bombs (RELIABILITY 38–41) are
+`precheck` runs on the bytes *before* any parsing: parser bombs (catalogue 38–41) are
 refused for the price of a few `bytes.count` calls.
 """
 
@@ -36,7 +36,7 @@ BlobSink = Callable[[Iterable[bytes]], str]  # stores byte chunks, returns their
 # Matched on a lower-cased copy: a case-insensitive pattern cannot use the fast literal scan
 # (it was a tenth of the parse step on 150 KB mails); the value is then cut from the original.
 _BOUNDARY = re.compile(rb'boundary\s*=\s*"?([^";\r\n]{1,200})')
-# Machine-readable report parts are kept for staff as text files (nothing hidden, RELIABILITY 44).
+# Machine-readable report parts are kept for staff as text files (nothing hidden, catalogue 44).
 _REPORT_NAMES = {"message/delivery-status": "Delivery report.txt",
                  "message/global-delivery-status": "Delivery report.txt",
                  "message/disposition-notification": "Disposition notification.txt",
@@ -217,7 +217,7 @@ _MIME_BOILERPLATE = re.compile(r"(>\s*)?(this is an? [\w/ -]{0,40}message|this m
 
 def _hidden_texts(message: email.message.Message) -> list[str]:
     """Text outside every part, before the first boundary or after the last: mail programs
-    do not show it, staff must see it (RELIABILITY 44). The usual MIME notice is not text."""
+    do not show it, staff must see it (catalogue 44). The usual MIME notice is not text."""
     found = []
     for part in message.walk():
         if part.is_multipart():

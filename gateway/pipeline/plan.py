@@ -1,4 +1,4 @@
-"""Decide what one mail does (SPEC §3 rules 1–3, §5), as a value. Pure: no I/O.
+"""Decide what one mail does (rules §3 rules 1–3, §5), as a value. Pure: no I/O.
 
 The steps before this one have sorted the mail (`Triage`) and the store has answered what it
 knows about it (`Facts`); `gateway.pipeline` runs them in order, and `gateway.apply` executes
@@ -98,7 +98,7 @@ def _open(mail: ParsedMail, sender: UserRef | None, shared: tuple[UserRef, ...],
 
 
 def _cc_shared(facts: Facts, authenticated: bool | None, policy: PlanPolicy) -> tuple[UserRef, ...]:
-    """CC sharing (SPEC §5): the Cc'd users of the sender's own organisation, when the mail is
+    """CC sharing (rules §5): the Cc'd users of the sender's own organisation, when the mail is
     authenticated. They become parties only of a case the sender is the requester of."""
     sender = facts.sender
     if not policy.cc_sharing or sender is None or authenticated is not True or sender.organisation_id is None:

@@ -1,4 +1,4 @@
-"""Reply text (SPEC §5): the new part of a reply, without the quoted history, and its signature.
+"""Reply text (rules §5): the new part of a reply, without the quoted history, and its signature.
 
 The quote headers of each language ("Fra:/Sendt:/Til:/Emne:", "Den … skrev …:", "On …
 wrote:", "-----Original Message-----") come from mail-parser-reply's header grammar, for every
@@ -534,7 +534,7 @@ def _squeeze_blank_lines(lines: Sequence[str]) -> list[str]:
     return out
 
 
-# --- courtesy replies (SPEC §5) ----------------------------------------------------------------
+# --- courtesy replies (rules §5) ----------------------------------------------------------------
 # Deliberately strict: a false "courtesy" leaves a real problem unanswered on a finished
 # case, while a false "not courtesy" only reopens it.
 _THANKS = re.compile(

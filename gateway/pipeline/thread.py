@@ -1,4 +1,4 @@
-"""Threading (SPEC §5), pure: which existing case does a mail refer to?
+"""Threading (rules §5), pure: which existing case does a mail refer to?
 
 Order: our own Message-IDs in In-Reply-To/References, then the signed reply token in a
 recipient address, then the case tag in the subject after any reply/forward prefixes.

@@ -1,4 +1,4 @@
-"""Serviceportalen's pages for customers (SPEC §11), served beside the API: `portal_routes`."""
+"""Serviceportalen's pages for customers (rules §11), served beside the API: `portal_routes`."""
 
 from gateway.http.portal.routes import portal_routes
 
