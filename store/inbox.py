@@ -2,7 +2,7 @@
 
 States: pending → processing (claimed with a lease) → done | pending again (attempts < max)
 | quarantined. A claim whose lease ran out (its node died) is taken back by the next claim.
-The hot path (insert, claim) is SQLAlchemy Core, not ORM sessions (PERFORMANCE.md).
+The hot path (insert, claim) is SQLAlchemy Core, not ORM sessions (docs/benchmarks.md).
 
 Dedup key: SHA-256 over the header block minus trace headers that relays and stores add, plus
 the body with line endings normalised. The same mail by SMTP and IMAP, or delivered twice,
@@ -341,7 +341,7 @@ class BatchStore(Protocol):
 
 
 class GroupCommitter:
-    """Share one durable commit between the mails that arrive together (PERFORMANCE.md).
+    """Share one durable commit between the mails that arrive together (docs/benchmarks.md).
 
     Each caller gets a future for its own `Accepted` (`submit`). A mail goes to the store at
     once when fewer than `in_flight` batches are there; otherwise it waits, and the mails that

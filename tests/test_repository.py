@@ -75,6 +75,33 @@ def test_the_guard_can_fail() -> None:
     assert len(outside_references(bad + exempt)) == len(FORBIDDEN)
 
 
+NAMED_DOCUMENT = re.compile(rb"(?<![\w/.-])([A-Z][A-Z0-9_-]*\.md)\b")
+
+
+def missing_documents(files: list[tuple[str, bytes]], present: set[str]) -> list[str]:
+    """Mentions of a document by its capitalised name (as `CATALOGUE.md`) that no tracked file has."""
+    found = []
+    for name, data in files:
+        if EXEMPT.match(name):
+            continue
+        for match in NAMED_DOCUMENT.finditer(data):
+            if match.group(1).decode() not in present:
+                line = data.count(b"\n", 0, match.start()) + 1
+                found.append(f"{name}:{line}: {match.group(1).decode()}")
+    return found
+
+
+def test_every_document_named_is_in_the_repository() -> None:
+    """The specification's sibling documents (an IMAP-OAuth2 recipe, performance and style
+    notes) were never part of the repository: a name like theirs must be a file here."""
+    names = tracked_files()
+    present = {name.rsplit("/", 1)[-1] for name in names}
+    files = [(name, (ROOT / name).read_bytes()) for name in names if (ROOT / name).is_file()]
+    found = missing_documents(files, present)
+    assert not found, "documents named that are not in the repository:\n" + "\n".join(found)
+    assert missing_documents([("x.py", b"# see NOWHERE" + b".md and README.md")], present) == ["x.py:1: NOWHERE" + ".md"]
+
+
 def rule_sections() -> set[int]:
     rules = (ROOT / "docs" / "rules.md").read_text(encoding="utf-8")
     return {int(n) for n in re.findall(r"^## §(\d+)\b", rules, re.M)}
@@ -112,7 +139,10 @@ def test_every_catalogue_reference_names_an_item_of_the_catalogue() -> None:
     assert not found, "`catalogue n` with no such row in tests/CATALOGUE.md:\n" + "\n".join(found)
 
 
-@pytest.mark.parametrize(("text", "bad"), [("rules §4 and rules §12", 1), ("rules §5–§6, catalogue 38", 0),
-                                           ("rules §1/§99", 1)])
+RULES = "rules "  # kept apart, so that the examples below are not references of this file
+
+
+@pytest.mark.parametrize(("text", "bad"), [(RULES + "§4 and " + RULES + "§12", 1), (RULES + "§5–§6, catalogue 38", 0),
+                                           (RULES + "§1/§99", 1)])
 def test_the_reference_check_can_fail(text: str, bad: int) -> None:
     assert len(dangling([("x.py", text)], RULES_REF, r"§(\d+)", rule_sections())) == bad
