@@ -148,6 +148,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
+    try:
+        import pydantic_settings  # noqa: F401
+    except ImportError:
+        sys.exit("bench/settings.py compares against pydantic-settings: `.venv/bin/pip install pydantic-settings`")
     py = sys.executable
     print(f"load average at start: {Path('/proc/loadavg').read_text().split()[:3]}")
     rows: dict[str, list[float]] = {}
