@@ -50,9 +50,23 @@ _C1 = re.compile(rb"[\x80-\x9f]")
 _PLAUSIBLE = 0.2  # charset_normalizer's mess ratio above which a decoding is not taken as text
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_surrogates(text: str) -> str:
+    """`text` with every lone surrogate as U+FFFD. A decoder such as UTF-7's turns "+2AA-"
+    into an unpaired surrogate that no store can encode as UTF-8, so such a mail would fail at
+    the write every time instead of becoming a case (catalogue 43)."""
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
 def decode_text(data: bytes, declared: str | None, fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS,
                 context: bytes = b"") -> str:
     """The text of `data`; `context` (the body, for a header) only helps detection."""
+    return without_surrogates(_decode_text(data, declared, fallbacks, context))
+
+
+def _decode_text(data: bytes, declared: str | None, fallbacks: tuple[str, ...], context: bytes) -> str:
     name = _usable(declared)
     if data.isascii() and not (name and name.startswith(_SEVEN_BIT)):
         return data.decode("ascii")

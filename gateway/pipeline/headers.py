@@ -17,7 +17,7 @@ from typing import Any
 import mailparser
 
 from gateway.addresses import canonical, mailboxes
-from gateway.pipeline.charsets import DEFAULT_FALLBACKS, decode_text
+from gateway.pipeline.charsets import DEFAULT_FALLBACKS, decode_text, without_surrogates
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029\u0085]")
 _MSGID = re.compile(r"<[^<>\s]{1,500}>")
@@ -110,7 +110,7 @@ def decode(value: object) -> str:
     the space between an encoded-word and the plain text after it ("✔ (1476…)" became "✔(1476…)")."""
     text = _FOLD.sub("", _B_WORD.sub(_repad, str(value)[:MAX_HEADER_VALUE * 4]))
     try:
-        return _ENCODED_RUN.sub(lambda run: _decode_run(run.group(0)), text)[:MAX_HEADER_VALUE]
+        return without_surrogates(_ENCODED_RUN.sub(lambda run: _decode_run(run.group(0)), text))[:MAX_HEADER_VALUE]
     except (ValueError, UnicodeError, AssertionError):
         return text.encode("ascii", "replace").decode("ascii")[:MAX_HEADER_VALUE]
 

@@ -10,13 +10,15 @@ import mimetypes
 import re
 import unicodedata
 
+from gateway.pipeline.charsets import without_surrogates
+
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ufeff]")
 _RESERVED = re.compile(r"^(con|prn|aux|nul|com[0-9]|lpt[0-9])(\..*)?$", re.IGNORECASE)
 _MAX = 200
 
 
 def attachment_display_name(raw: str | None, content_type: str, index: int) -> str:
-    name = unicodedata.normalize("NFC", raw or "")
+    name = unicodedata.normalize("NFC", without_surrogates(raw or ""))
     name = _UNSAFE.sub("", name)
     name = name.replace("\\", "/").rsplit("/", 1)[-1]
     name = " ".join(name.split()).strip(" .")
