@@ -253,10 +253,10 @@ def explanation(status: str, lang: str, close_after_days: int) -> str:
 
 def when(at: datetime, lang: str) -> str:
     """A time as people here read it, in Danish time: 5. januar 2026 kl. 10.00."""
-    local = at.astimezone(ZONE)
+    local = at.astimezone(ZONE)  # the hour and minute by hand: strftime was half of this, 200 times a case page
     if lang == "da":
-        return f"{local.day}. {_MONTHS_DA[local.month - 1]} {local.year} kl. {local:%H.%M}"
-    return f"{local.day} {_MONTHS_EN[local.month - 1]} {local.year}, {local:%H:%M}"
+        return f"{local.day}. {_MONTHS_DA[local.month - 1]} {local.year} kl. {local.hour:02}.{local.minute:02}"
+    return f"{local.day} {_MONTHS_EN[local.month - 1]} {local.year}, {local.hour:02}:{local.minute:02}"
 
 
 def size(n: int, lang: str) -> str:
