@@ -293,6 +293,7 @@ class Figures:
     p99: float
     rps: float
     client_cpu: float = 0.0  # the client's CPU seconds per wall second (1.0 = one core)
+    server_cpu_ms: float = 0.0  # the daemon process's CPU (user + system) per request: the service time
 
 
 def _pct(sorted_ms: list[float], q: float) -> float:
@@ -321,7 +322,8 @@ async def drive(clients: list[Session], paths: list[str], requests: int, check: 
 
 
 async def measure(base: str, seeded: Seeded, sessions: int, requests: int, rounds: int,
-                  only: list[str] | None = None, profile: tuple[int, Path] | None = None) -> list[dict[str, Figures]]:
+                  only: list[str] | None = None, profile: tuple[int, Path] | None = None,
+                  daemon_pid: int | None = None) -> list[dict[str, Figures]]:
     emails = [seeded.emails[i % len(seeded.emails)] for i in range(sessions)]
     bigs = [seeded.big_cases[i % len(seeded.big_cases)] for i in range(sessions)]
     pages = [await log_in(base, e) for e in emails]
@@ -339,11 +341,16 @@ async def measure(base: str, seeded: Seeded, sessions: int, requests: int, round
     spy = _profile(*profile) if profile else None
     try:
         for round_no in range(1, rounds + 1):
-            result = {name: await drive(clients, paths, requests, check)
-                      for name, (clients, paths, check) in targets.items()}
+            result = {}
+            for name, (clients, paths, check) in targets.items():
+                cpu = cpu_seconds(daemon_pid)
+                result[name] = await drive(clients, paths, requests, check)
+                if daemon_pid is not None:
+                    result[name].server_cpu_ms = (cpu_seconds(daemon_pid) - cpu) * 1000 / (requests * len(clients))
             results.append(result)
             print(f"round {round_no} (load {load()}): " + "; ".join(
-                f"{n} p50 {f.p50:.1f} p95 {f.p95:.1f} p99 {f.p99:.1f} ms {f.rps:.0f}/s client CPU {f.client_cpu:.2f}"
+                f"{n} p50 {f.p50:.1f} p95 {f.p95:.1f} p99 {f.p99:.1f} ms {f.rps:.0f}/s client CPU {f.client_cpu:.2f} "
+                f"server {f.server_cpu_ms:.2f} ms CPU/request"
                 for n, f in result.items())
                 + "".join(f"; ratio p95 {w} {ratio(result, w):.2f}" for w in ("list", "case")
                           if f"page {w}" in result and f"api {w}" in result), flush=True)
@@ -364,6 +371,15 @@ def _profile(pid: int, output: Path) -> subprocess.Popen[bytes]:
     return spy
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process so far (/proc/PID/stat), 0 without one. Unlike latency it
+    hardly moves with the load of the rest of the machine."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -373,18 +389,19 @@ def ratio(result: dict[str, Figures], what: str) -> float:
 
 
 def report(results: list[dict[str, Figures]], label: str) -> str:
-    lines = [f"| {label} | p50 ms | p95 ms | p99 ms | requests/s | client CPU |", "|---|---|---|---|---|---|"]
+    lines = [f"| {label} | p50 ms | p95 ms | p99 ms | requests/s | client CPU | server CPU ms/request |",
+             "|---|---|---|---|---|---|---|"]
     for name in results[0]:
         med = {k: statistics.median(getattr(r[name], k) for r in results)
-               for k in ("p50", "p95", "p99", "rps", "client_cpu")}
+               for k in ("p50", "p95", "p99", "rps", "client_cpu", "server_cpu_ms")}
         lines.append(f"| {name} | {med['p50']:.1f} | {med['p95']:.1f} | {med['p99']:.1f} | {med['rps']:.0f} "
-                     f"| {med['client_cpu']:.2f} |")
+                     f"| {med['client_cpu']:.2f} | {med['server_cpu_ms']:.2f} |")
     for what in ("list", "case"):
         if f"page {what}" not in results[0] or f"api {what}" not in results[0]:
             continue
         ratios = [ratio(r, what) for r in results]
         lines.append(f"| page/API p95, {what} | {statistics.median(ratios):.2f} "
-                     f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}) | | | | |")
+                     f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}) | | | | | |")
     return "\n".join(lines)
 
 
@@ -426,7 +443,7 @@ async def main() -> int:
             base = f"http://127.0.0.1:{port}"
             wait_healthy(base, daemon)
             results = await measure(base, seeded, args.sessions, args.requests, args.rounds, args.only,
-                                    (daemon.pid, args.profile) if args.profile else None)
+                                    (daemon.pid, args.profile) if args.profile else None, daemon.pid)
         finally:
             daemon.terminate()
             daemon.wait(30)
