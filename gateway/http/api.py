@@ -26,6 +26,7 @@ from email.parser import BytesParser
 from email.policy import compat32
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import uvicorn
 from starlette.applications import Starlette
@@ -298,7 +299,12 @@ async def list_cases(request: Request) -> Response:
         address = caller.email
     limit, before = _page_params(request)
     page = await in_session(_gw(request).sessions, queries.cases_page, status, address, limit, before)
-    return _ok(page.as_json())
+    answer = _ok(page.as_json())
+    if page.next is not None:  # the next page as a link too (RFC 8288): this query, `before` moved on
+        query = urlencode([*((k, v) for k, v in request.query_params.multi_items() if k != "before"),
+                           ("before", page.next)])
+        answer.headers["Link"] = f'</cases?{query}>; rel="next"'
+    return answer
 
 
 def _page_params(request: Request) -> tuple[int, tuple[Any, int] | None]:
