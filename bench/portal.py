@@ -16,8 +16,10 @@ keep-alive), each making `--requests` requests in a bounded loop:
     page case   GET /sager/<the big case>     (200 comments)
     api case    GET /cases/<the big case>
 
-and reports p50/p95/p99 latency and requests/s per target, and the page/API ratio of the p95 in
-the same round. The medians over the rounds are printed last: the machine is shared and noisy.
+and reports p50/p95/p99 latency, requests/s, the client's CPU and the daemon's CPU per request
+(its service time, which the rest of the machine's load hardly moves) per target, and the
+page/API ratio of the p95 in the same round. `--code DIR --python VENV/bin/python` runs another
+checkout's daemon (old against new with one client). The medians over the rounds are printed last: the machine is shared and noisy.
 """
 
 from __future__ import annotations
@@ -231,8 +233,9 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 60) 
 class Session:
     """A keep-alive HTTP/1.1 connection of its own for the measured GETs: one request line and
     a few headers written, the status line and Content-Length parsed, the body read as bytes.
-    httpx (used for the logins) cost the client ~1 ms of CPU a request on the big pages, on the
-    same two cores as the daemon it measures; this costs ~0.1 ms (`client CPU` in the report)."""
+    The client shares the two cores with the daemon it measures: httpx (still used for the
+    logins) parses in pure Python and decoded each 168 KB page to text; this costs 0.01-0.03 of
+    a core at 10 sessions (`client CPU` in the report)."""
 
     def __init__(self, base: str, headers: dict[str, str]) -> None:
         host, _, port = base.removeprefix("http://").partition(":")
