@@ -405,6 +405,29 @@ async def test_english_second_by_lang_then_remembered(jens: Visit) -> None:
     assert '<html lang="da">' in (await jens.get("/opret?lang=da")).text
 
 
+def test_the_conversation_escapes_what_people_wrote() -> None:
+    from datetime import UTC, datetime
+    from functools import partial
+
+    from gateway.http.portal.conversation import conversation
+    from gateway.http.portal.i18n import size, translator, when
+    from store.portal_cases import CommentRow, FileRow
+
+    at = datetime(2026, 1, 5, 9, 3, tzinfo=UTC)
+    rows = (CommentRow(1, at, "<b>Jens</b>", "jens@kunde.example", False, "Hej <script>x()</script> & 'tak'",
+                       (FileRow(7, 'a"<img>.pdf', 2048),)),
+            CommentRow(2, at, "", None, True, "", ()))
+    for lang, staff in (("da", "Kundebetjening"), ("en", "Kundebetjening (Customer Service)")):
+        html = str(conversation(rows, "SAG-000001", translator(lang), partial(when, lang=lang),
+                                partial(size, lang=lang)))
+        assert "<script" not in html and "<b>" not in html and "<img" not in html
+        assert "&lt;b&gt;Jens&lt;/b&gt;" in html and "Hej &lt;script&gt;x()&lt;/script&gt; &amp; &#39;tak&#39;" in html
+        assert '<a href="/sager/SAG-000001/filer/7" download>a&#34;&lt;img&gt;.pdf</a>' in html
+        assert f'<strong>{staff}</strong> ({staff})' in html and 'class="comment comment-agent"' in html
+        assert f'<time datetime="2026-01-05T09:03:00+00:00">{when(at, lang)}</time>' in html
+        assert 'class="comment-text"' in html.split('id="c2"')[0] and 'class="comment-text"' not in html.split('id="c2"')[1]
+
+
 def test_every_danish_text_has_its_english() -> None:
     used: set[str] = set()
     sources = [*(ROOT / "templates" / "portal").glob("*.j2"), *(ROOT / "gateway" / "http" / "portal").glob("*.py")]

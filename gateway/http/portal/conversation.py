@@ -35,7 +35,8 @@ def conversation(comments: Iterable[CommentRow], number: str, _: Translate, when
     files_url = f"/sager/{quote(number, safe='')}/filer/"
     out = []
     for c in comments:
-        author = escape(c.author_name or c.author_email or "") if (c.author_name or c.author_email) else staff
+        name = c.author_name or c.author_email
+        author = escape(name) if name else staff
         text = f'      <div class="comment-text">{escape(c.text)}</div>\n' if c.text else ""
         out.append(_COMMENT.format(
             agent_class=" comment-agent" if c.by_agent else "", id=c.id, author=author, agent=agent if c.by_agent else "",
