@@ -5,8 +5,9 @@ the parsing on the second core while the event loop goes on.
 Each child has a pipe of its own and parses one mail at a time, with the next one waiting in
 its pipe; the event loop reads its answers as they come (`loop.add_reader`), with no thread in
 between. A child past the deadline, or dead (the memory budget), is replaced, and only the mail
-it was parsing fails: the ones behind it go to another child. concurrent.futures' process pool,
-used before, cost the 0.56 ms of CPU per 20 KB mail in its feeder and manager threads (the parse itself is 0.94 ms), and on a timeout it killed the whole pool, failing the mails of the other children.
+it was parsing fails: the ones behind it go to another child. Not concurrent.futures' process
+pool: its feeder and manager threads cost CPU on every mail, and on a timeout it kills the whole
+pool, failing the mails of the other children.
 
 A job is written to the child's pipe from the event loop, which blocks while a large mail goes
 through the pipe: the runner lives in the worker's own process (`gateway run`), where nothing
@@ -264,7 +265,7 @@ class ParseRunner:
 
     async def start(self) -> None:
         """Start every child now rather than with the first mails: starting them (a fork server
-        of the worker's own, its imports) took ~0.25 s of CPU from the first burst."""
+        of the worker's own, its imports) would take CPU from the first burst."""
         if self._in_subprocess:
             await asyncio.gather(*(self._new_child() for _ in range(self._processes - self._started)))
 

@@ -1,4 +1,5 @@
-"""A person's data on request (GDPR art. 15, 17, 20) and the audit trail (README "Data protection").
+"""A person's data on request (GDPR art. 15, 17, 20) and the audit trail
+(docs/operations.md, "Data protection").
 
 - `export_person`: everything stored about an address, as a zip (gateway/export.py).
 - `erase_person`: their raw mails and attachments deleted from the store and the disk, their
@@ -35,7 +36,7 @@ from store.person import PSEUDONYM_DOMAIN, Person, find_person, inbound_ids
 log = logging.getLogger("gateway.privacy")
 
 COMMENTS_PAGE = 100
-# What an operator runs on PostgreSQL after an erasure (README "Data protection").
+# What an operator runs on PostgreSQL after an erasure (docs/operations.md, "Data protection").
 VACUUM = ("VACUUM (FULL, ANALYZE) comment, attachment, inbound_mail, inbound_raw, support_case, app_user, "
           "outbox, status_change, message_index")
 MAILS_PAGE = 20  # raw mails of up to 35 MB each: one SQLite transaction stays short

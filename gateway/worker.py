@@ -37,16 +37,14 @@ log = logging.getLogger("gateway.worker")
 
 # Mails whose parse is ready share a transaction (one commit for up to eight). On SQLite that
 # transaction holds the one write lock; the worker child begins none while SMTP commits follow
-# each other (store/sqlite/writer.py, smtp_pause), so a burst's 250s never queue behind it
-# (bench/smtp.py: end to end +20 %, p99 DATA->250 21-28 ms).
+# each other (store/sqlite/writer.py, smtp_pause), so a burst's 250s never queue behind it.
 GROUP_MAX = 8
 # While the SMTP commits pause, a group may be larger: it keeps no 250 waiting, and fewer, larger
-# transactions drained a burst's backlog faster (1000 mails: 1.63-1.87 s with 32, against
-# 1.86-1.94 s with 16 and 1.91-2.41 s with 8, runs alternated).
+# transactions drain a burst's backlog sooner.
 QUIET_GROUP_MAX = 32
 # Batches claimed and parsing ahead of the writes: the next batch parses while this one is
-# written. Not more: parsing a whole burst while it arrives took the CPU the SMTP listener
-# needed (bench/smtp.py with 8 batches ahead: acknowledged 70 -> 51 % of the floor).
+# written. Not more: parsing a whole burst while it arrives takes the CPU the SMTP listener
+# needs.
 AHEAD = 2
 SMALL_MAIL = 256 * 1024  # raw bytes read together for a batch's mails up to this size
 OUTAGE_PAUSE_S = 0.5  # between tries while the store does not answer
@@ -98,8 +96,8 @@ class InboxWorker:
 
     async def _claim_batch(self, limit: int, only_id: int | None = None) -> list[ClaimedMail]:
         """A claim on the same transaction thread as the writes of the outcomes, in turn with
-        them: as a connection of its own it waited for their lock, 30-90 ms a claim while a
-        backlog drained, and the flow ran dry meanwhile. It does not wait for SMTP pauses."""
+        them: as a connection of its own it would wait for their lock while a backlog drains,
+        and the flow would run dry meanwhile. It does not wait for SMTP pauses."""
         claimed = await self._tx.run_now(claim_mails, limit, self.holder, self._clock.now(),
                                          self._cfg.lease_s, only_id)
         self._in_hand.update(mail.id for mail in claimed)

@@ -25,7 +25,7 @@ _HEX = frozenset("0123456789abcdef")
 class BlobStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)  # made with the first blob: a command that only reads makes nothing
-        self._made: set[Path] = set()  # fan-out folders known to exist (a mkdir per blob was 4 % of parsing)
+        self._made: set[Path] = set()  # fan-out folders known to exist: not a mkdir per blob
 
     def path(self, sha256: str) -> Path:
         if not is_key(sha256):

@@ -88,9 +88,9 @@ def sync_sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
 
     Same durability (WAL, synchronous=FULL) and foreign keys. Transactions begin the driver's
     way: reads before the first write run outside it, and BEGIN comes with the first write, so
-    the write lock is held from there to the commit only. (BEGIN IMMEDIATE held it for the
-    whole transaction; in the niced worker process that starved the SMTP listener's commits:
-    bench/smtp.py acknowledged 311 -> 63 mails/s, p99 97 ms -> 2 s.)
+    the write lock is held from there to the commit only. (BEGIN IMMEDIATE would hold it for
+    the whole transaction; in the niced worker process that starves the SMTP listener's
+    commits.)
     """
     sync_url = make_url(url).set(drivername="sqlite+pysqlite")
     engine = create_engine(sync_url, poolclass=StaticPool,
@@ -109,8 +109,8 @@ def defer_fsync(engine: Engine) -> None:
     (a receipt, an answer) while the case it tells of could still be lost, and a power cut can
     only take back outcomes that nobody has seen outside: their mails are still `processing`
     (or, with the claim taken back too, `pending`) in the durable inbox and are processed again.
-    A crash of the process loses nothing (SQLite's WAL survives it either way). The fsync was
-    a quarter of the worker's time on a burst (bench/smtp.py).
+    A crash of the process loses nothing (SQLite's WAL survives it either way). The fsync is
+    a large part of the worker's time on a burst.
     """
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

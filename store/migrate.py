@@ -4,7 +4,7 @@ Only `gateway db upgrade` and `gateway run` create or migrate a store (`prepare(
 every other command checks that the store exists and is at `HEAD` (`prepare(…, migrate=False)`)
 and refuses with `StoreNotReady` otherwise: a mistyped `database.url` must not quietly become a
 fresh, empty store. A store at `HEAD` is told by one SELECT, without loading alembic and its
-scripts (~250 ms a command); tests/test_pipeline.py checks that `HEAD` is the head of the
+scripts, which would slow every command; tests/test_pipeline.py checks that `HEAD` is the head of the
 migration scripts.
 """
 

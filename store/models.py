@@ -174,7 +174,7 @@ class InboundMail(SQLModel, table=True):
 class InboundRaw(SQLModel, table=True):
     """The raw bytes of an inbox mail, byte for byte as received, in a table of their own: SQLite
     rewrites a whole row on UPDATE, so with the bytes beside the state every claim and finish
-    copied the mail again (measured: 0.8 ms per 150 KB mail and claim)."""
+    copied the mail again."""
 
     __tablename__ = "inbound_raw"
     inbound_id: int = Field(foreign_key="inbound_mail.id", primary_key=True)

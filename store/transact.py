@@ -2,7 +2,7 @@
 
 The writes of the store (`store.writes`, `store.outbox`, `store.queries`) are synchronous
 functions. Through an async session on aiosqlite every statement is a round trip between the
-event loop and the driver's thread (a new case was about 140 of them, ~15 ms); here:
+event loop and the driver's thread (a new case is about 140 of them); here:
 
 - SQLite (a file): the whole transaction runs on one thread of ours with its own pysqlite
   connection, one hop per transaction (`store.engine.sync_sqlite_engine`: the write lock is

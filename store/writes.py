@@ -62,8 +62,8 @@ _ATTACHMENTS = Attachment.__table__  # type: ignore[attr-defined]
 _PARTIES = CaseParty.__table__  # type: ignore[attr-defined]
 _INDEX = MessageIndex.__table__  # type: ignore[attr-defined]
 _INBOUND = InboundMail.__table__  # type: ignore[attr-defined]
-# Statements built once: building one per call cost about as much again as running it
-# (SQLAlchemy builds the construct and its cache key each time; 53 -> 29 us an INSERT), and on
+# Statements built once: building one per call costs about as much again as running it
+# (SQLAlchemy builds the construct and its cache key each time), and on
 # SQLite run by the driver (store/sqlite/driver.py).
 _INSERT_USER = DriverStatement(insert(_USERS).returning(_USERS.c.id),
                                ["email", "name", "kind", "role", "created_at"])
@@ -83,7 +83,7 @@ _INSERT_ATTACHMENTS = DriverStatement(insert(_ATTACHMENTS),
                                       ["comment_id", "name", "size", "sha256", "content_type", "inline"])
 
 # The mail path writes through SQLAlchemy Core: rows it never reads back need no ORM
-# unit of work (measured: a new case cost 5.5 ms in ORM flushes, most of the transaction).
+# unit of work, whose flushes would be most of a new case's transaction.
 
 
 @cache

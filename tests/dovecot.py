@@ -1,4 +1,4 @@
-"""A private Dovecot IMAP server for tests and benchmarks (test recipe c1).
+"""A private Dovecot IMAP server for tests and benchmarks (docs/testing.md).
 
 Everything lives in one temporary folder: the configuration (a `-c` file loads nothing from
 conf.d), a passwd-file of users, the maildirs, the run and state folders. Dovecot runs in the
@@ -6,9 +6,9 @@ foreground (`dovecot -F`) as our child process on a free loopback port, so stopp
 plain terminate/wait. Dovecot's auth process runs as its own user, which must be able to read
 the passwd-file: the folders are 0755 and the file 0644 (a 0700 folder gives "[UNAVAILABLE]
 Temporary authentication failure" on every login). As non-root, every Dovecot user is set to
-the current user (the recipe's non-root variant).
+the current user.
 
-Optional OAuth2 (OAUTH2-IMAP.md §3): `oauth2` maps a mailbox to its introspection URL. Each such
+Optional OAuth2 (docs/testing.md, the stand-ins): `oauth2` maps a mailbox to its introspection URL. Each such
 mailbox gets an `oauth2` passdb of its own (`username_filter`), because Dovecot 2.3 sends the
 introspection endpoint the token alone; the passwd-file passdb then serves only PLAIN/LOGIN, so
 the tests' own clients still log in to those mailboxes with a password.
@@ -98,7 +98,7 @@ class Dovecot:
         if os.geteuid() == 0:
             identity = "uid=nobody gid=nogroup"
             extra = ""
-        else:  # the recipe's non-root variant: every service runs as us
+        else:  # non-root: every service runs as us
             me = pwd.getpwuid(os.geteuid()).pw_name
             group = grp.getgrgid(os.getegid()).gr_name
             identity = f"uid={me} gid={group}"
@@ -327,7 +327,7 @@ service anvil {{
 
 
 def _oauth2_args(introspection_url: str) -> str:
-    """The `oauth2` passdb's settings (OAUTH2-IMAP.md §3, step 5; pitfalls 3-7)."""
+    """The `oauth2` passdb's settings (docs/testing.md: what introspection must get right)."""
     return f"""introspection_mode = post
 introspection_url = {introspection_url}
 client_id = dovecot

@@ -1,4 +1,4 @@
-"""A stand-in for Microsoft Entra ID on 127.0.0.1, for the OAuth2 IMAP tests (OAUTH2-IMAP.md §3).
+"""A stand-in for Microsoft Entra ID on 127.0.0.1, for the OAuth2 IMAP tests (docs/testing.md).
 
 Two stdlib `ThreadingHTTPServer`s share one state:
 - https (msal accepts nothing else), with a certificate from a test CA made here with the
@@ -79,7 +79,7 @@ class IdentityProvider:
         self.tokens: dict[str, Token] = {}
         self.grants: dict[str, int] = {}
         self.introspections = 0
-        self.introspection_down = False  # answers 503: Dovecot then says [UNAVAILABLE] (pitfall 5)
+        self.introspection_down = False  # answers 503: Dovecot then says [UNAVAILABLE]
         self._lock = threading.Lock()
         self._https = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -188,11 +188,11 @@ class IdentityProvider:
             self.introspections += 1
             info = self.tokens.get(form.get("token", ""))
             client = self.clients.get(info.client_id) if info else None
-        # Pitfall 3: "active" is always sent; a reply without it counts as active.
+        # "active" is always sent; a reply without it counts as active.
         if info is None or client is None or info.revoked or info.expires_at < time.time() \
                 or mailbox not in client.mailboxes:
             return 200, {"active": False}
-        # Pitfall 4: no expires_in here (Dovecot reads it as uint32).
+        # No expires_in here (Dovecot reads it as uint32).
         return 200, {"active": True, "username": mailbox, "client_id": info.client_id,
                      "scope": " ".join(client.roles), "iat": int(info.expires_at) - LIFETIME_S,
                      "exp": int(info.expires_at), "token_type": "Bearer"}

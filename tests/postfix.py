@@ -1,4 +1,4 @@
-"""A private Postfix in front of the gateway, as an operator runs it (test recipe c5).
+"""A private Postfix in front of the gateway, as an operator runs it (docs/testing.md).
 
 Everything lives in one temporary folder: main.cf and master.cf, the queue and data folders,
 the mail log. Postfix listens on a free loopback port and relays the gateway's domain to the
@@ -196,7 +196,7 @@ def _alive(pid: int) -> bool:
 
 
 def _master_cf(port: int) -> str:
-    """Debian's master.cf with the smtp listener on our port and no chroot (recipe c5)."""
+    """Debian's master.cf with the smtp listener on our port and no chroot."""
     lines = []
     for line in Path("/usr/share/postfix/master.cf.dist").read_text().splitlines():
         fields = line.split()

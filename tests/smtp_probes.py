@@ -1,4 +1,4 @@
-"""Raw-socket SMTP probes (test recipe c3): byte-exact framing that smtplib and swaks won't send.
+"""Raw-socket SMTP probes (docs/testing.md): byte-exact framing that smtplib and swaks won't send.
 
 Everything is async so a probe can talk to a listener running in the test's own event loop.
 """

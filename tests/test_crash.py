@@ -6,8 +6,8 @@ What must hold: every mail becomes exactly one case; every case is made within 1
 mail's 250 or, when a fault came between, of the daemon or the store coming back (no claim
 waits for its 300 s lease); no receipt is in the maildir twice; Postfix's log has no 421.
 
-The private Postfix (tests/postfix.py, test recipe c5) runs with 40 connections per
-destination, within what the README allows for `smtp.max_connections_per_relay` (100), and
+The private Postfix (tests/postfix.py, docs/testing.md) runs with 40 connections per
+destination, within what docs/operations.md allows for `smtp.max_connections_per_relay` (100), and
 its back-off cut to seconds; after each restart it is told to flush its queue, as an
 operator's restart script would. The store outage: on SQLite another connection holds the
 write lock (the daemon's busy timeout is 1 s, so its writes fail, as with a disk that stalls);

@@ -372,7 +372,7 @@ def test_token_is_kept_until_a_minute_before_it_expires_and_renewed_once_after_a
     now[0] += 2  # less than a minute left: not good enough for a new login
     second = source.token()
     assert second != first and idp.grants[app_id] == 2
-    # A refused token: msal would hand the same one back from its cache (pitfall 15).
+    # A refused token: msal would hand the same one back from its cache.
     third = source.renew(second)
     assert third != second and idp.grants[app_id] == 3
     assert source.renew(second) == third and idp.grants[app_id] == 3, "a second caller does not renew again"

@@ -1,4 +1,4 @@
-"""Dependencies point inward (STYLE.md), measured on the code's own imports (issue 18):
+"""Dependencies point inward (docs/architecture.md, "The layers"), measured on the code's own imports (issue 18):
 
 - the domain values and the pure pipeline steps never import the store, the ORM, a network
   library or anything async;

@@ -7,7 +7,7 @@ The story, once per module: five mails by SMTP (three from registered users, two
 strangers, quarantined under `policy.unknown_sender = "quarantine"`), the first again (a
 duplicate), one by `gateway ingest`; receipts to three users and a refused one; an agent's
 status change through the API; `gateway maintenance` closing that case a week later. Then every
-log line is held to README's list of events, and every metric README lists to the known run.
+log line is held to docs/operations.md's list of events, and every metric it lists to the known run.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tests.conftest import ADDRESS, ROOT, build_mail, free_port
 from tests.daemon_proc import DaemonProcess
 from tests.sink import Sink, SinkHandler
 
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+OPERATIONS = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
 TOKEN = "operations-agent-token-0123456789"
 AGENT = "anne@sa.example"
 USERS = ("jens@kunde.example", "mette@kunde.example", "afvist@kunde.example")  # the relay refuses afvist@
@@ -43,7 +43,7 @@ STRANGERS = ("x@fremmed.example", "y@fremmed.example")
 
 
 def section(title: str) -> str:
-    return README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return OPERATIONS.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
 def documented_events() -> set[str]:
@@ -174,7 +174,7 @@ def test_every_log_line_of_the_story_is_a_documented_event(story: Story) -> None
     documented = documented_events()
     assert story.log and all({"ts", "level", "event", "logger"} <= set(line) for line in story.log)
     unknown = sorted({line["event"] for line in story.log} - documented)
-    assert not unknown, f"log events not in README's list: {unknown}"
+    assert not unknown, f"log events not in docs/operations.md's list: {unknown}"
     seen = {line["event"] for line in story.log}
     assert {"daemon.started", "mail.received", "mail.processed", "notify.sent", "notify.failed",
             "case.action", "case.auto_closed", "daemon.stopped"} <= seen, seen
@@ -217,8 +217,8 @@ def test_the_code_logs_only_documented_events_and_never_overwrites_one() -> None
     calls, documented = _log_calls(), documented_events()
     assert len(calls) > 40
     used = set().union(*(names for _, names, _ in calls))
-    assert not used - documented, f"logged but not in README's list: {sorted(used - documented)}"
-    assert not documented - used - {"library.message"}, f"in README but never logged: {sorted(documented - used)}"
+    assert not used - documented, f"logged but not in docs/operations.md's list: {sorted(used - documented)}"
+    assert not documented - used - {"library.message"}, f"in docs/operations.md but never logged: {sorted(documented - used)}"
     clashing = [(where, keys & set(RESERVED)) for where, _, keys in calls if keys & set(RESERVED)]
     assert not clashing, clashing
 
@@ -284,7 +284,7 @@ def test_every_listed_metric_is_right_with_the_daemons_real_processes(story: Sto
             == {(("account", "kb"), ("folder", "INBOX")): story.imap_fetch.timestamp()},
         "gateway_case_actions_total": _by("action", s["gateway_case_actions_total"]) == {"status": 1},
     }
-    assert set(checks) == documented_metrics(), "README's metrics and this test's checks differ"
+    assert set(checks) == documented_metrics(), "docs/operations.md's metrics and this test's checks differ"
     wrong = {name: {k: v for k, v in s.items() if k.startswith(name)} for name, ok in checks.items() if not ok}
     assert not wrong, wrong
     assert not [name for name in s if name.endswith("_created")]

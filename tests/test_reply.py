@@ -500,7 +500,7 @@ def test_more_reply_shapes(text: str, visible: str, signature: str) -> None:
     assert split_reply(text) == (visible, signature)
 
 
-# Readings found wrong by the second held-out set (tests/corpus_heldout2, BENCHMARKS issue 22):
+# Readings found wrong by the second held-out set (tests/corpus_heldout2, docs/benchmarks.md, issue 22):
 # each shape with texts of our own, so the rule is tested, not the fixture.
 HELDOUT2_READINGS: list[tuple[str, str, str]] = [
     # (case, text, visible)

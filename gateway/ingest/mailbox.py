@@ -120,7 +120,7 @@ class Mailbox:
         if a.tls == "none" and not _loopback(a.host):
             raise ImapProblem(f"refused: tls = 'none' is only allowed for a loopback host, not {a.host}")
         try:
-            # verification on, always (catalogue 96); loading the CA store costs ~25 ms, so
+            # verification on, always (catalogue 96); loading the CA store is not free, so
             # only when there is TLS
             context = ssl.create_default_context() if a.tls != "none" else None
             client = IMAPClient(a.host, port=a.port, ssl=a.tls == "implicit", ssl_context=context,
@@ -181,7 +181,7 @@ class Mailbox:
         """imapclient sets imaplib's debug level to 5 and sends its messages to the logger
         "imapclient.imaplib" at DEBUG. imaplib builds each message before the logger can say
         no: the repr of every untagged response, so a FETCH of 200 mails of 20 KB formatted
-        about 8 MB of text nobody reads (bench/imap.py: 14% of the edge's samples). The level
+        about 8 MB of text nobody reads. The level
         stays 5 only when that logger would show the messages."""
         if not logging.getLogger("imapclient.imaplib").isEnabledFor(logging.DEBUG):
             client._imap.debug = 0

@@ -55,7 +55,7 @@ class _WrittenHeaders(email_policy.EmailPolicy):
     """`EmailPolicy` with header values kept as the strings they were set to, as `compat32` keeps
     them (its documented `header_store_parse`/`header_fetch_parse` hooks), and written as they
     are. Ours are encoded and folded already; the registry's parse and refold of every header,
-    which we would only throw away, was 40 % of composing a mail. The library's own Content-*
+    which we would only throw away, would be a large part of composing a mail. The library's own Content-*
     lines are short but for the root's Content-Type with its boundary, which is folded before
     its parameters (CRLF in place of the space after "; ": unfolding gives the same line)."""
 
@@ -235,7 +235,7 @@ class Renderer:
     @functools.lru_cache(maxsize=8)
     def _environment(directory: Path) -> jinja2.Environment:
         # One environment per folder and process, and compiled templates kept in jinja2's own
-        # per-user cache folder: compiling the 42 templates took ~100 ms of every command.
+        # per-user cache folder, so that no command compiles the templates anew.
         return jinja2.Environment(
             loader=jinja2.FileSystemLoader(directory),
             bytecode_cache=_bytecode_cache(),

@@ -302,8 +302,8 @@ _ALLOWED_ATTRIBUTES = {
 }
 _DROPPED_WITH_CONTENT = {"script", "style", "title", "head", "template", "svg", "math", "object",
                          "iframe", "noscript", "select", "textarea"}
-# nh3 (html5ever) is quadratic in nesting depth (1 MB of "<ul><li>" took ten minutes) and
-# in the number of character references in a text run (1 MB of "&": 10 s). Past these
+# nh3 (html5ever) is quadratic in nesting depth and in the number of character references
+# in a text run. Past these
 # limits, far beyond real mail, the text rendering is shown instead.
 _MAX_NESTING = 256
 _MAX_REFERENCES = 50_000

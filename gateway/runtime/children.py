@@ -44,8 +44,7 @@ log = logging.getLogger("gateway.runtime.children")
 
 RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 # The listener comes first when the cores are busy: a 250 is what a sender waits for, a case
-# can be made a moment later. Measured (bench/smtp.py): acknowledged mails/s +30 %, same end
-# to end. The parse processes inherit it.
+# can be made a moment later. The parse processes inherit it.
 CHILD_NICENESS = 10
 KEEPS_DYING = 3  # deaths within the window below: /healthz says the child is dead
 KEEPS_DYING_WINDOW_S = 300.0

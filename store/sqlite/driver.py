@@ -1,7 +1,7 @@
 """Hot statements of the worker's transaction, run by pysqlite itself on SQLite.
 
 A new case is about ten statements. Through SQLAlchemy's execution layer (parameter
-processing, execution context, result objects) each cost ~45 µs more than the ~15 µs pysqlite
+processing, execution context, result objects) each costs several times what pysqlite
 needs to run it; here SQLAlchemy compiles each statement once, with the parameter converters
 of its column types, and pysqlite runs the SQL on the transaction's own connection (same
 transaction, same BEGIN-at-first-write). Every other driver (asyncpg, aiosqlite in memory)

@@ -4,9 +4,9 @@ A checkpoint copies the WAL's pages into the database file and fsyncs it. SQLite
 the commit that takes the WAL past `wal_autocheckpoint` pages, and that commit waits for it:
 
 * in the worker's transactions (SQLite's default, 1000 pages), the first commit after a burst
-  of 1000 20 KB mails copied the whole burst, 350 ms, while the backlog waited behind it;
-* in the SMTP writer's commits (8000 pages, store/sqlite/writer.py), a client's 250 waited
-  266 ms for one (bench/smtp.py's p99 DATA->250 was 228-323 ms in such rounds, 15-25 ms else).
+  copies the whole burst while the backlog waits behind it;
+* in the SMTP writer's commits (8000 pages, store/sqlite/writer.py), a client's 250 waits for
+  one, many times its usual latency.
 
 In `gateway run` on SQLite the worker and sender processes therefore never checkpoint in a
 commit (`checkpoint_elsewhere`), and the `Checkpointer` does it beside them: as soon as the SMTP

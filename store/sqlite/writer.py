@@ -2,8 +2,8 @@
 
 Why a process: the listener's event loop spends about a millisecond of pure Python on every
 mail (aiosmtpd reading the DATA lines). A writer thread in the same process hands the GIL
-back and forth with it on every SQLite call of a commit (measured: 13 voluntary context
-switches a mail, 0.3 ms of system time); each hand-over waits for a loop that is busy
+back and forth with it on every SQLite call of a commit (context switches and system time
+on every mail); each hand-over waits for a loop that is busy
 receiving. The child does the hashing, the INSERTs and the fsync on the other core, and the
 loop only writes the raw bytes to a socket and reads the ids back.
 
@@ -227,8 +227,8 @@ async def _receive(reader: asyncio.StreamReader) -> tuple[str, Any]:
 
 def _checkpoint_later(dbapi_conn: Any, _record: Any) -> None:
     """The commit that takes the WAL past `wal_autocheckpoint` pages also copies the WAL into
-    the database file and fsyncs it. At SQLite's default (1000 pages, 4 MB) that was every
-    batch of 200 IMAP mails of 20 KB: bench/imap.py's edge 0.325 -> 0.28 s with 8000 here. The
+    the database file and fsyncs it. At SQLite's default (1000 pages, 4 MB) that would be
+    every batch of 200 IMAP mails of 20 KB, on the edge's path; hence 8000 here. The
     other connections keep the default, so in `gateway run` the worker's commits do the
     checkpoints, off the path of the 250s; the writer still does one when the WAL reaches
     32 MB (an idle worker)."""
@@ -329,8 +329,8 @@ class DriverInsert:
     once, executed by pysqlite itself, which keeps them prepared.
 
     The listener's whole CPU budget per mail is about a millisecond; SQLAlchemy's execution
-    layer (parameter processing, result objects) cost 0.2–0.3 ms of it per commit (measured
-    with bench/smtp.py's load). Same rows, same transaction semantics, same replies.
+    layer (parameter processing, result objects) would take a good part of it per commit.
+    Same rows, same transaction semantics, same replies.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -401,9 +401,8 @@ async def smtp_pause(busy_until: Any, max_wait_s: float = MAX_YIELD_S) -> None:
     length, and the 250s of every session on the listener wait behind it; a niced worker
     that loses its core while it holds the lock makes them wait longer still. So while SMTP
     commits follow each other (`busy_until`: until QUIET_S after the last one), the worker
-    waits: during a burst the cases come a moment later, right after it. Measured with
-    bench/smtp.py: acknowledged mails/s +10 %, p50 DATA→250 14 → 9 ms, the same end to end
-    (its work is the same, done later). Bounded: a flood that never pauses slows the worker
+    waits: during a burst the cases come a moment later, right after it (its work is the
+    same, done later). Bounded: a flood that never pauses slows the worker
     to a transaction per `max_wait_s`, never stops it. It waits on the event loop, a few
     wake-ups per commit, not on the transaction thread (a claim goes on meanwhile).
     """
