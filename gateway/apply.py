@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from gateway.logs import bound
 from gateway.model import (
     AppendComment,
     Event,
@@ -73,10 +74,12 @@ def handle_all(session: TxSession, steps: Steps, mails: list[tuple[int, Claim, P
 
 def handle(session: TxSession, steps: Steps, inbound_id: int, mail: ParsedMail, now: datetime,
            claim: Claim | None = None) -> Result:
-    """One mail: the pure steps before the reads, the reads, the plan, and its execution."""
-    triaged = triage(mail, steps.policy)
-    plan = decide(mail, triaged, queries.load_facts(session, triaged, now), steps.policy)
-    return apply_plan(session, plan, mail, inbound_id, now, steps.apply, claim)
+    """One mail: the pure steps before the reads, the reads, the plan, and its execution. Bound
+    here too: the transaction runs on the store's thread, which the caller's binding does not reach."""
+    with bound(inbound_id=inbound_id):
+        triaged = triage(mail, steps.policy)
+        plan = decide(mail, triaged, queries.load_facts(session, triaged, now), steps.policy)
+        return apply_plan(session, plan, mail, inbound_id, now, steps.apply, claim)
 
 
 def apply_plan(session: TxSession, plan: Plan, mail: ParsedMail, inbound_id: int, now: datetime,

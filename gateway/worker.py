@@ -26,6 +26,7 @@ from typing import Any
 from gateway.apply import Steps, handle_all
 from gateway.clock import Clock
 from gateway.errors import LostClaim, UnusableMail
+from gateway.logs import bound
 from gateway.model import Outcome, ParsedMail, Result
 from gateway.parse_pool import ParseRunner
 from gateway.settings import WorkerSettings
@@ -121,12 +122,13 @@ class InboxWorker:
             return {}
 
     async def _parse(self, mail: ClaimedMail, raw: bytes | None = None) -> ParsedMail | Exception:
-        try:
-            if raw is None:
-                raw = await self._tx.read(read_raw, mail.id)
-            return await self._parser.parse(raw, mail.envelope_from, mail.envelope_to)
-        except Exception as exc:  # reported per mail
-            return exc
+        with bound(inbound_id=mail.id):  # its own task: a parser library's warnings name the mail
+            try:
+                if raw is None:
+                    raw = await self._tx.read(read_raw, mail.id)
+                return await self._parser.parse(raw, mail.envelope_from, mail.envelope_to)
+            except Exception as exc:  # reported per mail
+                return exc
 
     async def _apply_group(self, group: list[tuple[ClaimedMail, ParsedMail | Exception]]) -> list[Result]:
         """The mails whose parse is ready share one transaction: one durable commit for them all.
@@ -148,6 +150,10 @@ class InboxWorker:
         return [await self._process(mail, parsed) for mail, parsed in group]
 
     async def _process(self, mail: ClaimedMail, parsed: ParsedMail | Exception) -> Result:
+        with bound(inbound_id=mail.id):
+            return await self._process_bound(mail, parsed)
+
+    async def _process_bound(self, mail: ClaimedMail, parsed: ParsedMail | Exception) -> Result:
         try:
             if isinstance(parsed, UnusableMail):
                 return await self._quarantine(mail, str(parsed))
@@ -158,14 +164,14 @@ class InboxWorker:
         except LostClaim as exc:
             # Rolled back: the worker that holds the mail now applies it, once.
             self._in_hand.discard(mail.id)
-            log.warning("mail.lost_claim", extra={"inbound_id": mail.id, "error": str(exc)})
+            log.warning("mail.lost_claim", extra={"error": str(exc)})
             return Result(Outcome.QUARANTINED, None, str(exc), mail.id, retry=True)
         except Exception as exc:
             if is_outage(exc):
                 raise  # not this mail's fault: given back, its try not counted
             if is_store_error(exc):
                 return await self._failed(mail, f"store: {type(exc).__name__}")
-            log.exception("mail.failed", extra={"inbound_id": mail.id})
+            log.exception("mail.failed")
             return await self._failed(mail, f"{type(exc).__name__}: {exc}")
         return self._done(result)
 
@@ -177,15 +183,15 @@ class InboxWorker:
         self.processed += 1
         if result.notifications:
             self.on_processed()
-        log.info("mail.processed", extra={"inbound_id": result.inbound_id, "outcome": result.action.value,
-                                          "case": result.case, "reason": result.reason})
+        with bound(inbound_id=result.inbound_id, case=result.case):
+            log.info("mail.processed", extra={"outcome": result.action.value, "reason": result.reason})
         return result
 
     async def _quarantine(self, mail: ClaimedMail, reason: str) -> Result:
         await self._inbox.failed(mail.id, reason, attempts=1, max_attempts=1, now=self._clock.now(),
                                  claim=self._claim(mail))
         self._in_hand.discard(mail.id)
-        log.warning("mail.quarantined", extra={"inbound_id": mail.id, "reason": reason})
+        log.warning("mail.quarantined", extra={"reason": reason})
         return Result(Outcome.QUARANTINED, None, reason, mail.id)
 
     async def _failed(self, mail: ClaimedMail, error: str) -> Result:
@@ -194,10 +200,10 @@ class InboxWorker:
                                          cfg.retry_delay_s, claim=self._claim(mail))
         self._in_hand.discard(mail.id)
         if state == "lost":
-            log.warning("mail.lost_claim", extra={"inbound_id": mail.id, "error": error[:200]})
+            log.warning("mail.lost_claim", extra={"error": error[:200]})
             return Result(Outcome.QUARANTINED, None, error, mail.id, retry=True)
         log.warning("mail.retry" if state == "pending" else "mail.quarantined",
-                    extra={"inbound_id": mail.id, "attempts": mail.attempts, "error": error[:200]})
+                    extra={"attempts": mail.attempts, "error": error[:200]})
         if state == "quarantined":
                 return Result(Outcome.QUARANTINED, None, error, mail.id)
         return Result(Outcome.QUARANTINED, None, error, mail.id, retry=True)

@@ -270,3 +270,23 @@ def test_the_driver_rule_sees_the_driver() -> None:
     tree = ast.parse("from sqlmodel.ext.asyncio.session import AsyncSession\nfrom store.models import SupportCase\n"
                      "from store.engine import Sessions\n")
     assert driver_imports(imports_in(tree, "gateway.x")) == {"sqlmodel.ext.asyncio.session", "store.models"}
+
+
+def test_the_command_line_is_a_package_of_command_groups_on_the_top_layer() -> None:
+    """gateway/cli/ (issue 18): a module a group of commands, all on the top layer. The groups
+    share `common` and never import each other; only the package itself puts them together, and
+    nothing but `__main__` imports it. The console script still names `gateway.cli:main`."""
+    import tomllib
+
+    edges = graph(all_imports())
+    cli = sorted(name for name in MODULES if name.startswith("gateway.cli."))
+    assert len(cli) >= 5 and all(layer_of(name) == 0 for name in ["gateway.cli", *cli])
+    groups = [name for name in cli if name not in ("gateway.cli.common", "gateway.cli.parser")]
+    crossing = {name: sorted(t for t in edges[name] if t.startswith("gateway.cli") and t != "gateway.cli.common")
+                for name in groups}
+    assert {name: found for name, found in crossing.items() if found} == {}
+    users = sorted(name for name, targets in edges.items() if not name.startswith("gateway.cli")
+                   and any(t == "gateway.cli" or t.startswith("gateway.cli.") for t in targets))
+    assert users == ["gateway.__main__"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["scripts"]
+    assert scripts["gateway"] == "gateway.cli:main"

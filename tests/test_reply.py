@@ -15,8 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.pipeline.courtesy import is_courtesy_reply
 from gateway.pipeline.htmltext import html_to_text, sanitize_html
-from gateway.pipeline.reply import is_courtesy_reply, split_reply, visible_text
+from gateway.pipeline.reply import split_reply, visible_text
+from gateway.pipeline.signature import split_signature
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
@@ -391,7 +393,7 @@ def test_the_steps_a_text_cannot_need_are_skipped_with_the_same_answer(lines: li
     every = reply._join_wrapped_attributions(every, headers)
     kept = reply._drop_quote_blocks(every, headers)
     kept = reply._drop_trailing_noise(kept[: reply._history_start_below_top(kept, headers)], footers=False)
-    kept, _signature = reply._split_signature(kept)
+    kept, _signature = split_signature(kept)
     result = "\n".join(reply._squeeze_blank_lines(reply._drop_trailing_noise(kept))).strip("\n")
     assert visible_text(text) == (result if result.strip() else "\n".join(every).strip())
 

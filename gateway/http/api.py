@@ -8,22 +8,17 @@ No, unknown, expired or revoked token → 401; a valid token for something its h
 do → 403.
 
 Every rule is `gateway.lifecycle`'s; this module only translates HTTP to those calls and
-their errors to status codes (404, 403, 409, 422), never to a 500.
+their errors to status codes (404, 403, 409, 422), never to a 500 (gateway/http/exchange.py:
+what every endpoint shares).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import logging
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
-from email.message import Message
-from email.parser import BytesParser
-from email.policy import compat32
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -33,18 +28,36 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 
 from gateway import credentials, lifecycle, metrics, privacy
 from gateway.addresses import canonical
 from gateway.attachments import download_headers, open_attachment
 from gateway.credentials import Caller
-from gateway.errors import CannotListen, GatewayError, NotFound, Refused, TemporaryFailure
+from gateway.errors import CannotListen, GatewayError
 from gateway.http.deps import HttpDeps
+from gateway.http.exchange import (
+    PRIVATE,
+    Acting,
+    ApiError,
+    acting_agent,
+    agent_or_requester,
+    body_bytes,
+    caller_of,
+    case_number,
+    deps_of,
+    json_attachments,
+    json_body,
+    multipart_body,
+    ok_json,
+    on_error,
+    required_field,
+    text_field,
+)
 from gateway.http.openapi import LIST_FILTERS, MAX_PAGE_LIMIT, PAGE_LIMIT, openapi_document
 from gateway.http.portal import portal_routes
-from gateway.model import Role, Source
+from gateway.model import Source
 from store import cases, queries, users
 from store.engine import ping
 from store.transact import in_session, run_in, transaction
@@ -56,209 +69,6 @@ DAEMON_LOOPS = frozenset({"worker", "sender", "imap", "maintenance", "api"})
 LoopWatch = Callable[[], dict[str, bool]]
 
 
-# --- tokens -----------------------------------------------------------------------------------
-
-
-# --- errors ------------------------------------------------------------------------------------
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
-
-
-# On every response: no browser guesses a type (a case's JSON holds customers' text), and no
-# cache keeps what a token was needed to see.
-PRIVATE = {"X-Content-Type-Options": "nosniff", "Cache-Control": "private, no-store"}
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers={**PRIVATE, **(headers or {})})
-
-
-_STATUS_OF: tuple[tuple[type[Exception], int], ...] = (
-    (NotFound, 404), (lifecycle.Forbidden, 403), (lifecycle.InvalidInput, 422), (Refused, 409),
-    (TemporaryFailure, 503), (GatewayError, 422),
-)
-
-
-async def _on_error(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, ApiError):
-        return _error(exc.status, exc.message, exc.headers)
-    if isinstance(exc, HTTPException):
-        return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
-    for kind, status in _STATUS_OF:
-        if isinstance(exc, kind):
-            if status == 503:
-                log.warning("api.store_error", extra={"error": type(exc).__name__, "path": request.url.path})
-                return _error(503, "the store is unavailable; try again")
-            return _error(status, str(exc))
-    log.exception("api.failed", extra={"path": request.url.path})
-    return _error(500, "internal error")
-
-
-# --- request helpers ------------------------------------------------------------------------------
-
-
-def _gw(request: Request) -> HttpDeps:
-    return request.app.state.gateway  # type: ignore[no-any-return]
-
-
-def _number(request: Request) -> str:
-    number = str(request.path_params.get("number", ""))
-    if not lifecycle.valid_number(number):
-        raise NotFound(f"no case {number!r}")
-    return number
-
-
-async def _caller(request: Request) -> Caller:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise ApiError(401, "a bearer token is required", {"WWW-Authenticate": "Bearer"})
-    try:
-        return await credentials.authenticate(_gw(request).tokens, token)
-    except credentials.Unauthenticated as exc:
-        raise ApiError(401, str(exc), {"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
-
-
-async def _body_bytes(request: Request) -> bytes:
-    limit = _gw(request).settings.smtp.max_message_size * 4 // 3 + 65536  # base64 attachments
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise ApiError(413, f"request body larger than {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-    if ctype not in ("application/json", ""):
-        raise ApiError(415, "send application/json")
-    raw = await _body_bytes(request)
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, RecursionError):
-        raise ApiError(400, "the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(422, "the body must be a JSON object")
-    return body
-
-
-def _field(body: dict[str, Any], name: str, required: bool = True) -> str | None:
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise ApiError(422, f"field {name!r} is required")
-        return None
-    if not isinstance(value, str):
-        raise ApiError(422, f"field {name!r} must be a string")
-    return lifecycle.utf8(value)
-
-
-def _required(body: dict[str, Any], name: str) -> str:
-    value = _field(body, name)
-    assert value is not None
-    return value
-
-
-Acting = tuple[str, str | None]  # the acting user's address, and the service they act through
-
-
-async def _agent_actor(request: Request, caller: Caller, body: dict[str, Any]) -> Acting:
-    """The agent an agent token belongs to, or the one a service token names for this request."""
-    if not caller.agent:
-        raise ApiError(403, "this action is for agents")
-    named = request.headers.get("x-acting-user") or _field(body, "as", required=False)
-    if caller.service is None:
-        assert caller.email is not None
-        if named is not None and canonical(named) != caller.email:
-            raise ApiError(403, "an agent token acts only as its own agent")
-        return caller.email, None
-    address = canonical(named)
-    if address is None:
-        raise ApiError(422, "a service token names the acting agent in the X-Acting-User header or the field 'as'")
-    user = await in_session(_gw(request).sessions, users.find, address)
-    if user is None or user.role is not Role.AGENT:
-        raise ApiError(403, f"{address} is not a registered agent")
-    return user.email, caller.service
-
-
-async def _actor(request: Request, caller: Caller, body: dict[str, Any]) -> Acting:
-    """An agent (as `_agent_actor`) or the requester holding the token."""
-    if caller.agent:
-        return await _agent_actor(request, caller, body)
-    named = request.headers.get("x-acting-user") or body.get("as")
-    if named is not None and canonical(str(named)) != caller.email:
-        raise ApiError(403, "a requester token acts only as its own user")
-    assert caller.email is not None
-    return caller.email, None
-
-
-def _ok(data: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(data, status_code=status, headers=PRIVATE)
-
-
-# --- attachments ---------------------------------------------------------------------------------
-
-
-def _json_attachments(body: dict[str, Any]) -> list[lifecycle.NewAttachment]:
-    items = body.get("attachments") or []
-    if not isinstance(items, list):
-        raise ApiError(422, "field 'attachments' must be a list")
-    files = []
-    for item in items:
-        if not isinstance(item, dict):
-            raise ApiError(422, "each attachment is an object with name, content_type and data (base64)")
-        try:
-            data = base64.b64decode(_required(item, "data"), validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiError(422, "attachment data must be base64") from None
-        files.append(lifecycle.NewAttachment(_field(item, "name", False) or "attachment",
-                                             _field(item, "content_type", False) or "application/octet-stream", data))
-    return files
-
-
-def _multipart(raw: bytes, content_type: str) -> tuple[str, list[lifecycle.NewAttachment]]:
-    """A multipart/form-data body: a `text` field and any number of files."""
-    try:
-        head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
-        message = BytesParser(policy=compat32).parsebytes(head + raw)
-        if not message.is_multipart():
-            raise ApiError(422, "a multipart/form-data body with a boundary is required")
-        return _form_parts(message)
-    except ApiError:
-        raise
-    except Exception as exc:  # the stdlib parser's errors, translated once here
-        raise ApiError(422, f"unreadable multipart body: {type(exc).__name__}") from None
-
-
-def _form_parts(message: Message) -> tuple[str, list[lifecycle.NewAttachment]]:
-    text, files = "", []
-    for part in message.get_payload():
-        if not isinstance(part, Message) or part.is_multipart():
-            continue
-        name = part.get_param("name", header="content-disposition")
-        filename = part.get_filename()
-        payload = part.get_payload(decode=True)
-        data = payload if isinstance(payload, bytes) else b""
-        if filename is None and name == "text":
-            text = data.decode(part.get_content_charset() or "utf-8", "replace")
-        elif filename is not None:
-            files.append(lifecycle.NewAttachment(str(filename), part.get_content_type(), data))
-    return text, files
-
-
 # --- endpoints -----------------------------------------------------------------------------------
 
 
@@ -267,13 +77,13 @@ async def healthz(request: Request) -> Response:
     store = True
     try:
         async with asyncio.timeout(5):
-            await ping(_gw(request).engine)
+            await ping(deps_of(request).engine)
     except Exception:  # any failure to reach the store is "unhealthy", never an error page
         store = False
     loops = request.app.state.loops()
     healthy = store and all(loops.values())
     body = {"status": "ok" if healthy else "unavailable", "store": store, "loops": loops}
-    return _ok(body, 200 if healthy else 503)
+    return ok_json(body, 200 if healthy else 503)
 
 
 async def metrics_text(request: Request) -> Response:
@@ -281,11 +91,11 @@ async def metrics_text(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return _ok(request.app.state.openapi)
+    return ok_json(request.app.state.openapi)
 
 
 async def list_cases(request: Request) -> Response:
-    caller = await _caller(request)
+    caller = await caller_of(request)
     status = request.query_params.get("status", "active")
     if status not in LIST_FILTERS:
         raise ApiError(422, f"status must be one of {', '.join(LIST_FILTERS)}")
@@ -298,8 +108,8 @@ async def list_cases(request: Request) -> Response:
             raise ApiError(403, "a requester sees only their own cases")
         address = caller.email
     limit, before = _page_params(request)
-    page = await in_session(_gw(request).sessions, queries.cases_page, status, address, limit, before)
-    answer = _ok(page.as_json())
+    page = await in_session(deps_of(request).sessions, queries.cases_page, status, address, limit, before)
+    answer = ok_json(page.as_json())
     if page.next is not None:  # the next page as a link too (RFC 8288): this query, `before` moved on
         query = urlencode([*((k, v) for k, v in request.query_params.multi_items() if k != "before"),
                            ("before", page.next)])
@@ -321,89 +131,89 @@ def _page_params(request: Request) -> tuple[int, tuple[Any, int] | None]:
 
 async def attachment(request: Request) -> Response:
     """One attachment of a case, as a download, for whoever may see the case (and the comment)."""
-    caller = await _caller(request)
-    gw = _gw(request)
-    found = await open_attachment(gw.sessions, gw.blobs, _number(request), int(request.path_params["attachment_id"]),
+    caller = await caller_of(request)
+    gw = deps_of(request)
+    found = await open_attachment(gw.sessions, gw.blobs, case_number(request), int(request.path_params["attachment_id"]),
                                   None if caller.agent else caller.email)
     return FileResponse(found.path, media_type="application/octet-stream", headers=download_headers(found.name))
 
 
 async def case_detail(request: Request) -> Response:
-    caller = await _caller(request)
-    number = _number(request)
-    async with transaction(_gw(request).sessions) as session:
+    caller = await caller_of(request)
+    number = case_number(request)
+    async with transaction(deps_of(request).sessions) as session:
         if not caller.agent:
             case = await run_in(session, cases.case_ref, number)
             user = await run_in(session, users.find, caller.email or "")
             if user is None or not case.admits(user):
                 raise ApiError(403, f"not a party of {number}")
-        return _ok(await run_in(session, queries.case_detail, number, include_internal=caller.agent))
+        return ok_json(await run_in(session, queries.case_detail, number, include_internal=caller.agent))
 
 
 async def _posted(request: Request, actor_of: Callable[[Request, Caller, dict[str, Any]], Awaitable[Acting]]
                   ) -> tuple[dict[str, Any], str, str | None]:
     """The JSON body of an action, the acting user and the service they act through
-    (`_agent_actor` or `_actor`)."""
-    caller = await _caller(request)
-    body = await _json(request)
+    (`acting_agent` or `agent_or_requester`)."""
+    caller = await caller_of(request)
+    body = await json_body(request)
     actor, via = await actor_of(request, caller, body)
     return body, actor, via
 
 
 async def post_status(request: Request) -> Response:
-    body, actor, via = await _posted(request, _agent_actor)
-    return _ok(await lifecycle.set_status(_gw(request).desk, _number(request), _required(body, "status"), actor,
-                                          _field(body, "reason", False), via=via))
+    body, actor, via = await _posted(request, acting_agent)
+    return ok_json(await lifecycle.set_status(deps_of(request).desk, case_number(request), required_field(body, "status"), actor,
+                                          text_field(body, "reason", False), via=via))
 
 
 async def post_assign(request: Request) -> Response:
-    body, actor, via = await _posted(request, _agent_actor)
-    return _ok(await lifecycle.assign(_gw(request).desk, _number(request), _required(body, "agent"), actor, via=via))
+    body, actor, via = await _posted(request, acting_agent)
+    return ok_json(await lifecycle.assign(deps_of(request).desk, case_number(request), required_field(body, "agent"), actor, via=via))
 
 
 async def post_reply(request: Request) -> Response:
-    body, actor, via = await _posted(request, _agent_actor)
-    files = _json_attachments(body)
-    return _ok(await lifecycle.reply(_gw(request).desk, _number(request), _required(body, "text"), actor, files,
+    body, actor, via = await _posted(request, acting_agent)
+    files = json_attachments(body)
+    return ok_json(await lifecycle.reply(deps_of(request).desk, case_number(request), required_field(body, "text"), actor, files,
                                      source=Source.API, via=via))
 
 
 async def post_note(request: Request) -> Response:
-    body, actor, via = await _posted(request, _agent_actor)
-    return _ok(await lifecycle.note(_gw(request).desk, _number(request), _required(body, "text"), actor, Source.API,
+    body, actor, via = await _posted(request, acting_agent)
+    return ok_json(await lifecycle.note(deps_of(request).desk, case_number(request), required_field(body, "text"), actor, Source.API,
                                     via=via))
 
 
 async def post_share(request: Request) -> Response:
-    body, actor, via = await _posted(request, _actor)
-    return _ok(await lifecycle.share(_gw(request).desk, _number(request), _required(body, "email"), actor, via=via))
+    body, actor, via = await _posted(request, agent_or_requester)
+    return ok_json(await lifecycle.share(deps_of(request).desk, case_number(request), required_field(body, "email"), actor, via=via))
 
 
 async def post_close(request: Request) -> Response:
-    body, actor, via = await _posted(request, _actor)
-    return _ok(await lifecycle.close(_gw(request).desk, _number(request), actor, _field(body, "reason", False),
+    body, actor, via = await _posted(request, agent_or_requester)
+    return ok_json(await lifecycle.close(deps_of(request).desk, case_number(request), actor, text_field(body, "reason", False),
                                      via=via))
 
 
 async def post_comment(request: Request) -> Response:
     """The requester's comment (the portal's "Kommenter"), JSON with base64 files or multipart."""
-    caller = await _caller(request)
+    caller = await caller_of(request)
     if caller.agent:
         raise ApiError(403, "comments are the requester's; agents answer with /reply or /note")
     ctype = request.headers.get("content-type", "")
     if ctype.lower().startswith("multipart/form-data"):
-        text_value, files = _multipart(await _body_bytes(request), ctype)
+        text_value, files = multipart_body(await body_bytes(request), ctype)
     else:
-        body = await _json(request)
-        await _actor(request, caller, body)
-        text_value, files = _field(body, "text", required=False) or "", _json_attachments(body)
+        body = await json_body(request)
+        await agent_or_requester(request, caller, body)
+        text_value, files = text_field(body, "text", required=False) or "", json_attachments(body)
     assert caller.email is not None
-    return _ok(await lifecycle.comment(_gw(request).desk, _number(request), text_value, caller.email, files), 201)
+    return ok_json(await lifecycle.comment(deps_of(request).desk, case_number(request), text_value, caller.email, files), 201)
 
 
 async def search_users(request: Request) -> Response:
-    caller = await _caller(request)
-    gw = _gw(request)
+    caller = await caller_of(request)
+    gw = deps_of(request)
     text_value = request.query_params.get("text", "")
     org = request.query_params.get("org")
     if not caller.agent:
@@ -413,26 +223,26 @@ async def search_users(request: Request) -> Response:
         org = own
     if not org:
         raise ApiError(422, "name the organisation: org=…")
-    return _ok(await lifecycle.search_users(gw.desk, text_value, org))
+    return ok_json(await lifecycle.search_users(gw.desk, text_value, org))
 
 
 async def issue_token(request: Request) -> Response:
     """A requester token for one customer, for the portal acting on their behalf (agents and
     services only); it expires after `api.requester_token_lifetime_s`."""
-    caller = await _caller(request)
+    caller = await caller_of(request)
     if not caller.agent:
         raise ApiError(403, "only agents may issue requester tokens")
-    body = await _json(request)
-    return _ok(await credentials.issue_requester_token(_gw(request).tokens, _required(body, "email")))
+    body = await json_body(request)
+    return ok_json(await credentials.issue_requester_token(deps_of(request).tokens, required_field(body, "email")))
 
 
 async def unbounce(request: Request) -> Response:
     """Clear a user's bouncing mark (agents and services); the mail held for it goes out."""
-    caller = await _caller(request)
+    caller = await caller_of(request)
     if not caller.agent:
         raise ApiError(403, "only agents may clear a bouncing mark")
-    body = await _json(request)
-    return _ok(await lifecycle.unbounce(_gw(request).desk, _required(body, "email")))
+    body = await json_body(request)
+    return ok_json(await lifecycle.unbounce(deps_of(request).desk, required_field(body, "email")))
 
 
 # --- a person's data (gateway/privacy.py), agents and services only ---------------------------------
@@ -447,12 +257,12 @@ def _flag(body: dict[str, Any], name: str) -> bool:
 
 async def users_export(request: Request) -> Response:
     """Everything stored about the person, as the zip `gateway users export` writes."""
-    body, actor, via = await _posted(request, _agent_actor)
+    body, actor, via = await _posted(request, acting_agent)
     folder = Path(tempfile.mkdtemp(prefix="gw-export-"))
     try:
         out = folder / "export.zip"
-        await privacy.export_person(_gw(request).data, _required(body, "email"), out, actor,
-                                    _field(body, "reason", False), via=via, internal=_flag(body, "internal"))
+        await privacy.export_person(deps_of(request).data, required_field(body, "email"), out, actor,
+                                    text_field(body, "reason", False), via=via, internal=_flag(body, "internal"))
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
@@ -461,15 +271,15 @@ async def users_export(request: Request) -> Response:
 
 
 async def users_erase(request: Request) -> Response:
-    body, actor, via = await _posted(request, _agent_actor)
-    return _ok(await privacy.erase_person(_gw(request).data, _required(body, "email"), actor,
-                                          _field(body, "reason", False), _flag(body, "dry_run"), via=via))
+    body, actor, via = await _posted(request, acting_agent)
+    return ok_json(await privacy.erase_person(deps_of(request).data, required_field(body, "email"), actor,
+                                          text_field(body, "reason", False), _flag(body, "dry_run"), via=via))
 
 
 async def users_allow(request: Request) -> Response:
-    body, actor, via = await _posted(request, _agent_actor)
-    return _ok(await privacy.allow_address(_gw(request).data, _required(body, "email"), actor,
-                                           _field(body, "reason", False), via=via))
+    body, actor, via = await _posted(request, acting_agent)
+    return ok_json(await privacy.allow_address(deps_of(request).data, required_field(body, "email"), actor,
+                                           text_field(body, "reason", False), via=via))
 
 
 # --- the application ------------------------------------------------------------------------------
@@ -494,8 +304,8 @@ def build_api(deps: HttpDeps, loops: LoopWatch | None = None) -> Starlette:
         Route("/users/allow", users_allow, methods=["POST"]),
         *portal_routes(deps),  # Serviceportalen's pages, /static/ and /favicon.ico (gateway/http/portal)
     ]
-    handlers: dict[Any, Any] = {Exception: _on_error, HTTPException: _on_error, ApiError: _on_error,
-                                GatewayError: _on_error}
+    handlers: dict[Any, Any] = {Exception: on_error, HTTPException: on_error, ApiError: on_error,
+                                GatewayError: on_error}
     api = Starlette(routes=routes, exception_handlers=handlers)
     api.state.gateway = deps
     api.state.loops = loops or (lambda: {})

@@ -56,6 +56,7 @@ from gateway.clock import Clock
 from gateway.errors import ConfigError, TemporaryFailure
 from gateway.ingest.mailbox import DONE_KEYWORD, ImapProblem, Mailbox
 from gateway.ingest.oauth import TokenSource, token_sources
+from gateway.logs import bound
 from gateway.settings import ImapAccount, ImapSettings
 from store.engine import Database
 from store.imap_state import FolderState, load_state, save_state
@@ -365,8 +366,8 @@ class AccountReader:
 
     def _log_stored(self, uids: list[int], results: list[Accepted]) -> None:
         for uid, accepted in zip(uids, results, strict=True):
-            log.info("mail.received", extra={**self._log, "uid": uid, "inbound_id": accepted.inbound_id,
-                                             "duplicate": accepted.duplicate})
+            with bound(inbound_id=accepted.inbound_id):
+                log.info("mail.received", extra={**self._log, "uid": uid, "duplicate": accepted.duplicate})
 
     async def after_commit(self, uids: list[int]) -> None:
         """Move, flag or delete what is now safely in the inbox (a crash before this: refetch)."""

@@ -22,6 +22,7 @@ from datetime import timedelta
 
 from gateway.clock import Clock
 from gateway.errors import DeliveryError, PermanentDeliveryError
+from gateway.logs import bound
 from gateway.model import Event, Status
 from gateway.notify.compose import Notice, Renderer
 from gateway.notify.transport import Mailer
@@ -74,12 +75,13 @@ class Sender:
         gate = asyncio.Semaphore(max(1, self._cfg.concurrency))
 
         async def one(item: DueNotification) -> None:
-            async with gate:  # the slot is the relay connection; marking happens after it
-                reply = await self._deliver(item)
-            if reply is not None:
-                await self._mark_sent(item.id)
-                self.sent += 1
-                log.info("notify.sent", extra={"outbox_id": item.id, "notice": item.event, "reply": reply[:80]})
+            with bound(outbox_id=item.id, case=item.context.get("case_number")):
+                async with gate:  # the slot is the relay connection; marking happens after it
+                    reply = await self._deliver(item)
+                if reply is not None:
+                    await self._mark_sent(item.id)
+                    self.sent += 1
+                    log.info("notify.sent", extra={"notice": item.event, "reply": reply[:80]})
 
         # One recipient's notices go one after the other, in the order they were made (a status
         # change, then the answer after it); different recipients' at once.
@@ -114,7 +116,7 @@ class Sender:
                 return None
             at = self._clock.now() + timedelta(seconds=backoff(due.attempts, self._cfg))
             await self._queue.mark_retry(due.id, str(exc), at)
-            log.warning("notify.retry", extra={"outbox_id": due.id, "attempts": due.attempts, "error": str(exc)[:200]})
+            log.warning("notify.retry", extra={"attempts": due.attempts, "error": str(exc)[:200]})
             return None
         except (ValueError, KeyError) as exc:  # a row we cannot render: an operator must look
             await self._fail(due, f"cannot render: {exc}")
@@ -137,7 +139,7 @@ class Sender:
     async def _fail(self, due: DueNotification, error: str) -> None:
         await self._queue.mark_failed(due.id, error)
         self.failed += 1
-        log.error("notify.failed", extra={"outbox_id": due.id, "notice": due.event, "error": error[:200]})
+        log.error("notify.failed", extra={"notice": due.event, "error": error[:200]})
 
     async def _recover(self) -> bool:
         """After a store error: mark what was sent, give back what this holder still has

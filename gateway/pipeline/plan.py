@@ -28,7 +28,8 @@ from gateway.model import (
     Triage,
     UserRef,
 )
-from gateway.pipeline.reply import is_courtesy_reply, split_reply
+from gateway.pipeline.courtesy import is_courtesy_reply
+from gateway.pipeline.reply import split_reply
 from gateway.pipeline.thread import choose_thread, clean_subject
 
 NO_TEXT = "(Ingen tekst i mailen)"

@@ -21,11 +21,8 @@ language it knows (`LANGUAGES`). Around it we add what that library does not do:
   left-to-right marks are removed first;
 * dangling separators at the end are dropped.
 
-The signature — the last block that starts at "-- ", a closing ("Med venlig hilsen",
-"Mvh Jens", "Best regards") or a device footer ("Sent from my iPhone") and holds only short
-lines to the end — is split off (`split_reply`): kept with the comment, shown apart. The
-library's own signature heuristic is not used: it runs to the end from any line that starts
-with "Tak" or "- x", which would hide real content (and bullet lists).
+The signature is split off (`split_reply`) by gateway.pipeline.signature; whether a reply is
+only a thank-you is gateway.pipeline.courtesy's question.
 
 All of it is line based and bounded: only the first `_SCAN_LINES` lines are searched for
 headers, and only short lines can be headers, since some library patterns are quadratic
@@ -40,6 +37,8 @@ from functools import lru_cache
 
 from mailparser_reply import EmailMessage, EmailReplyParser
 
+from gateway.pipeline.signature import DEVICE_FOOTER, split_signature
+
 _SCAN_LINES = 2000
 _SCAN_CHARS = 64_000
 _HEADER_LINE = 200  # longer lines are never quote headers
@@ -47,7 +46,7 @@ _LABEL_ONLY = 60  # a line that cannot be an attribution only needs its "Label:"
 
 # Every language mail-parser-reply has a grammar for ("david" is one program's header, not a language).
 LANGUAGES: tuple[str, ...] = ("da", "en", "de", "nl", "sv", "fr", "it", "es", "pl", "cs", "ja", "ko", "zh")
-_QUOTED = re.compile(r"^\s*>")
+QUOTED = re.compile(r"^\s*>")
 _ADDRESS = r"(?:mailto:)?[^\s<>()\[\]@\"']+@[^\s<>()\[\]\"']+"
 # "<date or time> … <address> [verb]:" in any language: Russian, Finnish, Yandex, Polish…
 _ATTRIBUTION = re.compile(
@@ -116,17 +115,10 @@ _BLOCK_LABEL = re.compile(
 _LABEL_LINE = re.compile(r"^[^\W\d_][\w .'-]{0,30}?\s?:\s?\S")
 _BLOCK_LINES = 6  # a From line and the labels that follow it within this many lines
 _LABEL = re.compile(r"^[\s>*]*[^\W\d_][^\W\d_ ]{0,15}(?: [^\W\d_]{1,15})?[\s*]*:", re.MULTILINE)
-_RULE = re.compile(r"^\s*[-_=*~]{2,}\s*$")  # "--", "____…" left after a cut
+RULE = re.compile(r"^\s*[-_=*~]{2,}\s*$")  # "--", "____…" left after a cut
 _FROM_LABEL = re.compile(r"^[\s>*]*(?:from|fra|från|von|de|da|van|od|от|afsender|lähettäjä)[\s*]*:", re.IGNORECASE)
-_DEVICE_FOOTER = re.compile(
-    r"^\s*(?:sent from my|sent from (?:mail|outlook|yahoo|typeapp)|sent with (?:sparrow|proton|spark|blackberry)"
-    r"|sent via|get outlook for|sendt fra min|sendt fra (?:mail|outlook|yahoo)|hent outlook til|skickat från min"
-    r"|von meinem|gesendet von|verzonden (?:vanaf|met) mijn|envoyé (?:de|depuis) mon|envoyé à partir de"
-    r"|inviato da|enviado desde mi|wysłano z|отправлено с|lähetetty)\b(?![^\n]*,\s)[^\n]{0,80}(?<![.!?])$",
-    re.IGNORECASE,
-)
 
-_FOOTER_ANYWHERE = re.compile(_DEVICE_FOOTER.pattern, re.IGNORECASE | re.MULTILINE)
+_FOOTER_ANYWHERE = re.compile(DEVICE_FOOTER.pattern, re.IGNORECASE | re.MULTILINE)
 
 
 def visible_text(text: str, languages: tuple[str, ...] = LANGUAGES) -> str:
@@ -151,7 +143,7 @@ def split_reply(text: str, languages: tuple[str, ...] = LANGUAGES) -> tuple[str,
     kept = _drop_quote_blocks(lines, headers) if ">" in text or "|" in text else lines
     if ":" in text or _RULE_FIRST.match(text) or _RULE_NEXT.search(text) or _FOOTER_ANYWHERE.search(text):
         kept = kept[: _history_start_below_top(kept, headers)]
-    kept, signature = _split_signature(_drop_trailing_noise(kept, footers=False))
+    kept, signature = split_signature(_drop_trailing_noise(kept, footers=False))
     result = "\n".join(_squeeze_blank_lines(_drop_trailing_noise(kept))).strip("\n")
     if not result.strip():
         return "\n".join(lines).strip(), ""
@@ -259,7 +251,7 @@ def _wrapped_attribution(out: list[str], line: str, headers: re.Pattern[str]) ->
             if blank > 1 or whole:
                 break
             continue
-        if len(previous) > _HEADER_LINE or _QUOTED.match(previous) or _is_attribution(previous, headers):
+        if len(previous) > _HEADER_LINE or QUOTED.match(previous) or _is_attribution(previous, headers):
             break
         blank = 0
         parts.insert(0, previous)
@@ -290,7 +282,7 @@ def _glue(parts: list[str]) -> str:
 def _drop_quote_blocks(lines: list[str], headers: re.Pattern[str]) -> list[str]:
     """Remove `>` lines, Supercite "JH>" runs and "| " runs under an attribution, and the
     attribution right above each block of them."""
-    drop = [">" in line and bool(_QUOTED.match(line)) for line in lines]
+    drop = [">" in line and bool(QUOTED.match(line)) for line in lines]
     _mark_supercite(lines, drop)
     if "|" in "".join(lines):
         _mark_bar_quotes(lines, drop, headers)
@@ -344,8 +336,8 @@ def _drop_rewrapped_quote_lines(lines: list[str], drop: list[bool]) -> None:
     """A client that re-wraps a quote leaves the tail of a long "> " line unmarked, with quoted
     lines right above and below it; an answer between quotes has a blank line around it."""
     for index in range(1, len(lines) - 1):
-        if drop[index - 1] and _QUOTED.match(lines[index - 1]) and not drop[index] and lines[index].strip() \
-                and _QUOTED.match(lines[index + 1]) and len(lines[index - 1]) >= _REWRAPPED_WIDTH:
+        if drop[index - 1] and QUOTED.match(lines[index - 1]) and not drop[index] and lines[index].strip() \
+                and QUOTED.match(lines[index + 1]) and len(lines[index - 1]) >= _REWRAPPED_WIDTH:
             drop[index] = True
 
 
@@ -367,8 +359,8 @@ def _history_start(lines: list[str], headers: re.Pattern[str]) -> int:
             if _SEPARATOR.match(line) or _is_attribution(line, headers):
                 starts.append(index)
                 break
-        elif _is_bare_attribution(window[index]) or (_DEVICE_FOOTER.match(form) and index):
-            starts.append(index + bool(_DEVICE_FOOTER.match(form)))  # below a device footer: history
+        elif _is_bare_attribution(window[index]) or (DEVICE_FOOTER.match(form) and index):
+            starts.append(index + bool(DEVICE_FOOTER.match(form)))  # below a device footer: history
             break
     block = _header_block(forms, min(starts))
     if block is not None:
@@ -451,63 +443,6 @@ def _include_split_from(lines: list[str], start: int) -> int:
     return start
 
 
-# Closings in the languages the mailbox sees, alone or with a capitalised name after them
-# ("Mvh Jens", "Med venlig hilsen, Jens Hansen"). "Tak"/"Thanks" are not closings here: they
-# are often the whole message (is_courtesy_reply) and talon's fixtures keep "Thanks,\nAlex".
-_CLOSING = re.compile(
-    r"^(?:med\s+venlig\s+hilsen|venlig(?:st)?\s+hilsen|venligst|mange\s+hilsner|(?:de\s+)?bedste\s+hilsn?(?:er|en)"
-    r"|kærlig\s+hilsen|hilsen|mvh|vh|kh|med\s+vennlig\s+hilsen|vennlig\s+hilsen"
-    r"|med\s+vänlig(?:a)?\s+hälsning(?:ar)?|vänlig(?:a)?\s+hälsning(?:ar)?|hälsningar"
-    r"|(?:best|kind|warm|warmest)\s+regards|regards|best\s+wishes|(?:yours\s+)?sincerely|yours\s+truly|cheers|best"
-    r"|mit\s+freundlichen\s+gr(?:ü|ue)(?:ß|ss)en|(?:freundliche|viele|beste|liebe)\s+gr(?:ü|ue)(?:ß|ss)e|mfg"
-    r"|met\s+vriendelijke\s+groet(?:en)?|vriendelijke\s+groet(?:en)?|hartelijke\s+groet(?:en)?|groeten|mvg"
-    r"|(?:bien\s+)?cordialement|(?:meilleures\s+)?salutations|bien\s+à\s+vous"
-    r"|pozdrawiam|z\s+powa(?:ż|z)aniem|с\s+уважением|ystävällisin\s+terveisin|terveisin"
-    r"|cordiali\s+saluti|distinti\s+saluti|saludos|atentamente|un\s+saludo|s\s+pozdravem)"
-    r"[\s,.!]*(?-i:(?:[,\s]\s*[A-ZÆØÅÄÖÜÉ][\w'.-]*(?:\s+[A-ZÆØÅÄÖÜÉ][\w'.-]*){0,3})?)[\s,.!]*$",
-    re.IGNORECASE,
-)
-_INITIAL_CLOSING = re.compile(r"^/\s?[A-ZÆØÅÄÖÜ][\w.-]{0,30}$")  # Swedish and Danish "/Jens" on its own
-_UNDERSCORES = re.compile(r"^_{2,}$")
-_QUESTION = re.compile(r"\?(?:\s|$)")  # a question, not the "?" of a URL
-_SIGNATURE_LINES = 12
-_SIGNATURE_WIDTH = 100
-_DELIMITED_LINES = 20  # after "-- " the sender said where the signature starts
-_DELIMITED_WIDTH = 160
-
-
-def _split_signature(lines: list[str]) -> tuple[list[str], list[str]]:
-    """(text, signature): the signature starts at the first marker below which only a signature
-    follows; a text that would be all signature keeps it all."""
-    first = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
-    start, count = len(lines), 0
-    while start > first + 1 and count <= _DELIMITED_LINES:  # no signature has more lines:
-        start -= 1  # the search starts that far from the end
-        count += bool(lines[start].strip())
-    for index in range(start, len(lines)):
-        limits = _signature_limits(lines[index].strip(), index == len(lines) - 1)
-        if limits is not None and _signature_tail(lines[index + 1 :], *limits):
-            return lines[:index], lines[index:]
-    return lines, []
-
-
-def _signature_limits(line: str, last: bool) -> tuple[int, int] | None:
-    """How many and how wide the lines below may be if a signature starts at `line`, or None."""
-    if not line or len(line) > _SIGNATURE_WIDTH:
-        return None
-    if line == "--" or _UNDERSCORES.match(line):  # "-- ", or a list footer under "__…"
-        return _DELIMITED_LINES, _DELIMITED_WIDTH
-    if _CLOSING.match(line) or _DEVICE_FOOTER.match(line) or (last and _INITIAL_CLOSING.match(line)):
-        return _SIGNATURE_LINES, _SIGNATURE_WIDTH
-    return None
-
-
-def _signature_tail(lines: list[str], most: int, width: int) -> bool:
-    """Name, title, phone, address…: a few short lines, no question, no quote, no "PS"."""
-    filled = [line.strip() for line in lines if line.strip()]
-    return len(filled) <= most and all(
-        len(line) <= width and not _QUESTION.search(line) and not line.startswith(">")
-        and not re.match(r"(?i)p\.?\s?s\b", line) for line in filled)
 
 
 def _drop_trailing_noise(lines: list[str], footers: bool = True) -> list[str]:
@@ -520,7 +455,7 @@ def _drop_trailing_noise(lines: list[str], footers: bool = True) -> list[str]:
 
 
 def _is_noise(line: str, footers: bool = True) -> bool:
-    return bool(_RULE.match(line) or _SEPARATOR.match(line) or (footers and _DEVICE_FOOTER.match(line)))
+    return bool(RULE.match(line) or _SEPARATOR.match(line) or (footers and DEVICE_FOOTER.match(line)))
 
 
 def _squeeze_blank_lines(lines: Sequence[str]) -> list[str]:
@@ -532,63 +467,3 @@ def _squeeze_blank_lines(lines: Sequence[str]) -> list[str]:
         elif out and out[-1]:  # blank lines are kept as "", every other kept line has text
             out.append("")
     return out
-
-
-# --- courtesy replies (rules §5) ----------------------------------------------------------------
-# Deliberately strict: a false "courtesy" leaves a real problem unanswered on a finished
-# case, while a false "not courtesy" only reopens it.
-_THANKS = re.compile(
-    r"^(?:(?:hej|hejsa|hi|hello)(?:\s+[^\W\d_]+)?\s+)?"
-    r"(?:(?:ok|okay|super|perfekt|fint|godt|dejligt|great|perfect|fine|cool)\s+)?"
-    r"(?:(?:mange|tusind|1000|rigtig\s+mange|hjertelig|many|big)\s+)?"
-    r"(?:tak|takk|tack|thanks|thank\s+you|thx|tx|ty|tnx|danke)"
-    r"(?:\s+(?:skal\s+du\s+have|skal\s+i\s+have|så\s+meget|very\s+much|so\s+much|a\s+lot|again|igen))?"
-    r"(?:\s+for\s+(?:(?:din|jeres|your|the|all|alt|det|et|en)\s+)?(?:(?:hurtige|hurtigt|quick|fast)\s+)?"
-    r"(?:hjælpen|hjælp|svaret|svar|det|indsatsen|help|reply|answer|response|everything|alt))?$"
-)
-_SALUTATION = re.compile(r"^(?:hej|hejsa|hi|hello|kære|dear|goddag|god\s+morgen)(?:\s+[^\W\d_]+){0,3}$")
-_SIGN_OFF = re.compile(
-    r"^(?:med\s+venlig\s+hilsen|venlig\s+hilsen|vh|mvh|hilsen|kh|kærlig\s+hilsen|de\s+bedste\s+hilsner"
-    r"|bedste\s+hilsner|best\s+regards|kind\s+regards|regards|best|br|cheers|god\s+dag|god\s+weekend"
-    r"|ha\s+en\s+god\s+dag|have\s+a\s+nice\s+day)\b"
-)
-_NAME = re.compile(r"^/?[A-ZÆØÅÄÖÜÉ][\w'.-]*(?:\s+[A-ZÆØÅÄÖÜÉ][\w'.-]*){0,3}$")
-_PIECES = re.compile(r"(?<=[.!,;])\s+")
-_MAX_COURTESY_CHARS = 400
-_MAX_SIGNATURE_LINES = 6
-
-
-def is_courtesy_reply(text: str) -> bool:
-    """True when the new text is only a thank-you, perhaps with a greeting and signature."""
-    visible, signature = split_reply(text)
-    visible = f"{visible}\n\n{signature}" if signature else visible
-    if len(visible) > _MAX_COURTESY_CHARS:
-        return False
-    # Quoted lines only survive when nothing new was written, and then nobody said thanks.
-    pieces = [piece for line in visible.split("\n") if not _DEVICE_FOOTER.match(line) and not _QUOTED.match(line)
-              for piece in _PIECES.split(line.strip()) if piece]
-    if pieces and _SALUTATION.match(_words(pieces[0])) and not _THANKS.match(_words(pieces[0])):
-        pieces = pieces[1:]
-    if not pieces or not _THANKS.match(_words(pieces[0])):
-        return False
-    return _only_closing(pieces[1:])
-
-
-def _only_closing(pieces: list[str]) -> bool:
-    """A sign-off ("Mvh", "--") and a short signature after it, or just a name."""
-    for index, piece in enumerate(pieces):
-        if _SIGN_OFF.match(_words(piece)) or _RULE.match(piece):
-            rest = pieces[index + 1 :]
-            return len(rest) <= _MAX_SIGNATURE_LINES and all(_signature_line(r) for r in rest)
-        if not _NAME.match(piece.strip(" ,.!")):
-            return False
-    return True
-
-
-def _signature_line(line: str) -> bool:
-    return len(line) <= 60 and "?" not in line and not re.match(r"(?i)p\.?\s?s\b", line)
-
-
-def _words(line: str) -> str:
-    """Lower-case words only: "Mange tak!! :-)" -> "mange tak"."""
-    return " ".join(re.sub(r"[^\w\s]", " ", line.lower()).split())
