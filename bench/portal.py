@@ -16,8 +16,10 @@ keep-alive), each making `--requests` requests in a bounded loop:
     page case   GET /sager/<the big case>     (200 comments)
     api case    GET /cases/<the big case>
 
-and reports p50/p95/p99 latency and requests/s per target, and the page/API ratio of the p95 in
-the same round. The medians over the rounds are printed last: the machine is shared and noisy.
+and reports p50/p95/p99 latency, requests/s, the client's CPU and the daemon's CPU per request
+(its service time, which the rest of the machine's load hardly moves) per target, and the
+page/API ratio of the p95 in the same round. `--code DIR --python VENV/bin/python` runs another
+checkout's daemon (old against new with one client). The medians over the rounds are printed last: the machine is shared and noisy.
 """
 
 from __future__ import annotations
@@ -160,7 +162,12 @@ def fresh_postgres(base: str) -> str:
 # --- the daemon -------------------------------------------------------------------------------------------
 
 
-def write_config(folder: Path, url: str, port: int) -> Path:
+def write_config(folder: Path, url: str, port: int, extra: list[str] = []) -> Path:  # noqa: B006
+    sections: dict[str, list[str]] = {}
+    for item in extra:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        sections.setdefault(section, []).append(f"{name} = {value}")
     config = folder / "gateway.toml"
     config.write_text(f"""
 [database]
@@ -181,12 +188,28 @@ attempts_per_client = 1000
 [daemon]
 log_level = "WARNING"
 """, encoding="utf-8")
+    if sections:  # TOML: a table may be named once, so the extra keys go in by text after its header
+        text = config.read_text(encoding="utf-8")
+        for section, lines in sections.items():
+            header = f"[{section}]\n"
+            text = text.replace(header, header + "\n".join(lines) + "\n") if header in text \
+                else text + header + "\n".join(lines) + "\n"
+        config.write_text(text, encoding="utf-8")
     return config
 
 
-def gateway(config: Path, *args: str, log: Any = None) -> subprocess.Popen[bytes]:
+@dataclass(frozen=True)
+class Code:
+    """Which checkout's daemon to run (`--code`, `--python`): old and new measured by one client."""
+
+    root: Path = ROOT
+    python: str = sys.executable
+
+
+def gateway(code: Code, config: Path, *args: str, log: Any = None) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    return subprocess.Popen([sys.executable, "-m", "gateway", "--config", str(config), *args], cwd=ROOT, env=env,
+    env["PYTHONPATH"] = str(code.root)  # that checkout's `gateway`, whatever the venv installed
+    return subprocess.Popen([code.python, "-m", "gateway", "--config", str(config), *args], cwd=code.root, env=env,
                             stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
@@ -207,23 +230,63 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes], timeout: float = 60) 
 # --- the clients ----------------------------------------------------------------------------------------------
 
 
-async def log_in(base: str, email: str) -> httpx.AsyncClient:
-    client = httpx.AsyncClient(base_url=base, timeout=30, limits=httpx.Limits(max_connections=1))
-    form = await client.get("/login")
-    csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
-    assert csrf, form.text[:300]
-    answer = await client.post("/login", data={"csrf": csrf.group(1), "email": email, "password": PASSWORD})
-    assert answer.status_code == 303, (answer.status_code, answer.text[:300])
-    return client
+class Session:
+    """A keep-alive HTTP/1.1 connection of its own for the measured GETs: one request line and
+    a few headers written, the status line and Content-Length parsed, the body read as bytes.
+    The client shares the two cores with the daemon it measures: httpx (still used for the
+    logins) parses in pure Python and decoded each 168 KB page to text; this costs 0.01-0.03 of
+    a core at 10 sessions (`client CPU` in the report)."""
+
+    def __init__(self, base: str, headers: dict[str, str]) -> None:
+        host, _, port = base.removeprefix("http://").partition(":")
+        self.host, self.port = host, int(port)
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self._head = f"Host: {host}:{port}\r\n{extra}\r\n".encode()
+        self._io: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            return await self._get(path)
+        except (asyncio.IncompleteReadError, ConnectionError) as exc:
+            if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                raise
+            await self.aclose()  # the server ended an idle keep-alive connection (uvicorn: after 5 s)
+            return await self._get(path)
+
+    async def _get(self, path: str) -> tuple[int, bytes]:
+        if self._io is None:
+            self._io = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+        reader, writer = self._io
+        writer.write(b"GET " + path.encode() + b" HTTP/1.1\r\n" + self._head)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+        if length is None:
+            raise AssertionError(f"{path}: no Content-Length: {head[:300]!r}")
+        return status, await reader.readexactly(int(length.group(1)))
+
+    async def aclose(self) -> None:
+        if self._io is not None:
+            self._io[1].close()
+            self._io = None
 
 
-async def api_client(base: str, email: str) -> httpx.AsyncClient:
+async def log_in(base: str, email: str) -> Session:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        form = await client.get("/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert csrf, form.text[:300]
+        answer = await client.post("/login", data={"csrf": csrf.group(1), "email": email, "password": PASSWORD})
+        assert answer.status_code == 303, (answer.status_code, answer.text[:300])
+        cookies = "; ".join(f"{name}={value}" for name, value in client.cookies.items())
+    return Session(base, {"Cookie": cookies})
+
+
+async def api_client(base: str, email: str) -> Session:
     answer = httpx.post(f"{base}/users/token", json={"email": email}, timeout=30,
                         headers={"Authorization": f"Bearer {AGENT_TOKEN}"})
     assert answer.status_code == 200, answer.text
-    token = answer.json()["token"]
-    return httpx.AsyncClient(base_url=base, timeout=30, headers={"Authorization": f"Bearer {token}"},
-                             limits=httpx.Limits(max_connections=1))
+    return Session(base, {"Authorization": f"Bearer {answer.json()['token']}"})
 
 
 @dataclass
@@ -232,33 +295,38 @@ class Figures:
     p95: float
     p99: float
     rps: float
+    client_cpu: float = 0.0  # the client's CPU seconds per wall second (1.0 = one core)
+    server_cpu_ms: float = 0.0  # the daemon process's CPU (user + system) per request: the service time
 
 
 def _pct(sorted_ms: list[float], q: float) -> float:
     return sorted_ms[min(len(sorted_ms) - 1, int(q * len(sorted_ms)))]
 
 
-async def drive(clients: list[httpx.AsyncClient], paths: list[str], requests: int, check: str) -> Figures:
+async def drive(clients: list[Session], paths: list[str], requests: int, check: str) -> Figures:
     """Each client its own path, `requests` times one after the other; all clients at once."""
     latencies: list[float] = []
+    expected = check.encode()
 
-    async def one(client: httpx.AsyncClient, path: str) -> None:
+    async def one(client: Session, path: str) -> None:
         for _ in range(requests):
             started = time.perf_counter()
-            answer = await client.get(path)
+            status, body = await client.get(path)
             latencies.append((time.perf_counter() - started) * 1000)
-            if answer.status_code != 200 or check not in answer.text[:200_000]:
-                raise AssertionError(f"{path}: {answer.status_code} {answer.text[:200]}")
+            if status != 200 or expected not in body:
+                raise AssertionError(f"{path}: {status} {body[:200]!r}")
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(one(c, p) for c, p in zip(clients, paths, strict=True)))
     wall = time.perf_counter() - started
     latencies.sort()
-    return Figures(_pct(latencies, 0.50), _pct(latencies, 0.95), _pct(latencies, 0.99), len(latencies) / wall)
+    return Figures(_pct(latencies, 0.50), _pct(latencies, 0.95), _pct(latencies, 0.99), len(latencies) / wall,
+                   (time.process_time() - cpu) / wall)
 
 
 async def measure(base: str, seeded: Seeded, sessions: int, requests: int, rounds: int,
-                  only: list[str] | None = None, profile: tuple[int, Path] | None = None) -> list[dict[str, Figures]]:
+                  only: list[str] | None = None, profile: tuple[int, Path] | None = None,
+                  daemon_pid: int | None = None) -> list[dict[str, Figures]]:
     emails = [seeded.emails[i % len(seeded.emails)] for i in range(sessions)]
     bigs = [seeded.big_cases[i % len(seeded.big_cases)] for i in range(sessions)]
     pages = [await log_in(base, e) for e in emails]
@@ -276,11 +344,17 @@ async def measure(base: str, seeded: Seeded, sessions: int, requests: int, round
     spy = _profile(*profile) if profile else None
     try:
         for round_no in range(1, rounds + 1):
-            result = {name: await drive(clients, paths, requests, check)
-                      for name, (clients, paths, check) in targets.items()}
+            result = {}
+            for name, (clients, paths, check) in targets.items():
+                cpu = cpu_seconds(daemon_pid)
+                result[name] = await drive(clients, paths, requests, check)
+                if daemon_pid is not None:
+                    result[name].server_cpu_ms = (cpu_seconds(daemon_pid) - cpu) * 1000 / (requests * len(clients))
             results.append(result)
-            print(f"round {round_no}: " + "; ".join(
-                f"{n} p50 {f.p50:.1f} p95 {f.p95:.1f} p99 {f.p99:.1f} ms {f.rps:.0f}/s" for n, f in result.items())
+            print(f"round {round_no} (load {load()}): " + "; ".join(
+                f"{n} p50 {f.p50:.1f} p95 {f.p95:.1f} p99 {f.p99:.1f} ms {f.rps:.0f}/s client CPU {f.client_cpu:.2f} "
+                f"server {f.server_cpu_ms:.2f} ms CPU/request"
+                for n, f in result.items())
                 + "".join(f"; ratio p95 {w} {ratio(result, w):.2f}" for w in ("list", "case")
                           if f"page {w}" in result and f"api {w}" in result), flush=True)
     finally:
@@ -300,21 +374,37 @@ def _profile(pid: int, output: Path) -> subprocess.Popen[bytes]:
     return spy
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process so far (/proc/PID/stat), 0 without one. Unlike latency it
+    hardly moves with the load of the rest of the machine."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def ratio(result: dict[str, Figures], what: str) -> float:
     return result[f"page {what}"].p95 / result[f"api {what}"].p95
 
 
 def report(results: list[dict[str, Figures]], label: str) -> str:
-    lines = [f"| {label} | p50 ms | p95 ms | p99 ms | requests/s |", "|---|---|---|---|---|"]
+    lines = [f"| {label} | p50 ms | p95 ms | p99 ms | requests/s | client CPU | server CPU ms/request |",
+             "|---|---|---|---|---|---|---|"]
     for name in results[0]:
-        med = {k: statistics.median(getattr(r[name], k) for r in results) for k in ("p50", "p95", "p99", "rps")}
-        lines.append(f"| {name} | {med['p50']:.1f} | {med['p95']:.1f} | {med['p99']:.1f} | {med['rps']:.0f} |")
+        med = {k: statistics.median(getattr(r[name], k) for r in results)
+               for k in ("p50", "p95", "p99", "rps", "client_cpu", "server_cpu_ms")}
+        lines.append(f"| {name} | {med['p50']:.1f} | {med['p95']:.1f} | {med['p99']:.1f} | {med['rps']:.0f} "
+                     f"| {med['client_cpu']:.2f} | {med['server_cpu_ms']:.2f} |")
     for what in ("list", "case"):
         if f"page {what}" not in results[0] or f"api {what}" not in results[0]:
             continue
         ratios = [ratio(r, what) for r in results]
         lines.append(f"| page/API p95, {what} | {statistics.median(ratios):.2f} "
-                     f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}) | | | |")
+                     f"(rounds: {', '.join(f'{x:.2f}' for x in ratios)}) | | | | | |")
     return "\n".join(lines)
 
 
@@ -333,30 +423,36 @@ async def main() -> int:
                         help="measure only these targets (repeatable)")
     parser.add_argument("--profile", type=Path, help="py-spy's collapsed stacks of the daemon, into this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (the daemon's log)")
+    parser.add_argument("--code", type=Path, default=ROOT, help="the checkout whose daemon runs (default: this one)")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter (venv) that runs the daemon")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="an extra setting for the daemon's config (repeatable), e.g. api.http_processes=2")
     args = parser.parse_args()
+    code = Code(args.code.resolve(), args.python)
 
     folder = Path(tempfile.mkdtemp(prefix="gw-bench-portal-"))
     url = fresh_postgres(args.pg_url) if args.db == "postgresql" else f"sqlite+aiosqlite:///{folder}/gateway.db"
     port = free_port()
-    config = write_config(folder, url, port)
-    if gateway(config, "db", "upgrade").wait() != 0:
+    config = write_config(folder, url, port, args.set)
+    if gateway(code, config, "db", "upgrade").wait() != 0:
         raise SystemExit("gateway db upgrade failed")
     started = time.perf_counter()
     seeded = await seed(url, args.users, args.cases, args.comments, args.shared)
     print(f"seeded {args.users} users x {args.cases} cases, {args.comments} comments a big case "
           f"in {time.perf_counter() - started:.1f} s ({args.db})", flush=True)
     with (folder / "daemon.log").open("wb") as log:
-        daemon = gateway(config, "run", log=log)
+        daemon = gateway(code, config, "run", log=log)
         try:
             base = f"http://127.0.0.1:{port}"
             wait_healthy(base, daemon)
             results = await measure(base, seeded, args.sessions, args.requests, args.rounds, args.only,
-                                    (daemon.pid, args.profile) if args.profile else None)
+                                    (daemon.pid, args.profile) if args.profile else None, daemon.pid)
         finally:
             daemon.terminate()
             daemon.wait(30)
     print(f"\nmedians of {args.rounds} rounds, {args.sessions} sessions x {args.requests} requests each:")
     print(report(results, args.db))
+    print(f"load average at the end: {load()}")
     print(json.dumps({"db": args.db, "rounds": [{k: vars(v) for k, v in r.items()} for r in results]}))
     if not args.keep:
         import shutil

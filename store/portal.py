@@ -8,11 +8,11 @@ links by their public half only, passwords as argon2id hashes made by the caller
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, case, delete, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -21,6 +21,8 @@ from sqlmodel import Session
 from gateway.model import NewUser, Role
 from store import writes
 from store.models import AppUser, Organisation, PortalLink, PortalPassword, PortalSession, PortalThrottle
+
+R = TypeVar("R")
 
 _U = AppUser.__table__  # type: ignore[attr-defined]
 _O = Organisation.__table__  # type: ignore[attr-defined]
@@ -139,6 +141,16 @@ def session_of(conn: Connection, token_hash: str, now: datetime, idle: timedelta
     if row is None:
         return None
     return ActiveSession(row[0], _user(row[3:]), row[1], row[2])
+
+
+def session_and(conn: Connection, token_hash: str, now: datetime, idle: timedelta,
+                then: Callable[[Connection, int], R] | None = None) -> tuple[ActiveSession | None, R | None]:
+    """`session_of`, and for a live customer's session `then(conn, user_id)` on the same
+    connection: a page's session and its data in one trip to the store, not two."""
+    found = session_of(conn, token_hash, now, idle)
+    if found is None or not found.user.is_customer or then is None:
+        return found, None
+    return found, then(conn, found.user.id)
 
 
 def touch_session(session: Session, session_id: int, now: datetime) -> None:

@@ -134,9 +134,11 @@ async def test_the_api_pages_cases_with_next(tmp_path: Path) -> None:
             transport=httpx.ASGITransport(app=build_api(app.http)), base_url="http://gw") as api:
         numbers, url = [], "/cases?status=all&limit=3"
         while url:
-            page = (await api.get(url, headers=headers)).json()
+            answer = await api.get(url, headers=headers)
+            page = answer.json()
             numbers.extend(c["number"] for c in page["items"])
             url = f"/cases?status=all&limit=3&before={page['next']}" if page["next"] else ""
+            assert answer.headers.get("link") == (f'<{url}>; rel="next"' if url else None)  # the same, as a link
         assert numbers == [f"SAG-00000{n}" for n in (2, 7, 6, 5, 4, 3, 1)]
         for query in ("limit=0", "limit=1001", "limit=x", "before=nonsense", "before=99999999999999999-1"):
             r = await api.get(f"/cases?{query}", headers=headers)

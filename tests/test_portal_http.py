@@ -218,7 +218,7 @@ async def test_failed_logins_back_off_per_address(jens: Visit, other: Visit, clo
         assert (await other.login(JENS, "forkert kodeord")).status_code == 400
     assert (await other.login(JENS, "forkert kodeord")).status_code == 400  # the 4th counts and blocks
     blocked = await other.login(JENS)  # even the right password waits
-    assert blocked.status_code == 429 and "For mange forsøg" in blocked.text
+    assert blocked.status_code == 429 and "For mange forsøg. Vent 1 minut, og prøv igen." in blocked.text
     clock.advance(seconds=2)
     assert (await other.login(JENS)).status_code == 303
 
@@ -405,6 +405,29 @@ async def test_english_second_by_lang_then_remembered(jens: Visit) -> None:
     assert '<html lang="da">' in (await jens.get("/opret?lang=da")).text
 
 
+def test_the_conversation_escapes_what_people_wrote() -> None:
+    from datetime import UTC, datetime
+    from functools import partial
+
+    from gateway.http.portal.conversation import conversation
+    from gateway.http.portal.i18n import size, translator, when
+    from store.portal_cases import CommentRow, FileRow
+
+    at = datetime(2026, 1, 5, 9, 3, tzinfo=UTC)
+    rows = (CommentRow(1, at, "<b>Jens</b>", "jens@kunde.example", False, "Hej <script>x()</script> & 'tak'",
+                       (FileRow(7, 'a"<img>.pdf', 2048),)),
+            CommentRow(2, at, "", None, True, "", ()))
+    for lang, staff in (("da", "Kundebetjening"), ("en", "Kundebetjening (Customer Service)")):
+        html = str(conversation(rows, "SAG-000001", translator(lang), partial(when, lang=lang),
+                                partial(size, lang=lang)))
+        assert "<script" not in html and "<b>" not in html and "<img" not in html
+        assert "&lt;b&gt;Jens&lt;/b&gt;" in html and "Hej &lt;script&gt;x()&lt;/script&gt; &amp; &#39;tak&#39;" in html
+        assert '<a href="/sager/SAG-000001/filer/7" download>a&#34;&lt;img&gt;.pdf</a>' in html
+        assert f'<strong>{staff}</strong> ({staff})' in html and 'class="comment comment-agent"' in html
+        assert f'<time datetime="2026-01-05T09:03:00+00:00">{when(at, lang)}</time>' in html
+        assert 'class="comment-text"' in html.split('id="c2"')[0] and 'class="comment-text"' not in html.split('id="c2"')[1]
+
+
 def test_every_danish_text_has_its_english() -> None:
     used: set[str] = set()
     sources = [*(ROOT / "templates" / "portal").glob("*.j2"), *(ROOT / "gateway" / "http" / "portal").glob("*.py")]
@@ -477,7 +500,7 @@ async def test_mine_sager_pages_25_at_a_time_newest_change_first(jens: Visit, po
         numbers.append(await mail_in(portal_app, subject=f"Sag nummer {i}"))
     await jens.register(JENS)
     first = await jens.get("/sager")
-    assert "27 sag(er)" in first.text and "Side 1 af 2" in first.text and "/sager?vis=igangvaerende&amp;side=2" in first.text
+    assert "27 sager" in first.text and "Side 1 af 2" in first.text and "/sager?vis=igangvaerende&amp;side=2" in first.text
     assert first.text.index(numbers[-1]) < first.text.index(numbers[-2])  # newest change first
     assert numbers[1] not in first.text
     second = await jens.get("/sager?vis=igangvaerende&side=2")
@@ -485,6 +508,17 @@ async def test_mine_sager_pages_25_at_a_time_newest_change_first(jens: Visit, po
     assert numbers[2] not in second.text
     assert "Du har ingen sager her." in (await jens.get("/sager?vis=afsluttede")).text
     assert (await jens.get("/sager?vis=hvadsomhelst&side=-3")).status_code == 200  # the defaults
+
+
+async def test_mine_sager_counts_in_the_singular_and_the_plural(jens: Visit, portal_app: App) -> None:
+    await mail_in(portal_app)
+    await jens.register(JENS)
+    assert re.search(r'id="antal">1 sag</p>', (await jens.get("/sager")).text)
+    assert re.search(r'id="antal">1 case</p>', (await jens.get("/sager?lang=en")).text)
+    assert re.search(r'id="antal">0 cases</p>', (await jens.get("/sager?vis=afsluttede&lang=en")).text)
+    assert re.search(r'id="antal">0 sager</p>', (await jens.get("/sager?vis=afsluttede&lang=da")).text)
+    await mail_in(portal_app, subject="En sag mere")
+    assert re.search(r'id="antal">2 sager</p>', (await jens.get("/sager?lang=da")).text)
 
 
 async def test_a_form_with_more_files_than_one_is_a_page_not_a_crash(jens: Visit, portal_app: App) -> None:

@@ -21,6 +21,7 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import uvicorn
 from starlette.applications import Starlette
@@ -108,7 +109,12 @@ async def list_cases(request: Request) -> Response:
         address = caller.email
     limit, before = _page_params(request)
     page = await in_session(deps_of(request).sessions, queries.cases_page, status, address, limit, before)
-    return ok_json(page.as_json())
+    answer = ok_json(page.as_json())
+    if page.next is not None:  # the next page as a link too (RFC 8288): this query, `before` moved on
+        query = urlencode([*((k, v) for k, v in request.query_params.multi_items() if k != "before"),
+                           ("before", page.next)])
+        answer.headers["Link"] = f'</cases?{query}>; rel="next"'
+    return answer
 
 
 def _page_params(request: Request) -> tuple[int, tuple[Any, int] | None]:

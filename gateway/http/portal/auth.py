@@ -217,5 +217,7 @@ class Auth:
         return translator(visitor.lang)
 
     def _too_many(self, visitor: Visitor, wait: float) -> str:
-        return self._t(visitor)("For mange forsøg. Vent {minutes} minut(ter), og prøv igen.",
-                                minutes=max(1, math.ceil(wait / 60)))
+        _, minutes = self._t(visitor), max(1, math.ceil(wait / 60))
+        if minutes == 1:
+            return _("For mange forsøg. Vent 1 minut, og prøv igen.")
+        return _("For mange forsøg. Vent {minutes} minutter, og prøv igen.", minutes=minutes)

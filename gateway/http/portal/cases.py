@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from functools import partial
 from typing import Any
 
 from starlette.datastructures import UploadFile
@@ -19,11 +20,13 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from gateway import lifecycle
 from gateway.errors import Refused
 from gateway.http.portal.context import Portal, Visitor, declared_length, not_found, read_form
-from gateway.http.portal.i18n import size, translator
+from gateway.http.portal.conversation import conversation
+from gateway.http.portal.i18n import size, translator, when
 from gateway.model import Source, Status
 from store import portal_cases
 from store.portal import PortalUser
-from store.portal_cases import CaseHead, CasePage
+from store.portal_cases import CaseHead, CasePage, CaseRow
+from store.transact import ReadConnection
 
 log = logging.getLogger("gateway.portal")
 
@@ -43,6 +46,14 @@ async def case_of(portal: Portal, request: Request, user: PortalUser) -> CaseHea
     return head
 
 
+def _my_cases(conn: ReadConnection, user_id: int, which: str, limit: int, offset: int) -> tuple[list[CaseRow], int]:
+    return portal_cases.my_cases(conn, user_id, which, limit, offset)
+
+
+def _member_case_page(conn: ReadConnection, user_id: int, number: str) -> CasePage | None:
+    return portal_cases.member_case_page(conn, number, user_id)
+
+
 class Cases:
     def __init__(self, portal: Portal) -> None:
         self.portal = portal
@@ -51,23 +62,23 @@ class Cases:
     # --- Mine sager --------------------------------------------------------------------------------
 
     async def my_cases(self, request: Request) -> Response:
-        visitor, user = await self.portal.user_visitor(request)
         shown = request.query_params.get("vis", "igangvaerende")
         shown = shown if shown in FILTERS else "igangvaerende"
         side = request.query_params.get("side", "1")
         page = int(side) if side.isdigit() and 0 < int(side) < 100_000 else 1
-        rows, total = await self.portal.read(portal_cases.my_cases, user.id, FILTERS[shown], PER_PAGE,
-                                             (page - 1) * PER_PAGE)
+        visitor, _, (rows, total) = await self.portal.user_reading(request, partial(
+            _my_cases, which=FILTERS[shown], limit=PER_PAGE, offset=(page - 1) * PER_PAGE))
         return self.portal.pages.render(request, visitor, "cases.html.j2", rows=rows, total=total, shown=shown,
                                         page=page, pages=max(1, math.ceil(total / PER_PAGE)))
 
     # --- the case ---------------------------------------------------------------------------------------
 
     async def case(self, request: Request) -> Response:
-        visitor, user = await self.portal.user_visitor(request)
         number = str(request.path_params.get("number", ""))
-        page = await self.portal.read(portal_cases.member_case_page, number, user.id) \
-            if lifecycle.valid_number(number) else None
+        if not lifecycle.valid_number(number):
+            await self.portal.user_visitor(request)  # log in first, as for any page of /sager
+            raise not_found()
+        visitor, _, page = await self.portal.user_reading(request, partial(_member_case_page, number=number))
         if page is None:
             raise not_found()
         return await self._case_page(request, visitor, page.head, page=page)
@@ -78,12 +89,16 @@ class Cases:
     async def _case_page(self, request: Request, visitor: Visitor, head: CaseHead, status: int = 200,
                          error: str | None = None, text: str = "", page: CasePage | None = None) -> Response:
         assert visitor.user is not None
-        page = page or await self.portal.read(portal_cases.case_page, head)
+        if page is None:
+            page = await self.portal.read(portal_cases.case_page, head)
         closed = head.status == Status.LUKKET.value
+        lang = visitor.lang
+        talk = conversation(page.comments, head.number, translator(lang), lambda at: when(at, lang),
+                            lambda n: size(n, lang))
         return self.portal.pages.render(
             request, visitor, "case.html.j2", status, page_path=f"/sager/{head.number}", page=page, case=head,
-            closed=closed, is_requester=head.requester_id == visitor.user.id, error=error, text=text,
-            can_share=not closed and head.organisation_id is not None, file_limit=self.file_limit)
+            conversation=talk, closed=closed, is_requester=head.requester_id == visitor.user.id, error=error,
+            text=text, can_share=not closed and head.organisation_id is not None, file_limit=self.file_limit)
 
     # --- Opdater: a comment, with a file ----------------------------------------------------------------
 

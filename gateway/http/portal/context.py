@@ -17,7 +17,7 @@ from gateway.http.portal.csrf import csrf_token, csrf_valid
 from gateway.http.portal.pages import PageError, Pages, Visitor
 from gateway.http.portal.passwords import Passwords
 from gateway.http.portal.security import cookie_secure
-from gateway.http.portal.sessions import CookieNames, current_user
+from gateway.http.portal.sessions import CookieNames, user_and
 from gateway.lifecycle import CaseDesk
 from store.portal import PortalUser
 from store.transact import ReadConnection, TxSession
@@ -82,18 +82,23 @@ class Portal:
         return await self.deps.tx.run(fn, *args, **kwargs)
 
     async def visitor(self, request: Request) -> Visitor:
+        visitor, _ = await self._visit(request, None)
+        return visitor
+
+    async def _visit(self, request: Request, then: Callable[[ReadConnection, int], R] | None
+                     ) -> tuple[Visitor, R | None]:
         session_cookie = request.cookies.get(self.cookies.session, "")
         form_cookie = request.cookies.get(self.cookies.form, "")
         new_form = not form_cookie
         if new_form:
             form_cookie = secrets.token_urlsafe(24)
-        user = await current_user(self, session_cookie)
+        user, result = await user_and(self, session_cookie, then)
         asked = request.query_params.get("lang")
         asked = asked if asked in i18n.LANGUAGES else None
         lang = i18n.choose(asked, request.cookies.get(self.cookies.lang), user.language if user else None,
                            self.settings.policy.language)
         return Visitor(lang, user, session_cookie, form_cookie, csrf_token(self.secret, form_cookie, session_cookie),
-                       new_form, asked)
+                       new_form, asked), result
 
     def anonymous(self, request: Request) -> Visitor:
         """A visitor read from the request alone, for pages shown when the store does not answer."""
@@ -108,6 +113,15 @@ class Portal:
         if visitor.user is None:
             raise LoginRequired()
         return visitor, visitor.user
+
+    async def user_reading(self, request: Request, then: Callable[[ReadConnection, int], R]
+                           ) -> tuple[Visitor, PortalUser, R]:
+        """`user_visitor`, and `then(connection, user_id)` read with the session in one trip to
+        the store (a page's reads: its session and its data)."""
+        visitor, result = await self._visit(request, then)
+        if visitor.user is None:
+            raise LoginRequired()
+        return visitor, visitor.user, result  # type: ignore[return-value]  # read for a live user
 
     def check_csrf(self, visitor: Visitor, form: FormData) -> None:
         posted = form.get("csrf")

@@ -79,8 +79,9 @@ ENGLISH: dict[str, str] = {
     "Glemt adgangskode?": "Forgot your password?",
     "Ny bruger? Opret dig her": "New user? Register here",
     "Forkert e-mailadresse eller adgangskode.": "Wrong e-mail address or password.",
-    "For mange forsøg. Vent {minutes} minut(ter), og prøv igen.":
-        "Too many attempts. Wait {minutes} minute(s) and try again.",
+    "For mange forsøg. Vent 1 minut, og prøv igen.": "Too many attempts. Wait 1 minute and try again.",
+    "For mange forsøg. Vent {minutes} minutter, og prøv igen.":
+        "Too many attempts. Wait {minutes} minutes and try again.",
     "Skriv en gyldig e-mailadresse.": "Enter a valid e-mail address.",
     "Har du skrevet til Kundebetjening før, er du allerede bruger: så vælger du blot en adgangskode. "
     "Skriv din e-mailadresse, så sender vi dig et link.":
@@ -119,7 +120,8 @@ ENGLISH: dict[str, str] = {
     "Senest ændret": "Last changed",
     "(uden emne)": "(no subject)",
     "Du har ingen sager her.": "You have no cases here.",
-    "{n} sag(er)": "{n} case(s)",
+    "{n} sag": "{n} case",
+    "{n} sager": "{n} cases",
     "Side {page} af {pages}": "Page {page} of {pages}",
     "Forrige side": "Previous page",
     "Næste side": "Next page",
@@ -251,10 +253,10 @@ def explanation(status: str, lang: str, close_after_days: int) -> str:
 
 def when(at: datetime, lang: str) -> str:
     """A time as people here read it, in Danish time: 5. januar 2026 kl. 10.00."""
-    local = at.astimezone(ZONE)
+    local = at.astimezone(ZONE)  # the hour and minute by hand: strftime was half of this, 200 times a case page
     if lang == "da":
-        return f"{local.day}. {_MONTHS_DA[local.month - 1]} {local.year} kl. {local:%H.%M}"
-    return f"{local.day} {_MONTHS_EN[local.month - 1]} {local.year}, {local:%H:%M}"
+        return f"{local.day}. {_MONTHS_DA[local.month - 1]} {local.year} kl. {local.hour:02}.{local.minute:02}"
+    return f"{local.day} {_MONTHS_EN[local.month - 1]} {local.year}, {local.hour:02}:{local.minute:02}"
 
 
 def size(n: int, lang: str) -> str:

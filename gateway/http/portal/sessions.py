@@ -70,18 +70,21 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
 
 
-async def current_user(portal: Portal, session_cookie: str) -> PortalUser | None:
-    """The user of a live session, or None (no cookie, ended, expired, idle too long)."""
+async def user_and(portal: Portal, session_cookie: str, then: Callable[[ReadConnection, int], R] | None
+                   ) -> tuple[PortalUser | None, R | None]:
+    """The user of a live session, or None (no cookie, ended, expired, idle too long); and what
+    `then(connection, user_id)` reads for that user, in the same read — the session and a
+    page's data in one trip to the store (None without a live session: `then` is not called)."""
     if not session_cookie:
-        return None
+        return None, None
     now = portal.now()
     idle = timedelta(minutes=portal.settings.portal.session_idle_minutes)
-    found = await portal.read(portal_store.session_of, token_hash(session_cookie), now, idle)
+    found, result = await portal.read(portal_store.session_and, token_hash(session_cookie), now, idle, then)
     if found is None or not found.user.is_customer:
-        return None
+        return None, None
     if now - found.last_seen_at >= TOUCH_EVERY:
         await portal.write(portal_store.touch_session, found.id, now)
-    return found.user
+    return found.user, result
 
 
 async def find_user(portal: Portal, email: str) -> PortalUser | None:
