@@ -120,6 +120,24 @@ def defer_fsync(engine: Engine) -> None:
         conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
 
 
+def sync_pg_engine(url: str, threads: int) -> Engine:
+    """A psycopg 3 engine on the same PostgreSQL as the async engine, for the transaction
+    threads of `store.transact.Transactor`: a transaction in one hop to a thread, its
+    statements there without an event loop or a greenlet in between, and the hot ones run by
+    psycopg itself, prepared (store/pg/driver.py). bench/smtp.py and BENCHMARKS.md ("PostgreSQL
+    as fast as SQLite") measured it against asyncpg through the async session."""
+    from store.pg.driver import install
+
+    engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"), pool_size=threads,
+                           max_overflow=threads, pool_pre_ping=True)
+    install(engine)
+    return engine
+
+
+def is_postgresql(url: str) -> bool:
+    return make_url(url).get_backend_name() == "postgresql"
+
+
 def is_file_sqlite(url: str) -> bool:
     parsed = make_url(url)
     return parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")

@@ -23,6 +23,7 @@ from gateway.model import (
     UserKind,
     UserRef,
 )
+from store import group
 from store.models import (
     AppUser,
     Attachment,
@@ -106,9 +107,37 @@ def user_refs(session: Session, emails: Sequence[str]) -> list[UserRef]:
     """The registered users among these (canonical) addresses."""
     if not emails:
         return []
-    rows = _RUN_USER_REFS.rows(session.connection(), {"emails": [e.lower() for e in emails]})
+    reads = group.of(session)
+    if reads is None:
+        return _read_user_refs(session, [e.lower() for e in emails])
+    wanted = list(dict.fromkeys(e.lower() for e in emails))
+    missing = [e for e in wanted if e not in reads.users]
+    if missing:
+        reads.users.update(dict.fromkeys(missing))
+        reads.users.update((ref.email, ref) for ref in _read_user_refs(session, missing))
+    return [ref for e in wanted if (ref := reads.users[e]) is not None]
+
+
+def end_group(session: Session) -> None:
+    group.end(session)
+
+
+def _read_user_refs(session: Session, emails: list[str]) -> list[UserRef]:
+    rows = _RUN_USER_REFS.rows(session.connection(), {"emails": emails})
     return [UserRef(id_, email, name, UserKind(kind), Role(role), organisation_id, language, bouncing is not None)
             for id_, email, name, kind, role, organisation_id, language, bouncing in rows]
+
+
+def read_ahead(session: Session, triages: Sequence[Triage], now: datetime, auto_cap: int,
+               automatic: tuple[str, ...]) -> None:
+    """A group's reads at once (store/group.py): its senders and Cc'd users in one statement,
+    and on PostgreSQL their counts of the last hour and day in one each."""
+    group.begin(session)
+    senders = list(dict.fromkeys(t.sender for t in triages if t.sender))
+    user_refs(session, [*senders, *(a for t in triages for a in t.cc)])
+    caps = {t.recent_cap for t in triages if t.sender}
+    group.read_counts(session, senders, now - timedelta(hours=1), max(caps) if len(caps) == 1 else 0,
+                      now - timedelta(days=1), auto_cap, automatic)
 
 
 def case_id_by_number(session: Session, number: str) -> int | None:
@@ -140,8 +169,14 @@ def recent_from(session: Session, address: str, now: datetime, cap: int) -> int:
     counted up to `cap`; 0 when `cap` is 0 (the detector is off)."""
     if cap <= 0:
         return 0
-    return int(_RUN_RECENT_FROM.scalar(session.connection(), {"address": address, "since": now - timedelta(hours=1),
-                                                               "cap": cap}))
+    since = now - timedelta(hours=1)
+    reads = group.of(session)
+    if reads is not None and (address, since, cap) in reads.recent:
+        return reads.recent[(address, since, cap)]
+    count = int(_RUN_RECENT_FROM.scalar(session.connection(), {"address": address, "since": since, "cap": cap}))
+    if reads is not None:
+        reads.recent[(address, since, cap)] = count
+    return count
 
 
 def load_facts(session: Session, triage: Triage, now: datetime) -> Facts:
