@@ -288,7 +288,9 @@ async def _child_store(role: Role, settings: Settings, engine: Database, tx: Tra
                        quiet: Callable[[], bool] | None) -> Checkpointer | None:
     """The children's store. Beside the daemon's SQLite writer they run no WAL checkpoint in their
     commits: the worker's Checkpointer runs them for the node. The worker's own transactions wait
-    for no fsync (durable with the next FULL commit, store/engine.py)."""
+    for no fsync, on PostgreSQL too (durable with the next commit that waits, store/engine.py)."""
+    if role == "worker" and tx.pg_engine is not None:
+        defer_fsync(tx.pg_engine)
     if role not in ("worker", "sender") or tx.sync_engine is None:
         return None
     checkpoints = None

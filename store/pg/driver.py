@@ -87,14 +87,14 @@ def run(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
     """The statement now, after (and in one round trip with) the statements waiting: its cursor."""
     waiting = conn.info.pop(_LATER, None)
     if not waiting:
-        with driver_errors(sql):
+        with driver_errors(conn, sql):
             return raw(conn).execute(sql, params, prepare=True)
     return _pipeline(conn, [*waiting, (sql, params, None)])[-1]
 
 
 def run_many(conn: Connection, sql: str, rows: list[dict[str, Any]]) -> None:
     flush(conn)
-    with driver_errors(sql):
+    with driver_errors(conn, sql):
         raw(conn).cursor().executemany(sql, rows)  # psycopg pipelines the rows itself
 
 
@@ -112,7 +112,7 @@ def flush(conn: Connection) -> None:
 def _pipeline(conn: Connection, items: list[tuple[str, dict[str, Any], Check | None]]) -> list[Any]:
     driver = raw(conn)
     sql = items[0][0]
-    with driver_errors(sql), driver.pipeline():
+    with driver_errors(conn, sql), driver.pipeline():
         cursors = []
         for sql, params, _ in items:
             cursors.append(driver.execute(sql, params, prepare=True))
@@ -124,9 +124,12 @@ def _pipeline(conn: Connection, items: list[tuple[str, dict[str, Any], Check | N
 
 
 class driver_errors:  # noqa: N801 - a context manager, used like a function
-    """psycopg's error as SQLAlchemy's, without the statement's parameters (a mail's text)."""
+    """psycopg's error as SQLAlchemy's, without the statement's parameters (a mail's text). A
+    connection that broke is invalidated, as SQLAlchemy does with one that broke in its hands:
+    the pool opens a new one for the next transaction."""
 
-    def __init__(self, sql: str) -> None:
+    def __init__(self, conn: Connection, sql: str) -> None:
+        self._conn = conn
         self._sql = sql
 
     def __enter__(self) -> None:
@@ -134,10 +137,11 @@ class driver_errors:  # noqa: N801 - a context manager, used like a function
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         if isinstance(exc, psycopg.Error):
+            broken = raw(self._conn).broken
+            if broken:
+                self._conn.invalidate(exc)
             raise DBAPIError.instance(self._sql, None, exc, psycopg.Error, hide_parameters=True,  # type: ignore[arg-type]
-                                      connection_invalidated=bool(exc.sqlstate is None
-                                                                  and isinstance(exc, psycopg.OperationalError))
-                                      ) from exc
+                                      connection_invalidated=broken) from exc
 
 
 def install(engine: Engine) -> None:

@@ -27,7 +27,7 @@ class PgCommitter:
 
     def __init__(self, url: str) -> None:
         self._engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"), pool_size=1,
-                                     max_overflow=1, pool_pre_ping=True)
+                                     max_overflow=1)
 
     @staticmethod
     def rows(mails: list[IncomingMail], now: datetime) -> list[dict[str, Any]]:
