@@ -148,6 +148,7 @@ def create_case(session: Session, number: str, subject: str, requester: UserRef,
         "case_id": case_id, "at": now, "by_id": requester.id, "by_label": requester.email[:100],
         "from_status": None, "to_status": Status.REGISTRERET.value,
         "reason": f"follows {follows_id}" if follows_id else None, "via": None})
+    group.case_added(session, case_id, number)
     return case_id
 
 
@@ -167,6 +168,7 @@ def open_case(session: Session, prefix: str, digits: int, subject: str, requeste
         "case_id": case_id, "at": now, "by_id": requester.id, "by_label": requester.email[:100],
         "from_status": None, "to_status": Status.REGISTRERET.value,
         "reason": f"follows {follows_id}" if follows_id else None, "via": None})
+    group.case_added(session, int(case_id), str(number))
     return int(case_id), str(number)
 
 
@@ -180,6 +182,7 @@ def set_status(session: Session, case_id: int, to: Status, now: datetime, by_id:
     """The case's status to `to`, with its history row; returns the status it had."""
     conn = session.connection()
     previous = Status(_CASE_STATUS.scalar(conn, {"case_id": case_id}))
+    group.case_changed(session, case_id)
     _SET_STATUS.execute(conn, {"case_id": case_id, "status": to.value, "updated_at": now, "status_changed_at": now})
     record_change(session, case_id, previous, to, now, by_id, by_label, reason, via)
     return previous
@@ -220,6 +223,7 @@ def add_comment(session: Session, case_id: int, author_id: int | None, draft: Co
 def add_party(session: Session, case_id: int, user_id: int, now: datetime, by_id: int | None) -> bool:
     """Share the case with a user; False when they were a party already."""
     conn = session.connection()
+    group.case_changed(session, case_id)
     result = conn.execute(_insert_ignoring(conn.dialect.name, _PARTIES, "case_id", "user_id"),
                           {"case_id": case_id, "user_id": user_id, "added_at": now, "added_by_id": by_id})
     return bool(result.rowcount)
@@ -232,6 +236,7 @@ def index_message_id(session: Session, message_id: str | None, case_id: int, our
     conn = session.connection()
     _index_ignoring(conn.dialect.name).later(conn, {"message_id": message_id[:998], "case_id": case_id,
                                                       "ours": ours})
+    group.message_indexed(session, message_id, message_id[:998], case_id)
 
 
 @cache

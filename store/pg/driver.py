@@ -92,6 +92,13 @@ def run(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
     return _pipeline(conn, [*waiting, (sql, params, None)])[-1]
 
 
+def run_all(conn: Connection, calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """Several statements (reads) in one round trip, after the statements waiting: their cursors."""
+    waiting = conn.info.pop(_LATER, None) or []
+    cursors = _pipeline(conn, [*waiting, *((sql, params, None) for sql, params in calls)])
+    return cursors[len(waiting):]
+
+
 def run_many(conn: Connection, sql: str, rows: list[dict[str, Any]]) -> None:
     flush(conn)
     with driver_errors(conn, sql):

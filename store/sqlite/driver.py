@@ -148,3 +148,13 @@ class DriverStatement:
             order.append((key, convert))
         self._sqlite = (sql, order)
         return self._sqlite
+
+
+def rows_together(conn: Connection, calls: Sequence[tuple[DriverStatement, Mapping[str, Any]]]) -> list[
+        list[tuple[Any, ...]]]:
+    """The rows of several independent reads: on psycopg in one round trip (a pipeline),
+    elsewhere one after the other."""
+    if conn.dialect.driver != "psycopg":
+        return [stmt.rows(conn, params) for stmt, params in calls]
+    cursors = pg.run_all(conn, [stmt._pg.sql_and_params(conn.dialect, params) for stmt, params in calls])
+    return [[tuple(row) for row in cursor.fetchall()] for cursor in cursors]
