@@ -253,6 +253,11 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
         on_processed = functools.partial(_nudge, links.notices_out) \
             if role == "worker" and links.notices_out is not None else sender.wakeup.set
         quiet = functools.partial(smtp_quiet, links.smtp_busy) if paused and role == "worker" else None
+        if role == "worker" and tx.pg_engine is not None:
+            # PostgreSQL has no one write lock that the SMTP commits wait for: the larger groups
+            # always (a group's reads cost a round trip or two, whatever its size).
+            quiet = _always
+
         worker = InboxWorker(tx, inbox, parser, w, Steps.from_settings(settings), clock, holder,
                              on_processed=on_processed, smtp_quiet=quiet)
         intake: BatchStore | None = writer or (inbox if role == "daemon" else None)
@@ -277,6 +282,7 @@ async def _start_writer(engine: Database, settings: Settings, stack: AsyncExitSt
     on PostgreSQL store/pg/writer.py), which SMTP and IMAP share."""
     if engine.dialect.name not in ("sqlite", "postgresql"):
         return None
+
     writer = SqliteInboxWriter(engine.url.render_as_string(hide_password=False),
                                settings.database.busy_timeout_ms / 1000)
     await writer.start()
@@ -311,6 +317,10 @@ async def open_app(settings: Settings, clock: Clock | None = None, migrate: bool
     async with build(settings, "cli", clock, migrate=migrate, subprocess_parse=subprocess_parse,
                      holder=holder) as app:
         yield app
+
+
+def _always() -> bool:
+    return True
 
 
 def _nudge(notices: socket.socket) -> None:
