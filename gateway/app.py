@@ -252,7 +252,8 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
                         settings.outbound, clock, holder=holder)
         on_processed = functools.partial(_nudge, links.notices_out) \
             if role == "worker" and links.notices_out is not None else sender.wakeup.set
-        quiet = functools.partial(smtp_quiet, links.smtp_busy) if paused and role == "worker" else None
+        quiet: Callable[[], bool] | None = \
+            functools.partial(smtp_quiet, links.smtp_busy) if paused and role == "worker" else None
         if role == "worker" and tx.pg_engine is not None:
             # PostgreSQL has no one write lock that the SMTP commits wait for: the larger groups
             # always (a group's reads cost a round trip or two, whatever its size).
