@@ -73,7 +73,7 @@ Role = Literal["cli", "daemon", "worker", "sender"]
 class Links:
     """What the children of one daemon share besides the settings (passed to them at start)."""
 
-    smtp_busy: Any = None  # the inbox writer's `busy_until` (store.sqlite.writer.smtp_pause)
+    smtp_busy: Any = None  # the SQLite inbox writer's `busy_until` (store.sqlite.writer.smtp_pause)
     # A socket pair: the worker child writes a byte to `notices_out` when it has queued
     # notifications, the sender child wakes when `notices_in` has one.
     notices_out: socket.socket | None = None
@@ -227,7 +227,8 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
         if role == "daemon":
             holder = await start_node_run(engine, settings, clock)
             writer = await _start_writer(engine, settings, stack)
-            links = _make_links(writer.busy_until if writer else None)
+            # Only SQLite's one write lock is worth the worker's waiting for the SMTP commits.
+            links = _make_links(writer.busy_until if writer and engine.dialect.name == "sqlite" else None)
             stack.callback(links.close)
             if writer is not None:
                 liveness["inbox_writer"] = writer.alive
@@ -240,7 +241,7 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
         parser = ParseRunner(blobs, limits_of(settings), in_subprocess=in_sub, timeout_s=w.parse_timeout_s,
                              memory_mb=w.parse_memory_mb, processes=w.parse_processes)
         stack.callback(parser.close)
-        # In the children of a daemon, writes wait for the SMTP commits to pause.
+        # In the children of a daemon on SQLite, writes wait for the SMTP commits to pause.
         paused = links.smtp_busy is not None and role in ("worker", "sender")
         tx = Transactor(engine, sessions, settings.database.busy_timeout_ms,
                         before_write=functools.partial(smtp_pause, links.smtp_busy) if paused else None)
@@ -253,6 +254,10 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
             if role == "worker" and links.notices_out is not None else sender.wakeup.set
         quiet: Callable[[], bool] | None = \
             functools.partial(smtp_quiet, links.smtp_busy) if paused and role == "worker" else None
+        if role == "worker" and tx.pg_engine is not None:
+            # PostgreSQL has no one write lock that the SMTP commits wait for: the larger groups
+            # always (a group's reads cost a round trip or two, whatever its size).
+            quiet = _always
 
         worker = InboxWorker(tx, inbox, parser, w, Steps.from_settings(settings), clock, holder,
                              on_processed=on_processed, smtp_quiet=quiet)
@@ -313,6 +318,10 @@ async def open_app(settings: Settings, clock: Clock | None = None, migrate: bool
     async with build(settings, "cli", clock, migrate=migrate, subprocess_parse=subprocess_parse,
                      holder=holder) as app:
         yield app
+
+
+def _always() -> bool:
+    return True
 
 
 def _nudge(notices: socket.socket) -> None:

@@ -6,16 +6,10 @@ On PostgreSQL the edges committed through asyncpg in the listener's own event lo
 INSERTs' parameters, the hashing of every mail (`row_of`) and the driver's work all ran where
 aiosmtpd reads the next DATA, so a slow commit, or only a busy one, delayed every session's
 next line. Here the loop writes the raw bytes to a socket and reads the ids back, as on SQLite.
-
-As on SQLite, the worker and the sender begin no write while the commits follow each other
-(`busy_until`, store.sqlite.writer.smtp_pause). There is no one write lock to wait for here,
-but there are two cores: a group transaction of the worker, and the server's work for it, took
-CPU from the listener, this process and the server's commits of the 250s.
 """
 
 from __future__ import annotations
 
-import time
 from datetime import datetime
 from typing import Any
 
@@ -26,15 +20,12 @@ from sqlalchemy.exc import DBAPIError
 from gateway.errors import StoreUnavailable
 from store.inbox import Accepted, IncomingMail, insert_batch, row_of
 
-QUIET_S = 0.05  # as store.sqlite.writer's: a pause this long between commits lets the worker in
-
 
 class PgCommitter:
     """One batch of mails, one transaction (`store.inbox.insert_batch`): one multi-row INSERT
     … ON CONFLICT DO NOTHING RETURNING for the rows, one for their raw bytes, one commit."""
 
-    def __init__(self, url: str, busy_until: Any) -> None:
-        self._busy_until = busy_until
+    def __init__(self, url: str) -> None:
         self._engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"), pool_size=1,
                                      max_overflow=1)
 
@@ -43,16 +34,11 @@ class PgCommitter:
         return [row_of(mail, now) for mail in mails]
 
     def commit(self, rows: list[dict[str, Any]], more: bool = False) -> list[Accepted]:
-        """`more`: another batch is queued behind this one (`busy_until` stays up for it: the
-        worker and the sender begin no write meanwhile, store.sqlite.writer.smtp_pause)."""
         try:
             with self._engine.begin() as conn:
                 return insert_batch(conn, rows)
         except (DBAPIError, OSError) as exc:
             raise StoreUnavailable(f"inbox commit failed: {type(exc).__name__}") from exc
-        finally:
-            if not more:
-                self._busy_until.value = time.monotonic() + QUIET_S
 
     def close(self) -> None:
         self._engine.dispose()

@@ -288,7 +288,7 @@ def _committer(url: str, busy_timeout_s: float, busy_until: Any) -> Committer | 
     if url.startswith("postgresql"):
         from store.pg.writer import PgCommitter
 
-        return PgCommitter(url, busy_until)
+        return PgCommitter(url)
     return Committer(url, busy_timeout_s, busy_until)
 
 
