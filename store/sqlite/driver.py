@@ -154,6 +154,8 @@ def rows_together(conn: Connection, calls: Sequence[tuple[DriverStatement, Mappi
         list[tuple[Any, ...]]]:
     """The rows of several independent reads: on psycopg in one round trip (a pipeline),
     elsewhere one after the other."""
+    if not calls:
+        return []
     if conn.dialect.driver != "psycopg":
         return [stmt.rows(conn, params) for stmt, params in calls]
     cursors = pg.run_all(conn, [stmt._pg.sql_and_params(conn.dialect, params) for stmt, params in calls])
