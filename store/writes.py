@@ -28,7 +28,7 @@ from store.models import (
     SupportCase,
     joined_text,
 )
-from store.queries import user_by_email
+from store.queries import user_by_email, user_refs
 from store.sqlite.driver import DriverStatement
 
 _TEXT_CAP = 1_000_000
@@ -106,11 +106,18 @@ def _insert_ignoring(dialect: str, table: Any, *key: str) -> Any:
 def ensure_user(session: Session, who: UserRef | NewUser, now: datetime) -> UserRef:
     if isinstance(who, UserRef):
         return who
-    # The caller looked the address up in this transaction already; the unique index guards a race.
+    # The caller looked the address up in this transaction already. Another node's transaction
+    # may register the same address meanwhile (two nodes, a new sender's first mails): then
+    # ours waits for its commit and takes that user, instead of failing the mail on the unique
+    # index (a failed mail waits `retry_delay_s`, 30 s, before its next try).
     email, name = who.email.lower(), clean_text(who.name, 200)
-    new_id = _INSERT_USER.scalar(session.connection(), {
+    conn = session.connection()
+    new_id = _user_ignoring(conn.dialect.name).scalar(conn, {
         "email": email, "name": name, "kind": UserKind.PERSON.value, "role": Role.CUSTOMER.value,
         "created_at": now})
+    if new_id is None:
+        group.user_changed(session, email)
+        return user_refs(session, [email])[0]
     ref = UserRef(int(new_id), email, name, UserKind.PERSON, Role.CUSTOMER)
     group.user_added(session, ref)
     return ref
@@ -237,6 +244,12 @@ def index_message_id(session: Session, message_id: str | None, case_id: int, our
     _index_ignoring(conn.dialect.name).later(conn, {"message_id": message_id[:998], "case_id": case_id,
                                                       "ours": ours})
     group.message_indexed(session, message_id, message_id[:998], case_id)
+
+
+@cache
+def _user_ignoring(dialect: str) -> DriverStatement:
+    return DriverStatement(_insert_ignoring(dialect, _USERS, "email").returning(_USERS.c.id),
+                           ["email", "name", "kind", "role", "created_at"])
 
 
 @cache
