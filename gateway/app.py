@@ -3,7 +3,7 @@
 `build(settings, role)` opens the store and wires what one process of the product needs:
 
     cli      a command (`gateway cases …`, `ingest`, tests): the store, the worker inline
-    daemon   `gateway run`'s own process: a new node run, the inbox writer (SQLite), the SMTP
+    daemon   `gateway run`'s own process: a new node run, the inbox writer process, the SMTP
              listener over the group committer, the links to its children
     worker   the worker child: its parse processes, SMTP pauses, deferred fsync, checkpoints
     sender   the sender child
@@ -107,8 +107,8 @@ class App:
     sender: Sender
     # Who holds this process's claims: in `gateway run` the node's `node:run` (store/node_run.py).
     holder: str = ""
-    # Where the edges commit raw mail: the inbox, or in `gateway run` on SQLite the daemon's
-    # inbox writer (store/sqlite/writer.py), which SMTP and IMAP share.
+    # Where the edges commit raw mail: the inbox, or in `gateway run` the daemon's inbox writer
+    # process (store/sqlite/writer.py), which SMTP and IMAP share.
     intake: BatchStore | None = None
     # What /healthz asks besides the daemon's loops (name -> alive now); the supervisor of each
     # child adds its own.
@@ -227,7 +227,8 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
         if role == "daemon":
             holder = await start_node_run(engine, settings, clock)
             writer = await _start_writer(engine, settings, stack)
-            links = _make_links(writer.busy_until if writer else None)
+            # Only SQLite's one write lock is worth the worker's waiting for the SMTP commits.
+            links = _make_links(writer.busy_until if writer and engine.dialect.name == "sqlite" else None)
             stack.callback(links.close)
             if writer is not None:
                 liveness["inbox_writer"] = writer.alive
@@ -251,7 +252,13 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
                         settings.outbound, clock, holder=holder)
         on_processed = functools.partial(_nudge, links.notices_out) \
             if role == "worker" and links.notices_out is not None else sender.wakeup.set
-        quiet = functools.partial(smtp_quiet, links.smtp_busy) if paused and role == "worker" else None
+        quiet: Callable[[], bool] | None = \
+            functools.partial(smtp_quiet, links.smtp_busy) if paused and role == "worker" else None
+        if role == "worker" and tx.pg_engine is not None:
+            # PostgreSQL has no one write lock that the SMTP commits wait for: the larger groups
+            # always (a group's reads cost a round trip or two, whatever its size).
+            quiet = _always
+
         worker = InboxWorker(tx, inbox, parser, w, Steps.from_settings(settings), clock, holder,
                              on_processed=on_processed, smtp_quiet=quiet)
         intake: BatchStore | None = writer or (inbox if role == "daemon" else None)
@@ -272,10 +279,11 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
 
 
 async def _start_writer(engine: Database, settings: Settings, stack: AsyncExitStack) -> SqliteInboxWriter | None:
-    """On SQLite the edges commit through a writer process of its own (store/sqlite/writer.py
-    says why), which SMTP and IMAP share; elsewhere through the inbox."""
-    if engine.dialect.name != "sqlite":
+    """The edges commit through a writer process of its own (store/sqlite/writer.py says why;
+    on PostgreSQL store/pg/writer.py), which SMTP and IMAP share."""
+    if engine.dialect.name not in ("sqlite", "postgresql"):
         return None
+
     writer = SqliteInboxWriter(engine.url.render_as_string(hide_password=False),
                                settings.database.busy_timeout_ms / 1000)
     await writer.start()
@@ -287,7 +295,9 @@ async def _child_store(role: Role, settings: Settings, engine: Database, tx: Tra
                        quiet: Callable[[], bool] | None) -> Checkpointer | None:
     """The children's store. Beside the daemon's SQLite writer they run no WAL checkpoint in their
     commits: the worker's Checkpointer runs them for the node. The worker's own transactions wait
-    for no fsync (durable with the next FULL commit, store/engine.py)."""
+    for no fsync, on PostgreSQL too (durable with the next commit that waits, store/engine.py)."""
+    if role == "worker" and tx.pg_engine is not None:
+        defer_fsync(tx.pg_engine)
     if role not in ("worker", "sender") or tx.sync_engine is None:
         return None
     checkpoints = None
@@ -308,6 +318,10 @@ async def open_app(settings: Settings, clock: Clock | None = None, migrate: bool
     async with build(settings, "cli", clock, migrate=migrate, subprocess_parse=subprocess_parse,
                      holder=holder) as app:
         yield app
+
+
+def _always() -> bool:
+    return True
 
 
 def _nudge(notices: socket.socket) -> None:

@@ -25,6 +25,7 @@ from gateway.model import (
     Result,
     Source,
     Status,
+    Triage,
     UserRef,
 )
 from gateway.pipeline import Policy, decide, triage
@@ -68,16 +69,25 @@ class Steps:
 def handle_all(session: TxSession, steps: Steps, mails: list[tuple[int, Claim, ParsedMail]],
                now: datetime) -> list[Result]:
     """The transaction of a group of parsed mails, one after the other. A mail whose claim was
-    lost meanwhile raises LostClaim, and the whole group rolls back."""
-    return [handle(session, steps, inbound_id, mail, now, claim) for inbound_id, claim, mail in mails]
+    lost meanwhile raises LostClaim, and the whole group rolls back.
+
+    The group's reads that can be known before its first mail (senders, their counts) are read
+    together first (store/group.py): on PostgreSQL a round trip each for the whole group."""
+    triaged = [triage(mail, steps.policy) for _, _, mail in mails]
+    queries.read_ahead(session, triaged, now, steps.apply.limits.auto_answers_per_day, outbox.AUTOMATIC_ANSWERS)
+    try:
+        return [handle(session, steps, inbound_id, mail, now, claim, seen)
+                for (inbound_id, claim, mail), seen in zip(mails, triaged, strict=True)]
+    finally:
+        queries.end_group(session)
 
 
 def handle(session: TxSession, steps: Steps, inbound_id: int, mail: ParsedMail, now: datetime,
-           claim: Claim | None = None) -> Result:
+           claim: Claim | None = None, triaged: Triage | None = None) -> Result:
     """One mail: the pure steps before the reads, the reads, the plan, and its execution. Bound
     here too: the transaction runs on the store's thread, which the caller's binding does not reach."""
     with bound(inbound_id=inbound_id):
-        triaged = triage(mail, steps.policy)
+        triaged = triaged or triage(mail, steps.policy)
         plan = decide(mail, triaged, queries.load_facts(session, triaged, now), steps.policy)
         return apply_plan(session, plan, mail, inbound_id, now, steps.apply, claim)
 
@@ -104,9 +114,9 @@ def apply_plan(session: TxSession, plan: Plan, mail: ParsedMail, inbound_id: int
 def _open_case(session: TxSession, plan: OpenCase, mail: ParsedMail, inbound_id: int, now: datetime,
                cfg: ApplySettings) -> tuple[Result, int]:
     requester = writes.ensure_user(session, plan.requester, now)
-    number = writes.next_case_number(session, cfg.case_prefix, cfg.case_digits)
     follows_id = plan.follows.id if plan.follows else None
-    case_id = writes.create_case(session, number, plan.subject, requester, now, follows_id)
+    case_id, number = writes.open_case(session, cfg.case_prefix, cfg.case_digits, plan.subject, requester, now,
+                                       follows_id)
     writes.add_comment(session, case_id, requester.id, plan.comment, Source.EMAIL, now, inbound_id)
     writes.index_message_id(session, mail.message_id, case_id, ours=False)
     for party in plan.parties:

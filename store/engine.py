@@ -62,7 +62,7 @@ def make_engine(url: str, busy_timeout_ms: int = 5000, echo: bool = False) -> As
     if is_sqlite(url):
         kwargs["connect_args"] = {"timeout": busy_timeout_ms / 1000}
     else:
-        kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True)
+        kwargs.update(pool_size=10, max_overflow=10)
     engine = create_async_engine(url, **kwargs)
     if is_sqlite(url):
         _sqlite_pragmas(engine, busy_timeout_ms)
@@ -101,6 +101,9 @@ def sync_sqlite_engine(url: str, busy_timeout_ms: int) -> Engine:
 
 def defer_fsync(engine: Engine) -> None:
     """synchronous=NORMAL on this engine's connections: the inbox worker's own transactions.
+    On PostgreSQL the same with `synchronous_commit=off`: a commit's WAL record is flushed by
+    the WAL writer or by the next commit that waits for its own flush, which flushes all WAL
+    before it; the argument below holds as it is.
 
     Their commits are written to the WAL without an fsync of their own. They become durable
     with the next commit that has one: every other connection stays synchronous=FULL (the SMTP
@@ -112,12 +115,39 @@ def defer_fsync(engine: Engine) -> None:
     A crash of the process loses nothing (SQLite's WAL survives it either way). The fsync is
     a large part of the worker's time on a burst.
     """
+    if engine.dialect.name == "postgresql":
+        @event.listens_for(engine, "connect")
+        def _on_pg_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.autocommit = True  # a SET outside any transaction, for the whole session
+            dbapi_conn.execute("SET synchronous_commit TO off")
+            dbapi_conn.autocommit = False
+
+        return
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.execute("PRAGMA synchronous=NORMAL")  # after _sqlite_pragmas' FULL: listeners run in order
 
     with engine.connect() as conn:  # the pool's connection, if it was made before
         conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
+
+
+def sync_pg_engine(url: str, threads: int) -> Engine:
+    """A psycopg 3 engine on the same PostgreSQL as the async engine, for the transaction
+    threads of `store.transact.Transactor`: a transaction in one hop to a thread, its
+    statements there without an event loop or a greenlet in between, and the hot ones run by
+    psycopg itself, prepared (store/pg/driver.py). bench/smtp.py and docs/benchmarks.md ("PostgreSQL
+    as fast as SQLite") measured it against asyncpg through the async session."""
+    from store.pg.driver import install
+
+    engine = create_engine(make_url(url).set(drivername="postgresql+psycopg"), pool_size=threads,
+                           max_overflow=threads)
+    install(engine)
+    return engine
+
+
+def is_postgresql(url: str) -> bool:
+    return make_url(url).get_backend_name() == "postgresql"
 
 
 def is_file_sqlite(url: str) -> bool:

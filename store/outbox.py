@@ -19,6 +19,7 @@ from sqlmodel import Session, col
 from sqlmodel import select as model_select
 
 from gateway.model import CaseRef, Event, UserRef
+from store import group
 from store.faults import store_errors
 from store.models import AppUser, CaseParty, MessageIndex, Outbox, SupportCase
 from store.queries import capped_count
@@ -65,8 +66,7 @@ def _over_limit(session: Session, event: Event, case_id: int | None, recipient: 
                 now: datetime, limits: RateLimits, new_case: bool = False) -> str | None:
     conn = session.connection()
     if event.value in AUTOMATIC_ANSWERS:
-        auto = _RUN_AUTO_ANSWERS.scalar(conn, {"recipient": recipient, "day": now - timedelta(days=1),
-                                                "cap": limits.auto_answers_per_day})
+        auto = _auto_answers(session, recipient, now - timedelta(days=1), limits.auto_answers_per_day)
         if auto >= limits.auto_answers_per_day:
             return f"rate limit: {limits.auto_answers_per_day} automatic answers a day to this address"
     if case_id is None:
@@ -83,6 +83,16 @@ def _over_limit(session: Session, event: Event, case_id: int | None, recipient: 
     if hour >= limits.per_case_hour:
         return f"rate limit: {limits.per_case_hour} mails in an hour on this case"
     return None
+
+
+def _auto_answers(session: Session, recipient: str, day: datetime, cap: int) -> int:
+    reads = group.of(session)
+    if reads is not None and (recipient, day, cap) in reads.auto:
+        return reads.auto[(recipient, day, cap)]
+    count = int(_RUN_AUTO_ANSWERS.scalar(session.connection(), {"recipient": recipient, "day": day, "cap": cap}))
+    if reads is not None:
+        reads.auto[(recipient, day, cap)] = count
+    return count
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +175,10 @@ def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     conn = session.connection()
-    _INSERT_OUTBOX.execute_many(conn, rows)
-    _INSERT_INDEX.execute_many(conn, [{"message_id": r["message_id"], "case_id": r["case_id"], "ours": True}
-                                      for r in rows if r["case_id"]])
+    _INSERT_OUTBOX.later_many(conn, rows)
+    _INSERT_INDEX.later_many(conn, [{"message_id": r["message_id"], "case_id": r["case_id"], "ours": True}
+                                    for r in rows if r["case_id"]])
+    group.answers_queued(session, rows, AUTOMATIC_ANSWERS)
 
 
 _INSERT_OUTBOX = DriverStatement(insert(T), ["created_at", "event", "case_id", "recipient", "recipient_name",

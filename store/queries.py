@@ -23,6 +23,7 @@ from gateway.model import (
     UserKind,
     UserRef,
 )
+from store import group
 from store.models import (
     AppUser,
     Attachment,
@@ -71,13 +72,11 @@ _I = MessageIndex.__table__  # type: ignore[attr-defined]
 _IN = InboundMail.__table__  # type: ignore[attr-defined]
 _M = Comment.__table__  # type: ignore[attr-defined]
 _A = Attachment.__table__  # type: ignore[attr-defined]
-_USER_REFS = sa_select(_U.c.id, _U.c.email, _U.c.name, _U.c.kind, _U.c.role, _U.c.organisation_id, _U.c.language,
-                       _U.c.bouncing_since).where(_U.c.email.in_(bindparam("emails", expanding=True)))
+_USER_REFS = group.USER_REFS
 _CASE_BY_NUMBER = sa_select(_C.c.id).where(func.upper(_C.c.number) == bindparam("number"))
 _CASES_BY_MESSAGE_ID = sa_select(_I.c.message_id, _I.c.case_id).where(
     _I.c.message_id.in_(bindparam("message_ids", expanding=True)))
-_CASE_REF = sa_select(_C.c.id, _C.c.number, _C.c.subject, _C.c.status, _C.c.requester_id, _C.c.assignee_id,
-                      _U.c.organisation_id).join(_U, _U.c.id == _C.c.requester_id).where(_C.c.id == bindparam("id"))
+_CASE_REF = group.CASE_HEAD.where(_C.c.id == bindparam("id"))
 _PARTY_IDS = sa_select(_P.c.user_id).where(_P.c.case_id == bindparam("id"))
 
 
@@ -108,33 +107,74 @@ def user_refs(session: Session, emails: Sequence[str]) -> list[UserRef]:
     """The registered users among these (canonical) addresses."""
     if not emails:
         return []
-    rows = _RUN_USER_REFS.rows(session.connection(), {"emails": [e.lower() for e in emails]})
-    return [UserRef(id_, email, name, UserKind(kind), Role(role), organisation_id, language, bouncing is not None)
-            for id_, email, name, kind, role, organisation_id, language, bouncing in rows]
+    reads = group.of(session)
+    if reads is None:
+        return _read_user_refs(session, [e.lower() for e in emails])
+    wanted = list(dict.fromkeys(e.lower() for e in emails))
+    missing = [e for e in wanted if e not in reads.users]
+    if missing:
+        reads.users.update(dict.fromkeys(missing))
+        reads.users.update((ref.email, ref) for ref in _read_user_refs(session, missing))
+    return [ref for e in wanted if (ref := reads.users[e]) is not None]
+
+
+def end_group(session: Session) -> None:
+    group.end(session)
+
+
+def _read_user_refs(session: Session, emails: list[str]) -> list[UserRef]:
+    return [group.user_ref_of(row) for row in _RUN_USER_REFS.rows(session.connection(), {"emails": emails})]
+
+
+def read_ahead(session: Session, triages: Sequence[Triage], now: datetime, auto_cap: int,
+               automatic: tuple[str, ...]) -> None:
+    group.read_ahead(session, triages, now, auto_cap, automatic)
 
 
 def case_id_by_number(session: Session, number: str) -> int | None:
+    reads = group.of(session)
+    if reads is not None and number.upper() in reads.numbers:
+        return reads.numbers[number.upper()]
     found = _RUN_CASE_BY_NUMBER.scalar(session.connection(), {"number": number.upper()})
-    return int(found) if found is not None else None
+    case_id = int(found) if found is not None else None
+    if reads is not None:
+        reads.numbers[number.upper()] = case_id
+    return case_id
 
 
 def case_id_by_message_ids(session: Session, message_ids: Sequence[str]) -> int | None:
     """The case of the newest referenced Message-ID that we know (ids come newest first)."""
     if not message_ids:
         return None
+    reads = group.of(session)
+    if reads is not None and all(mid in reads.message_ids for mid in message_ids):
+        return next((found for mid in message_ids if (found := reads.message_ids[mid]) is not None), None)
     rows = _RUN_CASES_BY_MESSAGE_ID.rows(session.connection(), {"message_ids": list(message_ids)})
     by_id = {mid: case_id for mid, case_id in rows}
+    if reads is not None:
+        reads.message_ids.update({mid: by_id.get(mid) for mid in message_ids})
     return next((by_id[mid] for mid in message_ids if mid in by_id), None)
 
 
 def case_ref_by_id(session: Session, case_id: int) -> CaseRef | None:
+    reads = group.of(session)
+    if reads is not None and case_id in reads.cases:
+        return reads.cases[case_id]
     conn = session.connection()
     found = _RUN_CASE_REF.rows(conn, {"id": case_id})
-    if not found:
-        return None
-    id_, number, subject, status, requester_id, assignee_id, organisation_id = found[0]
-    parties = frozenset(user_id for (user_id,) in _RUN_PARTY_IDS.rows(conn, {"id": case_id}))
-    return CaseRef(id_, number, subject, Status(status), requester_id, assignee_id, parties, organisation_id)
+    ref = group.case_ref_of(found[0], {user_id for (user_id,) in _RUN_PARTY_IDS.rows(conn, {"id": case_id})}) \
+        if found else None
+    if reads is not None:
+        reads.cases[case_id] = ref
+    return ref
+
+
+def sender_blocked(session: Session, address: str) -> bool:
+    """An address whose data was erased (store/person.py)."""
+    reads = group.of(session)
+    if reads is not None and address.lower() in reads.blocked:
+        return reads.blocked[address.lower()]
+    return address_blocked(session.connection(), address)
 
 
 def recent_from(session: Session, address: str, now: datetime, cap: int) -> int:
@@ -142,8 +182,14 @@ def recent_from(session: Session, address: str, now: datetime, cap: int) -> int:
     counted up to `cap`; 0 when `cap` is 0 (the detector is off)."""
     if cap <= 0:
         return 0
-    return int(_RUN_RECENT_FROM.scalar(session.connection(), {"address": address, "since": now - timedelta(hours=1),
-                                                               "cap": cap}))
+    since = now - timedelta(hours=1)
+    reads = group.of(session)
+    if reads is not None and (address, since, cap) in reads.recent:
+        return reads.recent[(address, since, cap)]
+    count = int(_RUN_RECENT_FROM.scalar(session.connection(), {"address": address, "since": since, "cap": cap}))
+    if reads is not None:
+        reads.recent[(address, since, cap)] = count
+    return count
 
 
 def load_facts(session: Session, triage: Triage, now: datetime) -> Facts:
@@ -166,7 +212,7 @@ def load_facts(session: Session, triage: Triage, now: datetime) -> Facts:
         recent_from_sender=recent_from(session, triage.sender, now, triage.recent_cap) if triage.sender else 0,
         # an unknown sender whose data was erased (store/person.py): not registered again by mail
         sender_blocked=bool(triage.sender and not sender and not triage.kind.is_automated
-                            and address_blocked(session.connection(), triage.sender)),
+                            and sender_blocked(session, triage.sender)),
     )
 
 

@@ -7,8 +7,10 @@ event loop and the driver's thread (a new case is about 140 of them); here:
 - SQLite (a file): the whole transaction runs on one thread of ours with its own pysqlite
   connection, one hop per transaction (`store.engine.sync_sqlite_engine`: the write lock is
   taken at the first write, as through aiosqlite).
-- PostgreSQL (and in-memory SQLite): the same function runs in the async session's greenlet
-  (`AsyncSession.run_sync`); asyncpg has no thread to hop to.
+- PostgreSQL: the same, on a few threads of ours with psycopg 3 connections
+  (`store.engine.sync_pg_engine`): asyncpg through the async session's greenlet made every
+  statement a trip through the event loop, SQLAlchemy's execution layer and the greenlet.
+- In-memory SQLite: the function runs in the async session's greenlet (`AsyncSession.run_sync`).
 
 The function must not await and must not keep ORM objects past the transaction; it returns
 plain values.
@@ -32,10 +34,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from store.engine import OpenSession, Sessions, is_file_sqlite, sync_sqlite_engine
+from store.engine import (
+    OpenSession,
+    Sessions,
+    is_file_sqlite,
+    is_postgresql,
+    sync_pg_engine,
+    sync_sqlite_engine,
+)
 from store.faults import store_errors
 
 P = ParamSpec("P")
+PG_THREADS = 4  # PostgreSQL transactions of one process at once (the HTTP API's run side by side)
 R = TypeVar("R")
 
 # What a store function receives, as the callers that hand one over name it.
@@ -53,13 +63,17 @@ class Transactor:
         self._thread: ThreadPoolExecutor | None = None
         self._read_engine: Engine | None = None
         self._read_thread: ThreadPoolExecutor | None = None
+        self._tx_engine: Engine | None = None  # where `run` runs: SQLite's file or PostgreSQL via psycopg
         if is_file_sqlite(url):
-            self.sync_engine = sync_sqlite_engine(url, busy_timeout_ms)
+            self.sync_engine = self._tx_engine = sync_sqlite_engine(url, busy_timeout_ms)
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-tx")
             # Reads have a connection and a thread of their own: never queued behind a write
             # transaction that waits for SQLite's lock or for the SMTP commits to pause.
             self._read_engine = sync_sqlite_engine(url, busy_timeout_ms)
             self._read_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-read")
+        elif is_postgresql(url):
+            self._tx_engine = sync_pg_engine(url, PG_THREADS)
+            self._thread = ThreadPoolExecutor(max_workers=PG_THREADS, thread_name_prefix="store-tx")
         # Awaited before each `run` (not `run_now`): in the worker and sender processes, until the
         # SMTP commits pause (store.sqlite.writer.smtp_pause). It waits on the event loop, not on
         # the transaction thread, so a `run_now` (a claim) is never queued behind the wait.
@@ -82,7 +96,7 @@ class Transactor:
                     return await session.run_sync(fn, *args, **kwargs)  # type: ignore[arg-type]
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._thread,
-                                              lambda: self._run_here(self.sync_engine, fn, args, kwargs))
+                                              lambda: self._run_here(self._tx_engine, fn, args, kwargs))
 
     async def read(self, fn: Callable[Concatenate[Connection, P], R], *args: P.args, **kwargs: P.kwargs) -> R:
         """`fn(connection, …)` for reads only: a Core connection, no ORM session, and it never
@@ -101,6 +115,11 @@ class Transactor:
         with self._read_engine.connect() as conn:
             return fn(conn, *args, **kwargs)
 
+    @property
+    def pg_engine(self) -> Engine | None:
+        """The psycopg engine of the transaction threads on PostgreSQL (None elsewhere)."""
+        return self._tx_engine if self.sync_engine is None else None
+
     @staticmethod
     def _run_here(engine: Engine | None, fn: Callable[..., R], args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
         with Session(engine, expire_on_commit=False) as session, session.begin():
@@ -110,7 +129,7 @@ class Transactor:
         for thread in (self._thread, self._read_thread):
             if thread is not None:
                 thread.shutdown(wait=True)
-        for engine in (self.sync_engine, self._read_engine):
+        for engine in (self._tx_engine, self._read_engine):
             if engine is not None:
                 engine.dispose()
 

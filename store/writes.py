@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 
 from gateway.errors import LostClaim, NotFound
 from gateway.model import CommentDraft, NewUser, Role, Source, Status, UserKind, UserRef
+from store import group
 from store.inbox import CLAIM_HOLDS, Claim
 from store.models import (
     AppUser,
@@ -27,7 +28,7 @@ from store.models import (
     SupportCase,
     joined_text,
 )
-from store.queries import user_by_email
+from store.queries import user_by_email, user_refs
 from store.sqlite.driver import DriverStatement
 
 _TEXT_CAP = 1_000_000
@@ -79,6 +80,15 @@ _TOUCH_CASE = DriverStatement(update(_CASES).where(_CASES.c.id == bindparam("cas
 _INSERT_COMMENT = DriverStatement(insert(_COMMENTS).returning(_COMMENTS.c.id), [
     "case_id", "author_id", "created_at", "source", "public", "visible_text", "full_text", "html", "inbound_id",
     "kind", "via", "signature"])
+# PostgreSQL: the number from the sequence, formatted as `next_case_number` does, and the case.
+_OPEN_CASE_PG = DriverStatement(text(
+    "WITH n AS (SELECT nextval('case_number_seq')::text AS v) "
+    "INSERT INTO support_case (number, subject, requester_id, status, follows_id, created_at, updated_at, "
+    "status_changed_at) SELECT CAST(:prefix AS VARCHAR) || lpad(n.v, greatest(CAST(:digits AS INTEGER), "
+    "length(n.v)), '0'), CAST(:subject AS VARCHAR), CAST(:requester_id AS INTEGER), CAST(:status AS VARCHAR), "
+    "CAST(:follows_id AS INTEGER), CAST(:now AS TIMESTAMP WITH TIME ZONE), CAST(:now AS TIMESTAMP WITH TIME ZONE), "
+    "CAST(:now AS TIMESTAMP WITH TIME ZONE) FROM n RETURNING id, number"), [],
+    ["prefix", "digits", "subject", "requester_id", "status", "follows_id", "now"])
 _INSERT_ATTACHMENTS = DriverStatement(insert(_ATTACHMENTS),
                                       ["comment_id", "name", "size", "sha256", "content_type", "inline"])
 
@@ -96,12 +106,21 @@ def _insert_ignoring(dialect: str, table: Any, *key: str) -> Any:
 def ensure_user(session: Session, who: UserRef | NewUser, now: datetime) -> UserRef:
     if isinstance(who, UserRef):
         return who
-    # The caller looked the address up in this transaction already; the unique index guards a race.
+    # The caller looked the address up in this transaction already. Another node's transaction
+    # may register the same address meanwhile (two nodes, a new sender's first mails): then
+    # ours waits for its commit and takes that user, instead of failing the mail on the unique
+    # index (a failed mail waits `retry_delay_s`, 30 s, before its next try).
     email, name = who.email.lower(), clean_text(who.name, 200)
-    new_id = _INSERT_USER.scalar(session.connection(), {
+    conn = session.connection()
+    new_id = _user_ignoring(conn.dialect.name).scalar(conn, {
         "email": email, "name": name, "kind": UserKind.PERSON.value, "role": Role.CUSTOMER.value,
         "created_at": now})
-    return UserRef(int(new_id), email, name, UserKind.PERSON, Role.CUSTOMER)
+    if new_id is None:
+        group.user_changed(session, email)
+        return user_refs(session, [email])[0]
+    ref = UserRef(int(new_id), email, name, UserKind.PERSON, Role.CUSTOMER)
+    group.user_added(session, ref)
+    return ref
 
 
 def add_user(session: Session, email: str, name: str, org: str | None, kind: UserKind,
@@ -111,6 +130,7 @@ def add_user(session: Session, email: str, name: str, org: str | None, kind: Use
                    role=role.value, language=language, created_at=now)
     session.add(user)
     session.flush()
+    group.user_changed(session, user.email)
     return user
 
 
@@ -131,16 +151,37 @@ def create_case(session: Session, number: str, subject: str, requester: UserRef,
         "number": number, "subject": clean_text(subject, 500), "requester_id": requester.id,
         "status": Status.REGISTRERET.value, "follows_id": follows_id, "created_at": now, "updated_at": now,
         "status_changed_at": now}))
-    _INSERT_HISTORY.execute(conn, {
+    _INSERT_HISTORY.later(conn, {
         "case_id": case_id, "at": now, "by_id": requester.id, "by_label": requester.email[:100],
         "from_status": None, "to_status": Status.REGISTRERET.value,
         "reason": f"follows {follows_id}" if follows_id else None, "via": None})
+    group.case_added(session, case_id, number)
     return case_id
+
+
+def open_case(session: Session, prefix: str, digits: int, subject: str, requester: UserRef, now: datetime,
+              follows_id: int | None = None) -> tuple[int, str]:
+    """`next_case_number` and `create_case` together: the new case's id and number. On
+    PostgreSQL one statement takes the number from the sequence and inserts the case (one
+    round trip, not two)."""
+    conn = session.connection()
+    if conn.dialect.driver != "psycopg":
+        number = next_case_number(session, prefix, digits)
+        return create_case(session, number, subject, requester, now, follows_id), number
+    case_id, number = _OPEN_CASE_PG.execute(conn, {
+        "prefix": prefix, "digits": digits, "subject": clean_text(subject, 500), "requester_id": requester.id,
+        "status": Status.REGISTRERET.value, "follows_id": follows_id, "now": now}).fetchone()
+    _INSERT_HISTORY.later(conn, {
+        "case_id": case_id, "at": now, "by_id": requester.id, "by_label": requester.email[:100],
+        "from_status": None, "to_status": Status.REGISTRERET.value,
+        "reason": f"follows {follows_id}" if follows_id else None, "via": None})
+    group.case_added(session, int(case_id), str(number))
+    return int(case_id), str(number)
 
 
 def touch_case(session: Session, case_id: int, now: datetime) -> None:
     """The case changed now (a comment, a party), its status not."""
-    _TOUCH_CASE.execute(session.connection(), {"case_id": case_id, "updated_at": now})
+    _TOUCH_CASE.later(session.connection(), {"case_id": case_id, "updated_at": now})
 
 
 def set_status(session: Session, case_id: int, to: Status, now: datetime, by_id: int | None, by_label: str,
@@ -148,6 +189,7 @@ def set_status(session: Session, case_id: int, to: Status, now: datetime, by_id:
     """The case's status to `to`, with its history row; returns the status it had."""
     conn = session.connection()
     previous = Status(_CASE_STATUS.scalar(conn, {"case_id": case_id}))
+    group.case_changed(session, case_id)
     _SET_STATUS.execute(conn, {"case_id": case_id, "status": to.value, "updated_at": now, "status_changed_at": now})
     record_change(session, case_id, previous, to, now, by_id, by_label, reason, via)
     return previous
@@ -157,7 +199,7 @@ def record_change(session: Session, case_id: int, previous: Status, to: Status, 
                    by_label: str, reason: str | None, via: str | None = None) -> None:
     """The history row: `by_label` is who acted; `via`, the service they acted through (an API
     service token)."""
-    _INSERT_HISTORY.execute(session.connection(), {
+    _INSERT_HISTORY.later(session.connection(), {
         "case_id": case_id, "at": now, "by_id": by_id, "by_label": by_label[:100], "from_status": previous.value,
         "to_status": to.value, "reason": clean_text(reason, 1000) if reason else None,
         "via": clean_text(via, 100) if via else None})
@@ -165,27 +207,30 @@ def record_change(session: Session, case_id: int, previous: Status, to: Status, 
 
 def add_comment(session: Session, case_id: int, author_id: int | None, draft: CommentDraft,
                 source: Source, now: datetime, inbound_id: int | None = None, kind: str = "comment",
-                via: str | None = None) -> int:
+                via: str | None = None) -> None:
     conn = session.connection()
     # A mail without quoted history is its visible text and signature: full_text "" (store/models.py).
     full = "" if draft.full_text == joined_text(draft.visible_text, draft.signature) else clean_text(draft.full_text)
-    comment_id = int(_INSERT_COMMENT.scalar(conn, {
-        "case_id": case_id, "author_id": author_id, "created_at": now, "source": source.value,
-        "public": draft.public, "visible_text": clean_text(draft.visible_text),
-        "full_text": full, "html": clean_text(draft.html) if draft.html else None,
-        "inbound_id": inbound_id, "kind": kind, "via": clean_text(via, 100) if via else None,
-        "signature": clean_text(draft.signature)}))
+    row = {"case_id": case_id, "author_id": author_id, "created_at": now, "source": source.value,
+           "public": draft.public, "visible_text": clean_text(draft.visible_text),
+           "full_text": full, "html": clean_text(draft.html) if draft.html else None,
+           "inbound_id": inbound_id, "kind": kind, "via": clean_text(via, 100) if via else None,
+           "signature": clean_text(draft.signature)}
+    if not draft.attachments:  # nobody reads its id: it waits for the next round trip
+        _INSERT_COMMENT.later(conn, row)
+        return
+    comment_id = int(_INSERT_COMMENT.scalar(conn, row))
     if draft.attachments:
-        _INSERT_ATTACHMENTS.execute_many(conn, [
+        _INSERT_ATTACHMENTS.later_many(conn, [
             {"comment_id": comment_id, "name": clean_text(att.name, 255), "size": att.size, "sha256": att.sha256,
              "content_type": clean_text(att.content_type, 200), "inline": att.inline}
             for att in draft.attachments])
-    return comment_id
 
 
 def add_party(session: Session, case_id: int, user_id: int, now: datetime, by_id: int | None) -> bool:
     """Share the case with a user; False when they were a party already."""
     conn = session.connection()
+    group.case_changed(session, case_id)
     result = conn.execute(_insert_ignoring(conn.dialect.name, _PARTIES, "case_id", "user_id"),
                           {"case_id": case_id, "user_id": user_id, "added_at": now, "added_by_id": by_id})
     return bool(result.rowcount)
@@ -196,8 +241,15 @@ def index_message_id(session: Session, message_id: str | None, case_id: int, our
     if not message_id:
         return
     conn = session.connection()
-    _index_ignoring(conn.dialect.name).execute(conn, {"message_id": message_id[:998], "case_id": case_id,
+    _index_ignoring(conn.dialect.name).later(conn, {"message_id": message_id[:998], "case_id": case_id,
                                                       "ours": ours})
+    group.message_indexed(session, message_id, message_id[:998], case_id)
+
+
+@cache
+def _user_ignoring(dialect: str) -> DriverStatement:
+    return DriverStatement(_insert_ignoring(dialect, _USERS, "email").returning(_USERS.c.id),
+                           ["email", "name", "kind", "role", "created_at"])
 
 
 @cache
@@ -211,15 +263,19 @@ def finish_inbound(session: Session, inbound_id: int, outcome: str, reason: str,
     """Record the mail's outcome. With `claim`, only while that claim still holds: the lease may
     have run out and another worker taken the mail, and then this whole transaction rolls back
     (LostClaim) instead of applying the mail a second time."""
+    group.mail_finished(session, from_addr, outcome, state)
     values = {"inbound_id": inbound_id, "state": state, "outcome": outcome, "reason": clean_text(reason, 2000),
               "case_id": case_id, "processed_at": now, "claimed_until": None,
               "subject": clean_text(subject, 500) or None, "from_addr": from_addr}
     if claim is None:
-        _FINISH_INBOUND.execute(session.connection(), values)
+        _FINISH_INBOUND.later(session.connection(), values)
         return
-    done = _FINISH_CLAIMED.execute(session.connection(), {**values, **claim.params})
-    if done.rowcount != 1:
-        raise LostClaim(f"inbound mail {inbound_id}: the lease ran out and another worker claimed it")
+
+    def held(done: Any) -> None:
+        if done.rowcount != 1:
+            raise LostClaim(f"inbound mail {inbound_id}: the lease ran out and another worker claimed it")
+
+    _FINISH_CLAIMED.later(session.connection(), {**values, **claim.params}, check=held)
 
 
 _FINISHED = ["state", "outcome", "reason", "case_id", "processed_at", "claimed_until", "subject", "from_addr"]
@@ -236,6 +292,7 @@ def mark_bouncing(session: Session, address: str, reason: str, now: datetime) ->
     user.bouncing_since = now
     user.bounce_reason = clean_text(reason, 500)
     session.add(user)
+    group.user_changed(session, address)
     return True
 
 
@@ -245,6 +302,7 @@ def clear_bouncing(session: Session, address: str) -> bool:
     if user is None:
         raise NotFound(f"no user {address}")
     was = user.bouncing_since is not None
+    group.user_changed(session, address)
     user.bouncing_since = None
     user.bounce_reason = None
     session.add(user)

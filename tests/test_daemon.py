@@ -350,8 +350,7 @@ async def test_every_process_of_the_daemon_leaves_when_it_is_killed(tmp_path: Pa
         assert len(below) >= 5, names  # writer, worker, sender, fork server(s), parse processes
         # each named for `top` and `ps`, the fork servers and the resource tracker excepted
         assert Path(f"/proc/{proc.process.pid}/comm").read_text().strip() == "gw-daemon"
-        on_sqlite = proc.settings.database.url.startswith("sqlite")
-        assert {"gw-worker", "gw-sender", "gw-parse"} | ({"gw-writer"} if on_sqlite else set()) <= names, names
+        assert {"gw-worker", "gw-sender", "gw-parse", "gw-writer"} <= names, names
         proc.process.kill()
         proc.process.wait(10)
         await eventually(lambda: asyncio.sleep(0, not any(_alive(p) for p in below)), timeout=15,
@@ -480,8 +479,7 @@ async def test_issue17_item11_healthz_names_every_part_and_answers_503_while_the
         await eventually(lambda: asyncio.sleep(0, bool(proc.events("api.listening"))), what="the API")
         await eventually(lambda: asyncio.sleep(0, len(proc.events("worker.child_ready")) == 2), what="the children")
         code, body = await _health(port)
-        on_sqlite = proc.settings.database.url.startswith("sqlite")
-        parts = {"smtp", "worker", "sender", "maintenance", "api"} | ({"inbox_writer"} if on_sqlite else set())
+        parts = {"smtp", "worker", "sender", "maintenance", "api", "inbox_writer"}
         assert code == 200 and parts <= set(body["loops"]) and all(body["loops"].values()), body
         for deaths in range(1, 4):
             ready = len(proc.events("worker.child_ready"))

@@ -290,10 +290,10 @@ def test_imaplib_formats_its_debug_lines_only_when_they_are_logged(dovecot: Dove
     assert levels == [0, 5]
 
 
-@pytest.mark.sqlite_only
 async def test_in_gateway_run_imap_commits_through_the_daemons_inbox_writer(
         dovecot: Dovecot, user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On SQLite the daemon has one inbox writer process (store/sqlite/writer.py); SMTP and IMAP share it."""
+    """The daemon has one inbox writer process (store/sqlite/writer.py, on PostgreSQL with
+    store/pg/writer.py); SMTP and IMAP share it."""
     from gateway.app import build
     from store.inbox import Inbox
     from store.sqlite.writer import SqliteInboxWriter

@@ -927,7 +927,6 @@ async def test_sqlite_writer_waits_out_a_short_lock_and_gives_up_on_a_long_one(a
         impatient.close()
 
 
-@pytest.mark.sqlite_only
 async def test_a_dead_inbox_writer_process_fails_its_batch_and_the_next_batch_starts_a_new_one(app: App) -> None:
     """451 for the mails of the batch in hand (never a 250 without a commit), then a new process."""
     import signal

@@ -222,7 +222,7 @@ async def test_full_story(daemon: DaemonProcess, sink: tuple[Sink, int]) -> None
     # 5. udfoert, through the daemon's HTTP API this time
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.settings.api.port}") as api:
         health = await api.get("/healthz")
-        writer = {"inbox_writer": True} if daemon.settings.database.url.startswith("sqlite") else {}
+        writer = {"inbox_writer": True}  # a writer process on SQLite and PostgreSQL alike
         assert health.status_code == 200 and health.json()["loops"] == {
             "api": True, "maintenance": True, "sender": True, "smtp": True, "worker": True, **writer}
         _, token, _ = await gateway(daemon, "tokens", "issue", "--agent", AGENT)  # the agent's own token

@@ -5,8 +5,9 @@ processing, execution context, result objects) each costs several times what pys
 needs to run it; here SQLAlchemy compiles each statement once, with the parameter converters
 of its column types, and pysqlite runs the SQL on the transaction's own connection (same
 transaction, same BEGIN-at-first-write). Every other driver (asyncpg, aiosqlite in memory)
-runs the statement through SQLAlchemy as before. `store.sqlite.writer.DriverInsert` does the
-same for the inbox's INSERTs.
+runs the statement through SQLAlchemy as before, but psycopg on PostgreSQL
+(store/pg/driver.py: the same, prepared on the server, and `later` for writes nobody reads at
+once). `store.sqlite.writer.DriverInsert` does the same for the inbox's INSERTs.
 
 SELECTs too: an `IN` over a fixed list becomes its own `?`s once; an `IN` over a parameter
 (`email IN :emails`) gets as many `?`s as the call has values, its SQL kept per length. Rows
@@ -23,6 +24,8 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.expression import Executable
 
+from store.pg import driver as pg
+
 Converter = Callable[[Any], Any] | None
 
 
@@ -38,10 +41,14 @@ class DriverStatement:
         self._sqlite: tuple[str, list[tuple[str, Converter]]] | None = None
         self._expanding: set[str] = set()  # parameters that are lists (IN :name)
         self._by_length: dict[tuple[int, ...], str] = {}
+        self._pg = pg.PgStatement(statement, columns, self._names)
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """A cursor: `.fetchone()`, `.rowcount` (SQLAlchemy's result on other drivers has both)."""
-        if conn.dialect.driver != "pysqlite":
+        driver = conn.dialect.driver
+        if driver == "psycopg":
+            return pg.run(conn, *self._pg.sql_and_params(conn.dialect, params))
+        if driver != "pysqlite":
             return conn.execute(self._statement, dict(params))
         sql, order = self._sqlite or self._prepare(conn.dialect)
         given = {**self._constants, **params} if self._constants else params
@@ -73,8 +80,30 @@ class DriverStatement:
                 self._by_length[shape] = text
         return conn.connection.driver_connection.execute(text, values)  # type: ignore[union-attr]
 
+    def later(self, conn: Connection, params: Mapping[str, Any], check: Callable[[Any], None] | None = None) -> None:
+        """`execute` for a write whose result nobody reads now: on psycopg it goes to the server
+        with the next statement that reads, or the commit (one round trip for all of them).
+        `check(cursor)` then sees its result (`.rowcount`); elsewhere, now."""
+        if conn.dialect.driver == "psycopg":
+            pg.later(conn, *self._pg.sql_and_params(conn.dialect, params), check=check)
+            return
+        cursor = self.execute(conn, params)
+        if check is not None:
+            check(cursor)
+
+    def later_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        if conn.dialect.driver != "psycopg":
+            self.execute_many(conn, rows)
+            return
+        for row in rows:
+            pg.later(conn, *self._pg.sql_and_params(conn.dialect, row))
+
     def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
+            return
+        if conn.dialect.driver == "psycopg":
+            sql, _ = self._pg.sql_and_params(conn.dialect, rows[0])
+            pg.run_many(conn, sql, [self._pg.sql_and_params(conn.dialect, row)[1] for row in rows])
             return
         if conn.dialect.driver != "pysqlite":
             conn.execute(self._statement, [dict(r) for r in rows])
@@ -119,3 +148,15 @@ class DriverStatement:
             order.append((key, convert))
         self._sqlite = (sql, order)
         return self._sqlite
+
+
+def rows_together(conn: Connection, calls: Sequence[tuple[DriverStatement, Mapping[str, Any]]]) -> list[
+        list[tuple[Any, ...]]]:
+    """The rows of several independent reads: on psycopg in one round trip (a pipeline),
+    elsewhere one after the other."""
+    if not calls:
+        return []
+    if conn.dialect.driver != "psycopg":
+        return [stmt.rows(conn, params) for stmt, params in calls]
+    cursors = pg.run_all(conn, [stmt._pg.sql_and_params(conn.dialect, params) for stmt, params in calls])
+    return [[tuple(row) for row in cursor.fetchall()] for cursor in cursors]

@@ -1,4 +1,6 @@
-"""The daemon's inbox writer for SQLite: group commits in a child process of its own.
+"""The daemon's inbox writer for SQLite: group commits in a child process of its own. On
+PostgreSQL the same process commits through psycopg (store/pg/writer.py); what follows about
+locks and checkpoints is SQLite's.
 
 Why a process: the listener's event loop spends about a millisecond of pure Python on every
 mail (aiosmtpd reading the DATA lines). A writer thread in the same process hands the GIL
@@ -38,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, bindparam, event, insert, select
 
@@ -56,6 +58,9 @@ from store.inbox import (
     row_of,
 )
 
+if TYPE_CHECKING:
+    from store.pg.writer import PgCommitter
+
 RETRY_EVERY_S = 0.001
 MAX_ROWS_PER_INSERT = 200  # 13 values a row, far below SQLite's 32766 variables
 MAX_YIELD_S = 0.5  # the longest a worker transaction waits for the SMTP commits to pause
@@ -72,6 +77,10 @@ class SqliteInboxWriter:
     in_flight = 2  # batches worth handing over at once: it hashes one while it commits the other
 
     def __init__(self, url: str, busy_timeout_s: float) -> None:
+        if url.startswith("postgresql"):
+            # One: two batches in flight made two commits, each with its WAL flush, of what one
+            # commit takes together (docs/benchmarks.md: fewer mails acknowledged a second).
+            self.in_flight = 1
         self._url = url
         self._busy_timeout_s = busy_timeout_s
         self._ctx = multiprocessing.get_context("forkserver")
@@ -248,7 +257,7 @@ def _serve(url: str, busy_timeout_s: float, sock: socket.socket, busy_until: Any
         sock.sendall(len(payload).to_bytes(_HEADER, "big") + payload)
 
     try:
-        committer = Committer(url, busy_timeout_s, busy_until)
+        committer = _committer(url, busy_timeout_s, busy_until)
     except Exception as exc:
         send(("failed", f"{type(exc).__name__}: {exc}"))
         return
@@ -275,7 +284,15 @@ def _serve(url: str, busy_timeout_s: float, sock: socket.socket, busy_until: Any
         committer.close()
 
 
-def _commit_loop(committer: Committer, work: queue.Queue[list[dict[str, Any]] | Exception | None],
+def _committer(url: str, busy_timeout_s: float, busy_until: Any) -> Committer | PgCommitter:
+    if url.startswith("postgresql"):
+        from store.pg.writer import PgCommitter
+
+        return PgCommitter(url)
+    return Committer(url, busy_timeout_s, busy_until)
+
+
+def _commit_loop(committer: Committer | PgCommitter, work: queue.Queue[list[dict[str, Any]] | Exception | None],
                  send: Callable[[tuple[str, Any]], None]) -> None:
     while (rows := work.get()) is not None:
         try:

@@ -1,0 +1,211 @@
+"""Reads shared by the mails of one group transaction (`gateway.apply.handle_all`).
+
+The worker writes up to 32 mails in one transaction. Read one by one, each mail asks the store
+for its sender, the sender's mails of the last hour (the loop guard) and the automatic answers
+the sender had today (the rate limit): on PostgreSQL a round trip each. Here a group asks once
+for all its senders (`read_ahead`), and each mail's reads take their answer from that.
+
+The answers stay right for the later mails of the group because the writes of the earlier
+ones keep them up to date, in the same transaction: a user the group registers is added
+(`writes.ensure_user`), one it marks bouncing is dropped and read again; a mail that opens or
+touches a case counts for its sender's hour (`writes.finish_inbound`), and an automatic answer
+queued counts for its recipient's day (`outbox._insert`), exactly as the rows they insert would
+be counted by a new read. What other nodes commit meanwhile is not seen until the next group:
+the counts are rate limits, and the same race exists between a count and its insert anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, text
+from sqlmodel import Session
+
+from gateway.model import CaseRef, Role, Status, Triage, UserKind, UserRef
+from store.models import AppUser, CaseParty, MessageIndex, SupportCase
+from store.person import B
+from store.sqlite.driver import DriverStatement, rows_together
+
+_U = AppUser.__table__  # type: ignore[attr-defined]
+_C = SupportCase.__table__  # type: ignore[attr-defined]
+_P = CaseParty.__table__  # type: ignore[attr-defined]
+_I = MessageIndex.__table__  # type: ignore[attr-defined]
+# What `UserRef` and `CaseRef` are read from (store.queries reads them one at a time too).
+USER_REFS = select(_U.c.id, _U.c.email, _U.c.name, _U.c.kind, _U.c.role, _U.c.organisation_id, _U.c.language,
+                   _U.c.bouncing_since).where(_U.c.email.in_(bindparam("emails", expanding=True)))
+CASE_HEAD = select(_C.c.id, _C.c.number, _C.c.subject, _C.c.status, _C.c.requester_id, _C.c.assignee_id,
+                   _U.c.organisation_id).join(_U, _U.c.id == _C.c.requester_id)
+
+_KEY = "mail_group"
+COUNTED_OUTCOMES = ("created", "commented", "reopened")  # what the loop guard counts (queries.recent_from)
+
+
+@dataclass
+class GroupReads:
+    users: dict[str, UserRef | None] = field(default_factory=dict)  # by lower-case address; None: no user
+    recent: dict[tuple[str, datetime, int], int] = field(default_factory=dict)  # (address, since, cap)
+    auto: dict[tuple[str, datetime, int], int] = field(default_factory=dict)  # (recipient, day, cap)
+    numbers: dict[str, int | None] = field(default_factory=dict)  # case number (upper case) -> id
+    message_ids: dict[str, int | None] = field(default_factory=dict)  # -> the case that has it
+    cases: dict[int, CaseRef | None] = field(default_factory=dict)
+    blocked: dict[str, bool] = field(default_factory=dict)  # erased addresses (never written here)
+
+
+def of(session: Session) -> GroupReads | None:
+    return session.info.get(_KEY)
+
+
+def begin(session: Session) -> GroupReads:
+    reads = session.info[_KEY] = GroupReads()
+    return reads
+
+
+def end(session: Session) -> None:
+    session.info.pop(_KEY, None)
+
+
+def user_added(session: Session, user: UserRef) -> None:
+    if (reads := of(session)) is not None:
+        reads.users[user.email.lower()] = user
+
+
+def user_changed(session: Session, email: str) -> None:
+    if (reads := of(session)) is not None:
+        reads.users.pop(email.lower(), None)
+
+
+def case_added(session: Session, case_id: int, number: str) -> None:
+    if (reads := of(session)) is not None:
+        reads.numbers[number.upper()] = case_id
+
+
+def case_changed(session: Session, case_id: int) -> None:
+    """Its status or parties changed: read again when asked."""
+    if (reads := of(session)) is not None:
+        reads.cases.pop(case_id, None)
+
+
+def message_indexed(session: Session, message_id: str, stored: str, case_id: int) -> None:
+    """The index keeps the first case of a Message-ID (ON CONFLICT DO NOTHING)."""
+    if (reads := of(session)) is None:
+        return
+    if stored != message_id:  # cut to the column's length: only a new read knows what matches
+        reads.message_ids.pop(stored, None)
+    elif reads.message_ids.get(message_id) is None:
+        reads.message_ids[message_id] = case_id
+
+
+def mail_finished(session: Session, from_addr: str | None, outcome: str, state: str) -> None:
+    if (reads := of(session)) is None or not from_addr or state != "done" or outcome not in COUNTED_OUTCOMES:
+        return
+    for key, count in reads.recent.items():
+        if key[0] == from_addr:
+            reads.recent[key] = min(key[2], count + 1)
+
+
+def answers_queued(session: Session, rows: Iterable[dict[str, Any]], automatic: tuple[str, ...]) -> None:
+    if (reads := of(session)) is None:
+        return
+    for row in rows:
+        if row["event"] in automatic and row["state"] != "held":
+            for key, count in reads.auto.items():
+                if key[0] == row["recipient"]:
+                    reads.auto[key] = min(key[2], count + 1)
+
+
+def user_ref_of(row: Sequence[Any]) -> UserRef:
+    id_, email, name, kind, role, organisation_id, language, bouncing = row
+    return UserRef(id_, email, name, UserKind(kind), Role(role), organisation_id, language, bouncing is not None)
+
+
+def case_ref_of(row: Sequence[Any], parties: set[int]) -> CaseRef:
+    id_, number, subject, status, requester_id, assignee_id, organisation_id = row
+    return CaseRef(id_, number, subject, Status(status), requester_id, assignee_id, frozenset(parties),
+                   organisation_id)
+
+
+_USERS = DriverStatement(USER_REFS, (), ["emails"])
+_BY_MESSAGE_IDS = DriverStatement(select(_I.c.message_id, _I.c.case_id).where(
+    _I.c.message_id.in_(bindparam("message_ids", expanding=True))), (), ["message_ids"])
+_BY_NUMBERS = DriverStatement(select(_C.c.id, func.upper(_C.c.number)).where(
+    func.upper(_C.c.number).in_(bindparam("numbers", expanding=True))), (), ["numbers"])
+_BLOCKED = DriverStatement(select(B.c.email).where(B.c.email.in_(bindparam("emails", expanding=True))), (),
+                           ["emails"])
+_CASES = DriverStatement(CASE_HEAD.where(_C.c.id.in_(bindparam("ids", expanding=True))), (), ["ids"])
+_PARTIES = DriverStatement(select(_P.c.case_id, _P.c.user_id).where(_P.c.case_id.in_(bindparam("ids", expanding=True))),
+                           (), ["ids"])
+
+
+def read_ahead(session: Session, triages: Sequence[Triage], now: datetime, auto_cap: int,
+               automatic: tuple[str, ...]) -> None:
+    """A group's reads at once: its senders and Cc'd users, the cases its thread keys name, the
+    erased addresses among its senders (and on PostgreSQL the senders' counts of the last hour
+    and day), each in one statement for the whole group; then the cases found and their
+    parties. On PostgreSQL each of the two steps is one round trip (a pipeline)."""
+    reads = begin(session)
+    senders = list(dict.fromkeys(t.sender.lower() for t in triages if t.sender))
+    emails = list(dict.fromkeys([*senders, *(a.lower() for t in triages for a in t.cc)]))
+    message_ids = list(dict.fromkeys(m for t in triages for m in t.keys.message_ids))
+    numbers = list(dict.fromkeys(n.upper() for t in triages for n in (
+        *t.keys.token_case_numbers, *([t.keys.subject_number] if t.keys.subject_number else []))))
+    asks = [(stmt, {key: values}) for stmt, key, values in (
+        (_USERS, "emails", emails), (_BY_MESSAGE_IDS, "message_ids", message_ids),
+        (_BY_NUMBERS, "numbers", numbers), (_BLOCKED, "emails", senders)) if values]
+    answers = iter(rows_together(session.connection(), asks))
+    if emails:
+        reads.users.update(dict.fromkeys(emails))
+        reads.users.update((row[1], user_ref_of(row)) for row in next(answers))
+    if message_ids:
+        reads.message_ids.update(dict.fromkeys(message_ids))
+        reads.message_ids.update((mid, int(case_id)) for mid, case_id in next(answers))
+    if numbers:
+        reads.numbers.update(dict.fromkeys(numbers))
+        reads.numbers.update((number, int(case_id)) for case_id, number in next(answers))
+    if senders:
+        reads.blocked.update(dict.fromkeys(senders, False))
+        reads.blocked.update((email, True) for (email,) in next(answers))
+    case_ids = sorted({i for i in (*reads.message_ids.values(), *reads.numbers.values()) if i is not None})
+    if case_ids:
+        heads, parties = rows_together(session.connection(), [(_CASES, {"ids": case_ids}),
+                                                               (_PARTIES, {"ids": case_ids})])
+        members: dict[int, set[int]] = {}
+        for case_id, user_id in parties:
+            members.setdefault(case_id, set()).add(user_id)
+        reads.cases.update(dict.fromkeys(case_ids))
+        reads.cases.update((head[0], case_ref_of(head, members.get(head[0], set()))) for head in heads)
+    caps = {t.recent_cap for t in triages if t.sender}
+    read_counts(session, senders, now - timedelta(hours=1), max(caps) if len(caps) == 1 else 0,
+                now - timedelta(days=1), auto_cap, automatic)
+
+
+# PostgreSQL: the capped counts of many addresses in one statement (an index read each, as one by one).
+_RECENT_MANY = DriverStatement(text(
+    "SELECT a.address, (SELECT count(*) FROM (SELECT 1 FROM inbound_mail WHERE from_addr = a.address "
+    "AND processed_at >= CAST(:since AS TIMESTAMP WITH TIME ZONE) AND outcome = ANY(CAST(:outcomes AS VARCHAR[])) "
+    "LIMIT CAST(:cap AS INTEGER)) s) FROM unnest(CAST(:addresses AS VARCHAR[])) AS a(address)"), [],
+    ["since", "outcomes", "cap", "addresses"])
+_AUTO_MANY = DriverStatement(text(
+    "SELECT a.address, (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE recipient = a.address "
+    "AND created_at >= CAST(:day AS TIMESTAMP WITH TIME ZONE) AND state <> 'held' "
+    "AND event = ANY(CAST(:events AS VARCHAR[])) LIMIT CAST(:cap AS INTEGER)) s) "
+    "FROM unnest(CAST(:addresses AS VARCHAR[])) AS a(address)"), [], ["day", "events", "cap", "addresses"])
+
+
+def read_counts(session: Session, senders: list[str], since: datetime, recent_cap: int, day: datetime,
+                auto_cap: int, automatic: tuple[str, ...]) -> None:
+    """On PostgreSQL, the group's counts in one statement each (elsewhere each mail reads its own
+    the first time it needs it: on SQLite a read is no round trip)."""
+    reads = of(session)
+    conn = session.connection()
+    if reads is None or not senders or conn.dialect.driver != "psycopg":
+        return
+    if recent_cap > 0:
+        for address, count in _RECENT_MANY.rows(conn, {"since": since, "outcomes": list(COUNTED_OUTCOMES),
+                                                        "cap": recent_cap, "addresses": senders}):
+            reads.recent[(address, since, recent_cap)] = int(count)
+    for address, count in _AUTO_MANY.rows(conn, {"day": day, "events": list(automatic), "cap": auto_cap,
+                                                  "addresses": senders}):
+        reads.auto[(address, day, auto_cap)] = int(count)

@@ -1,0 +1,173 @@
+"""Hot statements of the mail transaction, run by psycopg itself on PostgreSQL.
+
+The PostgreSQL twin of `store.sqlite.driver`: SQLAlchemy compiles each statement once, with
+the parameter converters of its column types, and psycopg runs the SQL on the transaction's
+own connection as a server-side prepared statement. An `IN` over a list parameter becomes
+`= ANY(%(name)s)`: one statement text (and one prepared statement) whatever the list's length.
+
+Statements whose results nobody reads at once (history rows, index rows, outbox rows, the
+inbox row's outcome) can be run `later`: they wait on the connection and go to the server
+together, in one pipeline (one round trip), right before the next statement that reads
+(through this module or through SQLAlchemy: `before_cursor_execute`) and before the commit.
+A check on such a statement's result (the claim still held: one row updated) runs when its
+pipeline is answered, so a `LostClaim` still rolls the whole transaction back.
+
+psycopg's errors come out as SQLAlchemy's (`DBAPIError.instance`), as they would through
+SQLAlchemy's execution, so `store.faults` sees one kind of error whichever way a statement ran.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.expression import Executable
+
+Converter = Callable[[Any], Any] | None
+Check = Callable[[Any], None]
+
+_LATER = "pg_later"  # the connection's `info`: statements waiting for the next round trip
+_NAMED = re.compile(r"%\((\w+)\)s")
+
+
+class PgStatement:
+    """One statement compiled for psycopg: `columns`, the keys of an INSERT's or UPDATE's
+    values; `names`, every parameter a call passes (the others are the statement's literals)."""
+
+    def __init__(self, statement: Executable, columns: Sequence[str], names: set[str]) -> None:
+        self._statement = statement
+        self._columns = list(columns)
+        self._names = names
+        self._sql = ""
+        self._convert: list[tuple[str, Callable[[Any], Any]]] = []
+        self._constants: dict[str, Any] = {}
+
+    def sql_and_params(self, dialect: Dialect, params: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        if not self._sql:
+            self._prepare(dialect)
+        given = {**self._constants, **params}
+        for key, fn in self._convert:
+            value = given[key]
+            given[key] = [fn(v) for v in value] if isinstance(value, list | tuple) else fn(value)
+        return self._sql, given
+
+    def _prepare(self, dialect: Dialect) -> None:
+        compiled = self._statement.compile(dialect=dialect, column_keys=self._columns)  # type: ignore[attr-defined]
+        sql = str(compiled)
+        for bind, key in compiled.bind_names.items():
+            if bind.expanding:  # IN (…) over a list: one array parameter
+                sql = sql.replace(f"NOT IN (__[POSTCOMPILE_{key}])", f"<> ALL(%({key})s)")
+                sql = sql.replace(f"IN (__[POSTCOMPILE_{key}])", f"= ANY(%({key})s)")
+            convert = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if key not in self._names:  # a literal of the statement ("name = 'case'"): fixed
+                if bind.callable is not None or (bind.value is None and f"%({key})s" in sql):
+                    raise TypeError(f"{self._statement}: parameter {key} is not among {sorted(self._names)}")
+                value = bind.value
+                self._constants[key] = ([convert(v) for v in value] if isinstance(value, list) else convert(value)) \
+                    if convert else value
+            elif convert is not None:
+                self._convert.append((key, convert))
+        if "__[POSTCOMPILE" in sql:
+            raise TypeError(f"{self._statement}: an IN this module does not rewrite")
+        used = set(_NAMED.findall(sql))
+        self._constants = {k: v for k, v in self._constants.items() if k in used}
+        self._sql = sql
+
+
+def raw(conn: Connection) -> psycopg.Connection[Any]:
+    return conn.connection.driver_connection  # type: ignore[return-value]
+
+
+def run(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
+    """The statement now, after (and in one round trip with) the statements waiting: its cursor."""
+    waiting = conn.info.pop(_LATER, None)
+    if not waiting:
+        with driver_errors(conn, sql):
+            return raw(conn).execute(sql, params, prepare=True)
+    return _pipeline(conn, [*waiting, (sql, params, None)])[-1]
+
+
+def run_all(conn: Connection, calls: list[tuple[str, dict[str, Any]]]) -> list[Any]:
+    """Several statements (reads) in one round trip, after the statements waiting: their cursors."""
+    waiting = conn.info.pop(_LATER, None) or []
+    cursors = _pipeline(conn, [*waiting, *((sql, params, None) for sql, params in calls)])
+    return cursors[len(waiting):]
+
+
+def run_many(conn: Connection, sql: str, rows: list[dict[str, Any]]) -> None:
+    flush(conn)
+    with driver_errors(conn, sql):
+        raw(conn).cursor().executemany(sql, rows)  # psycopg pipelines the rows itself
+
+
+def later(conn: Connection, sql: str, params: dict[str, Any], check: Check | None = None) -> None:
+    conn.info.setdefault(_LATER, []).append((sql, params, check))
+
+
+def flush(conn: Connection) -> None:
+    """Send the statements waiting on this connection, in one round trip."""
+    waiting = conn.info.pop(_LATER, None)
+    if waiting:
+        _pipeline(conn, waiting)
+
+
+def _pipeline(conn: Connection, items: list[tuple[str, dict[str, Any], Check | None]]) -> list[Any]:
+    driver = raw(conn)
+    sql = items[0][0]
+    with driver_errors(conn, sql), driver.pipeline():
+        cursors = []
+        for sql, params, _ in items:
+            cursors.append(driver.execute(sql, params, prepare=True))
+        # the pipeline's end waited for every answer: each cursor has its rows and rowcount
+    for cursor, (_, _, check) in zip(cursors, items, strict=True):
+        if check is not None:
+            check(cursor)
+    return cursors
+
+
+class driver_errors:  # noqa: N801 - a context manager, used like a function
+    """psycopg's error as SQLAlchemy's, without the statement's parameters (a mail's text). A
+    connection that broke is invalidated, as SQLAlchemy does with one that broke in its hands:
+    the pool opens a new one for the next transaction."""
+
+    def __init__(self, conn: Connection, sql: str) -> None:
+        self._conn = conn
+        self._sql = sql
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, psycopg.Error):
+            broken = raw(self._conn).broken
+            if broken:
+                self._conn.invalidate(exc)
+            raise DBAPIError.instance(self._sql, None, exc, psycopg.Error, hide_parameters=True,  # type: ignore[arg-type]
+                                      connection_invalidated=broken) from exc
+
+
+def install(engine: Engine) -> None:
+    """Statements waiting on a connection go before any other statement and before the commit;
+    a rollback drops them."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _before(conn: Connection, *_args: Any) -> None:
+        if conn.info.get(_LATER):
+            flush(conn)
+
+    @event.listens_for(engine, "commit")
+    def _commit(conn: Connection) -> None:
+        flush(conn)
+
+    @event.listens_for(engine, "rollback")
+    def _rollback(conn: Connection) -> None:
+        conn.info.pop(_LATER, None)
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_conn: Any, record: Any) -> None:
+        record.info.pop(_LATER, None)
