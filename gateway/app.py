@@ -54,8 +54,8 @@ from store.migrate import HEAD, create_folder, require_file, require_head, upgra
 from store.node_run import begin_run, default_node_id
 from store.outbox import OutboxQueue
 from store.sqlite.wal import Checkpointer, checkpoint_elsewhere
-from store.sqlite.writer import SqliteInboxWriter, smtp_pause, smtp_quiet
 from store.transact import Transactor
+from store.writer import InboxWriter, smtp_pause, smtp_quiet
 
 if TYPE_CHECKING:
     from gateway.credentials import TokenDesk
@@ -73,7 +73,7 @@ Role = Literal["cli", "daemon", "worker", "sender"]
 class Links:
     """What the children of one daemon share besides the settings (passed to them at start)."""
 
-    smtp_busy: Any = None  # the SQLite inbox writer's `busy_until` (store.sqlite.writer.smtp_pause)
+    smtp_busy: Any = None  # the SQLite inbox writer's `busy_until` (store.writer.smtp_pause)
     # A socket pair: the worker child writes a byte to `notices_out` when it has queued
     # notifications, the sender child wakes when `notices_in` has one.
     notices_out: socket.socket | None = None
@@ -108,7 +108,7 @@ class App:
     # Who holds this process's claims: in `gateway run` the node's `node:run` (store/node_run.py).
     holder: str = ""
     # Where the edges commit raw mail: the inbox, or in `gateway run` the daemon's inbox writer
-    # process (store/sqlite/writer.py), which SMTP and IMAP share.
+    # process (store/writer.py), which SMTP and IMAP share.
     intake: BatchStore | None = None
     # What /healthz asks besides the daemon's loops (name -> alive now); the supervisor of each
     # child adds its own.
@@ -278,13 +278,13 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
                   links=links, checkpoints=checkpoints)
 
 
-async def _start_writer(engine: Database, settings: Settings, stack: AsyncExitStack) -> SqliteInboxWriter | None:
-    """The edges commit through a writer process of its own (store/sqlite/writer.py says why;
+async def _start_writer(engine: Database, settings: Settings, stack: AsyncExitStack) -> InboxWriter | None:
+    """The edges commit through a writer process of its own (store/writer.py says why;
     on PostgreSQL store/pg/writer.py), which SMTP and IMAP share."""
     if engine.dialect.name not in ("sqlite", "postgresql"):
         return None
 
-    writer = SqliteInboxWriter(engine.url.render_as_string(hide_password=False),
+    writer = InboxWriter(engine.url.render_as_string(hide_password=False),
                                settings.database.busy_timeout_ms / 1000)
     await writer.start()
     stack.callback(writer.close)

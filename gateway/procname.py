@@ -1,6 +1,6 @@
 """Names the daemon's processes as `top`, `ps -o comm` and /proc/PID/comm show them.
 
-`gateway run` is several processes (store/sqlite/writer.py, gateway/runtime/children.py,
+`gateway run` is several processes (store/writer.py, gateway/runtime/children.py,
 gateway/parse_pool.py); started from a fork server, they would all be called "python". With
 these names an operator sees which one is busy: gw-daemon (SMTP listener, IMAP, API),
 gw-writer (inbox commits), gw-worker, gw-sender, gw-parse.

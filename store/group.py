@@ -25,9 +25,9 @@ from sqlalchemy import bindparam, func, select, text
 from sqlmodel import Session
 
 from gateway.model import CaseRef, Role, Status, Triage, UserKind, UserRef
+from store.driver import DriverStatement, rows_together
 from store.models import AppUser, CaseParty, MessageIndex, SupportCase
 from store.person import B
-from store.sqlite.driver import DriverStatement, rows_together
 
 _U = AppUser.__table__  # type: ignore[attr-defined]
 _C = SupportCase.__table__  # type: ignore[attr-defined]

@@ -357,7 +357,7 @@ class GroupCommitter:
     def __init__(self, inbox: BatchStore, now: Any, max_batch: int = 64, in_flight: int = 1) -> None:
         self._inbox = inbox
         self._submit: Callable[[list[IncomingMail], datetime], asyncio.Future[list[Accepted]]] | None = getattr(
-            inbox, "submit_many", None)  # a store that answers by future (store/sqlite/writer.py)
+            inbox, "submit_many", None)  # a store that answers by future (store/writer.py)
         self._now = now
         self._max_batch = max_batch
         self._free = in_flight

@@ -31,7 +31,7 @@ class AppUser(SQLModel, table=True):
     bounce_reason: str | None = Field(default=None, max_length=500)
     created_at: datetime
     # Requester tokens name the generation they were issued in; `users revoke-tokens` bumps it.
-    # A server default only: the mail path's INSERTs (store/sqlite/driver.py) name their columns.
+    # A server default only: the mail path's INSERTs (store/driver.py) name their columns.
     token_generation: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     # Set when the person's data was erased (store/erasure.py): the row stays as a pseudonym, so
     # the case skeletons that name it stay whole; such a user is never a recipient again.

@@ -20,10 +20,10 @@ from sqlmodel import select as model_select
 
 from gateway.model import CaseRef, Event, UserRef
 from store import group
+from store.driver import DriverStatement
 from store.faults import store_errors
 from store.models import AppUser, CaseParty, MessageIndex, Outbox, SupportCase
 from store.queries import capped_count
-from store.sqlite.driver import DriverStatement
 
 T = Outbox.__table__  # type: ignore[attr-defined]
 

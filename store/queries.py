@@ -24,6 +24,7 @@ from gateway.model import (
     UserRef,
 )
 from store import group
+from store.driver import DriverStatement
 from store.models import (
     AppUser,
     Attachment,
@@ -38,7 +39,6 @@ from store.models import (
     joined_text,
 )
 from store.person import address_blocked
-from store.sqlite.driver import DriverStatement
 
 
 def user_ref(user: AppUser) -> UserRef:
@@ -94,7 +94,7 @@ _RECENT_FROM = capped_count(_IN.c.from_addr == bindparam("address"), _IN.c.proce
                             _IN.c.outcome.in_(["created", "commented", "reopened"]))
 
 
-# The same, run by the driver on SQLite (store/sqlite/driver.py): rows are tuples in column order.
+# The same, run by the driver on SQLite (store/driver.py): rows are tuples in column order.
 _RUN_USER_REFS = DriverStatement(_USER_REFS, (), ["emails"])
 _RUN_CASE_BY_NUMBER = DriverStatement(_CASE_BY_NUMBER, (), ["number"])
 _RUN_CASES_BY_MESSAGE_ID = DriverStatement(_CASES_BY_MESSAGE_ID, (), ["message_ids"])

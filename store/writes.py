@@ -14,6 +14,7 @@ from sqlmodel import Session, select
 from gateway.errors import LostClaim, NotFound
 from gateway.model import CommentDraft, NewUser, Role, Source, Status, UserKind, UserRef
 from store import group
+from store.driver import DriverStatement
 from store.inbox import CLAIM_HOLDS, Claim
 from store.models import (
     AppUser,
@@ -29,7 +30,6 @@ from store.models import (
     joined_text,
 )
 from store.queries import user_by_email, user_refs
-from store.sqlite.driver import DriverStatement
 
 _TEXT_CAP = 1_000_000
 
@@ -65,7 +65,7 @@ _INDEX = MessageIndex.__table__  # type: ignore[attr-defined]
 _INBOUND = InboundMail.__table__  # type: ignore[attr-defined]
 # Statements built once: building one per call costs about as much again as running it
 # (SQLAlchemy builds the construct and its cache key each time), and on
-# SQLite run by the driver (store/sqlite/driver.py).
+# SQLite run by the driver (store/driver.py).
 _INSERT_USER = DriverStatement(insert(_USERS).returning(_USERS.c.id),
                                ["email", "name", "kind", "role", "created_at"])
 _INSERT_CASE = DriverStatement(insert(_CASES).returning(_CASES.c.id), [

@@ -292,20 +292,20 @@ def test_imaplib_formats_its_debug_lines_only_when_they_are_logged(dovecot: Dove
 
 async def test_in_gateway_run_imap_commits_through_the_daemons_inbox_writer(
         dovecot: Dovecot, user: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The daemon has one inbox writer process (store/sqlite/writer.py, on PostgreSQL with
+    """The daemon has one inbox writer process (store/writer.py, on PostgreSQL with
     store/pg/writer.py); SMTP and IMAP share it."""
     from gateway.app import build
     from store.inbox import Inbox
-    from store.sqlite.writer import SqliteInboxWriter
+    from store.writer import InboxWriter
 
     batches: list[int] = []
-    write = SqliteInboxWriter.accept_many
+    write = InboxWriter.accept_many
 
-    async def counted(self: SqliteInboxWriter, mails: Sequence[IncomingMail], now: datetime) -> list[Accepted]:
+    async def counted(self: InboxWriter, mails: Sequence[IncomingMail], now: datetime) -> list[Accepted]:
         batches.append(len(mails))
         return await write(self, mails, now)
 
-    monkeypatch.setattr(SqliteInboxWriter, "accept_many", counted)
+    monkeypatch.setattr(InboxWriter, "accept_many", counted)
 
     async def not_here(*_args: Any) -> None:
         raise AssertionError("committed through the app's own inbox")

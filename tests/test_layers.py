@@ -51,7 +51,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 
 # The runtime objects: constructed (called) in gateway/app.py and nowhere else under gateway/.
 BUILT_BY_THE_ROOT = frozenset({
-    "InboxWorker", "Sender", "Transactor", "Inbox", "OutboxQueue", "ParseRunner", "BlobStore", "SqliteInboxWriter",
+    "InboxWorker", "Sender", "Transactor", "Inbox", "OutboxQueue", "ParseRunner", "BlobStore", "InboxWriter",
     "GroupCommitter", "InboxHandler", "SmtpListener", "Checkpointer", "make_engine", "make_sender"})
 
 DRIVER = ("sqlalchemy", "sqlmodel", "store.models")

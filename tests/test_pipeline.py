@@ -513,7 +513,7 @@ async def test_item31_start_up_refuses_postgresql_without_synchronous_commit(tmp
 
 @pytest.mark.sqlite_only
 def test_statements_run_by_the_driver_write_what_sqlalchemy_writes(tmp_path) -> None:
-    """store/sqlite/driver.py runs the worker's hot statements on pysqlite with the converters
+    """store/driver.py runs the worker's hot statements on pysqlite with the converters
     SQLAlchemy compiled: each stores the same column values as SQLAlchemy's own execution
     (dates, JSON, booleans, None, NUL-free text), and RETURNING and rowcount agree."""
     from datetime import UTC, datetime
@@ -560,7 +560,7 @@ def test_statements_run_by_the_driver_write_what_sqlalchemy_writes(tmp_path) -> 
 
 @pytest.mark.sqlite_only
 def test_selects_run_by_the_driver_read_what_sqlalchemy_reads(tmp_path) -> None:
-    """The worker's SELECTs on pysqlite (store/sqlite/driver.py): an IN over a fixed list and over a
+    """The worker's SELECTs on pysqlite (store/driver.py): an IN over a fixed list and over a
     parameter of 1, 2 and 3 values, dates bound, counts capped; the rows equal SQLAlchemy's."""
     from datetime import UTC, datetime, timedelta
 

@@ -38,7 +38,7 @@ from gateway.ingest.smtp import (
 )
 from store.inbox import Accepted, GroupCommitter, IncomingMail
 from store.models import InboundMail, InboundRaw
-from store.sqlite.writer import QUIET_S, SqliteInboxWriter
+from store.writer import QUIET_S, InboxWriter
 from tests import smtp_probes as probes
 from tests.conftest import ADDRESS, build_mail, make_settings
 from tests.smtp_probes import RawSmtp, Reply
@@ -599,14 +599,14 @@ class FullStore:
         event.remove(Pool, "checkout", self._checkout)
 
 
-_daemon_writers: list[tuple[SqliteInboxWriter, GroupCommitter]] = []
+_daemon_writers: list[tuple[InboxWriter, GroupCommitter]] = []
 
 
 def daemon_writer(app: App) -> Callable[[IncomingMail], Awaitable[Accepted]]:
-    """The daemon's SQLite path: group commits through the SqliteInboxWriter thread."""
+    """The daemon's SQLite path: group commits through the InboxWriter thread."""
     if app.engine.dialect.name != "sqlite":
         pytest.skip("the daemon's inbox writer is the SQLite path")
-    writer = SqliteInboxWriter(app.engine.url.render_as_string(hide_password=False),
+    writer = InboxWriter(app.engine.url.render_as_string(hide_password=False),
                                app.settings.database.busy_timeout_ms / 1000)
     committer = GroupCommitter(writer, app.clock.now)
     _daemon_writers.append((writer, committer))
@@ -900,12 +900,12 @@ async def test_lmtp_answers_once_per_recipient(tmp_path: Path) -> None:
 
 async def test_sqlite_writer_waits_out_a_short_lock_and_gives_up_on_a_long_one(app: App) -> None:
     from gateway.errors import StoreUnavailable
-    from store.sqlite.writer import SqliteInboxWriter
+    from store.writer import InboxWriter
 
     if app.engine.dialect.name != "sqlite":
         pytest.skip("the writer is the SQLite path")
     url = app.engine.url.render_as_string(hide_password=False)
-    writer, impatient = SqliteInboxWriter(url, busy_timeout_s=10), SqliteInboxWriter(url, busy_timeout_s=0.3)
+    writer, impatient = InboxWriter(url, busy_timeout_s=10), InboxWriter(url, busy_timeout_s=0.3)
     mail = IncomingMail(probes.message("locked a moment"), "smtp", "anna@borger.example", (ADDRESS,))
     try:
         await asyncio.gather(writer.start(), impatient.start())  # started: under load that alone took over 0.5 s
@@ -932,9 +932,9 @@ async def test_a_dead_inbox_writer_process_fails_its_batch_and_the_next_batch_st
     import signal
 
     from gateway.errors import StoreUnavailable
-    from store.sqlite.writer import SqliteInboxWriter
+    from store.writer import InboxWriter
 
-    writer = SqliteInboxWriter(app.engine.url.render_as_string(hide_password=False), busy_timeout_s=5)
+    writer = InboxWriter(app.engine.url.render_as_string(hide_password=False), busy_timeout_s=5)
     mail = IncomingMail(probes.message("after the crash"), "smtp", "anna@borger.example", (ADDRESS,))
     try:
         await writer.start()
@@ -958,8 +958,8 @@ async def test_the_worker_yields_to_smtp_commits_but_not_forever_and_claims_do_n
     import multiprocessing
 
     from store.engine import make_engine, session_factory
-    from store.sqlite.writer import BUSY, smtp_pause
     from store.transact import Transactor
+    from store.writer import BUSY, smtp_pause
 
     engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/x.db")
     tx = Transactor(engine, session_factory(engine))

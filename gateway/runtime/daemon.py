@@ -80,7 +80,7 @@ def _clean_children() -> None:
 # What the children run, imported once by the fork server: each child then starts as a fork
 # with them loaded, instead of each child importing SQLAlchemy and the rest for itself, which
 # made the daemon's start slow and costly in CPU.
-_CHILD_MODULES = ["gateway.parse_pool", "gateway.runtime.children", "store.sqlite.writer"]
+_CHILD_MODULES = ["gateway.parse_pool", "gateway.runtime.children", "store.writer"]
 
 
 async def run_daemon(settings: Settings) -> int:

@@ -1,6 +1,6 @@
 """Hot statements of the mail transaction, run by psycopg itself on PostgreSQL.
 
-The PostgreSQL twin of `store.sqlite.driver`: SQLAlchemy compiles each statement once, with
+The PostgreSQL twin of `store.driver`: SQLAlchemy compiles each statement once, with
 the parameter converters of its column types, and psycopg runs the SQL on the transaction's
 own connection as a server-side prepared statement. An `IN` over a list parameter becomes
 `= ANY(%(name)s)`: one statement text (and one prepared statement) whatever the list's length.

@@ -1,5 +1,5 @@
 """The daemon's inbox writer on PostgreSQL: the group commits of the SMTP and IMAP edges, in
-the writer process of store/sqlite/writer.py (its framing, restarts and ordering), with a
+the writer process of store/writer.py (its framing, restarts and ordering), with a
 psycopg connection of its own.
 
 On PostgreSQL the edges committed through asyncpg in the listener's own event loop: the

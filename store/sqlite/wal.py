@@ -5,7 +5,7 @@ the commit that takes the WAL past `wal_autocheckpoint` pages, and that commit w
 
 * in the worker's transactions (SQLite's default, 1000 pages), the first commit after a burst
   copies the whole burst while the backlog waits behind it;
-* in the SMTP writer's commits (8000 pages, store/sqlite/writer.py), a client's 250 waits for
+* in the SMTP writer's commits (8000 pages, store/writer.py), a client's 250 waits for
   one, many times its usual latency.
 
 In `gateway run` on SQLite the worker and sender processes therefore never checkpoint in a

@@ -1,6 +1,6 @@
-"""The daemon's inbox writer for SQLite: group commits in a child process of its own. On
-PostgreSQL the same process commits through psycopg (store/pg/writer.py); what follows about
-locks and checkpoints is SQLite's.
+"""The daemon's inbox writer: the edges' group commits in a child process of its own. On
+SQLite it commits with `Committer` below; on PostgreSQL through psycopg (store/pg/writer.py).
+What follows about locks and checkpoints is SQLite's.
 
 Why a process: the listener's event loop spends about a millisecond of pure Python on every
 mail (aiosmtpd reading the DATA lines). A writer thread in the same process hands the GIL
@@ -71,7 +71,7 @@ WRITER_AUTOCHECKPOINT_PAGES = 8000
 _HEADER = 8  # bytes of frame length, big-endian
 
 
-class SqliteInboxWriter:
+class InboxWriter:
     """`accept_many` as the app's inbox has it; the commits happen in the writer process."""
 
     in_flight = 2  # batches worth handing over at once: it hashes one while it commits the other
