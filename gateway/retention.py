@@ -186,7 +186,11 @@ async def sweep_blobs(data: DataStore, shas: Iterable[str] | None, cutoff_ts: fl
         aside = {sha: path for sha in unnamed if (path := blobs.set_aside(sha)) is not None}
         named = await data.tx.read(store.referenced, list(aside))
         for sha, path in aside.items():
-            if sha in named or path.stat().st_mtime >= cutoff_ts:
+            try:
+                touched = path.stat().st_mtime >= cutoff_ts
+            except FileNotFoundError:  # another node's sweep took it: not ours to decide
+                continue
+            if sha in named or touched:
                 blobs.put_back(path, sha)
             else:
                 path.unlink()

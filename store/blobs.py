@@ -114,8 +114,12 @@ class BlobStore:
             return found
         with os.scandir(self.root) as entries:
             for entry in entries:
-                if entry.name.startswith((".tmp-", ".gc-")) and entry.is_file(follow_symlinks=False) \
-                        and entry.stat(follow_symlinks=False).st_mtime < older_than:
+                if not (entry.name.startswith((".tmp-", ".gc-")) and entry.is_file(follow_symlinks=False)):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                # An aside keeps its content's old mtime; its ctime is when it was moved aside
+                # (by this node or another one still deciding): only a long-forgotten one is left.
+                if max(st.st_mtime, st.st_ctime) < older_than:
                     found.append(Path(entry.path))
         return found
 

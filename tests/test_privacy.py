@@ -516,3 +516,18 @@ async def test_an_export_of_hundreds_of_megabytes_keeps_memory_bounded(tmp_path:
         assert zf.getinfo("mails/1.eml").file_size == len(raw)
     print(f"peak RSS: export {peak // 1024} MB, listing {baseline // 1024} MB")
     assert peak - baseline < 40 * 1024, f"export peaked at {peak // 1024} MB, a listing at {baseline // 1024} MB"
+
+
+async def test_a_file_another_node_has_set_aside_is_not_a_leftover(app: App) -> None:
+    """Two nodes sweep at once: one has just moved a named file aside to check it again, the
+    other clears leftovers. The aside keeps the content's old mtime, but it is not a leftover:
+    taking it would lose a file a comment names (CI, stop 26: FileNotFoundError on put-back)."""
+    sha = app.blobs.put(b"kept" * 100)
+    old = time.time() - 7200
+    os.utime(app.blobs.path(sha), (old, old))
+    aside = app.blobs.set_aside(sha)
+    assert aside is not None and aside.stat().st_mtime < time.time() - 3600
+    assert app.blobs.stale_temporaries(time.time() - 3600) == []  # moved a moment ago
+    app.blobs.put_back(aside, sha)
+    assert app.blobs.exists(sha)
+    assert app.blobs.stale_temporaries(time.time() + 1) == []  # nothing left aside
