@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.runtime.daemon")
 
-Role = Literal["cli", "daemon", "worker", "sender"]
+Role = Literal["cli", "daemon", "worker", "sender", "http"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,10 @@ class Links:
     # notifications, the sender child wakes when `notices_in` has one.
     notices_out: socket.socket | None = None
     notices_in: socket.socket | None = None
+    # The HTTP children only (gateway/runtime/web.py): the daemon's listening socket, and what
+    # the daemon shares with them (its loops' liveness, the count of case actions).
+    api_socket: socket.socket | None = None
+    board: Any = None
 
     def close(self) -> None:
         for end in (self.notices_out, self.notices_in):
@@ -119,6 +123,9 @@ class App:
     links: Links = field(default_factory=Links)
     # The worker child only, on SQLite: the WAL checkpoints it runs for the whole node.
     checkpoints: Checkpointer | None = None
+    # After an action queued notifications: the sender's wake-up (in a child: a byte to the
+    # sender child, `Links.notices_out`).
+    wake_sender: Callable[[], None] | None = None
 
     def data_store(self) -> DataStore:
         """What the data-protection use-cases need (retention, export, erasure, audit)."""
@@ -147,7 +154,7 @@ class App:
 
         s = self.settings
         return CaseDesk(self.sessions, self.blobs, self.clock, s.policy.language, s.mail.message_id_domain,
-                        s.smtp.max_message_size, self.sender.wakeup.set)
+                        s.smtp.max_message_size, self.wake_sender or self.sender.wakeup.set)
 
     @functools.cached_property
     def tokens(self) -> TokenDesk:
@@ -251,7 +258,7 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
         sender = Sender(queue, Renderer(TEMPLATES_DIR, settings, clock=clock.now), mailer_from_settings(settings),
                         settings.outbound, clock, holder=holder)
         on_processed = functools.partial(_nudge, links.notices_out) \
-            if role == "worker" and links.notices_out is not None else sender.wakeup.set
+            if role in ("worker", "http") and links.notices_out is not None else sender.wakeup.set
         quiet: Callable[[], bool] | None = \
             functools.partial(smtp_quiet, links.smtp_busy) if paused and role == "worker" else None
         if role == "worker" and tx.pg_engine is not None:
@@ -275,7 +282,7 @@ async def build(settings: Settings, role: Role = "cli", clock: Clock | None = No
             await parser.start()
         yield App(settings, clock, engine, sessions, tx, inbox, queue, blobs, parser, worker, sender,
                   holder=holder, intake=intake, liveness=liveness, smtp=smtp, committer=committer,
-                  links=links, checkpoints=checkpoints)
+                  links=links, checkpoints=checkpoints, wake_sender=on_processed)
 
 
 async def _start_writer(engine: Database, settings: Settings, stack: AsyncExitStack) -> InboxWriter | None:

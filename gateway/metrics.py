@@ -11,18 +11,20 @@ library is imported in each of them and a directory to clear at every start. The
 already records each of these facts once, whichever process wrote it, so every node reports
 the same figures. The cost is a few aggregate queries per scrape over indexes (migration 0007).
 
-What stays in memory is only what this process alone knows: the case actions served by its
-HTTP API. The `*_created` series are off: counters read from the store have no start time,
-and those of the one in-memory counter would be the process's start, which nothing needs.
+What stays in memory is only what the daemon's HTTP processes alone know: the case actions
+served by its API and pages (`ActionCounts`: a plain list, or with `api.processes` an array in
+memory shared by the daemon's HTTP children, so whichever child answers a scrape tells the whole
+daemon's count, and a child's restart loses none). The `*_created` series are off: counters read
+from the store have no start time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableSequence
 
 import prometheus_client
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE  # noqa: N811 - re-exported
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from store import stats
@@ -30,17 +32,48 @@ from store.engine import Database
 
 prometheus_client.disable_created_metrics()
 
-REGISTRY = CollectorRegistry(auto_describe=True)
+# The case actions of `gateway.lifecycle`, in a fixed order: the slots of `ActionCounts`.
+ACTIONS = ("assign", "close", "comment", "note", "reply", "share", "status")
 
-CASE_ACTIONS = Counter("gateway_case_actions", "Case actions served by this process's HTTP API, by action.",
-                       ["action"], registry=REGISTRY)
+__all__ = ["ACTIONS", "CONTENT_TYPE", "ActionCounts", "StoreMetrics", "count_actions_in", "record_action"]
 
 
-__all__ = ["CONTENT_TYPE", "REGISTRY", "StoreMetrics", "record_action"]
+class ActionCounts:
+    """The case actions served by this daemon's HTTP processes, one slot an action."""
+
+    def __init__(self, slots: MutableSequence[int] | None = None) -> None:
+        # A `multiprocessing` Array (with its lock) or, in one process, a list.
+        self.slots: MutableSequence[int] = slots if slots is not None else [0] * len(ACTIONS)
+
+    def add(self, action: str) -> None:
+        lock = getattr(self.slots, "get_lock", None)
+        i = ACTIONS.index(action)
+        if lock is None:
+            self.slots[i] += 1
+            return
+        with lock():
+            self.slots[i] += 1
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily("gateway_case_actions", "Case actions served by the daemon's HTTP API "
+                                     "and pages, by action.", labels=["action"])
+        for action, count in zip(ACTIONS, list(self.slots), strict=True):
+            if count:
+                family.add_metric([action], count)
+        yield family
+
+
+_COUNTS = ActionCounts()
 
 
 def record_action(action: str) -> None:
-    CASE_ACTIONS.labels(action=action).inc()
+    _COUNTS.add(action)
+
+
+def count_actions_in(slots: MutableSequence[int]) -> None:
+    """Count this process's actions in `slots` (the daemon's shared array, in an HTTP child)."""
+    global _COUNTS
+    _COUNTS = ActionCounts(slots)
 
 
 def _counter(name: str, doc: str, labels: list[str], tally: stats.Tally) -> Metric:
@@ -115,7 +148,7 @@ class _Scrape:
         yield _latency(f.processed)
         yield _counter("gateway_notifications_sent", "Notifications the relay accepted, by event.", ["event"], f.sent)
         yield from _now(self._now)
-        yield from REGISTRY.collect()
+        yield from _COUNTS.collect()
 
 
 class StoreMetrics:

@@ -477,14 +477,18 @@ async def test_issue17_item11_healthz_names_every_part_and_answers_503_while_the
     with DaemonProcess(tmp_path, api={"enabled": True, "port": port}) as proc:
         proc.start()
         await eventually(lambda: asyncio.sleep(0, bool(proc.events("api.listening"))), what="the API")
-        await eventually(lambda: asyncio.sleep(0, len(proc.events("worker.child_ready")) == 2), what="the children")
+        def ready(role: str) -> int:
+            return sum(e["role"] == role for e in proc.events("worker.child_ready"))
+
+        await eventually(lambda: asyncio.sleep(0, ready("worker") + ready("sender") + ready("http") == 4),
+                         what="the children")
         code, body = await _health(port)
-        parts = {"smtp", "worker", "sender", "maintenance", "api", "inbox_writer"}
+        parts = {"smtp", "worker", "sender", "maintenance", "api", "inbox_writer", "http.1", "http.2"}
         assert code == 200 and parts <= set(body["loops"]) and all(body["loops"].values()), body
         for deaths in range(1, 4):
-            ready = len(proc.events("worker.child_ready"))
+            before = ready("worker")
             os.kill(_worker_pid(proc), signal.SIGKILL)
-            await eventually(lambda: asyncio.sleep(0, len(proc.events("worker.child_ready")) > ready),  # noqa: B023
+            await eventually(lambda: asyncio.sleep(0, ready("worker") > before),  # noqa: B023
                              timeout=20, what=f"worker restart {deaths}")
         code, body = await _health(port)
         assert code == 503 and body["loops"]["worker"] is False, body

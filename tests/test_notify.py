@@ -168,7 +168,8 @@ async def test_item82_slow_relay_does_not_block_inbound_and_is_retried(
     becoming cases; the stuck notification times out, is rescheduled and sent later."""
     timeout_s = 3.0
     settings = make_settings(tmp_path, outbound={"transport": f"smtp://127.0.0.1:{sink.port}",
-                                                 "timeout_s": timeout_s, "backoff_initial_s": 30.0},
+                                                 "timeout_s": timeout_s, "backoff_initial_s": 30.0,
+                                                 "poll_interval_s": 0.1},
                              worker={"poll_interval_s": 0.1})
     sink.handler.data_stall_s = 120.0
     async with open_app(settings, clock=clock) as app:
@@ -186,7 +187,7 @@ async def test_item82_slow_relay_does_not_block_inbound_and_is_retried(
             return sink.handler.stalling == 1
 
         stop = asyncio.Event()
-        loops = [asyncio.create_task(app.worker.run(stop)), asyncio.create_task(app.sender.run(stop, 0.1))]
+        loops = [asyncio.create_task(app.worker.run(stop)), asyncio.create_task(app.sender.run(stop))]
         try:
             await arrive(mail(sender="first@borger.example", subject="Den første"))
             await _until(stalling, 60, "the sender to be stuck at DATA")

@@ -223,8 +223,9 @@ async def test_full_story(daemon: DaemonProcess, sink: tuple[Sink, int]) -> None
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{daemon.settings.api.port}") as api:
         health = await api.get("/healthz")
         writer = {"inbox_writer": True}  # a writer process on SQLite and PostgreSQL alike
+        pages = {"http.1": True, "http.2": True}  # api.processes = 2: the pages in two children
         assert health.status_code == 200 and health.json()["loops"] == {
-            "api": True, "maintenance": True, "sender": True, "smtp": True, "worker": True, **writer}
+            "api": True, "maintenance": True, "sender": True, "smtp": True, "worker": True, **writer, **pages}
         _, token, _ = await gateway(daemon, "tokens", "issue", "--agent", AGENT)  # the agent's own token
         response = await api.post("/cases/SAG-000001/status", json={"status": "udfoert"},
                                   headers={"Authorization": f"Bearer {token.strip()}"})

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import socket
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -324,10 +325,10 @@ class _EmbeddedServer(uvicorn.Server):
         return nullcontext()
 
 
-def _sibling_loops(parts: dict[str, Callable[[], bool]] | None = None) -> LoopWatch:
+def sibling_loops(parts: dict[str, Callable[[], bool]] | None = None) -> LoopWatch:
     """The daemon's loops running now (a loop that ended is no longer among the tasks), and its
-    other parts (`HttpDeps.liveness`: the SMTP listener, the inbox writer, the worker and sender
-    children, which are dead while their loop still runs)."""
+    other parts (`HttpDeps.liveness`: the SMTP listener, the inbox writer, the worker, sender and
+    HTTP children, which are dead while their loop still runs)."""
     expected = {t.get_name() for t in asyncio.all_tasks()} & DAEMON_LOOPS
     parts = parts if parts is not None else {}
 
@@ -341,28 +342,39 @@ def _sibling_loops(parts: dict[str, Callable[[], bool]] | None = None) -> LoopWa
     return alive
 
 
-async def _serve(server: uvicorn.Server) -> None:
+def warn_deprecated(cfg: Any) -> None:
+    if cfg.agent_tokens:
+        log.warning("api.deprecated_agent_tokens", extra={"count": len(cfg.agent_tokens),
+                                                          "replace_with": "gateway tokens issue --service NAME"})
+
+
+async def _serve(server: uvicorn.Server, sock: socket.socket | None) -> None:
     try:
-        await server.serve()
+        await server.serve(sockets=[sock] if sock is not None else None)
     except SystemExit:  # uvicorn exits the process when it cannot bind; we end this loop instead
         raise CannotListen(f"api: cannot listen on {server.config.host}:{server.config.port}") from None
 
 
 async def api_loop(deps: HttpDeps, stop: asyncio.Event) -> None:
-    """Serve the API until `stop` is set (`api.host`/`api.port`; port 0 picks a free one)."""
+    """Serve the API and the pages in this process until `stop` is set (`api.host`/`api.port`;
+    port 0 picks a free one). With `api.processes` > 0 the daemon's children serve them
+    instead (gateway/runtime/web.py), each through `serve` on the daemon's listening socket."""
+    warn_deprecated(deps.settings.api)
+    api = build_api(deps, sibling_loops(deps.liveness))
+    await serve(api, deps, stop)
+
+
+async def serve(api: Starlette, deps: HttpDeps, stop: asyncio.Event, sock: socket.socket | None = None) -> None:
+    """uvicorn on `api` until `stop`: on its own port, or on a listening socket it was given."""
     cfg = deps.settings.api
-    if cfg.agent_tokens:
-        log.warning("api.deprecated_agent_tokens", extra={"count": len(cfg.agent_tokens),
-                                                          "replace_with": "gateway tokens issue --service NAME"})
-    api = build_api(deps, _sibling_loops(deps.liveness))
     config = uvicorn.Config(api, host=cfg.host, port=cfg.port, log_config=None, access_log=False, lifespan="off",
                             server_header=False, timeout_graceful_shutdown=int(deps.settings.daemon.grace_s))
     server = _EmbeddedServer(config)
-    serving = asyncio.create_task(_serve(server), name="api.http")
+    serving = asyncio.create_task(_serve(server, sock), name="api.http")
     stopping = asyncio.create_task(stop.wait())
     while not server.started and not serving.done():
         await asyncio.sleep(0.02)
-    if server.started:
+    if server.started and sock is None:
         api.state.port = int(server.servers[0].sockets[0].getsockname()[1])
         log.info("api.listening", extra={"host": cfg.host, "port": api.state.port})
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -158,7 +158,8 @@ class Sender:
             return False
         return True
 
-    async def run(self, stop: asyncio.Event, interval_s: float = 1.0) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
+        interval_s = self._cfg.poll_interval_s
         stranded = True  # a sender child of this run may have died with rows `sending`
         clean = getattr(self._mailer, "clean_stale", None)  # what a killed delivery left half-written
         if clean is not None:
@@ -176,13 +177,20 @@ class Sender:
                 stranded = True
                 log.warning("notify.loop_error", extra={"error": type(exc).__name__, "outage": is_outage(exc)})
             self.wakeup.clear()
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), interval_s)
-            except TimeoutError:
-                pass
+            await _either(self.wakeup, stop, interval_s)
         close = getattr(self._mailer, "close", None)
         if close is not None:
             await close()
+
+
+async def _either(wakeup: asyncio.Event, stop: asyncio.Event, seconds: float) -> None:
+    """Until woken, stopped, or `seconds` have passed."""
+    waits = {asyncio.ensure_future(wakeup.wait()), asyncio.ensure_future(stop.wait())}
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:

@@ -1,4 +1,4 @@
-"""The inbox worker and the notification sender in child processes of `gateway run`.
+"""The inbox worker, the notification sender and the HTTP processes: children of `gateway run`.
 
 Why: SMTP receiving and the worker's transactions both want the event loop and the GIL. In one
 process a burst of mail makes every 250 wait behind case-creating transactions (and, on
@@ -16,7 +16,8 @@ stops by itself when its socket pair closes, which is how it notices that the pa
 killed. /healthz reports a child dead while it is not running and while it keeps dying
 (KEEPS_DYING deaths within KEEPS_DYING_WINDOW_S).
 The worker child wakes the sender child itself when it has queued notifications (`Links`):
-a receipt goes out within milliseconds, not at the sender's next poll a second later.
+a receipt goes out within milliseconds, not at the sender's next poll a second later. The HTTP
+children (`api.processes`, role "http") are gateway/runtime/web.py's: they hold no claims.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ log = logging.getLogger("gateway.runtime.children")
 RESTART_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 # The listener comes first when the cores are busy: a 250 is what a sender waits for, a case
 # can be made a moment later. The parse processes inherit it.
-CHILD_NICENESS = 10
+CHILD_NICENESS = {"worker": 10, "sender": 10, "http": 0}  # a page is someone waiting, as a 250 is
 KEEPS_DYING = 3  # deaths within the window below: /healthz says the child is dead
 KEEPS_DYING_WINDOW_S = 300.0
 
@@ -64,7 +65,8 @@ class ChildWatch:
 
 
 class WorkerProcess:
-    """One child process running `app.worker.run` (role "worker") or `app.sender.run` ("sender")."""
+    """One child process running `app.worker.run` (role "worker"), `app.sender.run` ("sender"),
+    or serving HTTP on the daemon's listening socket ("http", `Links.api_socket`)."""
 
     def __init__(self, settings: Settings, role: str, links: Links = Links(), holder: str | None = None) -> None:
         self._settings = settings
@@ -121,15 +123,17 @@ def child_loop(role: str) -> Callable[[App, asyncio.Event], Coroutine[Any, Any, 
     """A daemon loop that keeps one child of this role ("worker" or "sender") running until `stop`."""
     async def run(app: App, stop: asyncio.Event) -> None:
         wakeup = app.worker.wakeup if role == "worker" else app.sender.wakeup
-        await _supervise(app, stop, role, wakeup, app.links)
+        await supervise(app, stop, role, wakeup, app.links)
 
     return run
 
 
-async def _supervise(app: App, stop: asyncio.Event, role: str, wakeup: asyncio.Event, links: Links) -> None:
+async def supervise(app: App, stop: asyncio.Event, role: str, wakeup: asyncio.Event, links: Links,
+                     name: str | None = None) -> None:
+    """Keep one child of `role` running until `stop`; /healthz knows it as `name` (the role)."""
     restarts = 0
     watch = ChildWatch()
-    app.liveness[role] = watch.alive
+    app.liveness[name or role] = watch.alive
     while not stop.is_set():
         child = WorkerProcess(app.settings, role, links, app.holder)
         pid = child.start()
@@ -152,7 +156,8 @@ async def _supervise(app: App, stop: asyncio.Event, role: str, wakeup: asyncio.E
         watch.deaths.append(time.monotonic())
         log.error("worker.process_died", extra={"role": role, "pid": pid, "exitcode": child.exitcode})
         await child.stop(1.0)
-        await _give_back(app, role)
+        if role != "http":
+            await _give_back(app, role)
         delay = RESTART_DELAYS_S[min(restarts, len(RESTART_DELAYS_S) - 1)]
         restarts += 1
         try:
@@ -189,7 +194,7 @@ def child_main(settings: Settings, role: str, wake: socket.socket, links: Links 
     multiprocessing.set_forkserver_preload(["gateway.parse_pool"])  # its parse pool, as in the parent
     multiprocessing.set_start_method("forkserver", force=True)
     configure_logging(settings.daemon.log_format, settings.daemon.log_level)
-    os.nice(CHILD_NICENESS)
+    os.nice(CHILD_NICENESS[role])
     try:
         asyncio.run(_child(settings, role, wake, links, holder))
     except KeyboardInterrupt:
@@ -211,15 +216,15 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     async with build(settings, role, holder=holder, links=links) as app:  # type: ignore[arg-type]
-        runner = app.worker if role == "worker" else app.sender
+        wakeup = app.worker.wakeup if role == "worker" else app.sender.wakeup
         wake.setblocking(False)
-        loop.add_reader(wake.fileno(), _on_readable, wake, runner.wakeup, functools.partial(_parent_gone, stop))
+        loop.add_reader(wake.fileno(), on_readable, wake, wakeup, functools.partial(_parent_gone, stop))
         if role == "sender" and links.notices_in is not None:
-            loop.add_reader(links.notices_in.fileno(), _on_readable, links.notices_in, runner.wakeup, lambda: None)
+            loop.add_reader(links.notices_in.fileno(), on_readable, links.notices_in, wakeup, lambda: None)
         log.info("worker.child_ready", extra={"role": role, "pid": os.getpid()})
         checkpointing = asyncio.ensure_future(app.checkpoints.run(stop)) if app.checkpoints else None
         try:
-            await runner.run(stop)
+            await _run_role(app, role, links, stop)
         finally:
             loop.remove_reader(wake.fileno())
             wake.close()
@@ -228,7 +233,26 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
                 await checkpointing
 
 
-def _on_readable(sock: socket.socket, wakeup: asyncio.Event, gone: Callable[[], None]) -> None:
+async def _run_role(app: App, role: str, links: Links, stop: asyncio.Event) -> None:
+    if role == "http":
+        await _serve_http(app, links, stop)
+    else:
+        await (app.worker if role == "worker" else app.sender).run(stop)
+
+
+async def _serve_http(app: App, links: Links, stop: asyncio.Event) -> None:
+    """An HTTP child: the daemon's API and pages on its listening socket until `stop`, with
+    /healthz and the action counts from the daemon's board (gateway/runtime/web.py)."""
+    from gateway import metrics
+    from gateway.http.api import build_api, serve
+
+    if links.api_socket is None or links.board is None:
+        raise RuntimeError("an HTTP child needs the daemon's listening socket and board")
+    metrics.count_actions_in(links.board.actions)
+    await serve(build_api(app.http, links.board.loops), app.http, stop, links.api_socket)
+
+
+def on_readable(sock: socket.socket, wakeup: asyncio.Event, gone: Callable[[], None]) -> None:
     """A byte on a wake-up socket sets `wakeup`; its end (EOF) calls `gone`."""
     try:
         data = sock.recv(4096)

@@ -21,7 +21,7 @@ from gateway.app import App, build
 from gateway.errors import CannotListen
 from gateway.ingest.smtp import SmtpListener
 from gateway.procname import name_process
-from gateway.runtime.children import child_loop
+from gateway.runtime.children import child_loop, on_readable
 from gateway.settings import Settings
 
 log = logging.getLogger("gateway.runtime.daemon")
@@ -50,6 +50,11 @@ async def _imap_loop(app: App, stop: asyncio.Event) -> None:
 
 
 async def _api_loop(app: App, stop: asyncio.Event) -> None:
+    if app.settings.api.processes > 0:  # served by children of their own (gateway/runtime/web.py)
+        from gateway.runtime.web import web_loop
+
+        await web_loop(app, stop)
+        return
     from gateway.http.api import api_loop
 
     await api_loop(app.http, stop)
@@ -80,7 +85,7 @@ def _clean_children() -> None:
 # What the children run, imported once by the fork server: each child then starts as a fork
 # with them loaded, instead of each child importing SQLAlchemy and the rest for itself, which
 # made the daemon's start slow and costly in CPU.
-_CHILD_MODULES = ["gateway.parse_pool", "gateway.runtime.children", "store.writer"]
+_CHILD_MODULES = ["gateway.parse_pool", "gateway.runtime.children", "gateway.http.api", "store.writer"]
 
 
 async def run_daemon(settings: Settings) -> int:
@@ -110,6 +115,9 @@ async def run_daemon(settings: Settings) -> int:
         # their own (gateway/runtime/children.py): the second core for them, and an SMTP loop
         # that never waits behind a case transaction.
         separate = settings.worker.parse_in_subprocess
+        if not separate and app.links.notices_in is not None:  # the HTTP children's nudges
+            loop.add_reader(app.links.notices_in.fileno(), on_readable, app.links.notices_in, app.sender.wakeup,
+                            lambda: None)
         worker = child_loop("worker") if separate else _worker_loop
         tasks = {asyncio.create_task(worker(app, stop), name="worker")}
         for name, run in extra_loops(settings):

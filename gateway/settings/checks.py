@@ -60,6 +60,8 @@ def validate(obj: Any, prefix: str) -> None:
                 raise ConfigError(f"retention.{name}: must not be negative (0 keeps the data for good)")
     if isinstance(obj, PolicySettings) and obj.close_after_days < 0:
         raise ConfigError("policy.close_after_days: must not be negative")
+    if isinstance(obj, OutboundSettings) and not 0.05 <= obj.poll_interval_s <= 3600:
+        raise ConfigError("outbound.poll_interval_s: must be 0.05-3600 seconds")
     if isinstance(obj, OutboundSettings) and not obj.transport.startswith(("maildir:", "smtp://")):
         raise ConfigError("outbound.transport: must be maildir:PATH or smtp://host:port")
     if isinstance(obj, PortalSettings):
@@ -68,6 +70,8 @@ def validate(obj: Any, prefix: str) -> None:
         raise ConfigError("worker.max_attempts: must be at least 1")
     if isinstance(obj, WorkerSettings) and obj.retry_delay_s < 0:
         raise ConfigError("worker.retry_delay_s: must not be negative")
+    if isinstance(obj, ApiSettings) and not 0 <= obj.processes <= 64:
+        raise ConfigError("api.processes: must be 0-64 (0: in the daemon's own process)")
     if isinstance(obj, WorkerSettings) and not 1 <= obj.parse_processes <= 64:
         raise ConfigError("worker.parse_processes: must be 1-64")
     if isinstance(obj, ImapAccount):

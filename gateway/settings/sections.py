@@ -156,6 +156,9 @@ class OutboundSettings:
     max_attempts: int = 8
     backoff_initial_s: float = 30.0
     backoff_max_s: float = 3600.0
+    # How often the sender looks for due notifications when nothing woke it: what this daemon
+    # queues wakes it at once; another node's, or a retry coming due, waits at most this long.
+    poll_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,10 @@ class ApiSettings:
     # Deprecated: shared tokens that act for any agent, kept working as service tokens named
     # "api.agent_tokens" until replaced by `gateway tokens issue` (logged at start-up).
     agent_tokens: tuple[str, ...] = ()
+    # Processes that serve the pages and the API (`gateway run`'s children on one listening
+    # socket, gateway/runtime/web.py): 2 uses both cores of a small machine for pages, and the
+    # SMTP listener never waits behind a page. 0: served in the daemon's own event loop.
+    processes: int = 2
 
 
 @dataclass(frozen=True)
