@@ -37,6 +37,10 @@ from store.lease import Lease
 log = logging.getLogger("gateway.retention")
 
 PAGE = 100
+# A temporary blob file (`.tmp-` of a `put`, `.gc-` of a sweep's set-aside) lives milliseconds;
+# one this much older in real time is a crash's leftover. Real time, not the run's cut-off: a
+# `maintenance --at` in the future must not take another process's file in progress.
+LEFTOVER_S = 3600.0
 Action = dict[str, Any]
 
 
@@ -196,6 +200,6 @@ async def sweep_blobs(data: DataStore, shas: Iterable[str] | None, cutoff_ts: fl
                 path.unlink()
                 actions.append({"job": "blob_files", "sha256": sha, "done": True})
     if shas is None and not dry_run:
-        for leftover in blobs.stale_temporaries(cutoff_ts):
+        for leftover in blobs.stale_temporaries(min(cutoff_ts, time.time() - LEFTOVER_S)):
             leftover.unlink(missing_ok=True)
     return actions

@@ -531,3 +531,21 @@ async def test_a_file_another_node_has_set_aside_is_not_a_leftover(app: App) -> 
     app.blobs.put_back(aside, sha)
     assert app.blobs.exists(sha)
     assert app.blobs.stale_temporaries(time.time() + 1) == []  # nothing left aside
+
+
+async def test_a_sweep_dated_in_the_future_leaves_files_in_progress_and_clears_old_leftovers(
+        app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`maintenance --at` a date years ahead dates its cut-off there; a temporary file another
+    process is writing (or has just set aside) is still no leftover: only real time ages them."""
+    from gateway import retention
+
+    app.blobs.put(b"something" * 10)
+    in_progress = [app.blobs.root / ".tmp-writing", app.blobs.root / f".gc-{'0' * 64}-{'1' * 32}"]
+    for path in in_progress:
+        path.write_bytes(b"half")
+    years_ahead = time.time() + 6 * 365 * 86400
+    await sweep_blobs(app.data_store(), None, years_ahead)
+    assert all(path.exists() for path in in_progress)
+    monkeypatch.setattr(retention, "LEFTOVER_S", -60.0)  # as if they were an hour and more old
+    await sweep_blobs(app.data_store(), None, years_ahead)
+    assert not any(path.exists() for path in in_progress)

@@ -31,7 +31,7 @@ from typing import Any
 from gateway import metrics
 from gateway.app import App
 from gateway.errors import CannotListen
-from gateway.http.api import sibling_loops, warn_deprecated
+from gateway.http.api import build_api, sibling_loops, warn_deprecated
 from gateway.runtime.children import supervise
 
 log = logging.getLogger("gateway.runtime.web")
@@ -93,6 +93,9 @@ async def web_loop(app: App, stop: asyncio.Event) -> None:
     publish the daemon's liveness to them until `stop`; then wait for them to finish."""
     cfg = app.settings.api
     warn_deprecated(cfg)
+    # Built once here, unused: what cannot be served (a single sign-on secret missing from the
+    # environment) stops the daemon with its reason, rather than each child dying at its start.
+    build_api(app.http)
     sock = listen(cfg.host, cfg.port)
     board = Board()
     links = replace(app.links, api_socket=sock, board=board)
