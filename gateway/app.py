@@ -78,9 +78,9 @@ class Links:
     # notifications, the sender child wakes when `notices_in` has one.
     notices_out: socket.socket | None = None
     notices_in: socket.socket | None = None
-    # The HTTP children only (gateway/runtime/web.py): the daemon's listening socket, and what
-    # the daemon shares with them (its loops' liveness, the count of case actions).
-    api_socket: socket.socket | None = None
+    # An HTTP child only (gateway/runtime/web.py): where the daemon hands it connections, and
+    # what the daemon shares with its HTTP children (its loops' liveness, the action counts).
+    api_connections: socket.socket | None = None
     board: Any = None
 
     def close(self) -> None:

@@ -348,9 +348,9 @@ def warn_deprecated(cfg: Any) -> None:
                                                           "replace_with": "gateway tokens issue --service NAME"})
 
 
-async def _serve(server: uvicorn.Server, sock: socket.socket | None) -> None:
+async def _serve(server: uvicorn.Server, handed: bool) -> None:
     try:
-        await server.serve(sockets=[sock] if sock is not None else None)
+        await server.serve(sockets=[] if handed else None)  # handed: no listening socket of its own
     except SystemExit:  # uvicorn exits the process when it cannot bind; we end this loop instead
         raise CannotListen(f"api: cannot listen on {server.config.host}:{server.config.port}") from None
 
@@ -358,26 +358,57 @@ async def _serve(server: uvicorn.Server, sock: socket.socket | None) -> None:
 async def api_loop(deps: HttpDeps, stop: asyncio.Event) -> None:
     """Serve the API and the pages in this process until `stop` is set (`api.host`/`api.port`;
     port 0 picks a free one). With `api.processes` > 0 the daemon's children serve them
-    instead (gateway/runtime/web.py), each through `serve` on the daemon's listening socket."""
+    instead (gateway/runtime/web.py), each through `serve` on the connections it is handed."""
     warn_deprecated(deps.settings.api)
     api = build_api(deps, sibling_loops(deps.liveness))
     await serve(api, deps, stop)
 
 
-async def serve(api: Starlette, deps: HttpDeps, stop: asyncio.Event, sock: socket.socket | None = None) -> None:
-    """uvicorn on `api` until `stop`: on its own port, or on a listening socket it was given."""
+async def serve(api: Starlette, deps: HttpDeps, stop: asyncio.Event, handed: socket.socket | None = None) -> None:
+    """uvicorn on `api` until `stop`: on its own port, or (an HTTP child of the daemon) on the
+    connections the daemon hands it over `handed`, one descriptor a message."""
     cfg = deps.settings.api
     config = uvicorn.Config(api, host=cfg.host, port=cfg.port, log_config=None, access_log=False, lifespan="off",
                             server_header=False, timeout_graceful_shutdown=int(deps.settings.daemon.grace_s))
     server = _EmbeddedServer(config)
-    serving = asyncio.create_task(_serve(server, sock), name="api.http")
+    serving = asyncio.create_task(_serve(server, handed is not None), name="api.http")
     stopping = asyncio.create_task(stop.wait())
     while not server.started and not serving.done():
         await asyncio.sleep(0.02)
-    if server.started and sock is None:
+    if server.started and handed is None:
         api.state.port = int(server.servers[0].sockets[0].getsockname()[1])
         log.info("api.listening", extra={"host": cfg.host, "port": api.state.port})
+    if server.started and handed is not None:
+        _take_connections(server, handed)
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if handed is not None:
+        asyncio.get_running_loop().remove_reader(handed.fileno())  # the rest wait for a successor
     server.should_exit = True
     stopping.cancel()
     await serving
+
+
+def _take_connections(server: uvicorn.Server, handed: socket.socket) -> None:
+    """Serve each connection the daemon hands over, as uvicorn serves those it accepts itself."""
+    loop = asyncio.get_running_loop()
+    config = server.config
+
+    def protocol() -> asyncio.Protocol:
+        return config.http_protocol_class(config=config, server_state=server.server_state,  # type: ignore[call-arg]
+                                          app_state=server.lifespan.state, _loop=loop)
+
+    def readable() -> None:
+        for _ in range(64):
+            try:
+                _, fds, _, _ = socket.recv_fds(handed, 1, 1)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not fds:  # the daemon closed its end: it is gone
+                loop.remove_reader(handed.fileno())
+                return
+            conn = socket.socket(fileno=fds[0])
+            conn.setblocking(False)
+            loop.create_task(loop.connect_accepted_socket(protocol, conn))
+
+    handed.setblocking(False)
+    loop.add_reader(handed.fileno(), readable)

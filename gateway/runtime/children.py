@@ -66,7 +66,7 @@ class ChildWatch:
 
 class WorkerProcess:
     """One child process running `app.worker.run` (role "worker"), `app.sender.run` ("sender"),
-    or serving HTTP on the daemon's listening socket ("http", `Links.api_socket`)."""
+    or serving the HTTP connections the daemon hands it ("http", `Links.api_connections`)."""
 
     def __init__(self, settings: Settings, role: str, links: Links = Links(), holder: str | None = None) -> None:
         self._settings = settings
@@ -241,15 +241,15 @@ async def _run_role(app: App, role: str, links: Links, stop: asyncio.Event) -> N
 
 
 async def _serve_http(app: App, links: Links, stop: asyncio.Event) -> None:
-    """An HTTP child: the daemon's API and pages on its listening socket until `stop`, with
-    /healthz and the action counts from the daemon's board (gateway/runtime/web.py)."""
+    """An HTTP child: the connections the daemon hands it (gateway/runtime/web.py) served by
+    uvicorn until `stop`, with /healthz and the action counts from the daemon's board."""
     from gateway import metrics
     from gateway.http.api import build_api, serve
 
-    if links.api_socket is None or links.board is None:
-        raise RuntimeError("an HTTP child needs the daemon's listening socket and board")
+    if links.api_connections is None or links.board is None:
+        raise RuntimeError("an HTTP child needs the daemon's connections and board")
     metrics.count_actions_in(links.board.actions)
-    await serve(build_api(app.http, links.board.loops), app.http, stop, links.api_socket)
+    await serve(build_api(app.http, links.board.loops), app.http, stop, links.api_connections)
 
 
 def on_readable(sock: socket.socket, wakeup: asyncio.Event, gone: Callable[[], None]) -> None:
