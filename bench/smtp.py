@@ -15,7 +15,9 @@ Load 2 (latency): an asyncio client with the same number of sessions sends N dis
 
 It also prints the CPU each process of the daemon spent a mail during load 1 (from /proc, by
 the names of gateway/procname.py: gw-daemon is the SMTP listener's process), and on
-PostgreSQL that of the server's processes (`postgres`), which are the store's work too.
+PostgreSQL that of the server's processes (`postgres`), which are the store's work too: each
+backend named after the daemon's process it serves (`pg:gw-worker`, `pg:gw-writer`, …), the
+server's own processes `pg-shared`.
 
 Targets (issue 3): acknowledged >= 60% of the floor, end to end >= 50%, p99 DATA→250 < 100 ms.
 """
