@@ -15,7 +15,9 @@ Load 2 (latency): an asyncio client with the same number of sessions sends N dis
 
 It also prints the CPU each process of the daemon spent a mail during load 1 (from /proc, by
 the names of gateway/procname.py: gw-daemon is the SMTP listener's process), and on
-PostgreSQL that of the server's processes (`postgres`), which are the store's work too.
+PostgreSQL that of the server's processes (`postgres`), which are the store's work too: each
+backend named after the daemon's process it serves (`pg:gw-worker`, `pg:gw-writer`, …), the
+server's own processes `pg-shared`.
 
 Targets (issue 3): acknowledged >= 60% of the floor, end to end >= 50%, p99 DATA→250 < 100 ms.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -111,11 +114,13 @@ def tree_cpu(pid: int) -> dict[int, tuple[str, float]]:
     return found
 
 
-def server_cpu(database: str | None = None) -> dict[int, tuple[str, float]]:
+def server_cpu(database: str | None = None, clients: dict[int, str] | None = None) -> dict[int, tuple[str, float]]:
     """The PostgreSQL server's processes and their CPU seconds: on PostgreSQL the store's own
     work is not in the daemon's tree. `pg-backends`: the connections to the bench's own
     database; `pg-shared`: the server's own processes (WAL writer, checkpointer, …), which
-    other users of the same server (test suites) keep busy too. Nothing on SQLite."""
+    other users of the same server (test suites) keep busy too. Nothing on SQLite. With
+    `clients` (`client_ports`), a backend is named after the daemon's process it serves:
+    `pg:gw-worker` is the server's work for the worker's transactions."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -128,6 +133,9 @@ def server_cpu(database: str | None = None) -> dict[int, tuple[str, float]]:
                 if database is None or database not in words:
                     continue
                 name = "pg-backends"
+                port = next((w.rsplit("(", 1)[1].rstrip(")") for w in words if "(" in w and w.endswith(")")), "")
+                if clients is not None and port.isdigit() and int(port) in clients:
+                    name = f"pg:{clients[int(port)]}"
             else:
                 name = "pg-shared"
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
@@ -135,6 +143,32 @@ def server_cpu(database: str | None = None) -> dict[int, tuple[str, float]]:
         except (OSError, IndexError, ValueError):
             continue
     return found
+
+
+def client_ports(pids: list[int]) -> dict[int, str]:
+    """The local ports of these processes' connections to PostgreSQL (port 5432), each with the
+    name of the process that holds it (Linux /proc: a socket's inode in the process's fds, its
+    ports in /proc/net/tcp)."""
+    owner: dict[str, str] = {}
+    for pid in pids:
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        owner[target[8:-1]] = comm
+        except OSError:
+            continue
+    ports: dict[int, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local, remote, inode = fields[1], fields[2], fields[9]
+                if int(remote.rsplit(":", 1)[1], 16) == 5432 and inode in owner:
+                    ports[int(local.rsplit(":", 1)[1], 16)] = owner[inode]
+    return ports
 
 
 def database_of(url: str) -> str | None:
@@ -221,12 +255,15 @@ def bench_gateway(args: argparse.Namespace, folder: Path) -> Result:
         assert proc.process is not None
         wait_idle(proc.process.pid)
         db = database_of(proc.settings.database.url)
-        cpu_before = {**tree_cpu(proc.process.pid), **server_cpu(db)}
+        clients = client_ports(list(tree_cpu(proc.process.pid))) if db else None
+        cpu_before = {**tree_cpu(proc.process.pid), **server_cpu(db, clients)}
         started = time.perf_counter()
         seconds = smtp_source(proc.smtp_port, args.n, args.sessions, args.size)
         asyncio.run(_wait_cases(proc, args.n, timeout=600))
         e2e = time.perf_counter() - started
-        cpu = cpu_by_name(cpu_before, {**tree_cpu(proc.process.pid), **server_cpu(db)}, args.n)
+        if db:  # connections opened during the load too
+            clients = {**(clients or {}), **client_ports(list(tree_cpu(proc.process.pid)))}
+        cpu = cpu_by_name(cpu_before, {**tree_cpu(proc.process.pid), **server_cpu(db, clients)}, args.n)
         p50, p99, rate, refused = latency(proc.smtp_port, distinct_mails(args.n, args.size, "gw"), args.sessions)
         asyncio.run(_wait_cases(proc, 2 * args.n - refused, timeout=600))
         if proc.stop() != 0:
@@ -253,8 +290,12 @@ def bench_nodes(args: argparse.Namespace, folder: Path) -> Result:
             wait_idle(node.process.pid)
             pids.append(node.process.pid)
 
+        clients = client_ports([pid for p in pids for pid in tree_cpu(p)])
+
         def all_cpu() -> dict[int, tuple[str, float]]:
-            return {pid: v for p in pids for pid, v in tree_cpu(p).items()} | server_cpu(database_of(shared["url"]))
+            clients.update(client_ports([pid for p in pids for pid in tree_cpu(p)]))  # connections opened since
+            return {pid: v for p in pids for pid, v in tree_cpu(p).items()} | server_cpu(database_of(shared["url"]),
+                                                                                         clients)
 
         cpu_before = all_cpu()
         started = time.perf_counter()
@@ -308,7 +349,10 @@ def report(floor: Result, gateway: Result, args: argparse.Namespace) -> None:
               + ", ".join(f"{name} {ms:.2f} ms" for name, ms in gateway.cpu_ms.items())
               + f"; {sum(gateway.cpu_ms.values()):.2f} ms in all"
               + (f", {sum(ms for n, ms in gateway.cpu_ms.items() if n != 'pg-shared'):.2f} without pg-shared"
-                 if "pg-shared" in gateway.cpu_ms else ""))
+                 if "pg-shared" in gateway.cpu_ms else "")
+              + (f"; PostgreSQL's backends {backends:.2f} ms"
+                 if (backends := sum(ms for n, ms in gateway.cpu_ms.items() if n.startswith(("pg:", "pg-backends"))))
+                 else ""))
     print(f"\nacknowledged / floor = {ack:.0%} (target >= 60%)   end to end / floor = {e2e:.0%} (target >= 50%)"
           f"   p99 DATA->250 = {gateway.p99_ms:.0f} ms (target < 100)")
 
