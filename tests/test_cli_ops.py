@@ -416,3 +416,23 @@ def test_ingest_of_a_duplicate_names_its_case(tmp_path: Path) -> None:
     assert rc == 0 and first["case"] == "SAG-000001", err
     assert again == {"action": "duplicate", "case": "SAG-000001", "inbound_id": first["inbound_id"],
                      "reason": f"same mail as inbound {first['inbound_id']}, case SAG-000001"}
+
+
+async def test_on_postgresql_a_mails_bytes_and_a_comments_texts_are_compressed_with_lz4(app: Any) -> None:
+    """Migration 0012 (issue 23): pglz was 55% of the inbox writer's backend CPU; on SQLite, and
+    on a PostgreSQL built without lz4, nothing changes."""
+    from sqlalchemy import text
+
+    if app.engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL column setting")
+    async with app.engine.connect() as conn:
+        offered = (await conn.execute(text(
+            "SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'"))).scalar()
+        if "lz4" not in (offered or []):
+            pytest.skip("this PostgreSQL was built without lz4")
+        rows = (await conn.execute(text(
+            "SELECT c.relname, a.attname, a.attcompression FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "WHERE (c.relname, a.attname) IN (('inbound_raw', 'raw'), ('comment', 'visible_text'), "
+            "('comment', 'full_text'), ('comment', 'html')) ORDER BY 1, 2"))).all()
+    assert [(t, c, m.decode() if isinstance(m, bytes) else m) for t, c, m in rows] == [("comment", "full_text", "l"), ("comment", "html", "l"),
+                                                   ("comment", "visible_text", "l"), ("inbound_raw", "raw", "l")]
