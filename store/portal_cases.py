@@ -9,13 +9,14 @@ Internal notes never leave this module: only public comments and their attachmen
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, or_, select, true, union
+from sqlalchemy import Connection, and_, bindparam, func, or_, select, true, union
 from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.model import ACTIVE_STATUSES, DONE_STATUSES
+from store.driver import DriverStatement
 from store.models import AppUser, Attachment, CaseParty, Comment, Organisation, StatusChange, SupportCase
 
 _C = SupportCase.__table__  # type: ignore[attr-defined]
@@ -151,30 +152,44 @@ def member_case_page(conn: Connection, number: str, user_id: int) -> CasePage | 
     return case_page(conn, head) if head is not None else None
 
 
+# The case page's own reads, built and compiled once and run by the driver (store/driver.py):
+# a page of 200 comments spent half its CPU in SQLAlchemy's building, compiling-cache and
+# result processing of these four statements. The rows are the driver's tuples; the times are
+# made UTC here (`_utc`) as the column type's result processing did.
+_CASE: Any = bindparam("case_id")
+_PARTIES = DriverStatement(select(_U.c.name, _U.c.email, _U.c.kind).select_from(_P.join(_U, _U.c.id == _P.c.user_id))
+                           .where(_P.c.case_id == _CASE).order_by(_U.c.name, _U.c.email), (), ["case_id"])
+_PUBLIC = and_(_M.c.case_id == _CASE, _M.c.public.is_(True))
+_FILES = DriverStatement(select(_A.c.comment_id, _A.c.id, _A.c.name, _A.c.size)
+                         .select_from(_A.join(_M, _M.c.id == _A.c.comment_id)).where(_PUBLIC).order_by(_A.c.id),
+                         (), ["case_id"])
+_COMMENTS = DriverStatement(select(_M.c.id, _M.c.created_at, _U.c.name, _U.c.email, _U.c.role, _M.c.visible_text)
+                            .select_from(_M.outerjoin(_U, _U.c.id == _M.c.author_id))
+                            .where(_PUBLIC).order_by(_M.c.created_at, _M.c.id), (), ["case_id"])
+_HISTORY = DriverStatement(select(_H.c.at, _H.c.from_status, _H.c.to_status).where(_H.c.case_id == _CASE)
+                           .order_by(_H.c.at, _H.c.id), (), ["case_id"])
+
+
+def _utc(value: datetime | str) -> datetime:
+    """A stored time as an aware UTC datetime: SQLite's text, PostgreSQL's (or SQLAlchemy's) datetime."""
+    at = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return at.replace(tzinfo=UTC) if at.utcoffset() is None else at.astimezone(UTC)
+
+
 def parties(conn: Connection, case_id: int) -> tuple[Person, ...]:
-    rows = conn.execute(select(_U.c.name, _U.c.email, _U.c.kind).select_from(_P.join(_U, _U.c.id == _P.c.user_id))
-                        .where(_P.c.case_id == case_id).order_by(_U.c.name, _U.c.email)).all()
-    return tuple(Person(*row) for row in rows)
+    return tuple(Person(*row) for row in _PARTIES.execute(conn, {"case_id": case_id}))
 
 
 def _comments(conn: Connection, case_id: int) -> tuple[CommentRow, ...]:
-    public = and_(_M.c.case_id == case_id, _M.c.public.is_(True))
     files: dict[int, list[FileRow]] = {}
-    for comment_id, file_id, name, size in conn.execute(
-            select(_A.c.comment_id, _A.c.id, _A.c.name, _A.c.size).select_from(_A.join(_M, _M.c.id == _A.c.comment_id))
-            .where(public).order_by(_A.c.id)):
+    for comment_id, file_id, name, size in _FILES.execute(conn, {"case_id": case_id}):
         files.setdefault(comment_id, []).append(FileRow(file_id, name, size))
-    rows = conn.execute(select(_M.c.id, _M.c.created_at, _U.c.name, _U.c.email, _U.c.role, _M.c.visible_text)
-                        .select_from(_M.outerjoin(_U, _U.c.id == _M.c.author_id))
-                        .where(public).order_by(_M.c.created_at, _M.c.id)).all()
-    return tuple(CommentRow(cid, at, name or "", email, role == "agent", text, tuple(files.get(cid, ())))
-                 for cid, at, name, email, role, text in rows)
+    return tuple(CommentRow(cid, _utc(at), name or "", email, role == "agent", text, tuple(files.get(cid, ())))
+                 for cid, at, name, email, role, text in _COMMENTS.execute(conn, {"case_id": case_id}))
 
 
 def _history(conn: Connection, case_id: int) -> tuple[StatusRow, ...]:
-    rows = conn.execute(select(_H.c.at, _H.c.from_status, _H.c.to_status).where(_H.c.case_id == case_id)
-                        .order_by(_H.c.at, _H.c.id)).all()
-    return tuple(StatusRow(*row) for row in rows)
+    return tuple(StatusRow(_utc(at), before, after) for at, before, after in _HISTORY.execute(conn, {"case_id": case_id}))
 
 
 def download(conn: Connection, case_id: int, file_id: int) -> Download | None:
