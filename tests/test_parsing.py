@@ -105,8 +105,21 @@ async def test_start_brings_up_every_child_before_the_first_mail(runner: ParseRu
     assert _children(runner) == started  # the mails went to the children already running
 
 
+async def _warm(runner: ParseRunner) -> None:
+    """Both children started and past a first parse before the timed part. The warm-up itself is
+    not what is tested: under `make test` the two suites and their daemons share two cores, and
+    a new child has missed the 2 s deadline of its very first job (CI-like runs, 2026-12-07); a
+    child that did is replaced, and the next try warms its successor."""
+    for _ in range(5):
+        got = await asyncio.gather(runner.parse(Slowish(MAIL, 0)), runner.parse(Slowish(MAIL, 0)),
+                                   return_exceptions=True)
+        if not any(isinstance(answer, BaseException) for answer in got):
+            return
+    raise AssertionError(f"the parse children never answered within the deadline: {got}")
+
+
 async def test_a_parse_past_the_deadline_fails_alone_and_its_child_is_replaced(runner: ParseRunner) -> None:
-    await asyncio.gather(runner.parse(Slowish(MAIL, 0)), runner.parse(Slowish(MAIL, 0)))  # both children warm
+    await _warm(runner)
     started = time.monotonic()
     slow = asyncio.ensure_future(runner.parse(Slow(MAIL)))
     await asyncio.sleep(0.3)
