@@ -103,7 +103,6 @@ class Dispatcher:
     def __init__(self, sock: socket.socket, pairs: list[socket.socket], alive: list[Callable[[], bool]]) -> None:
         self._sock, self._pairs, self._alive = sock, pairs, alive
         self._next = 0
-        self.handed = [0] * len(pairs)
 
     def start(self) -> None:
         asyncio.get_running_loop().add_reader(self._sock.fileno(), self._accept)
@@ -133,7 +132,6 @@ class Dispatcher:
             except OSError:  # its pair is full or broken: the next child
                 continue
             self._next = (i + 1) % n
-            self.handed[i] += 1
             return
         log.warning("api.connection_dropped", extra={"reason": "no HTTP child takes connections"})
 
