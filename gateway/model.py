@@ -140,7 +140,7 @@ class ParsedMail:
     text: str  # readable body text (HTML-only mails converted)
     html: str | None  # sanitised HTML, for display only
     attachments: tuple[StoredAttachment, ...] = ()
-    defects: tuple[str, ...] = ()
+    defects: tuple[str, ...] = ()  # the MIME structure's defect classes; "AddressHeaderDefect" for a doubtful From
     report_type: str | None = None  # multipart/report; report-type=…
     delivery_reports: tuple[DeliveryReport, ...] = ()
     original_message_id: str | None = None  # of the mail a report is about

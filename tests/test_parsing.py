@@ -362,3 +362,18 @@ def test_encoded_words_decode_as_rfc_2047_says(value: str, text: str) -> None:
 def test_the_first_of_two_subjects_is_the_subject() -> None:
     raw = b"From: a@b.example\r\nSubject: Testing outlook\r\nSubject: Another PDF\r\n\r\nbody\r\n"
     assert parse_mail(raw).subject == "Testing outlook"
+
+
+@pytest.mark.parametrize("header, address, name, count, doubtful", [
+    (b'"a@b.dk" <c@d.dk>', "c@d.dk", "a@b.dk", 1, False),
+    (b"a@b.dk <c@d.dk>", "c@d.dk", "a@b.dk", 1, True),  # an address as an unquoted name
+    (b"Foo <a@b.dk> <c@d.dk>", None, "Foo", 2, True),  # two angle addresses: nobody's mail alone
+    (b"<a@b.dk>", "a@b.dk", "", 1, False),
+])
+def test_the_from_is_read_by_mail_parsers_address_parser_and_its_doubts_are_defects(
+        header: bytes, address: str | None, name: str, count: int, doubtful: bool) -> None:
+    """mail-parser's MailParser is not run (it decoded every part again for its From only); its
+    address parser reads the From, and what it doubts is named among the mail's defects."""
+    mail = parse_mail(b"From: " + header + b"\r\nSubject: x\r\n\r\nhej\r\n")
+    assert (mail.from_addr, mail.from_name, mail.from_count) == (address, name, count)
+    assert ("AddressHeaderDefect" in mail.defects) is doubtful

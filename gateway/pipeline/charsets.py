@@ -57,7 +57,13 @@ def without_surrogates(text: str) -> str:
     """`text` with every lone surrogate as U+FFFD. A decoder such as UTF-7's turns "+2AA-"
     into an unpaired surrogate that no store can encode as UTF-8, so such a mail would fail at
     the write every time instead of becoming a case (catalogue 43)."""
-    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+    if text.isascii():  # a flag of the string: no scan
+        return text
+    try:  # the codec's scan in C: a third of the regular expression's on a 20 KB text
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
 
 
 def decode_text(data: bytes, declared: str | None, fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS,

@@ -14,7 +14,7 @@ from email.header import decode_header
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import mailparser
+from mailparser.utils import get_addresses
 
 from gateway.addresses import canonical, mailboxes
 from gateway.pipeline.charsets import DEFAULT_FALLBACKS, decode_text, without_surrogates
@@ -39,19 +39,28 @@ def body_bytes(message: email.message.Message) -> bytes:
     return payload[:65536] if isinstance(payload, bytes) else b""
 
 
-def senders(message: email.message.Message, parsed: mailparser.MailParser | None,
-            fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS) -> list[tuple[str, str | None]]:
-    """(display name, canonical address) of every From mailbox; names decoded once."""
+def senders(message: email.message.Message, fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS,
+            defects: set[str] | None = None) -> list[tuple[str, str | None]]:
+    """(display name, canonical address) of every From mailbox; names decoded once. mail-parser's
+    address parser reads the From (it recovers mailboxes from obfuscated and broken headers);
+    its doubts go to `defects` as "AddressHeaderDefect", as its MailParser names them."""
     raw_from = [str(v) for k, v in message.raw_items() if k.lower() == "from"]
     if any(not v.isascii() for v in raw_from):  # raw 8-bit bytes: mail-parser escapes them
         return mailboxes([guess_8bit(v, body_bytes(message), declared(message), fallbacks) for v in raw_from])
     if len(raw_from) > 1:  # mail-parser reads the first From only; two are two senders (catalogue 59)
         return mailboxes([decode(v) for v in raw_from])
-    found = [(_display(str(name)), canonical(str(addr))) for name, addr in ((parsed.from_ if parsed else None) or [])[:100]
-             if name or addr]
-    if found or not message.get_all("From"):
-        return found
-    return mailboxes([decode(v) for v in message.get_all("From", [])])
+    if not raw_from:
+        return []
+    doubts: list[Any] = []
+    try:
+        parsed = get_addresses(message.get("From"), defects=doubts, decode_names=True)
+    except Exception:  # a library defect on odd input must not lose the mail: our own reading takes over
+        parsed = []
+    if doubts and defects is not None:
+        defects.add("AddressHeaderDefect")
+    found = [(_display(str("" if name == addr else name)), canonical(str(addr))) for name, addr in parsed[:100]
+             if addr]
+    return found or mailboxes([decode(v) for v in message.get_all("From", [])])
 
 
 def _display(name: str) -> str:
@@ -62,8 +71,7 @@ def _display(name: str) -> str:
     return name
 
 
-def subject(message: email.message.Message, parsed: mailparser.MailParser | None,
-            fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS) -> str:
+def subject(message: email.message.Message, fallbacks: tuple[str, ...] = DEFAULT_FALLBACKS) -> str:
     raw = next((str(v) for k, v in message.raw_items() if k.lower() == "subject"), None)
     if raw is None:
         return ""

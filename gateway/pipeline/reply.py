@@ -119,6 +119,20 @@ RULE = re.compile(r"^\s*[-_=*~]{2,}\s*$")  # "--", "____…" left after a cut
 _FROM_LABEL = re.compile(r"^[\s>*]*(?:from|fra|från|von|de|da|van|od|от|afsender|lähettäjä)[\s*]*:", re.IGNORECASE)
 
 _FOOTER_ANYWHERE = re.compile(DEVICE_FOOTER.pattern, re.IGNORECASE | re.MULTILINE)
+# What every device footer starts with, in lower case: on an ASCII text (whose lower case is
+# plain ASCII, no "ſ" or Kelvin sign that the regular expression's IGNORECASE also takes) a
+# footer is impossible without one of these, and looking for them is ~30× cheaper than the
+# expression's scan of every line start (~200 µs on a 20 KB text).
+_FOOTER_STARTS = ("sent ", "get outlook", "sendt ", "hent outlook", "skickat", "von meinem", "gesendet",
+                  "verzonden", "envoy", "inviato", "enviado")
+
+
+def _may_have_footer(text: str) -> bool:
+    if text.isascii():
+        lowered = text.lower()
+        if not any(start in lowered for start in _FOOTER_STARTS):
+            return False
+    return _FOOTER_ANYWHERE.search(text) is not None
 
 
 def visible_text(text: str, languages: tuple[str, ...] = LANGUAGES) -> str:
@@ -141,7 +155,7 @@ def split_reply(text: str, languages: tuple[str, ...] = LANGUAGES) -> tuple[str,
     if ":" in text:
         lines = _join_wrapped_attributions(lines, headers)
     kept = _drop_quote_blocks(lines, headers) if ">" in text or "|" in text else lines
-    if ":" in text or _RULE_FIRST.match(text) or _RULE_NEXT.search(text) or _FOOTER_ANYWHERE.search(text):
+    if ":" in text or _RULE_FIRST.match(text) or _RULE_NEXT.search(text) or _may_have_footer(text):
         kept = kept[: _history_start_below_top(kept, headers)]
     kept, signature = split_signature(_drop_trailing_noise(kept, footers=False))
     result = "\n".join(_squeeze_blank_lines(_drop_trailing_noise(kept))).strip("\n")
