@@ -8,7 +8,7 @@ the notifications the change calls for (a transactional outbox, catalogue 28).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from gateway.logs import bound
@@ -72,20 +72,27 @@ def handle_all(session: TxSession, steps: Steps, mails: list[tuple[int, Claim, P
     lost meanwhile raises LostClaim, and the whole group rolls back.
 
     The group's reads that can be known before its first mail (senders, their counts) are read
-    together first (store/group.py): on PostgreSQL a round trip each for the whole group."""
+    together first (store/group.py): on PostgreSQL a round trip each for the whole group. The
+    cases it opens there have ids reserved by those reads; their numbers are known once the
+    writes are settled, here at the end (the commit would send them anyway)."""
     triaged = [triage(mail, steps.policy) for _, _, mail in mails]
     queries.read_ahead(session, triaged, now, steps.apply.limits.auto_answers_per_day, outbox.AUTOMATIC_ANSWERS)
     try:
-        return [handle(session, steps, inbound_id, mail, now, claim, seen)
+        done = [handle(session, steps, inbound_id, mail, now, claim, seen)
                 for (inbound_id, claim, mail), seen in zip(mails, triaged, strict=True)]
+        opened = any(result.case is None and result.action is Outcome.CREATED for result, _ in done)
+        numbers = writes.settle(session) if opened else {}
+        return [replace(result, case=numbers[case_id]) if result.case is None and case_id in numbers else result
+                for result, case_id in done]
     finally:
         queries.end_group(session)
 
 
 def handle(session: TxSession, steps: Steps, inbound_id: int, mail: ParsedMail, now: datetime,
-           claim: Claim | None = None, triaged: Triage | None = None) -> Result:
-    """One mail: the pure steps before the reads, the reads, the plan, and its execution. Bound
-    here too: the transaction runs on the store's thread, which the caller's binding does not reach."""
+           claim: Claim | None = None, triaged: Triage | None = None) -> tuple[Result, int | None]:
+    """One mail: the pure steps before the reads, the reads, the plan, and its execution; its
+    result and its case's id. Bound here too: the transaction runs on the store's thread, which
+    the caller's binding does not reach."""
     with bound(inbound_id=inbound_id):
         triaged = triaged or triage(mail, steps.policy)
         plan = decide(mail, triaged, queries.load_facts(session, triaged, now), steps.policy)
@@ -93,7 +100,9 @@ def handle(session: TxSession, steps: Steps, inbound_id: int, mail: ParsedMail, 
 
 
 def apply_plan(session: TxSession, plan: Plan, mail: ParsedMail, inbound_id: int, now: datetime,
-               cfg: ApplySettings, claim: Claim | None = None) -> Result:
+               cfg: ApplySettings, claim: Claim | None = None) -> tuple[Result, int | None]:
+    """The plan's writes; the result (its case number None for a case whose number the store has
+    not answered yet: `handle_all`) and the case's id."""
     case_id: int | None = None
     if isinstance(plan, OpenCase):
         result, case_id = _open_case(session, plan, mail, inbound_id, now, cfg)
@@ -108,7 +117,7 @@ def apply_plan(session: TxSession, plan: Plan, mail: ParsedMail, inbound_id: int
     writes.finish_inbound(session, inbound_id, result.action.value, result.reason, case_id, now,
                           subject=mail.subject, from_addr=mail.from_addr,
                           state="quarantined" if isinstance(plan, Quarantine) else "done", claim=claim)
-    return Result(result.action, result.case, result.reason, inbound_id, result.notifications)
+    return Result(result.action, result.case, result.reason, inbound_id, result.notifications), case_id
 
 
 def _open_case(session: TxSession, plan: OpenCase, mail: ParsedMail, inbound_id: int, now: datetime,

@@ -151,6 +151,12 @@ class DriverStatement:
         return self._sqlite
 
 
+def flush_waiting(conn: Connection) -> None:
+    """The writes waiting on this connection (psycopg's `later`) sent now; elsewhere none wait."""
+    if conn.dialect.driver == "psycopg":
+        pg.flush(conn)
+
+
 def rows_together(conn: Connection, calls: Sequence[tuple[DriverStatement, Mapping[str, Any]]]) -> list[
         list[tuple[Any, ...]]]:
     """The rows of several independent reads: on psycopg in one round trip (a pipeline),

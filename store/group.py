@@ -12,11 +12,18 @@ touches a case counts for its sender's hour (`writes.finish_inbound`), and an au
 queued counts for its recipient's day (`outbox._insert`), exactly as the rows they insert would
 be counted by a new read. What other nodes commit meanwhile is not seen until the next group:
 the counts are rate limits, and the same race exists between a count and its insert anyway.
+
+On PostgreSQL the group also reserves, with those reads, an id from the cases' sequence for each
+of its mails (`reserved_case_id`): a case it opens is then a write like the others, sent with
+the next round trip instead of one of its own, and its number (taken from the number sequence
+by that INSERT) is known once the store has answered (`case_numbering`; `gateway.apply.handle_all`
+settles them at the group's end). An id not used is skipped, as a rolled-back one is: ids are no
+one's to see. A number is never skipped for this, the number sequence is only read by the INSERT.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -52,6 +59,9 @@ class GroupReads:
     message_ids: dict[str, int | None] = field(default_factory=dict)  # -> the case that has it
     cases: dict[int, CaseRef | None] = field(default_factory=dict)
     blocked: dict[str, bool] = field(default_factory=dict)  # erased addresses (never written here)
+    case_ids: list[int] = field(default_factory=list)  # reserved for the cases it opens, last first (PostgreSQL)
+    numbering: int = 0  # cases opened whose numbers the store has not answered yet
+    opened: dict[int, str] = field(default_factory=dict)  # case id -> number, once answered
 
 
 def of(session: Session) -> GroupReads | None:
@@ -80,6 +90,33 @@ def user_changed(session: Session, email: str) -> None:
 def case_added(session: Session, case_id: int, number: str) -> None:
     if (reads := of(session)) is not None:
         reads.numbers[number.upper()] = case_id
+
+
+def reserved_case_id(session: Session) -> int | None:
+    """An id reserved for a case this group opens (PostgreSQL), or None: the INSERT takes one."""
+    reads = of(session)
+    return reads.case_ids.pop() if reads is not None and reads.case_ids else None
+
+
+def case_numbering(session: Session, case_id: int) -> Callable[[Any], None]:
+    """The check of a waiting case INSERT (`RETURNING number`): the case's number, once answered."""
+    reads = of(session)
+    assert reads is not None, "a reserved id is only given in a group"
+    reads.numbering += 1
+
+    def numbered(cursor: Any) -> None:
+        number = str(cursor.fetchone()[0])
+        reads.numbering -= 1
+        reads.opened[case_id] = number
+        reads.numbers[number.upper()] = case_id
+
+    return numbered
+
+
+def opened_numbers(session: Session) -> dict[int, str]:
+    """The numbers of the cases the group opened, by id, as far as the store has answered."""
+    reads = of(session)
+    return dict(reads.opened) if reads is not None else {}
 
 
 def case_changed(session: Session, case_id: int) -> None:
@@ -143,9 +180,11 @@ def read_ahead(session: Session, triages: Sequence[Triage], now: datetime, auto_
                automatic: tuple[str, ...]) -> None:
     """A group's reads at once: its senders and Cc'd users, the cases its thread keys name, the
     erased addresses among its senders (and on PostgreSQL the senders' counts of the last hour
-    and day), each in one statement for the whole group; then the cases found and their
-    parties. On PostgreSQL each of the two steps is one round trip (a pipeline)."""
+    and day, and an id for each case it may open), each in one statement for the whole group;
+    then the cases found and their parties. On PostgreSQL each of the two steps is one round
+    trip (a pipeline)."""
     reads = begin(session)
+    conn = session.connection()
     senders = list(dict.fromkeys(t.sender.lower() for t in triages if t.sender))
     emails = list(dict.fromkeys([*senders, *(a.lower() for t in triages for a in t.cc)]))
     message_ids = list(dict.fromkeys(m for t in triages for m in t.keys.message_ids))
@@ -154,7 +193,11 @@ def read_ahead(session: Session, triages: Sequence[Triage], now: datetime, auto_
     asks = [(stmt, {key: values}) for stmt, key, values in (
         (_USERS, "emails", emails), (_BY_MESSAGE_IDS, "message_ids", message_ids),
         (_BY_NUMBERS, "numbers", numbers), (_BLOCKED, "emails", senders)) if values]
-    answers = iter(rows_together(session.connection(), asks))
+    caps = {t.recent_cap for t in triages if t.sender}
+    since, recent_cap, day = now - timedelta(hours=1), max(caps) if len(caps) == 1 else 0, now - timedelta(days=1)
+    counts = _counts(senders, since, recent_cap, day, auto_cap, automatic) if conn.dialect.driver == "psycopg" else []
+    reserve = [(_RESERVE_CASE_IDS, {"n": len(triages)})] if conn.dialect.driver == "psycopg" and triages else []
+    answers = iter(rows_together(conn, [*asks, *counts, *reserve]))
     if emails:
         reads.users.update(dict.fromkeys(emails))
         reads.users.update((row[1], user_ref_of(row)) for row in next(answers))
@@ -167,6 +210,12 @@ def read_ahead(session: Session, triages: Sequence[Triage], now: datetime, auto_
     if senders:
         reads.blocked.update(dict.fromkeys(senders, False))
         reads.blocked.update((email, True) for (email,) in next(answers))
+    for _, params in counts:  # the counts (PostgreSQL)
+        into = reads.recent if "outcomes" in params else reads.auto
+        key = (since, recent_cap) if "outcomes" in params else (day, auto_cap)
+        into.update(((address, *key), int(count)) for address, count in next(answers))
+    if reserve:
+        reads.case_ids = sorted((int(case_id) for (case_id,) in next(answers)), reverse=True)
     case_ids = sorted({i for i in (*reads.message_ids.values(), *reads.numbers.values()) if i is not None})
     if case_ids:
         heads, parties = rows_together(session.connection(), [(_CASES, {"ids": case_ids}),
@@ -176,9 +225,6 @@ def read_ahead(session: Session, triages: Sequence[Triage], now: datetime, auto_
             members.setdefault(case_id, set()).add(user_id)
         reads.cases.update(dict.fromkeys(case_ids))
         reads.cases.update((head[0], case_ref_of(head, members.get(head[0], set()))) for head in heads)
-    caps = {t.recent_cap for t in triages if t.sender}
-    read_counts(session, senders, now - timedelta(hours=1), max(caps) if len(caps) == 1 else 0,
-                now - timedelta(days=1), auto_cap, automatic)
 
 
 # PostgreSQL: the capped counts of many addresses in one statement (an index read each, as one by one).
@@ -194,18 +240,18 @@ _AUTO_MANY = DriverStatement(text(
     "FROM unnest(CAST(:addresses AS VARCHAR[])) AS a(address)"), [], ["day", "events", "cap", "addresses"])
 
 
-def read_counts(session: Session, senders: list[str], since: datetime, recent_cap: int, day: datetime,
-                auto_cap: int, automatic: tuple[str, ...]) -> None:
-    """On PostgreSQL, the group's counts in one statement each (elsewhere each mail reads its own
-    the first time it needs it: on SQLite a read is no round trip)."""
-    reads = of(session)
-    conn = session.connection()
-    if reads is None or not senders or conn.dialect.driver != "psycopg":
-        return
-    if recent_cap > 0:
-        for address, count in _RECENT_MANY.rows(conn, {"since": since, "outcomes": list(COUNTED_OUTCOMES),
-                                                        "cap": recent_cap, "addresses": senders}):
-            reads.recent[(address, since, recent_cap)] = int(count)
-    for address, count in _AUTO_MANY.rows(conn, {"day": day, "events": list(automatic), "cap": auto_cap,
-                                                  "addresses": senders}):
-        reads.auto[(address, day, auto_cap)] = int(count)
+_RESERVE_CASE_IDS = DriverStatement(text(
+    "SELECT nextval(pg_get_serial_sequence('support_case', 'id')) FROM generate_series(1, CAST(:n AS INTEGER))"),
+    [], ["n"])
+
+
+def _counts(senders: list[str], since: datetime, recent_cap: int, day: datetime, auto_cap: int,
+            automatic: tuple[str, ...]) -> list[tuple[DriverStatement, dict[str, Any]]]:
+    """On PostgreSQL, the group's counts in one statement each, read with its other reads
+    (elsewhere each mail reads its own the first time it needs it: on SQLite a read is no
+    round trip)."""
+    if not senders:
+        return []
+    recent = [(_RECENT_MANY, {"since": since, "outcomes": list(COUNTED_OUTCOMES), "cap": recent_cap,
+                              "addresses": senders})] if recent_cap > 0 else []
+    return [*recent, (_AUTO_MANY, {"day": day, "events": list(automatic), "cap": auto_cap, "addresses": senders})]

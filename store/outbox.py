@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, cast, func, insert, or_, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, col
 from sqlmodel import select as model_select
@@ -111,10 +112,11 @@ def recipient_of(user: AppUser | UserRef, default_language: str) -> Recipient:
 
 @dataclass(frozen=True, slots=True)
 class CaseHead:
-    """What a notification says about its case."""
+    """What a notification says about its case. `number` None: not known yet (a case the group
+    opened on PostgreSQL, store/group.py), and the outbox row takes it from the case's row."""
 
     id: int
-    number: str
+    number: str | None
     subject: str
     status: str
 
@@ -149,7 +151,7 @@ def enqueue(session: Session, case: CaseHead | SupportCase, event: Event, recipi
         held = BOUNCING if rcpt.bouncing else _over_limit(
             session, event, head.id, rcpt.email, now, limits, new_case)
         rows.append(_row(event, head.id, rcpt, now, new_message_id(message_id_domain), ctx, held))
-    _insert(session, rows)
+    _insert(session, rows, numbered=head.number is None)
     return [row["message_id"] for row in rows]
 
 
@@ -170,12 +172,13 @@ def _row(event: Event, case_id: int | None, rcpt: Recipient, now: datetime, mess
             "state": "held" if held else "pending", "attempts": 0, "next_attempt_at": now, "last_error": held}
 
 
-def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
-    """The rows, and their Message-IDs in the index (fresh uuids: no lookup) so replies thread."""
+def _insert(session: Session, rows: list[dict[str, Any]], numbered: bool = False) -> None:
+    """The rows, and their Message-IDs in the index (fresh uuids: no lookup) so replies thread.
+    `numbered`: their context's case number is taken from the case's row as they are written."""
     if not rows:
         return
     conn = session.connection()
-    _INSERT_OUTBOX.later_many(conn, rows)
+    (_INSERT_NUMBERED if numbered else _INSERT_OUTBOX).later_many(conn, rows)
     _INSERT_INDEX.later_many(conn, [{"message_id": r["message_id"], "case_id": r["case_id"], "ours": True}
                                     for r in rows if r["case_id"]])
     group.answers_queued(session, rows, AUTOMATIC_ANSWERS)
@@ -184,6 +187,17 @@ def _insert(session: Session, rows: list[dict[str, Any]]) -> None:
 _INSERT_OUTBOX = DriverStatement(insert(T), ["created_at", "event", "case_id", "recipient", "recipient_name",
                                              "language", "message_id", "context", "state", "attempts",
                                              "next_attempt_at", "last_error"])
+_SC = SupportCase.__table__  # type: ignore[attr-defined]
+_OUTBOX_VALUES = ["created_at", "event", "recipient", "recipient_name", "language", "message_id", "state", "attempts",
+                  "next_attempt_at", "last_error"]
+# PostgreSQL only (a case number is unknown only there): the row's context with the number of its
+# case, read by the INSERT from the case's row written before it in the same transaction.
+_INSERT_NUMBERED = DriverStatement(insert(T).from_select(
+    [*_OUTBOX_VALUES, "case_id", "context"],
+    select(*(bindparam(name, type_=T.c[name].type) for name in _OUTBOX_VALUES), _SC.c.id,
+           cast(cast(bindparam("context", type_=T.c.context.type), JSONB).op("||")(
+               func.jsonb_build_object("case_number", _SC.c.number)), T.c.context.type))
+    .where(_SC.c.id == bindparam("case_id"))), [], [*_OUTBOX_VALUES, "case_id", "context"])
 _INSERT_INDEX = DriverStatement(insert(MessageIndex.__table__), ["message_id", "case_id", "ours"])  # type: ignore[attr-defined]
 
 

@@ -24,7 +24,7 @@ from gateway.model import (
     UserRef,
 )
 from store import group
-from store.driver import DriverStatement
+from store.driver import DriverStatement, flush_waiting, rows_together
 from store.models import (
     AppUser,
     Attachment,
@@ -134,6 +134,8 @@ def read_ahead(session: Session, triages: Sequence[Triage], now: datetime, auto_
 def case_id_by_number(session: Session, number: str) -> int | None:
     reads = group.of(session)
     if reads is not None and number.upper() in reads.numbers:
+        if reads.numbers[number.upper()] is None and reads.numbering:
+            flush_waiting(session.connection())  # a case this group opened may have it: its number first
         return reads.numbers[number.upper()]
     found = _RUN_CASE_BY_NUMBER.scalar(session.connection(), {"number": number.upper()})
     case_id = int(found) if found is not None else None
@@ -160,10 +162,9 @@ def case_ref_by_id(session: Session, case_id: int) -> CaseRef | None:
     reads = group.of(session)
     if reads is not None and case_id in reads.cases:
         return reads.cases[case_id]
-    conn = session.connection()
-    found = _RUN_CASE_REF.rows(conn, {"id": case_id})
-    ref = group.case_ref_of(found[0], {user_id for (user_id,) in _RUN_PARTY_IDS.rows(conn, {"id": case_id})}) \
-        if found else None
+    found, parties = rows_together(session.connection(), [(_RUN_CASE_REF, {"id": case_id}),
+                                                          (_RUN_PARTY_IDS, {"id": case_id})])
+    ref = group.case_ref_of(found[0], {user_id for (user_id,) in parties}) if found else None
     if reads is not None:
         reads.cases[case_id] = ref
     return ref

@@ -14,7 +14,7 @@ from sqlmodel import Session, select
 from gateway.errors import LostClaim, NotFound
 from gateway.model import CommentDraft, NewUser, Role, Source, Status, UserKind, UserRef
 from store import group
-from store.driver import DriverStatement
+from store.driver import DriverStatement, flush_waiting
 from store.inbox import CLAIM_HOLDS, Claim
 from store.models import (
     AppUser,
@@ -81,14 +81,19 @@ _INSERT_COMMENT = DriverStatement(insert(_COMMENTS).returning(_COMMENTS.c.id), [
     "case_id", "author_id", "created_at", "source", "public", "visible_text", "full_text", "html", "inbound_id",
     "kind", "via", "signature"])
 # PostgreSQL: the number from the sequence, formatted as `next_case_number` does, and the case.
-_OPEN_CASE_PG = DriverStatement(text(
+_OPEN_CASE_SQL = (
     "WITH n AS (SELECT nextval('case_number_seq')::text AS v) "
-    "INSERT INTO support_case (number, subject, requester_id, status, follows_id, created_at, updated_at, "
-    "status_changed_at) SELECT CAST(:prefix AS VARCHAR) || lpad(n.v, greatest(CAST(:digits AS INTEGER), "
+    "INSERT INTO support_case ({id}number, subject, requester_id, status, follows_id, created_at, updated_at, "
+    "status_changed_at) SELECT {given}CAST(:prefix AS VARCHAR) || lpad(n.v, greatest(CAST(:digits AS INTEGER), "
     "length(n.v)), '0'), CAST(:subject AS VARCHAR), CAST(:requester_id AS INTEGER), CAST(:status AS VARCHAR), "
     "CAST(:follows_id AS INTEGER), CAST(:now AS TIMESTAMP WITH TIME ZONE), CAST(:now AS TIMESTAMP WITH TIME ZONE), "
-    "CAST(:now AS TIMESTAMP WITH TIME ZONE) FROM n RETURNING id, number"), [],
-    ["prefix", "digits", "subject", "requester_id", "status", "follows_id", "now"])
+    "CAST(:now AS TIMESTAMP WITH TIME ZONE) FROM n RETURNING {returning}")
+_OPEN_CASE_KEYS = ["prefix", "digits", "subject", "requester_id", "status", "follows_id", "now"]
+_OPEN_CASE_PG = DriverStatement(text(_OPEN_CASE_SQL.format(id="", given="", returning="id, number")), [],
+                                _OPEN_CASE_KEYS)
+# The same with an id the group reserved (store/group.py): nobody waits for its answer.
+_OPEN_RESERVED_PG = DriverStatement(text(_OPEN_CASE_SQL.format(
+    id="id, ", given="CAST(:id AS INTEGER), ", returning="number")), [], ["id", *_OPEN_CASE_KEYS])
 _INSERT_ATTACHMENTS = DriverStatement(insert(_ATTACHMENTS),
                                       ["comment_id", "name", "size", "sha256", "content_type", "inline"])
 
@@ -160,23 +165,39 @@ def create_case(session: Session, number: str, subject: str, requester: UserRef,
 
 
 def open_case(session: Session, prefix: str, digits: int, subject: str, requester: UserRef, now: datetime,
-              follows_id: int | None = None) -> tuple[int, str]:
+              follows_id: int | None = None) -> tuple[int, str | None]:
     """`next_case_number` and `create_case` together: the new case's id and number. On
     PostgreSQL one statement takes the number from the sequence and inserts the case (one
-    round trip, not two)."""
+    round trip, not two); in a group with an id reserved for it (store/group.py) that statement
+    waits for the next round trip like the other writes, and the number is None until the
+    store has answered (`settle`, then `group.opened_number`)."""
     conn = session.connection()
     if conn.dialect.driver != "psycopg":
-        number = next_case_number(session, prefix, digits)
-        return create_case(session, number, subject, requester, now, follows_id), number
-    case_id, number = _OPEN_CASE_PG.execute(conn, {
-        "prefix": prefix, "digits": digits, "subject": clean_text(subject, 500), "requester_id": requester.id,
-        "status": Status.REGISTRERET.value, "follows_id": follows_id, "now": now}).fetchone()
+        given = next_case_number(session, prefix, digits)
+        return create_case(session, given, subject, requester, now, follows_id), given
+    number: str | None
+    values = {"prefix": prefix, "digits": digits, "subject": clean_text(subject, 500), "requester_id": requester.id,
+              "status": Status.REGISTRERET.value, "follows_id": follows_id, "now": now}
+    reserved = group.reserved_case_id(session)
+    if reserved is not None:
+        case_id, number = reserved, None
+        _OPEN_RESERVED_PG.later(conn, {**values, "id": case_id}, check=group.case_numbering(session, case_id))
+    else:
+        case_id, opened = _OPEN_CASE_PG.execute(conn, values).fetchone()
+        number = str(opened)
+        group.case_added(session, int(case_id), number)
     _INSERT_HISTORY.later(conn, {
         "case_id": case_id, "at": now, "by_id": requester.id, "by_label": requester.email[:100],
         "from_status": None, "to_status": Status.REGISTRERET.value,
         "reason": f"follows {follows_id}" if follows_id else None, "via": None})
-    group.case_added(session, int(case_id), str(number))
-    return int(case_id), str(number)
+    return int(case_id), number
+
+
+def settle(session: Session) -> dict[int, str]:
+    """The writes waiting for the next round trip (PostgreSQL) sent now; the numbers of the
+    cases the group opened, by id (known after this)."""
+    flush_waiting(session.connection())
+    return group.opened_numbers(session)
 
 
 def touch_case(session: Session, case_id: int, now: datetime) -> None:

@@ -410,7 +410,7 @@ async def test_item28_outbox_failure_inside_apply_leaves_nothing_half_written(ap
     notification fails, none of them is committed and the mail waits in the inbox for a retry."""
     import store.outbox as queue_module
 
-    def broken(session, rows) -> None:
+    def broken(session, rows, numbered=False) -> None:
         raise RuntimeError("outbox enqueue failed")
 
     before = await table_counts(app)
