@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.dml import Insert
 from sqlalchemy.sql.expression import Executable
 
 from store.pg import driver as pg
@@ -34,7 +35,11 @@ class DriverStatement:
     """One statement: `columns`, the keys of the INSERT's or UPDATE's values; `binds`, the names
     of its other bound parameters (a WHERE's). Each call passes all of them."""
 
-    def __init__(self, statement: Executable, columns: Sequence[str], binds: Sequence[str] = ()) -> None:
+    def __init__(self, statement: Executable, columns: Sequence[str], binds: Sequence[str] = (),
+                 leaf: bool = False) -> None:
+        """`leaf`: an INSERT whose rows no other write of the transaction depends on (nothing
+        references them, no later write touches them): on psycopg its waiting rows go together,
+        after the other waiting statements (store/pg/driver.py, `LeafRows`)."""
         self._statement = statement
         self._columns = list(columns)
         self._names = {*columns, *binds}
@@ -43,6 +48,7 @@ class DriverStatement:
         self._expanding: set[str] = set()  # parameters that are lists (IN :name)
         self._by_length: dict[tuple[int, ...], str] = {}
         self._pg = pg.PgStatement(statement, columns, self._names)
+        self._leaf = pg.LeafRows(statement, columns) if leaf and isinstance(statement, Insert) else None
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """A cursor: `.fetchone()`, `.rowcount` (SQLAlchemy's result on other drivers has both)."""
@@ -86,7 +92,10 @@ class DriverStatement:
         with the next statement that reads, or the commit (one round trip for all of them).
         `check(cursor)` then sees its result (`.rowcount`); elsewhere, now."""
         if conn.dialect.driver == "psycopg":
-            pg.later(conn, *self._pg.sql_and_params(conn.dialect, params), check=check)
+            if self._leaf is not None and check is None:
+                pg.later_rows(conn, self._leaf, params)
+            else:
+                pg.later(conn, *self._pg.sql_and_params(conn.dialect, params), check=check)
             return
         cursor = self.execute(conn, params)
         if check is not None:
@@ -97,7 +106,7 @@ class DriverStatement:
             self.execute_many(conn, rows)
             return
         for row in rows:
-            pg.later(conn, *self._pg.sql_and_params(conn.dialect, row))
+            self.later(conn, row)
 
     def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:

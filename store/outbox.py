@@ -186,7 +186,7 @@ def _insert(session: Session, rows: list[dict[str, Any]], numbered: bool = False
 
 _INSERT_OUTBOX = DriverStatement(insert(T), ["created_at", "event", "case_id", "recipient", "recipient_name",
                                              "language", "message_id", "context", "state", "attempts",
-                                             "next_attempt_at", "last_error"])
+                                             "next_attempt_at", "last_error"], leaf=True)
 _SC = SupportCase.__table__  # type: ignore[attr-defined]
 _OUTBOX_VALUES = ["created_at", "event", "recipient", "recipient_name", "language", "message_id", "state", "attempts",
                   "next_attempt_at", "last_error"]
@@ -198,7 +198,8 @@ _INSERT_NUMBERED = DriverStatement(insert(T).from_select(
            cast(cast(bindparam("context", type_=T.c.context.type), JSONB).op("||")(
                func.jsonb_build_object("case_number", _SC.c.number)), T.c.context.type))
     .where(_SC.c.id == bindparam("case_id"))), [], [*_OUTBOX_VALUES, "case_id", "context"])
-_INSERT_INDEX = DriverStatement(insert(MessageIndex.__table__), ["message_id", "case_id", "ours"])  # type: ignore[attr-defined]
+_INSERT_INDEX = DriverStatement(insert(MessageIndex.__table__), ["message_id", "case_id", "ours"],  # type: ignore[attr-defined]
+                                leaf=True)
 
 
 @dataclass(frozen=True, slots=True)

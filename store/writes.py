@@ -71,7 +71,8 @@ _INSERT_USER = DriverStatement(insert(_USERS).returning(_USERS.c.id),
 _INSERT_CASE = DriverStatement(insert(_CASES).returning(_CASES.c.id), [
     "number", "subject", "requester_id", "status", "follows_id", "created_at", "updated_at", "status_changed_at"])
 _INSERT_HISTORY = DriverStatement(insert(_HISTORY),
-                                  ["case_id", "at", "by_id", "by_label", "from_status", "to_status", "reason", "via"])
+                                  ["case_id", "at", "by_id", "by_label", "from_status", "to_status", "reason", "via"],
+                                  leaf=True)
 _CASE_STATUS = DriverStatement(select_core(_CASES.c.status).where(_CASES.c.id == bindparam("case_id")), (),
                                ["case_id"])
 _SET_STATUS = DriverStatement(update(_CASES).where(_CASES.c.id == bindparam("case_id")),
@@ -79,7 +80,7 @@ _SET_STATUS = DriverStatement(update(_CASES).where(_CASES.c.id == bindparam("cas
 _TOUCH_CASE = DriverStatement(update(_CASES).where(_CASES.c.id == bindparam("case_id")), ["updated_at"], ["case_id"])
 _INSERT_COMMENT = DriverStatement(insert(_COMMENTS).returning(_COMMENTS.c.id), [
     "case_id", "author_id", "created_at", "source", "public", "visible_text", "full_text", "html", "inbound_id",
-    "kind", "via", "signature"])
+    "kind", "via", "signature"], leaf=True)  # `later` only without files: then nothing references it
 # PostgreSQL: the number from the sequence, formatted as `next_case_number` does, and the case.
 _OPEN_CASE_SQL = (
     "WITH n AS (SELECT nextval('case_number_seq')::text AS v) "
@@ -95,7 +96,7 @@ _OPEN_CASE_PG = DriverStatement(text(_OPEN_CASE_SQL.format(id="", given="", retu
 _OPEN_RESERVED_PG = DriverStatement(text(_OPEN_CASE_SQL.format(
     id="id, ", given="CAST(:id AS INTEGER), ", returning="number")), [], ["id", *_OPEN_CASE_KEYS])
 _INSERT_ATTACHMENTS = DriverStatement(insert(_ATTACHMENTS),
-                                      ["comment_id", "name", "size", "sha256", "content_type", "inline"])
+                                      ["comment_id", "name", "size", "sha256", "content_type", "inline"], leaf=True)
 
 # The mail path writes through SQLAlchemy Core: rows it never reads back need no ORM
 # unit of work, whose flushes would be most of a new case's transaction.
@@ -275,7 +276,8 @@ def _user_ignoring(dialect: str) -> DriverStatement:
 
 @cache
 def _index_ignoring(dialect: str) -> DriverStatement:
-    return DriverStatement(_insert_ignoring(dialect, _INDEX, "message_id"), ["message_id", "case_id", "ours"])
+    return DriverStatement(_insert_ignoring(dialect, _INDEX, "message_id"), ["message_id", "case_id", "ours"],
+                           leaf=True)
 
 
 def finish_inbound(session: Session, inbound_id: int, outcome: str, reason: str,
