@@ -565,3 +565,17 @@ HELDOUT2_HTML: list[tuple[str, str, str]] = [
 @pytest.mark.parametrize(("html", "expected"), [c[1:] for c in HELDOUT2_HTML], ids=[c[0] for c in HELDOUT2_HTML])
 def test_heldout2_html_to_text(html: str, expected: str) -> None:
     assert html_to_text(html) == expected
+
+
+@pytest.mark.parametrize("text, found", [
+    ("Hej\nSENT from my iPhone", True),
+    ("Hej æøå\nSendt fra min iPhone", True),
+    ("Hej\n\u017fent from my iPhone", True),  # "ſ": IGNORECASE takes it for "s"; not an ASCII text
+    ("Hej\nI sent the form yesterday, as you asked.", False),  # the words, but no footer line
+    ("1" + "X" * 78 + "\n" * 250, False),
+])
+def test_the_device_footer_gate_answers_as_the_expression_does(text: str, found: bool) -> None:
+    """`has_device_footer` skips the expression's scan only where it cannot match."""
+    from gateway.pipeline.signature import _FOOTER_ANYWHERE, has_device_footer
+
+    assert has_device_footer(text) is found is (_FOOTER_ANYWHERE.search(text) is not None)

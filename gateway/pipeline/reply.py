@@ -37,7 +37,7 @@ from functools import lru_cache
 
 from mailparser_reply import EmailMessage, EmailReplyParser
 
-from gateway.pipeline.signature import DEVICE_FOOTER, split_signature
+from gateway.pipeline.signature import DEVICE_FOOTER, has_device_footer, split_signature
 
 _SCAN_LINES = 2000
 _SCAN_CHARS = 64_000
@@ -118,23 +118,6 @@ _LABEL = re.compile(r"^[\s>*]*[^\W\d_][^\W\d_ ]{0,15}(?: [^\W\d_]{1,15})?[\s*]*:
 RULE = re.compile(r"^\s*[-_=*~]{2,}\s*$")  # "--", "____…" left after a cut
 _FROM_LABEL = re.compile(r"^[\s>*]*(?:from|fra|från|von|de|da|van|od|от|afsender|lähettäjä)[\s*]*:", re.IGNORECASE)
 
-_FOOTER_ANYWHERE = re.compile(DEVICE_FOOTER.pattern, re.IGNORECASE | re.MULTILINE)
-# What every device footer starts with, in lower case: on an ASCII text (whose lower case is
-# plain ASCII, no "ſ" or Kelvin sign that the regular expression's IGNORECASE also takes) a
-# footer is impossible without one of these, and looking for them is ~30× cheaper than the
-# expression's scan of every line start (~200 µs on a 20 KB text).
-_FOOTER_STARTS = ("sent ", "get outlook", "sendt ", "hent outlook", "skickat", "von meinem", "gesendet",
-                  "verzonden", "envoy", "inviato", "enviado")
-
-
-def _may_have_footer(text: str) -> bool:
-    if text.isascii():
-        lowered = text.lower()
-        if not any(start in lowered for start in _FOOTER_STARTS):
-            return False
-    return _FOOTER_ANYWHERE.search(text) is not None
-
-
 def visible_text(text: str, languages: tuple[str, ...] = LANGUAGES) -> str:
     """The new text of a reply without its signature; the stripped input when nothing new is left."""
     return split_reply(text, languages)[0]
@@ -155,7 +138,7 @@ def split_reply(text: str, languages: tuple[str, ...] = LANGUAGES) -> tuple[str,
     if ":" in text:
         lines = _join_wrapped_attributions(lines, headers)
     kept = _drop_quote_blocks(lines, headers) if ">" in text or "|" in text else lines
-    if ":" in text or _RULE_FIRST.match(text) or _RULE_NEXT.search(text) or _may_have_footer(text):
+    if ":" in text or _RULE_FIRST.match(text) or _RULE_NEXT.search(text) or has_device_footer(text):
         kept = kept[: _history_start_below_top(kept, headers)]
     kept, signature = split_signature(_drop_trailing_noise(kept, footers=False))
     result = "\n".join(_squeeze_blank_lines(_drop_trailing_noise(kept))).strip("\n")
