@@ -214,24 +214,37 @@ class DueNotification:
     attempts: int
 
 
+def _claim(locked: bool) -> Any:
+    """The due rows (pending and due, or sending with the lease run out) claimed, oldest first.
+    Built once: SQLAlchemy keys its compiled-SQL cache on a statement's structure, and building
+    it (and its key) again at every claim was a fifth of the sender's CPU under load."""
+    now = bindparam("now", type_=T.c.next_attempt_at.type)
+    due = or_(and_(T.c.state == "pending", T.c.next_attempt_at <= now),
+              and_(T.c.state == "sending", T.c.claimed_until < now))
+    pick = select(T.c.id).where(due).order_by(T.c.id).limit(bindparam("most"))
+    if locked:
+        pick = pick.with_for_update(skip_locked=True)
+    return (update(T).where(T.c.id.in_(pick.scalar_subquery()))
+            .values(state="sending", claimed_until=bindparam("until"), attempts=T.c.attempts + 1,
+                    claimed_by=bindparam("holder"))
+            .returning(T.c.id, T.c.event, T.c.recipient, T.c.recipient_name, T.c.language, T.c.message_id,
+                       T.c.context, T.c.attempts))
+
+
+_CLAIM, _CLAIM_LOCKED = _claim(locked=False), _claim(locked=True)
+
+
 class OutboxQueue:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
     async def claim(self, limit: int, now: datetime, lease_s: float, holder: str = "") -> list[DueNotification]:
-        due = or_(and_(T.c.state == "pending", T.c.next_attempt_at <= now),
-                  and_(T.c.state == "sending", T.c.claimed_until < now))
-        pick = select(T.c.id).where(due).order_by(T.c.id).limit(limit)
-        if self._engine.dialect.name == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
-        stmt = (update(T).where(T.c.id.in_(pick.scalar_subquery()))
-                .values(state="sending", claimed_until=now + timedelta(seconds=lease_s), attempts=T.c.attempts + 1,
-                        claimed_by=holder[:100] or None)
-                .returning(T.c.id, T.c.event, T.c.recipient, T.c.recipient_name, T.c.language, T.c.message_id,
-                           T.c.context, T.c.attempts))
+        stmt = _CLAIM_LOCKED if self._engine.dialect.name == "postgresql" else _CLAIM
+        params = {"now": now, "until": now + timedelta(seconds=lease_s), "holder": holder[:100] or None,
+                  "most": limit}
         with store_errors("outbox"):
             async with self._engine.begin() as conn:
-                rows = (await conn.execute(stmt)).all()
+                rows = (await conn.execute(stmt, params)).all()
         return sorted((DueNotification(r.id, r.event, r.recipient, r.recipient_name, r.language, r.message_id,
                                        dict(r.context or {}), r.attempts) for r in rows), key=lambda d: d.id)
 
