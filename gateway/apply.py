@@ -80,8 +80,7 @@ def handle_all(session: TxSession, steps: Steps, mails: list[tuple[int, Claim, P
     try:
         done = [handle(session, steps, inbound_id, mail, now, claim, seen)
                 for (inbound_id, claim, mail), seen in zip(mails, triaged, strict=True)]
-        opened = any(result.case is None and result.action is Outcome.CREATED for result, _ in done)
-        numbers = writes.settle(session) if opened else {}
+        numbers = writes.settle(session)  # what the commit would send now: the new cases' numbers known
         return [replace(result, case=numbers[case_id]) if result.case is None and case_id in numbers else result
                 for result, case_id in done]
     finally:

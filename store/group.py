@@ -108,7 +108,7 @@ def case_numbering(session: Session, case_id: int) -> Callable[[Any], None]:
         number = str(cursor.fetchone()[0])
         reads.numbering -= 1
         reads.opened[case_id] = number
-        reads.numbers[number.upper()] = case_id
+        case_added(session, case_id, number)
 
     return numbered
 

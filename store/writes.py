@@ -171,7 +171,7 @@ def open_case(session: Session, prefix: str, digits: int, subject: str, requeste
     PostgreSQL one statement takes the number from the sequence and inserts the case (one
     round trip, not two); in a group with an id reserved for it (store/group.py) that statement
     waits for the next round trip like the other writes, and the number is None until the
-    store has answered (`settle`, then `group.opened_number`)."""
+    store has answered (`settle` gives it)."""
     conn = session.connection()
     if conn.dialect.driver != "psycopg":
         given = next_case_number(session, prefix, digits)

@@ -170,8 +170,8 @@ def _pipeline(conn: Connection, waiting: list[_Item], reads: Sequence[tuple[str,
     items: list[tuple[str, dict[str, Any], Check | None]] = []
     leaves: dict[LeafRows, list[Mapping[str, Any]]] = {}
     for item in waiting:
-        if len(item) == 2:
-            leaves.setdefault(item[0], []).append(item[1])  # type: ignore[arg-type]
+        if isinstance(item[0], LeafRows):
+            leaves.setdefault(item[0], []).append(item[1])
         else:
             items.append(item)  # type: ignore[arg-type]
     for leaf, rows in leaves.items():
