@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from functools import cache, partial
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, case, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 
 from gateway.errors import StoreUnavailable
 from store.faults import store_errors
-from store.models import InboundMail, InboundRaw
+from store.models import IN_ID_ORDER, INBOX_DUE, InboundMail, InboundRaw
 
 T = InboundMail.__table__  # type: ignore[attr-defined]
 RAW = InboundRaw.__table__  # type: ignore[attr-defined]
@@ -226,15 +226,17 @@ _RAWS = select(RAW.c.inbound_id, RAW.c.raw).where(RAW.c.inbound_id.in_(bindparam
 
 def claim_mails(db: Connection | Session, limit: int, holder: str, now: datetime, lease_s: float,
                 only_id: int | None = None) -> list[ClaimedMail]:
-    """Take up to `limit` pending (or abandoned) mails, oldest first, under a lease."""
+    """Take up to `limit` pending (or abandoned) mails, oldest first, under a lease. In a
+    transaction of its own (on PostgreSQL it changes how the rest of it is planned)."""
     conn = db.connection() if isinstance(db, Session) else db
     # `claimed_until` of a pending mail is when a failed one may be tried again
     due = or_(and_(T.c.state == "pending", or_(T.c.claimed_until.is_(None), T.c.claimed_until <= now)),
               and_(T.c.state == "processing", T.c.claimed_until < now))
-    pick = select(T.c.id).where(due).order_by(T.c.id).limit(limit)
+    pick = select(T.c.id).where(text(INBOX_DUE), due).order_by(T.c.id).limit(limit)
     if only_id is not None:
         pick = pick.where(T.c.id == only_id)
     if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(IN_ID_ORDER)
         pick = pick.with_for_update(skip_locked=True)
     stmt = (update(T).where(T.c.id.in_(pick.scalar_subquery()))
             .values(state="processing", claimed_until=now + timedelta(seconds=lease_s),

@@ -38,6 +38,18 @@ class AppUser(SQLModel, table=True):
     erased_at: datetime | None = None
 
 
+# The queues' claims (store/inbox.py, store/outbox.py) read the rows still due, in id order, from
+# an index of only those rows; the claim names the index's condition word for word, so that
+# SQLite uses it too. On PostgreSQL every version of a row leaves an entry in an index until
+# VACUUM. A plain index scan marks the entries of rows no longer due as dead as it passes them,
+# and the next claim skips them; a bitmap scan (the planner's choice on a table without
+# statistics) marks none and visits them all at every claim: with autovacuum off, every mail
+# ever received. So the claim's transaction turns bitmap scans off (IN_ID_ORDER).
+INBOX_DUE = "state IN ('pending', 'processing')"
+OUTBOX_DUE = "state IN ('pending', 'sending')"
+IN_ID_ORDER = "SET LOCAL enable_bitmapscan = off"
+
+
 def partial_index(name: str, *columns: str, where: str) -> Index:
     """An index of only the rows `where` holds, on SQLite and PostgreSQL alike."""
     return Index(name, *columns, sqlite_where=text(where), postgresql_where=text(where))
@@ -146,6 +158,7 @@ class InboundMail(SQLModel, table=True):
     # (outcome, state, processed_at): the retention job finds set-aside mail due for deletion
     # without reading every ignored mail ever received (an `expired` one has left the range).
     __table_args__ = (Index("ix_inbound_claim", "state", "claimed_until"),
+                      partial_index("ix_inbound_due", "id", where=INBOX_DUE),
                       Index("ix_inbound_from_processed", "from_addr", "processed_at"),
                       partial_index("ix_inbound_processed", "processed_at", where="processed_at IS NOT NULL"),
                       Index("ix_inbound_expiry", "outcome", "state", "processed_at"))
@@ -197,6 +210,7 @@ class Outbox(SQLModel, table=True):
     # The rate limits count a recipient's last day and a case's last hour to one recipient;
     # indexes that end in the time read those windows only, not all the rows ever queued.
     __table_args__ = (Index("ix_outbox_due", "state", "next_attempt_at"),
+                      partial_index("ix_outbox_queued", "id", where=OUTBOX_DUE),
                       Index("ix_outbox_recipient_created", "recipient", "created_at"),
                       Index("ix_outbox_case_recipient_created", "case_id", "recipient", "created_at"),
                       partial_index("ix_outbox_sent", "sent_at", where="sent_at IS NOT NULL"),

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, cast, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, case, cast, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import Session, col
 from sqlmodel import select as model_select
 
@@ -23,7 +23,7 @@ from gateway.model import CaseRef, Event, UserRef
 from store import group
 from store.driver import DriverStatement
 from store.faults import store_errors
-from store.models import AppUser, CaseParty, MessageIndex, Outbox, SupportCase
+from store.models import IN_ID_ORDER, OUTBOX_DUE, AppUser, CaseParty, MessageIndex, Outbox, SupportCase
 from store.queries import capped_count
 
 T = Outbox.__table__  # type: ignore[attr-defined]
@@ -221,7 +221,7 @@ def _claim(locked: bool) -> Any:
     now = bindparam("now", type_=T.c.next_attempt_at.type)
     due = or_(and_(T.c.state == "pending", T.c.next_attempt_at <= now),
               and_(T.c.state == "sending", T.c.claimed_until < now))
-    pick = select(T.c.id).where(due).order_by(T.c.id).limit(bindparam("most"))
+    pick = select(T.c.id).where(text(OUTBOX_DUE), due).order_by(T.c.id).limit(bindparam("most"))
     if locked:
         pick = pick.with_for_update(skip_locked=True)
     return (update(T).where(T.c.id.in_(pick.scalar_subquery()))
@@ -234,19 +234,28 @@ def _claim(locked: bool) -> Any:
 _CLAIM, _CLAIM_LOCKED = _claim(locked=False), _claim(locked=True)
 
 
+async def claim_due(conn: AsyncConnection, limit: int, now: datetime, lease_s: float,
+                    holder: str = "") -> list[DueNotification]:
+    """Up to `limit` due notifications claimed under a lease, oldest first, in the transaction
+    of `conn` (its own: on PostgreSQL it changes how the rest of it is planned)."""
+    stmt = _CLAIM
+    if conn.dialect.name == "postgresql":
+        await conn.exec_driver_sql(IN_ID_ORDER)  # store/models.py: INBOX_DUE says why
+        stmt = _CLAIM_LOCKED
+    params = {"now": now, "until": now + timedelta(seconds=lease_s), "holder": holder[:100] or None, "most": limit}
+    rows = (await conn.execute(stmt, params)).all()
+    return sorted((DueNotification(r.id, r.event, r.recipient, r.recipient_name, r.language, r.message_id,
+                                   dict(r.context or {}), r.attempts) for r in rows), key=lambda d: d.id)
+
+
 class OutboxQueue:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
     async def claim(self, limit: int, now: datetime, lease_s: float, holder: str = "") -> list[DueNotification]:
-        stmt = _CLAIM_LOCKED if self._engine.dialect.name == "postgresql" else _CLAIM
-        params = {"now": now, "until": now + timedelta(seconds=lease_s), "holder": holder[:100] or None,
-                  "most": limit}
         with store_errors("outbox"):
             async with self._engine.begin() as conn:
-                rows = (await conn.execute(stmt, params)).all()
-        return sorted((DueNotification(r.id, r.event, r.recipient, r.recipient_name, r.language, r.message_id,
-                                       dict(r.context or {}), r.attempts) for r in rows), key=lambda d: d.id)
+                return await claim_due(conn, limit, now, lease_s, holder)
 
     async def mark_sent(self, ids: Sequence[int], now: datetime) -> None:
         with store_errors("outbox"):
