@@ -569,13 +569,22 @@ def test_heldout2_html_to_text(html: str, expected: str) -> None:
 
 @pytest.mark.parametrize("text, found", [
     ("Hej\nSENT from my iPhone", True),
+    ("Sent from my iPhone", True),  # the first line
+    ("  \n\tSendt fra min iPad\n", True),  # blank lines and tabs before it, as `^\s*` takes them
     ("Hej æøå\nSendt fra min iPhone", True),
-    ("Hej\n\u017fent from my iPhone", True),  # "ſ": IGNORECASE takes it for "s"; not an ASCII text
+    ("Hej\n\u017fent from my iPhone", True),  # "ſ": IGNORECASE takes it for "s"
+    ("Hej\r\nSent from my iPhone\r\n", True),
     ("Hej\nI sent the form yesterday, as you asked.", False),  # the words, but no footer line
+    ("Hej\nSent from my iPhone, and the rest of a sentence", False),
+    ("Hej Sent from my iPhone", False),  # not at a line's start
     ("1" + "X" * 78 + "\n" * 250, False),
 ])
-def test_the_device_footer_gate_answers_as_the_expression_does(text: str, found: bool) -> None:
-    """`has_device_footer` skips the expression's scan only where it cannot match."""
-    from gateway.pipeline.signature import _FOOTER_ANYWHERE, has_device_footer
+def test_the_device_footer_search_answers_as_the_multiline_expression(text: str, found: bool) -> None:
+    """`has_device_footer` tries the expression only at the line starts, and finds what the
+    expression with `^` in MULTILINE mode finds."""
+    import re
 
-    assert has_device_footer(text) is found is (_FOOTER_ANYWHERE.search(text) is not None)
+    from gateway.pipeline.signature import DEVICE_FOOTER, has_device_footer
+
+    anywhere = re.compile(DEVICE_FOOTER.pattern, re.IGNORECASE | re.MULTILINE)
+    assert has_device_footer(text) is found is (anywhere.search(text) is not None)

@@ -17,22 +17,16 @@ DEVICE_FOOTER = re.compile(
     r"|inviato da|enviado desde mi|wysłano z|отправлено с|lähetetty)\b(?![^\n]*,\s)[^\n]{0,80}(?<![.!?])$",
     re.IGNORECASE,
 )
-_FOOTER_ANYWHERE = re.compile(DEVICE_FOOTER.pattern, re.IGNORECASE | re.MULTILINE)
-# What every device footer starts with, in lower case: on an ASCII text (whose lower case is
-# plain ASCII, no "ſ" or Kelvin sign that the regular expression's IGNORECASE also takes) a
-# footer is impossible without one of these, and looking for them is ~30× cheaper than the
-# expression's scan of every line start (~200 µs on a 20 KB text).
-_FOOTER_STARTS = ("sent ", "get outlook", "sendt ", "hent outlook", "skickat", "von meinem", "gesendet",
-                  "verzonden", "envoy", "inviato", "enviado")
+# A device footer on any line: on the first, or after a line break. Python's `re` tries a `^` of
+# MULTILINE at every position of the text; a pattern that starts with "\n" it tries only at the
+# line breaks, which it finds by a fast search: ~45 µs on 20 KB of text against ~100-115 µs.
+_FOOTER_FIRST = re.compile(DEVICE_FOOTER.pattern[1:], re.IGNORECASE | re.MULTILINE)
+_FOOTER_BELOW = re.compile("\n" + DEVICE_FOOTER.pattern[1:], re.IGNORECASE | re.MULTILINE)
 
 
 def has_device_footer(text: str) -> bool:
     """Whether a line of `text` is a device footer."""
-    if text.isascii():
-        lowered = text.lower()
-        if not any(start in lowered for start in _FOOTER_STARTS):
-            return False
-    return _FOOTER_ANYWHERE.search(text) is not None
+    return _FOOTER_FIRST.match(text) is not None or _FOOTER_BELOW.search(text) is not None
 
 
 # Closings in the languages the mailbox sees, alone or with a capitalised name after them
