@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -377,3 +378,38 @@ def test_the_from_is_read_by_mail_parsers_address_parser_and_its_doubts_are_defe
     mail = parse_mail(b"From: " + header + b"\r\nSubject: x\r\n\r\nhej\r\n")
     assert (mail.from_addr, mail.from_name, mail.from_count) == (address, name, count)
     assert ("AddressHeaderDefect" in mail.defects) is doubtful
+
+
+def _structure(message: Any) -> list[tuple[Any, ...]]:
+    return [(part.items(), [type(d).__name__ for d in part.defects], part.is_multipart(),
+             None if part.is_multipart() else part.get_payload(), part.preamble, part.epilogue)
+            for part in message.walk()]
+
+
+ONE_PART_EDGES = [
+    b"From: a@b\r\nSubject: x\r\n\r\n",  # no body
+    b"From: a@b\r\nSubject: x",  # no blank line
+    b"From: a@b\nnot a header\n\nbody",  # a body line among the headers: a defect
+    b"From: a@b\r\nX: y\r\r\nbody\r\n",  # a CR line end and a CRLF one make the blank line
+    b"From: a@b\r\n\r\n\r\nbody",
+    b"From: a@b\r\nX: y\r\nZ\r\nbody",  # CR LF is one line end, not two
+    b"Content-Type: message/rfc822\r\n\r\nFrom: x@y\r\n\r\nhi",
+    b"Content-Type: multipart/mixed\r\n\r\nno boundary",
+    b"Content-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; x\r\n\r\nAction: failed\r\n",
+    b"\x80From: a\r\n\r\nb\xff\xfe",
+    b"From: a@b\r\n continuation\r\n\r\nbody\r\n",
+    b" leading: cont\r\nFrom: a\r\n\r\nx",
+    b"From: a@b\rSubject: cr only\r\rbody\r",
+]
+
+
+def test_a_one_part_mail_parses_as_the_whole_parse_does() -> None:
+    """A mail of one part gets the parser's headers and the rest of the bytes as its body
+    (`_parse_bytes`, skipping the parser's line-by-line read of the body): the same message as
+    the parser's own reading, part for part, on the corpus mails and on edge cases."""
+    from gateway.pipeline.parse import _parse_bytes, _parse_whole, normalise
+
+    raws = [path.read_bytes() for path in sorted(CORPUS.parent.glob("corpus*/**/*.eml"))] + ONE_PART_EDGES
+    assert len(raws) > 200
+    for raw in map(normalise, raws):
+        assert _structure(_parse_bytes(raw)) == _structure(_parse_whole(raw, 65536)), raw[:200]
