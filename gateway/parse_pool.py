@@ -31,7 +31,7 @@ from typing import Any
 from gateway.errors import UnusableMail
 from gateway.model import ParsedMail
 from gateway.pipeline.parse import Limits, parse_mail
-from gateway.procname import name_process
+from gateway.procname import freeze_heap, name_process
 from store.blobs import BlobStore
 
 _blobs: BlobStore | None = None
@@ -77,6 +77,7 @@ def _serve(conn: Connection, blobs: BlobStore, memory_mb: int, owner: int) -> No
     — until its pipe closes."""
     name_process("gw-parse")
     _init_child(blobs, memory_mb, owner)
+    freeze_heap()
     conn.send(("ready", None))
     while True:
         try:

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Engine, bindparam, event, insert, select
 
 from gateway.errors import StoreUnavailable
-from gateway.procname import name_process
+from gateway.procname import freeze_heap, name_process
 from store.engine import sync_sqlite_engine
 from store.inbox import (
     RAW,
@@ -261,6 +261,7 @@ def _serve(url: str, busy_timeout_s: float, sock: socket.socket, busy_until: Any
     except Exception as exc:
         send(("failed", f"{type(exc).__name__}: {exc}"))
         return
+    freeze_heap()
     send(("ready", None))
     work: queue.Queue[list[dict[str, Any]] | Exception | None] = queue.Queue(maxsize=2)
     commits = threading.Thread(target=_commit_loop, args=(committer, work, send), name="commits")

@@ -37,7 +37,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from gateway.app import App, Links, build
-from gateway.procname import name_process
+from gateway.procname import freeze_heap, name_process
 from gateway.settings import Settings
 from store.node_run import give_back
 
@@ -221,6 +221,7 @@ async def _child(settings: Settings, role: str, wake: socket.socket, links: Link
         loop.add_reader(wake.fileno(), on_readable, wake, wakeup, functools.partial(_parent_gone, stop))
         if role == "sender" and links.notices_in is not None:
             loop.add_reader(links.notices_in.fileno(), on_readable, links.notices_in, wakeup, lambda: None)
+        freeze_heap()
         log.info("worker.child_ready", extra={"role": role, "pid": os.getpid()})
         checkpointing = asyncio.ensure_future(app.checkpoints.run(stop)) if app.checkpoints else None
         try:

@@ -20,7 +20,7 @@ from typing import Any
 from gateway.app import App, build
 from gateway.errors import CannotListen
 from gateway.ingest.smtp import SmtpListener
-from gateway.procname import name_process
+from gateway.procname import freeze_heap, name_process
 from gateway.runtime.children import child_loop, on_readable
 from gateway.settings import Settings
 
@@ -124,6 +124,7 @@ async def run_daemon(settings: Settings) -> int:
             if separate and name == "sender":
                 run = child_loop("sender")
             tasks.add(asyncio.create_task(run(app, stop), name=name))
+        freeze_heap()
         log.info("daemon.started", extra={"pid": os.getpid(), "loops": sorted(t.get_name() for t in tasks)})
         await _until_stopped(stop, tasks)
         deadline = loop.time() + settings.daemon.grace_s  # one budget for the whole shutdown
