@@ -37,7 +37,7 @@ pg_suite() {
     tests/test_faults.py \
     tests/test_crash.py tests/test_operations.py tests/test_cli_ops.py tests/test_attachments.py tests/test_stats.py \
     tests/test_privacy.py tests/test_privacy_story.py tests/test_store_edge.py tests/test_logs.py \
-    tests/test_case_detail_queries.py tests/test_group_reads.py "$@"
+    tests/test_case_detail_queries.py tests/test_group_reads.py tests/test_queue_claims.py "$@"
 }
 
 # The two suites run side by side: each spends most of its time waiting on its daemons,
