@@ -43,6 +43,7 @@ import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiosmtpd.lmtp
 import aiosmtpd.smtp
@@ -498,3 +499,35 @@ def test_outside_the_verified_range_the_listener_runs_stock_aiosmtpd_and_warns()
     assert done.stdout.splitlines()[:3] == ["fast paths False", "stock protocol True", "stock dir True"]
     assert "event smtp.aiosmtpd_unverified " in done.stdout
     assert "event smtp.listening False" in done.stdout
+
+
+@pytest.mark.parametrize("lmtp", [False, True], ids=["smtp", "lmtp"])
+async def test_the_adapters_tables_are_the_ones_aiosmtpd_builds(lmtp: bool) -> None:
+    """The adapter builds a session's verb, hook and AUTH tables and the EHLO hook's form from
+    what it found for the classes once; aiosmtpd's own `SMTP.__init__`, with the full `dir()`,
+    builds the same (the verbs as the same functions, the hooks bound to the same handler)."""
+    from aiosmtpd.smtp import SMTP as StockSMTP
+
+    from gateway.ingest.smtp import ConnectionLimits, Gate, InboxHandler, protocol_class
+    from gateway.settings import SmtpSettings
+
+    handler = InboxHandler(None, SmtpSettings(), ())  # type: ignore[arg-type]
+    cls = protocol_class(lmtp, Gate(ConnectionLimits(1, 1), 1.0))
+    assert smtp_adapter.FastSMTP in cls.__mro__
+
+    class Stock(cls):  # type: ignore[valid-type, misc]
+        def __init__(self, handler: Any) -> None:
+            StockSMTP.__init__(self, handler, decode_data=False)  # dir() never emptied
+
+        def __dir__(self) -> list[str]:
+            return list(object.__dir__(self))
+
+    fast, stock = cls(handler), Stock(handler)
+    assert {k: v.__func__ for k, v in fast._smtp_methods.items()} == \
+        {k: v.__func__ for k, v in stock._smtp_methods.items()}
+    assert len(fast._smtp_methods) > 10
+    assert fast._handle_hooks == stock._handle_hooks and "DATA" in fast._handle_hooks
+    assert {k: (v.method.__func__, v.is_builtin) for k, v in fast._auth_methods.items()} == \
+        {k: (v.method.__func__, v.is_builtin) for k, v in stock._auth_methods.items()}
+    assert set(fast._auth_methods) == {"LOGIN", "PLAIN"}
+    assert fast._ehlo_hook_ver == stock._ehlo_hook_ver == "new"
