@@ -116,7 +116,8 @@ def apply_plan(session: TxSession, plan: Plan, mail: ParsedMail, inbound_id: int
     writes.finish_inbound(session, inbound_id, result.action.value, result.reason, case_id, now,
                           subject=mail.subject, from_addr=mail.from_addr,
                           state="quarantined" if isinstance(plan, Quarantine) else "done", claim=claim)
-    return Result(result.action, result.case, result.reason, inbound_id, result.notifications), case_id
+    return Result(result.action, result.case, result.reason, inbound_id,
+                  outbox.sendable(session, result.notifications)), case_id
 
 
 def _open_case(session: TxSession, plan: OpenCase, mail: ParsedMail, inbound_id: int, now: datetime,

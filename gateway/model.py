@@ -341,5 +341,5 @@ class Result:
     case: str | None = None
     reason: str = ""
     inbound_id: int | None = None
-    notifications: tuple[str, ...] = field(default=())
+    notifications: tuple[str, ...] = field(default=())  # Message-IDs queued to be sent now (not held)
     retry: bool = False  # processing failed this time; the mail is pending again

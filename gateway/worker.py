@@ -146,7 +146,10 @@ class InboxWorker:
                     raise
                 log.info("worker.group_retry_single", extra={"size": len(group), "error": type(exc).__name__})
             else:
-                return [self._done(result) for result in results]
+                done = [self._done(result, nudge=False) for result in results]
+                if any(result.notifications for result in done):
+                    self.on_processed()  # once for the group's commit
+                return done
         return [await self._process(mail, parsed) for mail, parsed in group]
 
     async def _process(self, mail: ClaimedMail, parsed: ParsedMail | Exception) -> Result:
@@ -178,10 +181,11 @@ class InboxWorker:
     def _claim(self, mail: ClaimedMail) -> Claim:
         return Claim(self.holder, mail.attempts)
 
-    def _done(self, result: Result) -> Result:
+    def _done(self, result: Result, nudge: bool = True) -> Result:
+        """A mail applied; the sender woken when it has something to send (`nudge`: here)."""
         self._in_hand.discard(result.inbound_id)
         self.processed += 1
-        if result.notifications:
+        if nudge and result.notifications:
             self.on_processed()
         with bound(inbound_id=result.inbound_id, case=result.case):
             log.info("mail.processed", extra={"outcome": result.action.value, "reason": result.reason})

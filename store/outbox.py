@@ -152,6 +152,7 @@ def enqueue(session: Session, case: CaseHead | SupportCase, event: Event, recipi
             session, event, head.id, rcpt.email, now, limits, new_case)
         rows.append(_row(event, head.id, rcpt, now, new_message_id(message_id_domain), ctx, held))
     _insert(session, rows, numbered=head.number is None)
+    _note_held(session, rows)
     return [row["message_id"] for row in rows]
 
 
@@ -162,7 +163,24 @@ def enqueue_without_case(session: Session, event: Event, recipient: Recipient, n
         session, event, None, recipient.email, now, limits)
     row = _row(event, None, recipient, now, new_message_id(message_id_domain), context, held)
     _insert(session, [row])
+    _note_held(session, [row])
     return str(row["message_id"])
+
+
+_HELD = "outbox_held"  # the session's `info`: Message-IDs of the rows this transaction queued held
+
+
+def _note_held(session: Session, rows: list[dict[str, Any]]) -> None:
+    held = [row["message_id"] for row in rows if row["state"] == "held"]
+    if held:
+        session.info.setdefault(_HELD, set()).update(held)
+
+
+def sendable(session: Session, message_ids: Sequence[str]) -> tuple[str, ...]:
+    """Of these notifications queued in this transaction, those the sender is to send now (not
+    held back by a rate limit or a bouncing address): only these are worth waking it for."""
+    held = session.info.get(_HELD, ())
+    return tuple(m for m in message_ids if m not in held)
 
 
 def _row(event: Event, case_id: int | None, rcpt: Recipient, now: datetime, message_id: str,

@@ -115,3 +115,32 @@ async def test_a_group_opens_its_cases_without_a_round_trip_each(app: App, mail:
         assert trips["n"] == 4, trips
         # the eight cases' history rows (rows nothing else waiting refers to): four to an INSERT
         assert len(histories) == 2 and all(h.count("), (") == 3 for h in histories), histories
+
+
+async def test_the_sender_is_woken_once_a_group_and_only_for_what_it_can_send(app: App, mail: MailBuilder) -> None:
+    """A group's receipts wake the sender once, after its commit; a group whose receipts are all
+    held (the sender's daily cap of automatic answers reached) does not wake it at all."""
+    import dataclasses
+
+    from tests.conftest import worker_of
+
+    worker = worker_of(app)
+    steps = worker._steps
+    worker._steps = dataclasses.replace(steps, apply=dataclasses.replace(
+        steps.apply, limits=dataclasses.replace(steps.apply.limits, auto_answers_per_day=3)))
+    nudges: list[int] = []
+    worker.on_processed = lambda: nudges.append(1)
+
+    async def group_of(subjects: list[str]) -> list[Any]:
+        raws = [mail(sender="travl@borger.example", subject=s) for s in subjects]
+        await app.accept_many([IncomingMail(raw, "test", None, (ADDRESS,)) for raw in raws])
+        return await worker.run_once()
+
+    first = await group_of([f"Først {i}" for i in range(3)])
+    assert [bool(r.notifications) for r in first] == [True] * 3 and len(nudges) == 1
+    held = await group_of([f"Siden {i}" for i in range(3)])
+    assert [r.action.value for r in held] == ["created"] * 3 and not any(r.notifications for r in held)
+    assert len(nudges) == 1, "the sender was woken for receipts it may not send"
+    async with app.engine.connect() as conn:
+        states = (await conn.execute(text("SELECT state, count(*) FROM outbox GROUP BY state ORDER BY 1"))).all()
+    assert [tuple(s) for s in states] == [("held", 3), ("pending", 3)]
