@@ -24,6 +24,7 @@ from store import group
 from store.driver import DriverStatement
 from store.faults import store_errors
 from store.models import IN_ID_ORDER, OUTBOX_DUE, AppUser, CaseParty, MessageIndex, Outbox, SupportCase
+from store.pg import driver as pg
 from store.queries import capped_count
 
 T = Outbox.__table__  # type: ignore[attr-defined]
@@ -196,7 +197,11 @@ def _insert(session: Session, rows: list[dict[str, Any]], numbered: bool = False
     if not rows:
         return
     conn = session.connection()
-    (_INSERT_NUMBERED if numbered else _INSERT_OUTBOX).later_many(conn, rows)
+    if numbered and conn.dialect.driver == "psycopg":
+        for row in rows:
+            pg.later_rows(conn, _NUMBERED_ROWS, row)
+    else:
+        (_INSERT_NUMBERED if numbered else _INSERT_OUTBOX).later_many(conn, rows)
     _INSERT_INDEX.later_many(conn, [{"message_id": r["message_id"], "case_id": r["case_id"], "ours": True}
                                     for r in rows if r["case_id"]])
     group.answers_queued(session, rows, AUTOMATIC_ANSWERS)
@@ -216,6 +221,19 @@ _INSERT_NUMBERED = DriverStatement(insert(T).from_select(
            cast(cast(bindparam("context", type_=T.c.context.type), JSONB).op("||")(
                func.jsonb_build_object("case_number", _SC.c.number)), T.c.context.type))
     .where(_SC.c.id == bindparam("case_id"))), [], [*_OUTBOX_VALUES, "case_id", "context"])
+# The same on psycopg, several rows to a statement: the number by a scalar subquery on the case's
+# primary key for each row (a join of the VALUES to support_case was left to the planner, which
+# chose scans of every case on tables without statistics).
+_NUMBERED_ROWS = pg.LeafSelectRows(
+    "outbox", [*((name, T.c[name].type, kind) for name, kind in (
+        ("created_at", "TIMESTAMP WITH TIME ZONE"), ("event", "VARCHAR"), ("recipient", "VARCHAR"),
+        ("recipient_name", "VARCHAR"), ("language", "VARCHAR"), ("message_id", "VARCHAR"), ("state", "VARCHAR"),
+        ("attempts", "INTEGER"), ("next_attempt_at", "TIMESTAMP WITH TIME ZONE"), ("last_error", "VARCHAR"),
+        ("case_id", "INTEGER"), ("context", "JSONB")))],
+    [*_OUTBOX_VALUES, "case_id", "context"],
+    ", ".join(f"v.{name}" for name in (*_OUTBOX_VALUES, "case_id")) +
+    ", CAST(v.context || jsonb_build_object('case_number', (SELECT number FROM support_case WHERE id = v.case_id))"
+    " AS JSON)")
 _INSERT_INDEX = DriverStatement(insert(MessageIndex.__table__), ["message_id", "case_id", "ours"],  # type: ignore[attr-defined]
                                 leaf=True)
 

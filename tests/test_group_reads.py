@@ -74,6 +74,7 @@ async def test_a_group_opens_its_cases_without_a_round_trip_each(app: App, mail:
     await _group(app, [mail(sender="kendt@borger.example", subject="Først")])  # a known sender
     trips = {"n": 0}
     histories: list[str] = []
+    receipts: list[str] = []
     if app.engine.dialect.name == "postgresql":
         import psycopg
 
@@ -84,6 +85,8 @@ async def test_a_group_opens_its_cases_without_a_round_trip_each(app: App, mail:
             trips["n"] += 0 if depth["n"] else 1
             if str(args[0]).startswith("INSERT INTO status_change"):
                 histories.append(str(args[0]))
+            if str(args[0]).startswith("INSERT INTO outbox"):
+                receipts.append(str(args[0]))
             return execute(self, *args, **kwargs)
 
         import contextlib
@@ -115,6 +118,8 @@ async def test_a_group_opens_its_cases_without_a_round_trip_each(app: App, mail:
         assert trips["n"] == 4, trips
         # the eight cases' history rows (rows nothing else waiting refers to): four to an INSERT
         assert len(histories) == 2 and all(h.count("), (") == 3 for h in histories), histories
+        # the eight receipts, each numbered from its case's row, four to an INSERT; the reply's none
+        assert len(receipts) == 2 and all(r.count("), (") == 3 for r in receipts), receipts
 
 
 async def test_the_sender_is_woken_once_a_group_and_only_for_what_it_can_send(app: App, mail: MailBuilder) -> None:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, bindparam, event
+from sqlalchemy import Connection, Engine, bindparam, event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.dml import Insert
@@ -118,6 +118,27 @@ class LeafRows:
                       for i in range(size)]
             names = {f"{key}_{i}" for i in range(size) for key in self._columns}
             self._by_size[size] = PgStatement(self._statement.values(values), [], names)
+        return self._by_size[size]
+
+
+class LeafSelectRows(LeafRows):
+    """`LeafRows` of an `INSERT … SELECT` over the rows' values (`FROM (VALUES (…), (…)) AS v`):
+    `select`, the select list over `v.<column>`, may read other rows written before it in the
+    transaction (a scalar subquery by primary key), `into` names the table's columns it fills.
+    `columns`: each row's values, their SQLAlchemy types (their converters) and PostgreSQL types."""
+
+    def __init__(self, table: str, columns: Sequence[tuple[str, Any, str]], into: Sequence[str], select: str) -> None:
+        self._table, self._typed, self._into, self._select = table, list(columns), list(into), select
+        super().__init__(None, [name for name, _, _ in columns])  # type: ignore[arg-type]
+
+    def _of_size(self, size: int) -> PgStatement:
+        if size not in self._by_size:
+            rows = ", ".join("(" + ", ".join(f"CAST(:{name}_{i} AS {kind})" for name, _, kind in self._typed) + ")"
+                             for i in range(size))
+            sql = (f"INSERT INTO {self._table} ({', '.join(self._into)}) SELECT {self._select} "
+                   f"FROM (VALUES {rows}) AS v({', '.join(name for name, _, _ in self._typed)})")
+            binds = [bindparam(f"{name}_{i}", type_=sa_type) for i in range(size) for name, sa_type, _ in self._typed]
+            self._by_size[size] = PgStatement(text(sql).bindparams(*binds), [], {b.key for b in binds})
         return self._by_size[size]
 
 
