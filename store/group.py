@@ -100,13 +100,13 @@ def reserved_case_id(session: Session) -> int | None:
 
 
 def case_numbering(session: Session, case_id: int) -> Callable[[Any], None]:
-    """The check of a waiting case INSERT (`RETURNING number`): the case's number, once answered."""
+    """The answer of a waiting case INSERT (its returned row: id, number): the case's number."""
     reads = of(session)
     assert reads is not None, "a reserved id is only given in a group"
     reads.numbering += 1
 
-    def numbered(cursor: Any) -> None:
-        number = str(cursor.fetchone()[0])
+    def numbered(row: Any) -> None:
+        number = str(row[1])
         reads.numbering -= 1
         reads.opened[case_id] = number
         case_added(session, case_id, number)

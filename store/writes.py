@@ -6,7 +6,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import bindparam, insert, text, update
+from sqlalchemy import DateTime, Integer, String, bindparam, insert, text, update
 from sqlalchemy import select as select_core
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
@@ -29,6 +29,7 @@ from store.models import (
     SupportCase,
     joined_text,
 )
+from store.pg import driver as pg
 from store.queries import user_by_email, user_refs
 
 _TEXT_CAP = 1_000_000
@@ -92,9 +93,20 @@ _OPEN_CASE_SQL = (
 _OPEN_CASE_KEYS = ["prefix", "digits", "subject", "requester_id", "status", "follows_id", "now"]
 _OPEN_CASE_PG = DriverStatement(text(_OPEN_CASE_SQL.format(id="", given="", returning="id, number")), [],
                                 _OPEN_CASE_KEYS)
-# The same with an id the group reserved (store/group.py): nobody waits for its answer.
-_OPEN_RESERVED_PG = DriverStatement(text(_OPEN_CASE_SQL.format(
-    id="id, ", given="CAST(:id AS INTEGER), ", returning="number")), [], ["id", *_OPEN_CASE_KEYS])
+# The same with an id the group reserved (store/group.py): nobody waits for its answer, and the
+# group's new cases go several to a statement (`GatheredRows`), each number from the sequence in
+# the order the cases were opened (the VALUES' order; nextval in a subquery that is not flattened).
+_OPEN_RESERVED_MANY = pg.GatheredRows(pg.LeafSelectRows(
+    "support_case", [(name, sa_type, kind) for name, sa_type, kind in (
+        ("id", Integer(), "INTEGER"), ("prefix", String(), "VARCHAR"), ("digits", Integer(), "INTEGER"),
+        ("subject", String(), "VARCHAR"), ("requester_id", Integer(), "INTEGER"), ("status", String(), "VARCHAR"),
+        ("follows_id", Integer(), "INTEGER"), ("now", DateTime(timezone=True), "TIMESTAMP WITH TIME ZONE"))],
+    ["id", "number", "subject", "requester_id", "status", "follows_id", "created_at", "updated_at",
+     "status_changed_at"],
+    "v.id, v.prefix || lpad(v.n, greatest(v.digits, length(v.n)), '0'), v.subject, v.requester_id, v.status, "
+    "v.follows_id, v.now, v.now, v.now",
+    source="(SELECT v.*, nextval('case_number_seq')::text AS n FROM (VALUES {rows}) AS v({names})) AS v",
+    returning="id, number"), key="id")
 _INSERT_ATTACHMENTS = DriverStatement(insert(_ATTACHMENTS),
                                       ["comment_id", "name", "size", "sha256", "content_type", "inline"], leaf=True)
 
@@ -182,7 +194,7 @@ def open_case(session: Session, prefix: str, digits: int, subject: str, requeste
     reserved = group.reserved_case_id(session)
     if reserved is not None:
         case_id, number = reserved, None
-        _OPEN_RESERVED_PG.later(conn, {**values, "id": case_id}, check=group.case_numbering(session, case_id))
+        pg.later_gathered(conn, _OPEN_RESERVED_MANY, {**values, "id": case_id}, group.case_numbering(session, case_id))
     else:
         case_id, opened = _OPEN_CASE_PG.execute(conn, values).fetchone()
         number = str(opened)

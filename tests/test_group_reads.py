@@ -75,6 +75,7 @@ async def test_a_group_opens_its_cases_without_a_round_trip_each(app: App, mail:
     trips = {"n": 0}
     histories: list[str] = []
     receipts: list[str] = []
+    cases: list[str] = []
     if app.engine.dialect.name == "postgresql":
         import psycopg
 
@@ -87,6 +88,8 @@ async def test_a_group_opens_its_cases_without_a_round_trip_each(app: App, mail:
                 histories.append(str(args[0]))
             if str(args[0]).startswith("INSERT INTO outbox"):
                 receipts.append(str(args[0]))
+            if str(args[0]).startswith("INSERT INTO support_case"):
+                cases.append(str(args[0]))
             return execute(self, *args, **kwargs)
 
         import contextlib
@@ -120,6 +123,8 @@ async def test_a_group_opens_its_cases_without_a_round_trip_each(app: App, mail:
         assert len(histories) == 2 and all(h.count("), (") == 3 for h in histories), histories
         # the eight receipts, each numbered from its case's row, four to an INSERT; the reply's none
         assert len(receipts) == 2 and all(r.count("), (") == 3 for r in receipts), receipts
+        # the eight cases, numbered in the order they were opened, four to an INSERT
+        assert len(cases) == 2 and all(c.count("), (") == 3 for c in cases), cases
 
 
 async def test_the_sender_is_woken_once_a_group_and_only_for_what_it_can_send(app: App, mail: MailBuilder) -> None:

@@ -104,12 +104,18 @@ class LeafRows:
 
     def statements(self, dialect: Dialect, rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
         done, calls = 0, []
-        while done < len(rows):
-            size = 1 << (min(self._most, len(rows) - done).bit_length() - 1)  # the largest power of two that fits
+        for size in self.chunks(len(rows)):
             params = {f"{key}_{i}": row[key] for i, row in enumerate(rows[done:done + size]) for key in self._columns}
             calls.append(self._of_size(size).sql_and_params(dialect, params))
             done += size
         return calls
+
+    def chunks(self, count: int) -> list[int]:
+        """The rows to each statement: the largest power of two that fits, then the rest."""
+        sizes: list[int] = []
+        while (left := count - sum(sizes)) > 0:
+            sizes.append(1 << (min(self._most, left).bit_length() - 1))
+        return sizes
 
     def _of_size(self, size: int) -> PgStatement:
         if size not in self._by_size:
@@ -122,27 +128,63 @@ class LeafRows:
 
 
 class LeafSelectRows(LeafRows):
-    """`LeafRows` of an `INSERT … SELECT` over the rows' values (`FROM (VALUES (…), (…)) AS v`):
-    `select`, the select list over `v.<column>`, may read other rows written before it in the
-    transaction (a scalar subquery by primary key), `into` names the table's columns it fills.
-    `columns`: each row's values, their SQLAlchemy types (their converters) and PostgreSQL types."""
+    """`LeafRows` of an `INSERT … SELECT` over the rows' values: `select`, the select list over
+    `v.<column>`, may read rows written before it in the transaction (a scalar subquery by
+    primary key); `into` names the table's columns it fills; `source` is what `v` is, over
+    `{rows}` (the VALUES) and `{names}`. `columns`: each row's values, their SQLAlchemy types
+    (their converters) and PostgreSQL types."""
 
-    def __init__(self, table: str, columns: Sequence[tuple[str, Any, str]], into: Sequence[str], select: str) -> None:
+    def __init__(self, table: str, columns: Sequence[tuple[str, Any, str]], into: Sequence[str], select: str,
+                 source: str = "(VALUES {rows}) AS v({names})", returning: str = "") -> None:
         self._table, self._typed, self._into, self._select = table, list(columns), list(into), select
+        self._source, self._returning = source, returning
         super().__init__(None, [name for name, _, _ in columns])  # type: ignore[arg-type]
 
     def _of_size(self, size: int) -> PgStatement:
         if size not in self._by_size:
             rows = ", ".join("(" + ", ".join(f"CAST(:{name}_{i} AS {kind})" for name, _, kind in self._typed) + ")"
                              for i in range(size))
-            sql = (f"INSERT INTO {self._table} ({', '.join(self._into)}) SELECT {self._select} "
-                   f"FROM (VALUES {rows}) AS v({', '.join(name for name, _, _ in self._typed)})")
+            source = self._source.format(rows=rows, names=", ".join(name for name, _, _ in self._typed))
+            sql = f"INSERT INTO {self._table} ({', '.join(self._into)}) SELECT {self._select} FROM {source}"
+            sql += f" RETURNING {self._returning}" if self._returning else ""
             binds = [bindparam(f"{name}_{i}", type_=sa_type) for i in range(size) for name, sa_type, _ in self._typed]
             self._by_size[size] = PgStatement(text(sql).bindparams(*binds), [], {b.key for b in binds})
         return self._by_size[size]
 
 
-_Item = tuple[str, dict[str, Any], Check | None] | tuple[LeafRows, Mapping[str, Any]]
+Answer = Callable[[Any], None]
+
+
+class GatheredRows:
+    """The rows of an `INSERT … RETURNING` that later waiting statements depend on (a new case:
+    its outcome, its parties): several to a statement (`rows`, a `LeafSelectRows` that returns
+    `key` first), sent at the place of the first of them, so every statement waiting after any of
+    them follows them all. Each row's `answer` gets its returned row once the round trip is
+    answered (a row the statement did not return is an error: it inserts every row or fails)."""
+
+    def __init__(self, rows: LeafSelectRows, key: str) -> None:
+        self._rows, self._key = rows, key
+
+    def statements(self, dialect: Dialect, rows: Sequence[tuple[Mapping[str, Any], Answer]]) -> list[
+            tuple[str, dict[str, Any], Check]]:
+        calls, done = [], 0
+        sizes = self._rows.chunks(len(rows))
+        for (sql, params), size in zip(self._rows.statements(dialect, [values for values, _ in rows]), sizes,
+                                       strict=True):
+            calls.append((sql, params, self._answer(rows[done:done + size])))
+            done += size
+        return calls
+
+    def _answer(self, rows: Sequence[tuple[Mapping[str, Any], Answer]]) -> Check:
+        def answered(cursor: Any) -> None:
+            returned = {row[0]: row for row in cursor.fetchall()}
+            for values, answer in rows:
+                answer(returned[values[self._key]])
+        return answered
+
+
+_Item = (tuple[str, dict[str, Any], Check | None] | tuple[LeafRows, Mapping[str, Any]]
+         | tuple[GatheredRows, Mapping[str, Any], Answer])
 
 
 def raw(conn: Connection) -> psycopg.Connection[Any]:
@@ -178,6 +220,12 @@ def later_rows(conn: Connection, rows: LeafRows, params: Mapping[str, Any]) -> N
     conn.info.setdefault(_LATER, []).append((rows, params))
 
 
+def later_gathered(conn: Connection, rows: GatheredRows, params: Mapping[str, Any], answer: Answer) -> None:
+    """A row of a gathered INSERT (`GatheredRows`): sent with the others of its statement, at the
+    place of the first of them."""
+    conn.info.setdefault(_LATER, []).append((rows, params, answer))
+
+
 def flush(conn: Connection) -> None:
     """Send the statements waiting on this connection, in one round trip."""
     waiting = conn.info.pop(_LATER, None)
@@ -188,13 +236,25 @@ def flush(conn: Connection) -> None:
 def _pipeline(conn: Connection, waiting: list[_Item], reads: Sequence[tuple[str, dict[str, Any]]]) -> list[Any]:
     """The waiting statements in their order (the leaf INSERTs' rows last, a statement for many),
     then the reads, in one round trip: the reads' cursors."""
-    items: list[tuple[str, dict[str, Any], Check | None]] = []
+    placed: list[tuple[str, dict[str, Any], Check | None] | GatheredRows] = []
     leaves: dict[LeafRows, list[Mapping[str, Any]]] = {}
+    gathered: dict[GatheredRows, list[tuple[Mapping[str, Any], Answer]]] = {}
     for item in waiting:
         if isinstance(item[0], LeafRows):
             leaves.setdefault(item[0], []).append(item[1])
+        elif isinstance(item[0], GatheredRows):
+            if item[0] not in gathered:
+                gathered[item[0]] = []
+                placed.append(item[0])  # where the first of its rows waited
+            gathered[item[0]].append((item[1], item[2]))  # type: ignore[misc]
         else:
-            items.append(item)  # type: ignore[arg-type]
+            placed.append(item)  # type: ignore[arg-type]
+    items: list[tuple[str, dict[str, Any], Check | None]] = []
+    for entry in placed:
+        if isinstance(entry, GatheredRows):
+            items.extend(entry.statements(conn.dialect, gathered[entry]))
+        else:
+            items.append(entry)
     for leaf, rows in leaves.items():
         items.extend((sql, values, None) for sql, values in leaf.statements(conn.dialect, rows))
     items.extend((sql, values, None) for sql, values in reads)
