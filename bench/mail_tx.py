@@ -153,7 +153,7 @@ def main() -> None:
     ap.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
                     help="postgresql: a fresh database on the server of GATEWAY_TEST_DATABASE_URL")
     args = ap.parse_args()
-    db = ""
+    db, admin, database = "", "", ""
     if args.db == "postgresql":
         import os
 
@@ -161,10 +161,20 @@ def main() -> None:
         from sqlalchemy.engine import make_url
 
         server = make_url(os.environ["GATEWAY_TEST_DATABASE_URL"])
-        name = f"bench_mail_tx_{os.getpid()}"
-        with psycopg.connect(server.set(drivername="postgresql").render_as_string(False), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
-        db = server.set(database=name).render_as_string(False)
+        database = f"bench_mail_tx_{os.getpid()}"
+        admin = server.set(drivername="postgresql").render_as_string(False)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {database}")
+        db = server.set(database=database).render_as_string(False)
+    try:
+        measure(args, db)
+    finally:
+        if database:  # the database of this run only, dropped whatever happened
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+
+def measure(args: argparse.Namespace, db: str) -> None:
     sys.path.insert(0, str(ROOT / "bench"))
     from ingest import corpus  # the same generated mix as bench/ingest.py
 
