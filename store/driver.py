@@ -48,7 +48,7 @@ class DriverStatement:
         self._expanding: set[str] = set()  # parameters that are lists (IN :name)
         self._by_length: dict[tuple[int, ...], str] = {}
         self._pg = pg.PgStatement(statement, columns, self._names)
-        self._leaf = pg.LeafRows(statement, columns) if leaf and isinstance(statement, Insert) else None
+        self._leaf = pg.insert_rows(statement, columns) if leaf and isinstance(statement, Insert) else None
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """A cursor: `.fetchone()`, `.rowcount` (SQLAlchemy's result on other drivers has both)."""

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, case, cast, func, insert, or_, select, text, update
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import and_, bindparam, case, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlmodel import Session, col
 from sqlmodel import select as model_select
@@ -197,11 +196,11 @@ def _insert(session: Session, rows: list[dict[str, Any]], numbered: bool = False
     if not rows:
         return
     conn = session.connection()
-    if numbered and conn.dialect.driver == "psycopg":
+    if numbered:  # PostgreSQL only: a case's number is unknown only there (store/group.py)
         for row in rows:
             pg.later_rows(conn, _NUMBERED_ROWS, row)
     else:
-        (_INSERT_NUMBERED if numbered else _INSERT_OUTBOX).later_many(conn, rows)
+        _INSERT_OUTBOX.later_many(conn, rows)
     _INSERT_INDEX.later_many(conn, [{"message_id": r["message_id"], "case_id": r["case_id"], "ours": True}
                                     for r in rows if r["case_id"]])
     group.answers_queued(session, rows, AUTOMATIC_ANSWERS)
@@ -210,21 +209,14 @@ def _insert(session: Session, rows: list[dict[str, Any]], numbered: bool = False
 _INSERT_OUTBOX = DriverStatement(insert(T), ["created_at", "event", "case_id", "recipient", "recipient_name",
                                              "language", "message_id", "context", "state", "attempts",
                                              "next_attempt_at", "last_error"], leaf=True)
-_SC = SupportCase.__table__  # type: ignore[attr-defined]
 _OUTBOX_VALUES = ["created_at", "event", "recipient", "recipient_name", "language", "message_id", "state", "attempts",
                   "next_attempt_at", "last_error"]
-# PostgreSQL only (a case number is unknown only there): the row's context with the number of its
-# case, read by the INSERT from the case's row written before it in the same transaction.
-_INSERT_NUMBERED = DriverStatement(insert(T).from_select(
-    [*_OUTBOX_VALUES, "case_id", "context"],
-    select(*(bindparam(name, type_=T.c[name].type) for name in _OUTBOX_VALUES), _SC.c.id,
-           cast(cast(bindparam("context", type_=T.c.context.type), JSONB).op("||")(
-               func.jsonb_build_object("case_number", _SC.c.number)), T.c.context.type))
-    .where(_SC.c.id == bindparam("case_id"))), [], [*_OUTBOX_VALUES, "case_id", "context"])
-# The same on psycopg, several rows to a statement: the number by a scalar subquery on the case's
-# primary key for each row (a join of the VALUES to support_case was left to the planner, which
-# chose scans of every case on tables without statistics).
-_NUMBERED_ROWS = pg.LeafSelectRows(
+# PostgreSQL only (a case number is unknown only there): the rows' context with the number of
+# their case, read from the case's row written before them in the same transaction, several rows
+# to a statement: the number by a scalar subquery on the case's primary key for each row (a join
+# of the VALUES to support_case was left to the planner, which chose scans of every case on
+# tables without statistics).
+_NUMBERED_ROWS = pg.insert_select_rows(
     "outbox", [*((name, T.c[name].type, kind) for name, kind in (
         ("created_at", "TIMESTAMP WITH TIME ZONE"), ("event", "VARCHAR"), ("recipient", "VARCHAR"),
         ("recipient_name", "VARCHAR"), ("language", "VARCHAR"), ("message_id", "VARCHAR"), ("state", "VARCHAR"),

@@ -96,7 +96,7 @@ _OPEN_CASE_PG = DriverStatement(text(_OPEN_CASE_SQL.format(id="", given="", retu
 # The same with an id the group reserved (store/group.py): nobody waits for its answer, and the
 # group's new cases go several to a statement (`GatheredRows`), each number from the sequence in
 # the order the cases were opened (the VALUES' order; nextval in a subquery that is not flattened).
-_OPEN_RESERVED_MANY = pg.GatheredRows(pg.LeafSelectRows(
+_OPEN_RESERVED_MANY = pg.GatheredRows(pg.insert_select_rows(
     "support_case", [(name, sa_type, kind) for name, sa_type, kind in (
         ("id", Integer(), "INTEGER"), ("prefix", String(), "VARCHAR"), ("digits", Integer(), "INTEGER"),
         ("subject", String(), "VARCHAR"), ("requester_id", Integer(), "INTEGER"), ("status", String(), "VARCHAR"),

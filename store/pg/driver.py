@@ -85,8 +85,9 @@ class PgStatement:
 
 
 class LeafRows:
-    """The rows of one leaf INSERT (`DriverStatement(..., leaf=True)`), several to a statement
-    (`VALUES (…), (…)`), in chunks of a power of two: a few prepared texts whatever the count.
+    """The rows of one leaf INSERT, several to a statement, in chunks of a power of two: a few
+    prepared texts whatever the count. `build(size)` is the statement of `size` rows, whose
+    parameters are `<column>_<i>` (`insert_rows`: `VALUES (…), (…)`; `insert_select_rows`).
 
     A chunk stays within what psycopg caches the conversion of (`psycopg._queries`: 50
     parameters, 4096 characters); a longer text is parsed again at every call, and then 32 rows
@@ -96,9 +97,9 @@ class LeafRows:
 
     PARAMETERS = 50  # psycopg's MAX_CACHED_STATEMENT_PARAMS
 
-    def __init__(self, statement: Insert, columns: Sequence[str]) -> None:
-        self._statement = statement
+    def __init__(self, columns: Sequence[str], build: Callable[[int], Executable]) -> None:
         self._columns = list(columns)
+        self._build = build
         self._most = 1 << (max(1, self.PARAMETERS // max(1, len(self._columns))).bit_length() - 1)
         self._by_size: dict[int, PgStatement] = {}
 
@@ -119,37 +120,40 @@ class LeafRows:
 
     def _of_size(self, size: int) -> PgStatement:
         if size not in self._by_size:
-            table = self._statement.table
-            values = [{key: bindparam(f"{key}_{i}", type_=table.c[key].type) for key in self._columns}
-                      for i in range(size)]
             names = {f"{key}_{i}" for i in range(size) for key in self._columns}
-            self._by_size[size] = PgStatement(self._statement.values(values), [], names)
+            self._by_size[size] = PgStatement(self._build(size), [], names)
         return self._by_size[size]
 
 
-class LeafSelectRows(LeafRows):
+def insert_rows(statement: Insert, columns: Sequence[str]) -> LeafRows:
+    """`LeafRows` of a plain INSERT (`DriverStatement(..., leaf=True)`): `VALUES (…), (…)`."""
+    table = statement.table
+
+    def build(size: int) -> Executable:
+        return statement.values([{key: bindparam(f"{key}_{i}", type_=table.c[key].type) for key in columns}
+                                 for i in range(size)])
+
+    return LeafRows(columns, build)
+
+
+def insert_select_rows(table: str, columns: Sequence[tuple[str, Any, str]], into: Sequence[str], select: str,
+                       source: str = "(VALUES {rows}) AS v({names})", returning: str = "") -> LeafRows:
     """`LeafRows` of an `INSERT … SELECT` over the rows' values: `select`, the select list over
     `v.<column>`, may read rows written before it in the transaction (a scalar subquery by
     primary key); `into` names the table's columns it fills; `source` is what `v` is, over
     `{rows}` (the VALUES) and `{names}`. `columns`: each row's values, their SQLAlchemy types
     (their converters) and PostgreSQL types."""
+    names = ", ".join(name for name, _, _ in columns)
 
-    def __init__(self, table: str, columns: Sequence[tuple[str, Any, str]], into: Sequence[str], select: str,
-                 source: str = "(VALUES {rows}) AS v({names})", returning: str = "") -> None:
-        self._table, self._typed, self._into, self._select = table, list(columns), list(into), select
-        self._source, self._returning = source, returning
-        super().__init__(None, [name for name, _, _ in columns])  # type: ignore[arg-type]
+    def build(size: int) -> Executable:
+        rows = ", ".join("(" + ", ".join(f"CAST(:{name}_{i} AS {kind})" for name, _, kind in columns) + ")"
+                         for i in range(size))
+        sql = (f"INSERT INTO {table} ({', '.join(into)}) SELECT {select} "
+               f"FROM {source.format(rows=rows, names=names)}" + (f" RETURNING {returning}" if returning else ""))
+        return text(sql).bindparams(*(bindparam(f"{name}_{i}", type_=sa_type)
+                                      for i in range(size) for name, sa_type, _ in columns))
 
-    def _of_size(self, size: int) -> PgStatement:
-        if size not in self._by_size:
-            rows = ", ".join("(" + ", ".join(f"CAST(:{name}_{i} AS {kind})" for name, _, kind in self._typed) + ")"
-                             for i in range(size))
-            source = self._source.format(rows=rows, names=", ".join(name for name, _, _ in self._typed))
-            sql = f"INSERT INTO {self._table} ({', '.join(self._into)}) SELECT {self._select} FROM {source}"
-            sql += f" RETURNING {self._returning}" if self._returning else ""
-            binds = [bindparam(f"{name}_{i}", type_=sa_type) for i in range(size) for name, sa_type, _ in self._typed]
-            self._by_size[size] = PgStatement(text(sql).bindparams(*binds), [], {b.key for b in binds})
-        return self._by_size[size]
+    return LeafRows([name for name, _, _ in columns], build)
 
 
 Answer = Callable[[Any], None]
@@ -157,12 +161,12 @@ Answer = Callable[[Any], None]
 
 class GatheredRows:
     """The rows of an `INSERT … RETURNING` that later waiting statements depend on (a new case:
-    its outcome, its parties): several to a statement (`rows`, a `LeafSelectRows` that returns
+    its outcome, its parties): several to a statement (`rows`, an `insert_select_rows` that returns
     `key` first), sent at the place of the first of them, so every statement waiting after any of
     them follows them all. Each row's `answer` gets its returned row once the round trip is
     answered (a row the statement did not return is an error: it inserts every row or fails)."""
 
-    def __init__(self, rows: LeafSelectRows, key: str) -> None:
+    def __init__(self, rows: LeafRows, key: str) -> None:
         self._rows, self._key = rows, key
 
     def statements(self, dialect: Dialect, rows: Sequence[tuple[Mapping[str, Any], Answer]]) -> list[
