@@ -578,6 +578,14 @@ def test_heldout2_html_to_text(html: str, expected: str) -> None:
     ("Hej\nSent from my iPhone, and the rest of a sentence", False),
     ("Hej Sent from my iPhone", False),  # not at a line's start
     ("1" + "X" * 78 + "\n" * 250, False),
+    *((f"Hej\n{footer}", True) for footer in (  # every phrase, past the first letters' lookahead
+        "Sent from my iPhone", "Sent from Mail for Windows", "Sent with Proton Mail", "Sent via Spike",
+        "Get Outlook for iOS", "Sendt fra min iPad", "Sendt fra Outlook", "Hent Outlook til Android",
+        "Skickat från min iPhone", "Von meinem iPhone gesendet", "Gesendet von Mail", "Verzonden vanaf mijn iPhone",
+        "Verzonden met mijn Galaxy", "Envoyé de mon iPhone", "Envoyé depuis mon mobile",
+        "Envoyé à partir de Outlook", "Inviato da iPhone", "Enviado desde mi iPhone", "Wysłano z iPhone'a",
+        "Отправлено с iPhone", "ОТПРАВЛЕНО С IPHONE", "Lähetetty iPhonesta", "LÄHETETTY iPhonesta")),
+    *((footer, True) for footer in ("Отправлено с iPhone", "Enviado desde mi iPhone", "\u017fent from my iPhone")),
 ])
 def test_the_device_footer_search_answers_as_the_multiline_expression(text: str, found: bool) -> None:
     """`has_device_footer` tries the expression only at the line starts, and finds what the

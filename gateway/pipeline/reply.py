@@ -457,6 +457,8 @@ def _is_noise(line: str, footers: bool = True) -> bool:
 
 def _squeeze_blank_lines(lines: Sequence[str]) -> list[str]:
     """Removing quotes leaves runs of blank lines; keep at most one."""
+    if all(map(str.strip, lines)):  # no blank line (in C: a third of the loop's time on 20 KB)
+        return list(lines)
     out: list[str] = []
     for line in lines:
         if line.strip():
