@@ -36,8 +36,13 @@ _TEXT_CAP = 1_000_000
 
 
 def clean_text(value: str | None, cap: int = _TEXT_CAP) -> str:
-    """Text columns never hold NUL (PostgreSQL refuses it) and are capped alike on every backend."""
-    return (value or "").replace("\x00", "")[:cap]
+    """Text columns never hold NUL (PostgreSQL refuses it) and are capped alike on every backend.
+    A text without NUL is not copied (`replace` copies a mail's 20 KB even when it finds none)."""
+    if not value:
+        return ""
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    return value if len(value) <= cap else value[:cap]
 
 
 def next_case_number(session: Session, prefix: str, digits: int) -> str:

@@ -140,6 +140,21 @@ async def test_signature_is_kept_apart_from_the_visible_text(app: App, mail: Mai
     assert comment["full_text"].startswith(body.split("\n\nDen 5.")[0])
 
 
+async def test_a_crlf_mail_without_history_stores_its_text_once(app: App) -> None:
+    """A plain mail with CRLF line ends (smtp-source's, most on the wire) and no quoted history:
+    its comment row keeps the visible text only (`full_text` ""), and reads back the same."""
+    raw = (b"From: Jens <jens@borger.example>\r\nTo: kundebetjening@statens-adm.example\r\n"
+           b"Subject: Linjer\r\nMessage-ID: <crlf-1@borger.example>\r\n\r\n"
+           + b"".join(b"%dXXXX linje\r\n" % i for i in range(40)))
+    await ingest(app, raw)
+    [comment] = (await detail(app, "SAG-000001"))["comments"]
+    assert "\r" not in comment["full_text"] and comment["full_text"] == comment["visible_text"]
+    assert comment["visible_text"].startswith("0XXXX linje\n1XXXX linje")
+    async with app.engine.connect() as conn:
+        stored = (await conn.execute(text("SELECT full_text FROM comment"))).scalar_one()
+    assert stored == ""
+
+
 async def test_reply_while_waiting_for_requester_goes_back(app: App, mail: MailBuilder) -> None:
     await add_user(app, "agent@statens-adm.example", agent=True)
     await ingest(app, mail())

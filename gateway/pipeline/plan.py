@@ -108,7 +108,11 @@ def _cc_shared(facts: Facts, authenticated: bool | None, policy: PlanPolicy) -> 
 
 
 def draft(mail: ParsedMail) -> CommentDraft:
+    # Line ends as the visible text has them: a mail sent with CRLF (most are, on the wire) and
+    # no quoted history is then its visible text and signature, stored once (store/models.py).
     full = mail.text.strip()
+    if "\r" in full:
+        full = full.replace("\r\n", "\n").replace("\r", "\n")
     if mail.new_text is not None:
         visible, signature = mail.new_text, mail.signature
     else:
