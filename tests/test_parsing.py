@@ -326,6 +326,18 @@ def test_html_parts_outside_an_alternative_are_content(raw: bytes, text: str) ->
     assert parse_mail(raw).text.strip() == text
 
 
+@pytest.mark.parametrize("body", [b"Linje 1\r\nLinje 2\r\n\r\nLinje 4\r\n\r\n", b"\r\nLinje 1\rLinje 2\n\nLinje 4\n"])
+def test_the_text_has_lf_line_ends_and_no_blank_lines_around(body: bytes) -> None:
+    """CRLF (and a lone CR) become LF once, in the parse: the reply's split and the comment see
+    the same text (a CRLF mail without quoted history is then stored once)."""
+    from gateway.pipeline.parse import parse_mail
+
+    raw = b"From: a@b.example\r\nTo: k@statens-adm.example\r\nSubject: Hej\r\n\r\n" + body
+    mail = parse_mail(raw)
+    assert mail.text == "Linje 1\nLinje 2\n\nLinje 4"
+    assert mail.new_text == mail.text
+
+
 def _attached(disposition: bytes, ctype: bytes = b"application/pdf") -> bytes:
     return (b"From: a@b.example\r\nTo: k@statens-adm.example\r\nSubject: Hej\r\nMIME-Version: 1.0\r\n"
             b'Content-Type: multipart/mixed; boundary="B"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nSe bilag\r\n'

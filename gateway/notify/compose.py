@@ -235,9 +235,11 @@ class Renderer:
     @functools.lru_cache(maxsize=8)
     def _environment(directory: Path) -> jinja2.Environment:
         # One environment per folder and process, and compiled templates kept in jinja2's own
-        # per-user cache folder, so that no command compiles the templates anew.
+        # per-user cache folder, so that no command compiles the templates anew. auto_reload off,
+        # as for the portal's pages: the templates ship with the code, and each part of every
+        # notification cost a stat() of its file.
         return jinja2.Environment(
-            loader=jinja2.FileSystemLoader(directory),
+            loader=jinja2.FileSystemLoader(directory), auto_reload=False,
             bytecode_cache=_bytecode_cache(),
             undefined=jinja2.StrictUndefined,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",),

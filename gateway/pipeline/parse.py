@@ -165,8 +165,16 @@ def _build(message: email.message.Message, defects: set[str],
         data = "\n\n".join(hidden).encode("utf-8", "surrogateescape")  # undecodable bytes as they came
         sha = blobs([data]) if blobs is not None else _sha256([data])
         uuencoded.append(StoredAttachment("Hidden text.txt", len(data), sha, "text/plain"))
-    text = text.replace("\x00", "")
-    new_text, signature = split_reply(text.strip()) if text.strip() else ("", "")
+    # No NUL, the line ends the reply's split and the stored comment use, no blank lines around.
+    # `replace` copies the whole text even when it finds nothing: each runs only when needed.
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text.strip()  # what every reader of it took
+    new_text, signature = split_reply(text) if text else ("", "")
+    if new_text == text:  # one object: pickled to the worker once, compared there by identity
+        new_text = text
     return ParsedMail(
         message_id=h.first_id(message.get("Message-ID")),
         subject=h.clean_line(h.subject(message, fallbacks), h.MAX_HEADER_VALUE),

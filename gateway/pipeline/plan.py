@@ -108,8 +108,9 @@ def _cc_shared(facts: Facts, authenticated: bool | None, policy: PlanPolicy) -> 
 
 
 def draft(mail: ParsedMail) -> CommentDraft:
-    # Line ends as the visible text has them: a mail sent with CRLF (most are, on the wire) and
-    # no quoted history is then its visible text and signature, stored once (store/models.py).
+    # The parse gives the text LF line ends, as the visible text has them: a mail sent with CRLF
+    # (most are, on the wire) and no quoted history is then its visible text and signature,
+    # stored once (store/models.py). A ParsedMail made elsewhere may still hold CRs.
     full = mail.text.strip()
     if "\r" in full:
         full = full.replace("\r\n", "\n").replace("\r", "\n")

@@ -175,7 +175,8 @@ _INVISIBLE = ("\ufeff", "\u200b", "\x00", "\u200e", "\u200f")
 def _normalise(text: str) -> str:
     """One kind of line end; no zero-width or direction marks (Windows Mail puts left-to-right
     marks inside its quote headers: "Sendt:\u200e \u200e3.\u200e marts")."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\r" in text:  # `replace` copies the text even when it finds nothing
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     if _TRACKER in text:
         text = _TRACKER_LINE.sub("", text)
     for mark in _INVISIBLE:  # str.replace per mark: cheaper than str.translate on this text
