@@ -223,6 +223,36 @@ def test_item60_item61_canonical_addresses(address: str, expected: str | None) -
         assert canonical(address) != canonical("alice@example.org")
 
 
+def test_address_answers_kept_for_values_seen_before_are_the_same() -> None:
+    """canonical(), mailboxes() and the From reading keep their answers for short values seen
+    before (gateway/addresses.py): the same answers as worked out anew, a caller's change to its
+    list never reaches the next caller, and a long value is worked out every time."""
+    import email
+
+    from gateway.addresses import CACHED_CHARS, _mailboxes_of, mailboxes
+    from gateway.pipeline.headers import senders
+
+    values = ['Jens Hansen <Jens@Borger.EXAMPLE>, "Åse" <aase@bücher.example>', "x@evil.example"]
+    first = mailboxes(values)
+    first.append(("mallory", "m@evil.example"))
+    assert mailboxes(values) == _mailboxes_of(values, 100) == [
+        ("Jens Hansen", "jens@borger.example"), ("Åse", "aase@xn--bcher-kva.example"), ("", "x@evil.example")]
+    long_value = ", ".join(f"u{i}@borger.example" for i in range(CACHED_CHARS // 10))
+    assert len(long_value) > CACHED_CHARS and len(mailboxes([long_value])) == 100
+    assert canonical("A" * 64 + "@" + "b" * (CACHED_CHARS + 10) + ".example") is None  # a label too long
+    for raw, doubt in ((b"From: Jens <jens@borger.example>\r\n\r\nx", False),
+                       (b"From: Jens jens@borger.example <x@evil.example>\r\n\r\nx", None)):
+        message = email.message_from_bytes(raw)
+        answers, defects = [], []
+        for _ in range(2):
+            found: set[str] = set()
+            answers.append(senders(message, defects=found))
+            defects.append(found)
+        assert answers[0] == answers[1] and defects[0] == defects[1]
+        if doubt is False:
+            assert answers[0] == [("Jens", "jens@borger.example")] and not defects[0]
+
+
 async def test_item58_display_name_spoof_uses_addr_spec(app: App, mail: MailBuilder) -> None:
     await add_user(app, "sag@styrelse.example", "Styrelsen")
     result = await ingest(app, mail(sender='"Styrelsen <sag@styrelse.example>" <x@evil.example>'))

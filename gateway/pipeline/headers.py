@@ -12,11 +12,12 @@ import re
 from datetime import datetime
 from email.header import decode_header
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from typing import Any
 
 from mailparser.utils import get_addresses
 
-from gateway.addresses import canonical, mailboxes
+from gateway.addresses import CACHED_CHARS, canonical, mailboxes
 from gateway.pipeline.charsets import DEFAULT_FALLBACKS, decode_text, without_surrogates
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029\u0085]")
@@ -51,16 +52,27 @@ def senders(message: email.message.Message, fallbacks: tuple[str, ...] = DEFAULT
         return mailboxes([decode(v) for v in raw_from])
     if not raw_from:
         return []
+    value = message.get("From")
+    if isinstance(value, str) and len(value) <= CACHED_CHARS:
+        found, doubted = _from_mailboxes(value)
+    else:
+        found, doubted = _from_mailboxes.__wrapped__(value)
+    if doubted and defects is not None:
+        defects.add("AddressHeaderDefect")
+    return list(found) or mailboxes([decode(v) for v in message.get_all("From", [])])
+
+
+@lru_cache(maxsize=1024)  # the same sender again and again (gateway/addresses.py, CACHED_CHARS)
+def _from_mailboxes(value: Any) -> tuple[tuple[tuple[str, str | None], ...], bool]:
+    """mail-parser's reading of a From value: its mailboxes, and whether it had doubts."""
     doubts: list[Any] = []
     try:
-        parsed = get_addresses(message.get("From"), defects=doubts, decode_names=True)
+        parsed = get_addresses(value, defects=doubts, decode_names=True)
     except Exception:  # a library defect on odd input must not lose the mail: our own reading takes over
         parsed = []
-    if doubts and defects is not None:
-        defects.add("AddressHeaderDefect")
-    found = [(_display(str("" if name == addr else name)), canonical(str(addr))) for name, addr in parsed[:100]
-             if addr]
-    return found or mailboxes([decode(v) for v in message.get_all("From", [])])
+    found = tuple((_display(str("" if name == addr else name)), canonical(str(addr))) for name, addr in parsed[:100]
+                  if addr)
+    return found, bool(doubts)
 
 
 def _display(name: str) -> str:

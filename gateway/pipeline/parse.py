@@ -31,7 +31,7 @@ from gateway.pipeline import headers as h
 from gateway.pipeline.charsets import DEFAULT_FALLBACKS, decode_text
 from gateway.pipeline.htmltext import html_to_text, sanitize_html
 from gateway.pipeline.names import attachment_display_name
-from gateway.pipeline.reply import split_reply
+from gateway.pipeline.reply import lf_line_ends, split_reply
 
 BlobSink = Callable[[Iterable[bytes]], str]  # stores byte chunks, returns their sha256
 # Matched on a lower-cased copy: a case-insensitive pattern cannot use the fast literal scan
@@ -169,9 +169,7 @@ def _build(message: email.message.Message, defects: set[str],
     # `replace` copies the whole text even when it finds nothing: each runs only when needed.
     if "\x00" in text:
         text = text.replace("\x00", "")
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = text.strip()  # what every reader of it took
+    text = lf_line_ends(text).strip()  # what every reader of it took
     new_text, signature = split_reply(text) if text else ("", "")
     if new_text == text:  # one object: pickled to the worker once, compared there by identity
         new_text = text

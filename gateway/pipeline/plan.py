@@ -29,7 +29,7 @@ from gateway.model import (
     UserRef,
 )
 from gateway.pipeline.courtesy import is_courtesy_reply
-from gateway.pipeline.reply import split_reply
+from gateway.pipeline.reply import lf_line_ends, split_reply
 from gateway.pipeline.thread import choose_thread, clean_subject
 
 NO_TEXT = "(Ingen tekst i mailen)"
@@ -111,9 +111,7 @@ def draft(mail: ParsedMail) -> CommentDraft:
     # The parse gives the text LF line ends, as the visible text has them: a mail sent with CRLF
     # (most are, on the wire) and no quoted history is then its visible text and signature,
     # stored once (store/models.py). A ParsedMail made elsewhere may still hold CRs.
-    full = mail.text.strip()
-    if "\r" in full:
-        full = full.replace("\r\n", "\n").replace("\r", "\n")
+    full = lf_line_ends(mail.text.strip())
     if mail.new_text is not None:
         visible, signature = mail.new_text, mail.signature
     else:

@@ -172,11 +172,19 @@ _TRACKER_LINE = re.compile(r"^[ \t]*\u1427[ \t]*$", re.MULTILINE)
 _INVISIBLE = ("\ufeff", "\u200b", "\x00", "\u200e", "\u200f")
 
 
+def lf_line_ends(text: str) -> str:
+    """CRLF and a lone CR as LF. The text itself when it has no CR: `str.replace` copies the
+    whole text even when it finds nothing (5 µs and a pass over memory for a mail's 20 KB)."""
+    if "\r" not in text:
+        return text
+    text = text.replace("\r\n", "\n")
+    return text.replace("\r", "\n") if "\r" in text else text
+
+
 def _normalise(text: str) -> str:
     """One kind of line end; no zero-width or direction marks (Windows Mail puts left-to-right
     marks inside its quote headers: "Sendt:\u200e \u200e3.\u200e marts")."""
-    if "\r" in text:  # `replace` copies the text even when it finds nothing
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = lf_line_ends(text)
     if _TRACKER in text:
         text = _TRACKER_LINE.sub("", text)
     for mark in _INVISIBLE:  # str.replace per mark: cheaper than str.translate on this text
