@@ -596,3 +596,12 @@ def test_the_device_footer_search_answers_as_the_multiline_expression(text: str,
 
     anywhere = re.compile(DEVICE_FOOTER.pattern, re.IGNORECASE | re.MULTILINE)
     assert has_device_footer(text) is found is (anywhere.search(text) is not None)
+
+
+@given(st.text(alphabet="a\r\n ", max_size=40))
+def test_lf_line_ends_is_every_crlf_and_lone_cr_as_lf(text: str) -> None:
+    """The cheaper ways (nothing to do without a CR; CRs dropped without a lone one) answer as
+    replacing CRLF and then CR by LF."""
+    from gateway.pipeline.reply import lf_line_ends
+
+    assert lf_line_ends(text) == text.replace("\r\n", "\n").replace("\r", "\n")

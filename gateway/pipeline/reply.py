@@ -172,13 +172,19 @@ _TRACKER_LINE = re.compile(r"^[ \t]*\u1427[ \t]*$", re.MULTILINE)
 _INVISIBLE = ("\ufeff", "\u200b", "\x00", "\u200e", "\u200f")
 
 
+_LONE_CR = re.compile("\r(?!\n)")
+
+
 def lf_line_ends(text: str) -> str:
     """CRLF and a lone CR as LF. The text itself when it has no CR: `str.replace` copies the
-    whole text even when it finds nothing (5 µs and a pass over memory for a mail's 20 KB)."""
+    whole text even when it finds nothing (5 µs and a pass over memory for a mail's 20 KB).
+    Without a lone CR, dropping every CR is the same and costs less: 10 + 10 µs (the search
+    for a lone one) against 33 µs for replacing each CRLF, on 20 KB of 80-character lines."""
     if "\r" not in text:
         return text
-    text = text.replace("\r\n", "\n")
-    return text.replace("\r", "\n") if "\r" in text else text
+    if _LONE_CR.search(text) is None:
+        return text.replace("\r", "")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _normalise(text: str) -> str:
