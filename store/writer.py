@@ -246,8 +246,8 @@ def _checkpoint_later(dbapi_conn: Any, _record: Any) -> None:
 
 def _serve(url: str, busy_timeout_s: float, sock: socket.socket, busy_until: Any) -> None:
     """The writer process: batches in, their `Accepted` lists (or failures) out, in order, until
-    EOF. This thread reads and hashes; a second one commits, so the hashing of one batch
-    overlaps the INSERTs and the fsync of the one before."""
+    EOF. This thread reads and hashes; on SQLite a second one commits, so the hashing of one
+    batch overlaps the INSERTs and the fsync of the one before (on PostgreSQL, below, not)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is for the daemon, which closes our socket
     name_process("gw-writer")
     stream = sock.makefile("rb")
@@ -263,25 +263,38 @@ def _serve(url: str, busy_timeout_s: float, sock: socket.socket, busy_until: Any
         return
     freeze_heap()
     send(("ready", None))
+    # On PostgreSQL one batch is in flight at a time (InboxWriter.in_flight): nothing to overlap,
+    # so this thread commits it too, and no hand-over to a second thread (a wake-up and the GIL
+    # each way) stands between a batch and its 250s.
+    inline = url.startswith("postgresql")
     work: queue.Queue[list[dict[str, Any]] | Exception | None] = queue.Queue(maxsize=2)
-    commits = threading.Thread(target=_commit_loop, args=(committer, work, send), name="commits")
-    commits.start()
+    commits = None if inline else threading.Thread(target=_commit_loop, args=(committer, work, send),
+                                                   name="commits")
+    if commits is not None:
+        commits.start()
     try:
         while len(header := stream.read(_HEADER)) == _HEADER:
             size = int.from_bytes(header, "big")
             if len(frame := stream.read(size)) < size:
                 break  # the daemon is gone half-way through a batch: nothing was committed
+            rows: list[dict[str, Any]] | Exception
             try:
                 mails, now = pickle.loads(frame)
                 busy_until.value = BUSY
-                work.put(committer.rows(mails, now))
+                rows = committer.rows(mails, now)
             except Exception as exc:  # answered in its turn
-                work.put(exc)
+                rows = exc
+            if commits is None:
+                with contextlib.suppress(OSError):
+                    send(_commit(committer, rows, more=False))
+            else:
+                work.put(rows)
     except OSError:
         pass
     finally:
-        work.put(None)
-        commits.join()
+        if commits is not None:
+            work.put(None)
+            commits.join()
         committer.close()
 
 
@@ -296,16 +309,22 @@ def _committer(url: str, busy_timeout_s: float, busy_until: Any) -> Committer | 
 def _commit_loop(committer: Committer | PgCommitter, work: queue.Queue[list[dict[str, Any]] | Exception | None],
                  send: Callable[[tuple[str, Any]], None]) -> None:
     while (rows := work.get()) is not None:
-        try:
-            if isinstance(rows, Exception):
-                raise StoreUnavailable(f"inbox commit failed: {type(rows).__name__}") from rows
-            reply: tuple[str, Any] = ("ok", committer.commit(rows, more=not work.empty()))
-        except StoreUnavailable as exc:
-            reply = ("unavailable", (str(exc), str(exc.__cause__ or exc)))
-        except Exception as exc:  # never leave the daemon waiting for an answer
-            reply = ("unavailable", (f"inbox commit failed: {type(exc).__name__}", str(exc)))
+        reply = _commit(committer, rows, more=not work.empty())
         with contextlib.suppress(OSError):
             send(reply)
+
+
+def _commit(committer: Committer | PgCommitter, rows: list[dict[str, Any]] | Exception,
+            more: bool) -> tuple[str, Any]:
+    """The answer to one batch: ("ok", its `Accepted` list) or ("unavailable", (message, cause))."""
+    try:
+        if isinstance(rows, Exception):
+            raise StoreUnavailable(f"inbox commit failed: {type(rows).__name__}") from rows
+        return ("ok", committer.commit(rows, more=more))
+    except StoreUnavailable as exc:
+        return ("unavailable", (str(exc), str(exc.__cause__ or exc)))
+    except Exception as exc:  # never leave the daemon waiting for an answer
+        return ("unavailable", (f"inbox commit failed: {type(exc).__name__}", str(exc)))
 
 
 class Committer:
