@@ -602,6 +602,6 @@ def test_the_device_footer_search_answers_as_the_multiline_expression(text: str,
 def test_lf_line_ends_is_every_crlf_and_lone_cr_as_lf(text: str) -> None:
     """The cheaper ways (nothing to do without a CR; CRs dropped without a lone one) answer as
     replacing CRLF and then CR by LF."""
-    from gateway.pipeline.reply import lf_line_ends
+    from gateway.pipeline.charsets import lf_line_ends
 
     assert lf_line_ends(text) == text.replace("\r\n", "\n").replace("\r", "\n")

@@ -953,6 +953,27 @@ async def test_a_dead_inbox_writer_process_fails_its_batch_and_the_next_batch_st
         assert (await conn.execute(select(func.count()).select_from(table))).scalar_one() == 1
 
 
+async def test_the_postgresql_writer_answers_every_batch_when_its_commits_fail(app: App) -> None:
+    """On PostgreSQL the writer process commits in the thread that reads the batches: a commit
+    that fails (here: a database that does not exist) is answered StoreUnavailable (451), batch
+    after batch, and the process stays up for the next one."""
+    if app.engine.dialect.name != "postgresql":
+        pytest.skip("the PostgreSQL writer")
+    from gateway.errors import StoreUnavailable
+    from store.writer import InboxWriter
+
+    url = app.engine.url.set(database="gw_test_no_such_database").render_as_string(hide_password=False)
+    writer = InboxWriter(url, busy_timeout_s=5)
+    mail = IncomingMail(probes.message("nowhere to go"), "smtp", "anna@borger.example", (ADDRESS,))
+    try:
+        for _ in range(2):
+            with pytest.raises(StoreUnavailable, match="inbox commit failed"):
+                await asyncio.wait_for(writer.accept_many([mail], app.clock.now()), 30)
+        assert writer.alive() and writer._proc is not None and writer._proc.is_alive()
+    finally:
+        writer.close()
+
+
 async def test_the_worker_yields_to_smtp_commits_but_not_forever_and_claims_do_not_wait(tmp_path: Path) -> None:
     import functools
     import multiprocessing

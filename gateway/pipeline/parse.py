@@ -28,10 +28,10 @@ from gateway.addresses import canonical
 from gateway.errors import UnusableMail
 from gateway.model import DeliveryReport, ParsedMail, StoredAttachment
 from gateway.pipeline import headers as h
-from gateway.pipeline.charsets import DEFAULT_FALLBACKS, decode_text
+from gateway.pipeline.charsets import DEFAULT_FALLBACKS, decode_text, lf_line_ends
 from gateway.pipeline.htmltext import html_to_text, sanitize_html
 from gateway.pipeline.names import attachment_display_name
-from gateway.pipeline.reply import lf_line_ends, split_reply
+from gateway.pipeline.reply import split_reply
 
 BlobSink = Callable[[Iterable[bytes]], str]  # stores byte chunks, returns their sha256
 # Matched on a lower-cased copy: a case-insensitive pattern cannot use the fast literal scan

@@ -28,8 +28,9 @@ from gateway.model import (
     Triage,
     UserRef,
 )
+from gateway.pipeline.charsets import lf_line_ends
 from gateway.pipeline.courtesy import is_courtesy_reply
-from gateway.pipeline.reply import lf_line_ends, split_reply
+from gateway.pipeline.reply import split_reply
 from gateway.pipeline.thread import choose_thread, clean_subject
 
 NO_TEXT = "(Ingen tekst i mailen)"
