@@ -97,3 +97,13 @@ async def test_a_mail_over_the_size_limit_is_read_to_its_end_and_refused() -> No
     stream = b"".join(b"line %d of a long mail\r\n" % i for i in range(10_000)) + b".\r\n" + NEXT
     content, refusal, rest = await read_in_chunks(stream, list(range(0, len(stream), 4096)), 50_000)
     assert (content, refusal, rest) == (b"", TOO_BIG, NEXT)
+
+
+@given(st.binary(max_size=40).map(lambda b: bytes(b"ab\r\n"[x % 4] for x in b)), st.integers(2, 12))
+def test_the_long_line_check_answers_as_splitting_every_line(content: bytes, line_limit: int) -> None:
+    """`_has_long_line` looks one window at a time; it finds what measuring every CRLF-ended line
+    finds (a bare CR or LF belongs to its line, as in aiosmtpd)."""
+    from gateway.ingest.smtp_data import _has_long_line
+
+    every_line = bool(content) and max(map(len, content.split(b"\r\n"))) + 2 > line_limit
+    assert _has_long_line(content, line_limit) is every_line
