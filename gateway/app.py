@@ -54,8 +54,9 @@ from store.migrate import HEAD, create_folder, require_file, require_head, upgra
 from store.node_run import begin_run, default_node_id
 from store.outbox import OutboxQueue
 from store.sqlite.wal import Checkpointer, checkpoint_elsewhere
+from store.sqlite.writer import smtp_pause, smtp_quiet
 from store.transact import Transactor
-from store.writer import InboxWriter, smtp_pause, smtp_quiet
+from store.writer import InboxWriter
 
 if TYPE_CHECKING:
     from gateway.credentials import TokenDesk
@@ -73,7 +74,7 @@ Role = Literal["cli", "daemon", "worker", "sender", "http"]
 class Links:
     """What the children of one daemon share besides the settings (passed to them at start)."""
 
-    smtp_busy: Any = None  # the SQLite inbox writer's `busy_until` (store.writer.smtp_pause)
+    smtp_busy: Any = None  # the SQLite inbox writer's `busy_until` (store.sqlite.writer.smtp_pause)
     # A socket pair: the worker child writes a byte to `notices_out` when it has queued
     # notifications, the sender child wakes when `notices_in` has one.
     notices_out: socket.socket | None = None

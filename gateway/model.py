@@ -137,7 +137,7 @@ class ParsedMail:
     date: datetime | None
     headers: tuple[tuple[str, str], ...]  # (lower-cased name, value), capped
     content_type: str
-    text: str  # readable body text (HTML-only mails converted)
+    text: str  # readable body text (HTML-only mails converted), LF line ends, stripped (the parse)
     html: str | None  # sanitised HTML, for display only
     attachments: tuple[StoredAttachment, ...] = ()
     defects: tuple[str, ...] = ()  # the MIME structure's defect classes; "AddressHeaderDefect" for a doubtful From

@@ -38,7 +38,7 @@ log = logging.getLogger("gateway.worker")
 
 # Mails whose parse is ready share a transaction (one commit for up to eight). On SQLite that
 # transaction holds the one write lock; the worker child begins none while SMTP commits follow
-# each other (store/writer.py, smtp_pause), so a burst's 250s never queue behind it.
+# each other (store/sqlite/writer.py, smtp_pause), so a burst's 250s never queue behind it.
 GROUP_MAX = 8
 # While the SMTP commits pause, a group may be larger: it keeps no 250 waiting, and fewer, larger
 # transactions drain a burst's backlog sooner.
@@ -76,7 +76,7 @@ class InboxWorker:
         self.wakeup = asyncio.Event()
         self.processed = 0
         self.on_processed: Callable[[], None] = on_processed or (lambda: None)
-        # Whether the SMTP commits are pausing (store.writer.smtp_quiet): then a group may
+        # Whether the SMTP commits are pausing (store.sqlite.writer.smtp_quiet): then a group may
         # be larger, as it keeps nobody's 250 waiting.
         self.smtp_quiet: Callable[[], bool] = smtp_quiet or (lambda: False)
 
@@ -218,7 +218,7 @@ class InboxWorker:
         Two loops share the flow of claimed mails. The feeder claims and starts parsing up to
         AHEAD batches ahead; the applier writes the outcomes in order, a group of parsed mails
         per transaction. While SMTP commits come one after another, the applier waits for them
-        to pause (store.writer.smtp_pause) but the parsing goes on, on the other core:
+        to pause (store.sqlite.writer.smtp_pause) but the parsing goes on, on the other core:
         after a burst only the writes are left. On stop, the group in hand is finished and the
         mails not yet applied are given back to the inbox, their attempt not counted.
 

@@ -8,7 +8,7 @@ of its column types, and pysqlite runs the SQL on the transaction's own connecti
 transaction, same BEGIN-at-first-write). Every other driver (asyncpg, aiosqlite in memory)
 runs the statement through SQLAlchemy as before, but psycopg on PostgreSQL
 (store/pg/driver.py: the same, prepared on the server, and `later` for writes nobody reads at
-once). `store.writer.DriverInsert` does the same for the inbox's INSERTs.
+once). `store.sqlite.writer.DriverInsert` does the same for the inbox's INSERTs.
 
 SELECTs too: an `IN` over a fixed list becomes its own `?`s once; an `IN` over a parameter
 (`email IN :emails`) gets as many `?`s as the call has values, its SQL kept per length. Rows

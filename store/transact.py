@@ -75,7 +75,7 @@ class Transactor:
             self._tx_engine = sync_pg_engine(url, PG_THREADS)
             self._thread = ThreadPoolExecutor(max_workers=PG_THREADS, thread_name_prefix="store-tx")
         # Awaited before each `run` (not `run_now`): in the worker and sender processes, until the
-        # SMTP commits pause (store.writer.smtp_pause). It waits on the event loop, not on
+        # SMTP commits pause (store.sqlite.writer.smtp_pause). It waits on the event loop, not on
         # the transaction thread, so a `run_now` (a claim) is never queued behind the wait.
         self.before_write = before_write
 

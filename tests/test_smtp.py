@@ -38,7 +38,8 @@ from gateway.ingest.smtp import (
 )
 from store.inbox import Accepted, GroupCommitter, IncomingMail
 from store.models import InboundMail, InboundRaw
-from store.writer import QUIET_S, InboxWriter
+from store.sqlite.writer import QUIET_S
+from store.writer import InboxWriter
 from tests import smtp_probes as probes
 from tests.conftest import ADDRESS, build_mail, make_settings
 from tests.smtp_probes import RawSmtp, Reply
@@ -979,8 +980,8 @@ async def test_the_worker_yields_to_smtp_commits_but_not_forever_and_claims_do_n
     import multiprocessing
 
     from store.engine import make_engine, session_factory
+    from store.sqlite.writer import BUSY, smtp_pause
     from store.transact import Transactor
-    from store.writer import BUSY, smtp_pause
 
     engine = make_engine(f"sqlite+aiosqlite:///{tmp_path}/x.db")
     tx = Transactor(engine, session_factory(engine))

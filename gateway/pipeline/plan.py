@@ -28,7 +28,6 @@ from gateway.model import (
     Triage,
     UserRef,
 )
-from gateway.pipeline.charsets import lf_line_ends
 from gateway.pipeline.courtesy import is_courtesy_reply
 from gateway.pipeline.reply import split_reply
 from gateway.pipeline.thread import choose_thread, clean_subject
@@ -111,8 +110,8 @@ def _cc_shared(facts: Facts, authenticated: bool | None, policy: PlanPolicy) -> 
 def draft(mail: ParsedMail) -> CommentDraft:
     # The parse gives the text LF line ends, as the visible text has them: a mail sent with CRLF
     # (most are, on the wire) and no quoted history is then its visible text and signature,
-    # stored once (store/models.py). A ParsedMail made elsewhere may still hold CRs.
-    full = lf_line_ends(mail.text.strip())
+    # stored once (store/models.py).
+    full = mail.text.strip()
     if mail.new_text is not None:
         visible, signature = mail.new_text, mail.signature
     else:
